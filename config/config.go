@@ -1,0 +1,323 @@
+// Package config loads and validates oauthbridge's HCL configuration.
+//
+// Parsing uses hclparse + gohcl (not hclsimple, which rejects file names not
+// ending in .hcl and throws away the source needed for good diagnostics).
+// Every semantic check produces an hcl.Diagnostic that points at the
+// offending attribute, so `oauthbridge check` prints file:line:col and the
+// source line. Defaults live in one place, defaults(), and are set before
+// decoding: gohcl leaves absent optional attributes alone.
+package config
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+)
+
+// Named defaults. Each has a config attribute of the same meaning; the
+// comment says where the number comes from.
+const (
+	DefaultStateDir = "/var/lib/oauthbridge"
+
+	// Pre-auth limits follow go-imap's imapserver: 30 s per command, 50 KiB lines.
+	DefaultPreauthTimeout  = 30 * time.Second
+	DefaultMaxLineBytes    = 50 * 1024
+	DefaultMaxLiteralBytes = 4 * 1024 // a LOGIN literal is a user name or a password
+	// IMAP IDLE must be re-issued within 29 minutes (RFC 2177), so the idle
+	// timeout after login must be longer than that.
+	DefaultIMAPIdleTimeout = 35 * time.Minute
+	// RFC 1939 section 3: a POP3 autologout timer must be at least 10 minutes.
+	DefaultPOP3IdleTimeout = 10 * time.Minute
+	DefaultMaxConnections  = 1000 // per protocol, all users together
+	DefaultUpstreamTimeout = 30 * time.Second
+	// Exchange's POP/IMAP logins take "several seconds"; a login waiting for a
+	// free per-account upstream slot waits this long before being refused.
+	DefaultConnectionWait = 5 * time.Second
+
+	// SMTP: 35 MB is Exchange Online's default send limit; 500 recipients is its
+	// default per-message recipient limit; 10 min / 1 min timeouts are maddy's.
+	DefaultMaxMessageBytes        = 35 * 1024 * 1024
+	DefaultMaxRecipients          = 500
+	DefaultSMTPReadTimeout        = 10 * time.Minute
+	DefaultSMTPWriteTimeout       = time.Minute
+	DefaultAccountSMTPConnections = 3 // Exchange: "up to three concurrent connections" per mailbox
+	DefaultAccountConnections     = 10
+
+	DefaultShutdownTimeout = 30 * time.Second
+	DefaultAdminListen     = "127.0.0.1:8025"
+)
+
+// Config is a loaded, validated configuration. Fields tagged hcl are the
+// public schema (see config.hcl.example); the others are derived during
+// validation.
+type Config struct {
+	StateDir        string `hcl:"state_dir,optional"`
+	LogFormat       string `hcl:"log_format,optional"` // auto | json | text
+	LogLevel        string `hcl:"log_level,optional"`  // debug | info | warn | error
+	ShutdownTimeout string `hcl:"shutdown_timeout,optional"`
+
+	IMAP      *IMAPBlock  `hcl:"imap,block"`
+	POP3      *POP3Block  `hcl:"pop3,block"`
+	SMTP      *SMTPBlock  `hcl:"smtp,block"`
+	TLS       *TLSBlock   `hcl:"tls,block"`
+	Admin     *AdminBlock `hcl:"admin,block"`
+	Providers []*Provider `hcl:"provider,block"`
+	Accounts  []*Account  `hcl:"account,block"`
+	Users     []*User     `hcl:"user,block"`
+
+	ShutdownTimeoutRange hcl.Range `hcl:"shutdown_timeout,attr_range"`
+
+	// Derived.
+	Path               string
+	Shutdown           time.Duration
+	LocalTLS           *tls.Config // nil when there is no tls block
+	ProviderByName     map[string]*Provider
+	AccountByName      map[string]*Account
+	UserByName         map[string]*User
+	SMTPAccountByEmail map[string]*Account // lower-cased mailbox -> account
+}
+
+// Listener attributes shared by the imap, pop3 and smtp blocks (gohcl does
+// not flatten embedded structs, so each block spells them out):
+//
+//	listen              = ["127.0.0.1:1143"]  plaintext, STARTTLS when tls is set
+//	listen_tls          = []                  implicit TLS
+//	allow_insecure_auth = false               take passwords without TLS off loopback
+//	max_connections     = 1000                local connections, all users together
+
+// IMAPBlock is the imap { } block.
+type IMAPBlock struct {
+	Listen            []string `hcl:"listen,optional"`
+	ListenTLS         []string `hcl:"listen_tls,optional"`
+	AllowInsecureAuth bool     `hcl:"allow_insecure_auth,optional"`
+	MaxConnections    int      `hcl:"max_connections,optional"`
+	PreauthTimeout    string   `hcl:"preauth_timeout,optional"`
+	IdleTimeout       string   `hcl:"idle_timeout,optional"`
+	UpstreamTimeout   string   `hcl:"upstream_timeout,optional"`
+	ConnectionWait    string   `hcl:"connection_wait,optional"`
+	MaxLineBytes      int      `hcl:"max_line_bytes,optional"`
+	MaxLiteralBytes   int      `hcl:"max_literal_bytes,optional"`
+
+	DefRange            hcl.Range `hcl:",def_range"`
+	ListenRange         hcl.Range `hcl:"listen,attr_range"`
+	ListenTLSRange      hcl.Range `hcl:"listen_tls,attr_range"`
+	PreauthTimeoutRange hcl.Range `hcl:"preauth_timeout,attr_range"`
+	IdleTimeoutRange    hcl.Range `hcl:"idle_timeout,attr_range"`
+	UpstreamRange       hcl.Range `hcl:"upstream_timeout,attr_range"`
+	WaitRange           hcl.Range `hcl:"connection_wait,attr_range"`
+
+	Limits ProxyLimits // derived
+}
+
+// POP3Block is the pop3 { } block.
+type POP3Block struct {
+	Listen            []string `hcl:"listen,optional"`
+	ListenTLS         []string `hcl:"listen_tls,optional"`
+	AllowInsecureAuth bool     `hcl:"allow_insecure_auth,optional"`
+	MaxConnections    int      `hcl:"max_connections,optional"`
+	PreauthTimeout    string   `hcl:"preauth_timeout,optional"`
+	IdleTimeout       string   `hcl:"idle_timeout,optional"`
+	UpstreamTimeout   string   `hcl:"upstream_timeout,optional"`
+	ConnectionWait    string   `hcl:"connection_wait,optional"`
+	MaxLineBytes      int      `hcl:"max_line_bytes,optional"`
+
+	DefRange            hcl.Range `hcl:",def_range"`
+	ListenRange         hcl.Range `hcl:"listen,attr_range"`
+	ListenTLSRange      hcl.Range `hcl:"listen_tls,attr_range"`
+	PreauthTimeoutRange hcl.Range `hcl:"preauth_timeout,attr_range"`
+	IdleTimeoutRange    hcl.Range `hcl:"idle_timeout,attr_range"`
+	UpstreamRange       hcl.Range `hcl:"upstream_timeout,attr_range"`
+	WaitRange           hcl.Range `hcl:"connection_wait,attr_range"`
+
+	Limits ProxyLimits // derived
+}
+
+// SMTPBlock is the smtp { } block.
+type SMTPBlock struct {
+	Listen            []string `hcl:"listen,optional"`
+	ListenTLS         []string `hcl:"listen_tls,optional"`
+	AllowInsecureAuth bool     `hcl:"allow_insecure_auth,optional"`
+	MaxConnections    int      `hcl:"max_connections,optional"`
+	Domain            string   `hcl:"domain,optional"` // our greeting/EHLO name
+	MaxMessageBytes   int64    `hcl:"max_message_bytes,optional"`
+	MaxRecipients     int      `hcl:"max_recipients,optional"`
+	ReadTimeout       string   `hcl:"read_timeout,optional"`
+	WriteTimeout      string   `hcl:"write_timeout,optional"`
+	UpstreamTimeout   string   `hcl:"upstream_timeout,optional"`
+	ConnectionWait    string   `hcl:"connection_wait,optional"`
+
+	DefRange          hcl.Range `hcl:",def_range"`
+	ListenRange       hcl.Range `hcl:"listen,attr_range"`
+	ListenTLSRange    hcl.Range `hcl:"listen_tls,attr_range"`
+	ReadTimeoutRange  hcl.Range `hcl:"read_timeout,attr_range"`
+	WriteTimeoutRange hcl.Range `hcl:"write_timeout,attr_range"`
+	UpstreamRange     hcl.Range `hcl:"upstream_timeout,attr_range"`
+	WaitRange         hcl.Range `hcl:"connection_wait,attr_range"`
+
+	Limits SMTPLimits // derived
+}
+
+// ProxyLimits are the resolved limits of the IMAP and POP3 proxies.
+type ProxyLimits struct {
+	PreauthTimeout  time.Duration
+	IdleTimeout     time.Duration
+	UpstreamTimeout time.Duration
+	ConnectionWait  time.Duration
+	MaxLineBytes    int
+	MaxLiteralBytes int
+	MaxConnections  int
+}
+
+// SMTPLimits are the resolved limits of the SMTP proxy.
+type SMTPLimits struct {
+	MaxMessageBytes int64
+	MaxRecipients   int
+	ReadTimeout     time.Duration
+	WriteTimeout    time.Duration
+	UpstreamTimeout time.Duration
+	ConnectionWait  time.Duration
+	MaxConnections  int
+}
+
+// TLSBlock is the local side's certificate.
+type TLSBlock struct {
+	CertFile string `hcl:"cert_file"`
+	KeyFile  string `hcl:"key_file"`
+
+	CertRange hcl.Range `hcl:"cert_file,attr_range"`
+	KeyRange  hcl.Range `hcl:"key_file,attr_range"`
+}
+
+// AdminBlock configures the admin listener: OAuth callback, status page,
+// health, metrics and the JSON API.
+type AdminBlock struct {
+	Listen       string `hcl:"listen,optional"`
+	PublicURL    string `hcl:"public_url,optional"`
+	Username     string `hcl:"username,optional"`
+	PasswordHash Secret `hcl:"password_hash,optional"`
+
+	ListenRange    hcl.Range `hcl:"listen,attr_range"`
+	PublicURLRange hcl.Range `hcl:"public_url,attr_range"`
+	HashRange      hcl.Range `hcl:"password_hash,attr_range"`
+	DefRange       hcl.Range `hcl:",def_range"`
+}
+
+// Provider is one Entra app registration.
+type Provider struct {
+	Name         string `hcl:"name,label"`
+	Type         string `hcl:"type,optional"`
+	Cloud        string `hcl:"cloud,optional"`
+	Tenant       string `hcl:"tenant"`
+	ClientID     string `hcl:"client_id"`
+	ClientSecret Secret `hcl:"client_secret,optional"`
+	Authority    string `hcl:"authority,optional"`
+	IMAPServer   string `hcl:"imap_server,optional"`
+	POP3Server   string `hcl:"pop3_server,optional"`
+	SMTPServer   string `hcl:"smtp_server,optional"`
+	CAFile       string `hcl:"ca_file,optional"`
+
+	DefRange       hcl.Range `hcl:",def_range"`
+	TypeRange      hcl.Range `hcl:"type,attr_range"`
+	CloudRange     hcl.Range `hcl:"cloud,attr_range"`
+	TenantRange    hcl.Range `hcl:"tenant,attr_range"`
+	AuthorityRange hcl.Range `hcl:"authority,attr_range"`
+	CAFileRange    hcl.Range `hcl:"ca_file,attr_range"`
+	IMAPRange      hcl.Range `hcl:"imap_server,attr_range"`
+	POP3Range      hcl.Range `hcl:"pop3_server,attr_range"`
+	SMTPRange      hcl.Range `hcl:"smtp_server,attr_range"`
+
+	// Derived from the cloud preset and the overrides.
+	ScopePrefix string         // e.g. "https://outlook.office.com/"
+	AppScope    string         // e.g. "https://outlook.office365.com/.default"
+	RootCAs     *x509.CertPool // system roots plus ca_file; nil = system roots only
+}
+
+// Account is one upstream mailbox and how its token is obtained.
+type Account struct {
+	Name               string   `hcl:"name,label"`
+	ProviderName       string   `hcl:"provider"`
+	Mailbox            string   `hcl:"mailbox"`
+	Flow               string   `hcl:"flow,optional"`
+	Delegate           string   `hcl:"delegate,optional"`
+	SendAs             []string `hcl:"send_as,optional"`
+	MaxConnections     int      `hcl:"max_connections,optional"`
+	SMTPMaxConnections int      `hcl:"smtp_max_connections,optional"`
+
+	DefRange      hcl.Range `hcl:",def_range"`
+	ProviderRange hcl.Range `hcl:"provider,attr_range"`
+	MailboxRange  hcl.Range `hcl:"mailbox,attr_range"`
+	FlowRange     hcl.Range `hcl:"flow,attr_range"`
+	DelegateRange hcl.Range `hcl:"delegate,attr_range"`
+	SendAsRange   hcl.Range `hcl:"send_as,attr_range"`
+
+	Provider *Provider // resolved
+}
+
+// Flows.
+const (
+	FlowDelegated = "delegated"
+	FlowApp       = "app"
+)
+
+// User is a local credential used by a legacy system.
+type User struct {
+	Name         string `hcl:"name,label"`
+	PasswordHash Secret `hcl:"password_hash"`
+	AccountName  string `hcl:"account"`
+
+	DefRange     hcl.Range `hcl:",def_range"`
+	HashRange    hcl.Range `hcl:"password_hash,attr_range"`
+	AccountRange hcl.Range `hcl:"account,attr_range"`
+
+	Account *Account // resolved
+}
+
+// SenderAllowed reports whether addr may be used as the envelope sender of
+// a message submitted for this account: the mailbox itself or one of
+// send_as, compared case-insensitively.
+func (a *Account) SenderAllowed(addr string) bool {
+	if equalFoldASCII(addr, a.Mailbox) {
+		return true
+	}
+	for _, s := range a.SendAs {
+		if equalFoldASCII(addr, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// AllowedSenders lists the mailbox and its send_as addresses.
+func (a *Account) AllowedSenders() []string {
+	return append([]string{a.Mailbox}, a.SendAs...)
+}
+
+// LoginHint is who signs in for a delegated account: the delegate, or the
+// mailbox itself when no delegate is set.
+func (a *Account) LoginHint() string {
+	if a.Delegate != "" {
+		return a.Delegate
+	}
+	return a.Mailbox
+}
+
+func equalFoldASCII(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}

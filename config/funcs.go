@@ -1,0 +1,78 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/function"
+)
+
+// evalContext holds the functions a configuration may call. None of them
+// puts the value it returns into an error message: HCL shows the source
+// expression instead, so secrets stay out of diagnostics.
+func evalContext() *hcl.EvalContext {
+	return &hcl.EvalContext{Functions: map[string]function.Function{
+		"env":        envFunc,
+		"file":       fileFunc,
+		"credential": credentialFunc,
+	}}
+}
+
+var envFunc = function.New(&function.Spec{
+	Description: "Returns the value of an environment variable; fails if it is unset.",
+	Params:      []function.Parameter{{Name: "name", Type: cty.String}},
+	Type:        function.StaticReturnType(cty.String),
+	Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
+		name := args[0].AsString()
+		v, ok := os.LookupEnv(name)
+		if !ok {
+			return cty.NilVal, function.NewArgErrorf(0, "environment variable %q is not set; export it in the service's environment (systemd: Environment= or EnvironmentFile=)", name)
+		}
+		return cty.StringVal(v), nil
+	},
+})
+
+var fileFunc = function.New(&function.Spec{
+	Description: "Returns the contents of a file, without one trailing newline.",
+	Params:      []function.Parameter{{Name: "path", Type: cty.String}},
+	Type:        function.StaticReturnType(cty.String),
+	Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
+		b, err := os.ReadFile(args[0].AsString())
+		if err != nil {
+			return cty.NilVal, function.NewArgError(0, err)
+		}
+		return cty.StringVal(trimNewline(string(b))), nil
+	},
+})
+
+var credentialFunc = function.New(&function.Spec{
+	Description: "Returns a systemd credential ($CREDENTIALS_DIRECTORY/name), without one trailing newline.",
+	Params:      []function.Parameter{{Name: "name", Type: cty.String}},
+	Type:        function.StaticReturnType(cty.String),
+	Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
+		name := args[0].AsString()
+		if name == "" || strings.ContainsAny(name, "/\x00") || name == "." || name == ".." {
+			return cty.NilVal, function.NewArgErrorf(0, "credential name %q is not a plain file name", name)
+		}
+		dir := os.Getenv("CREDENTIALS_DIRECTORY")
+		if dir == "" {
+			return cty.NilVal, function.NewArgErrorf(0, "$CREDENTIALS_DIRECTORY is not set: credential(%q) works under systemd with LoadCredential=%s:/path/to/file in the unit", name, name)
+		}
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return cty.NilVal, function.NewArgError(0, fmt.Errorf("credential %q: %w (is LoadCredential=%s:... in the unit?)", name, err, name))
+		}
+		return cty.StringVal(trimNewline(string(b))), nil
+	},
+})
+
+func trimNewline(s string) string {
+	if strings.HasSuffix(s, "\r\n") {
+		return s[:len(s)-2]
+	}
+	return strings.TrimSuffix(s, "\n")
+}

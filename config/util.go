@@ -1,0 +1,5 @@
+package config
+
+import "sort"
+
+func sortStrings(s []string) { sort.Strings(s) }

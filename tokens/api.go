@@ -1,0 +1,41 @@
+package tokens
+
+import "time"
+
+// State is an account's token state as shown by status, metrics and the
+// admin page.
+type State string
+
+const (
+	StateOK         State = "ok"          // a valid or refreshable token
+	StateNeedsLogin State = "needs_login" // a person must run `oauthbridge login ACCOUNT`
+	StateFailing    State = "failing"     // configuration/app registration problem, or refresh failing for a while
+	StateUnknown    State = "unknown"     // never logged in yet (delegated) or not yet tried (app)
+)
+
+// AccountStatus is one row of `oauthbridge status`, the admin page and
+// GET /api/accounts. It never contains a token or a secret.
+type AccountStatus struct {
+	Account     string    `json:"account"`
+	Mailbox     string    `json:"mailbox"`
+	Flow        string    `json:"flow"`
+	Delegate    string    `json:"delegate,omitempty"`
+	SignedInAs  string    `json:"signed_in_as,omitempty"`
+	State       State     `json:"state"`
+	Expiry      time.Time `json:"access_token_expiry,omitzero"`
+	LastRefresh time.Time `json:"last_refresh,omitzero"`
+	LastError   string    `json:"last_error,omitempty"`
+	Fix         string    `json:"fix,omitempty"`
+	AADSTS      int       `json:"aadsts,omitempty"`
+}
+
+// DeviceLogin is a started device-code login: what the person must open and
+// type. Tokens and device codes are not in it.
+type DeviceLogin struct {
+	Account         string    `json:"account"`
+	VerificationURI string    `json:"verification_uri"`
+	UserCode        string    `json:"user_code"`
+	Expires         time.Time `json:"expires"`
+	Interval        int       `json:"interval"`
+	Message         string    `json:"message,omitempty"`
+}

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -41,7 +42,7 @@ var fileFunc = function.New(&function.Spec{
 	Params:      []function.Parameter{{Name: "path", Type: cty.String}},
 	Type:        function.StaticReturnType(cty.String),
 	Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
-		b, err := os.ReadFile(args[0].AsString())
+		b, err := readSmallFile(args[0].AsString())
 		if err != nil {
 			return cty.NilVal, function.NewArgError(0, err)
 		}
@@ -62,7 +63,7 @@ var credentialFunc = function.New(&function.Spec{
 		if dir == "" {
 			return cty.NilVal, function.NewArgErrorf(0, "$CREDENTIALS_DIRECTORY is not set: credential(%q) works under systemd with LoadCredential=%s:/path/to/file in the unit", name, name)
 		}
-		b, err := os.ReadFile(filepath.Join(dir, name))
+		b, err := readSmallFile(filepath.Join(dir, name))
 		if err != nil {
 			return cty.NilVal, function.NewArgError(0, fmt.Errorf("credential %q: %w (is LoadCredential=%s:... in the unit?)", name, err, name))
 		}
@@ -75,4 +76,27 @@ func trimNewline(s string) string {
 		return s[:len(s)-2]
 	}
 	return strings.TrimSuffix(s, "\n")
+}
+
+// maxSecretFile bounds what file() and credential() read: a secret is small,
+// and a path like /dev/zero must not hang or exhaust the loader.
+const maxSecretFile = 1 << 20
+
+func readSmallFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxSecretFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxSecretFile {
+		return nil, fmt.Errorf("%s is larger than %d bytes; a secret file should hold just the secret", path, maxSecretFile)
+	}
+	return b, nil
 }

@@ -184,13 +184,9 @@ func (a *Authenticator) Check(ctx context.Context, user, password, remote string
 	}
 	key := a.cacheKey(user, password, hash)
 
+	// Throttling is checked before the cache: otherwise a blocked guesser
+	// could test passwords at HMAC speed against a cached success.
 	a.mu.Lock()
-	if u != nil {
-		if exp, ok := a.cache[key]; ok && now.Before(exp) {
-			a.mu.Unlock()
-			return u, nil
-		}
-	}
 	if f := a.remotes[remote]; f != nil && now.Before(f.blocked) {
 		a.mu.Unlock()
 		return nil, ErrThrottled
@@ -199,6 +195,12 @@ func (a *Authenticator) Check(ctx context.Context, user, password, remote string
 	if f := a.userFail[user]; f != nil && !knownRemote && now.Before(f.blocked) {
 		a.mu.Unlock()
 		return nil, ErrThrottled
+	}
+	if u != nil {
+		if exp, ok := a.cache[key]; ok && now.Before(exp) {
+			a.mu.Unlock()
+			return u, nil
+		}
 	}
 	a.mu.Unlock()
 

@@ -1,0 +1,533 @@
+package smtpproxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/internal/localauth"
+	"github.com/oauthbridge/oauthbridge/internal/metrics"
+)
+
+// session is one local SMTP session (go-smtp creates it at EHLO and again
+// after STARTTLS). It owns at most one upstream connection.
+//
+// go-smtp calls the Session methods from the connection's goroutine, except
+// that for BDAT it runs Data in a goroutine of its own while the connection
+// goroutine may call Reset or Logout; opMu serialises them.
+type session struct {
+	srv    *Server
+	conn   *smtp.Conn
+	tc     *trackedConn
+	remote net.Addr
+	log    *slog.Logger // proto, conn, remote; after AUTH also user, account, mailbox
+	ctx    context.Context
+	cancel context.CancelFunc
+	start  time.Time
+
+	opMu sync.Mutex
+	cfg  *config.Config // snapshot: at EHLO, refreshed at AUTH
+
+	user    string
+	account *config.Account
+
+	// Transaction state.
+	from  string
+	rcpts []string
+	inTx  bool // the upstream accepted MAIL and the transaction is open there
+
+	// Statistics for the closing log line.
+	messages int
+	bytesIn  int64
+
+	upMu sync.Mutex // guards up against abortUpstream from Shutdown
+	up   *upstream
+
+	logoutOnce sync.Once
+}
+
+var _ interface {
+	smtp.Session
+	smtp.AuthSession
+} = (*session)(nil)
+
+func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
+	tc := connOf(c)
+	log := s.log
+	if tc != nil {
+		log = tc.log
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	sess := &session{
+		srv:    s,
+		conn:   c,
+		tc:     tc,
+		remote: c.Conn().RemoteAddr(),
+		log:    log,
+		ctx:    ctx,
+		cancel: cancel,
+		start:  time.Now(),
+		cfg:    s.opts.Config(),
+	}
+	if tc != nil {
+		tc.setSession(sess)
+	}
+	return sess, nil
+}
+
+func (s *session) limits() config.SMTPLimits {
+	if s.cfg != nil && s.cfg.SMTP != nil {
+		return s.cfg.SMTP.Limits
+	}
+	return config.SMTPLimits{
+		MaxMessageBytes: config.DefaultMaxMessageBytes,
+		MaxRecipients:   config.DefaultMaxRecipients,
+		ReadTimeout:     config.DefaultSMTPReadTimeout,
+		WriteTimeout:    config.DefaultSMTPWriteTimeout,
+		UpstreamTimeout: config.DefaultUpstreamTimeout,
+		ConnectionWait:  config.DefaultConnectionWait,
+		MaxConnections:  config.DefaultMaxConnections,
+	}
+}
+
+// authAllowed applies the plaintext-password rule: AUTH needs TLS unless
+// the client is on loopback or allow_insecure_auth is set in the smtp block.
+func (s *session) authAllowed() bool {
+	if _, ok := s.conn.TLSConnectionState(); ok {
+		return true
+	}
+	if cfg := s.srv.opts.Config(); cfg != nil && cfg.SMTP != nil && cfg.SMTP.AllowInsecureAuth {
+		return true
+	}
+	return isLoopback(s.remote)
+}
+
+func isLoopback(a net.Addr) bool {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.IsLoopback()
+	}
+	if a == nil {
+		return false
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	return err == nil && ap.Addr().IsLoopback()
+}
+
+// AuthMechanisms implements smtp.AuthSession. Where AUTH would be refused,
+// none are returned, so EHLO does not advertise AUTH.
+func (s *session) AuthMechanisms() []string {
+	if !s.authAllowed() {
+		return nil
+	}
+	return []string{sasl.Plain, sasl.Login}
+}
+
+// Auth implements smtp.AuthSession.
+func (s *session) Auth(mech string) (sasl.Server, error) {
+	if !s.authAllowed() {
+		s.log.Warn("AUTH refused on a plaintext connection from a non-loopback address; use STARTTLS or set allow_insecure_auth")
+		return nil, errEncryption
+	}
+	switch mech {
+	case sasl.Plain:
+		return sasl.NewPlainServer(func(identity, user, pass string) error {
+			if identity != "" && identity != user {
+				s.audit(localauth.Attempt{User: user, Result: localauth.ResultBadCredentials,
+					Err: errors.New("smtpproxy: PLAIN authorization identity differs from the user name")})
+				return errBadCreds
+			}
+			return s.login(user, pass)
+		}), nil
+	case sasl.Login:
+		return newLoginServer(s.login), nil
+	}
+	return nil, errMechanism
+}
+
+func (s *session) audit(a localauth.Attempt) {
+	a.Proto = "smtp"
+	a.Remote = localauth.RemoteIP(s.remote)
+	log := s.srv.opts.Logger
+	if s.tc != nil {
+		log = log.With("conn", s.tc.id)
+	}
+	localauth.Audit(log, a)
+}
+
+// login checks local credentials. Every outcome writes one audit line.
+func (s *session) login(user, pass string) error {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	u, err := s.srv.opts.Auth.Check(s.ctx, user, pass, localauth.RemoteIP(s.remote))
+	switch {
+	case err == nil:
+	case errors.Is(err, localauth.ErrInvalid):
+		s.audit(localauth.Attempt{User: user, Result: localauth.ResultBadCredentials, Err: err})
+		return errBadCreds
+	case errors.Is(err, localauth.ErrThrottled):
+		s.audit(localauth.Attempt{User: user, Result: localauth.ResultThrottled, Err: err})
+		return errBadCreds
+	default:
+		s.audit(localauth.Attempt{User: user, Result: localauth.ResultError, Err: err})
+		return errLocalTemp
+	}
+	// Resolve the account in the newest configuration, so a reload that
+	// moved the user to another account takes effect at the next login.
+	cfg := s.srv.opts.Config()
+	acct := u.Account
+	if cu := cfg.UserByName[u.Name]; cu != nil && cu.Account != nil {
+		acct = cu.Account
+	}
+	if acct == nil {
+		s.audit(localauth.Attempt{User: user, Result: localauth.ResultError, Err: errors.New("smtpproxy: user has no account")})
+		return errLocalTemp
+	}
+	s.cfg = cfg
+	s.user = u.Name
+	s.account = acct
+	s.log = s.log.With("user", u.Name, "account", acct.Name, "mailbox", acct.Mailbox)
+	s.audit(localauth.Attempt{User: user, Result: localauth.ResultOK, Account: acct.Name, Mailbox: acct.Mailbox})
+	return nil
+}
+
+// Mail implements smtp.Session: sender policy first, then the upstream
+// connection (opened here at the first MAIL) and the upstream MAIL.
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	if s.account == nil {
+		return errAuthRequired
+	}
+	if s.inTx {
+		// MAIL inside an open transaction: start over upstream too.
+		s.resetUpstream()
+	}
+	s.from, s.rcpts = from, nil
+	if !s.account.SenderAllowed(from) {
+		s.log.Warn("sender refused by policy", "from", from)
+		metrics.SMTPMessages.WithLabelValues("refused").Inc()
+		return errSenderNotAllowed(from, s.account.AllowedSenders())
+	}
+	if opts != nil && opts.Size > s.limits().MaxMessageBytes {
+		metrics.SMTPMessages.WithLabelValues("refused").Inc()
+		return smtp.ErrDataTooLarge
+	}
+	for attempt := 0; ; attempt++ {
+		up, fresh, werr := s.ensureUpstream()
+		if werr != nil {
+			metrics.SMTPMessages.WithLabelValues("failed").Inc()
+			return werr
+		}
+		if opts != nil && opts.UTF8 {
+			if ok, _ := up.c.Extension("SMTPUTF8"); !ok {
+				return errNoUTF8Upstream
+			}
+		}
+		err := up.c.Mail(from, upstreamMailOptions(opts))
+		if err == nil {
+			s.inTx = true
+			return nil
+		}
+		se, isSMTP := asSMTP(err)
+		if isSMTP && se.Code != 421 {
+			s.log.Info("upstream refused MAIL", "from", from, "error", codeString(se))
+			countRefusal(se)
+			return se // bare: go-smtp type-asserts *smtp.SMTPError
+		}
+		s.dropUpstream(up)
+		if fresh || attempt > 0 {
+			metrics.UpstreamErrors.WithLabelValues("smtp", errorClass(err)).Inc()
+			metrics.SMTPMessages.WithLabelValues("failed").Inc()
+			s.log.Warn("upstream connection failed at MAIL", "upstream", up.addr, "error", err.Error())
+			if isSMTP {
+				return se
+			}
+			return errUpstreamLost
+		}
+		// The cached connection died while idle (Exchange closes idle
+		// connections); no transaction exists yet, so re-dial once.
+		s.log.Debug("cached upstream connection is gone, re-dialling", "error", err.Error())
+	}
+}
+
+func upstreamMailOptions(o *smtp.MailOptions) *smtp.MailOptions {
+	if o == nil {
+		return nil
+	}
+	// AUTH= is not forwarded (the upstream identity is the mailbox) and
+	// REQUIRETLS is not offered locally.
+	return &smtp.MailOptions{Body: o.Body, Size: o.Size, UTF8: o.UTF8, Return: o.Return, EnvelopeID: o.EnvelopeID}
+}
+
+func countRefusal(se *smtp.SMTPError) {
+	if se.Code/100 == 5 {
+		metrics.SMTPMessages.WithLabelValues("refused").Inc()
+	} else {
+		metrics.SMTPMessages.WithLabelValues("failed").Inc()
+	}
+}
+
+// Rcpt implements smtp.Session: each recipient is relayed and the
+// upstream's reply comes back verbatim.
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	if s.account == nil {
+		return errAuthRequired
+	}
+	up := s.current()
+	if up == nil || !s.inTx {
+		return errUpstreamLost
+	}
+	if max := s.limits().MaxRecipients; max > 0 && len(s.rcpts) >= max {
+		return errTooManyRcpts
+	}
+	err := up.c.Rcpt(to, opts)
+	if err == nil {
+		s.rcpts = append(s.rcpts, to)
+		return nil
+	}
+	if se, ok := asSMTP(err); ok {
+		s.log.Info("upstream refused recipient", "to", to, "error", codeString(se))
+		return se
+	}
+	metrics.UpstreamErrors.WithLabelValues("smtp", errorClass(err)).Inc()
+	s.log.Warn("upstream connection lost at RCPT", "upstream", up.addr, "error", err.Error())
+	s.dropUpstream(up)
+	s.inTx = false
+	return errUpstreamLost
+}
+
+// Data implements smtp.Session. The body is streamed to the upstream as it
+// arrives; the client gets 250 only after the upstream's 250.
+func (s *session) Data(r io.Reader) error {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	if s.account == nil {
+		return errAuthRequired
+	}
+	up := s.current()
+	if up == nil || !s.inTx {
+		return errUpstreamLost
+	}
+	lim := s.limits()
+	if s.tc != nil {
+		s.tc.setInData(true, lim.ReadTimeout)
+		defer s.tc.setInData(false, 0)
+	}
+	start := time.Now()
+	w, err := up.c.Data()
+	if err != nil {
+		if se, ok := asSMTP(err); ok {
+			// The transaction stays open upstream; Reset sends RSET.
+			s.log.Info("upstream refused DATA", "error", codeString(se))
+			countRefusal(se)
+			return se
+		}
+		metrics.UpstreamErrors.WithLabelValues("smtp", errorClass(err)).Inc()
+		metrics.SMTPMessages.WithLabelValues("failed").Inc()
+		s.log.Warn("upstream connection lost at DATA", "upstream", up.addr, "error", err.Error())
+		s.dropUpstream(up)
+		s.inTx = false
+		return errUpstreamLost
+	}
+
+	src := &bodyReader{r: r, limit: lim.MaxMessageBytes}
+	dst := &deadlineWriter{w: w, conn: up.conn, timeout: lim.UpstreamTimeout}
+	n, err := io.Copy(dst, src)
+	s.bytesIn += n
+	metrics.BytesRelayed.WithLabelValues("smtp", "up").Add(float64(n))
+	if err != nil {
+		// Never close w: that writes the final "." and the upstream would
+		// deliver a truncated message. Dropping the connection aborts the
+		// transaction.
+		s.dropUpstream(up)
+		s.inTx = false
+		metrics.SMTPMessages.WithLabelValues("failed").Inc()
+		switch {
+		case errors.Is(src.err, smtp.ErrDataTooLarge):
+			s.log.Warn("message too large, not delivered", "from", s.from, "bytes_in", n, "limit", lim.MaxMessageBytes)
+			return smtp.ErrDataTooLarge
+		case src.err != nil:
+			s.log.Warn("client stopped sending the message, not delivered", "from", s.from, "bytes_in", n, "error", src.err.Error())
+			return errClientGone
+		default:
+			metrics.UpstreamErrors.WithLabelValues("smtp", errorClass(err)).Inc()
+			s.log.Warn("upstream connection lost during DATA, message not delivered", "upstream", up.addr, "from", s.from, "bytes_in", n, "error", err.Error())
+			return errUpstreamLost
+		}
+	}
+	dst.arm()
+	resp, err := w.CloseWithResponse()
+	s.inTx = false
+	if err != nil {
+		if se, ok := asSMTP(err); ok {
+			s.log.Info("upstream refused the message", "from", s.from, "rcpts", len(s.rcpts), "bytes_in", n, "error", codeString(se))
+			countRefusal(se)
+			return se
+		}
+		// The final "." went out but no reply came back: the message may
+		// have been delivered. A 4xx makes the client retry, which at worst
+		// duplicates it; losing it is worse.
+		metrics.UpstreamErrors.WithLabelValues("smtp", errorClass(err)).Inc()
+		metrics.SMTPMessages.WithLabelValues("failed").Inc()
+		s.log.Warn("no upstream reply after the end of DATA; the client will retry (possible duplicate)", "upstream", up.addr, "from", s.from, "bytes_in", n, "error", err.Error())
+		s.dropUpstream(up)
+		return errUpstreamLost
+	}
+	s.messages++
+	metrics.SMTPMessages.WithLabelValues("relayed").Inc()
+	ok := replyError(250, resp.StatusText)
+	s.log.Info("message relayed", "from", s.from, "rcpts", len(s.rcpts), "bytes_in", n,
+		"duration", time.Since(start).Round(time.Millisecond).String(), "upstream_reply", codeString(ok))
+	// Returning a 250 "error" makes go-smtp relay the upstream's own 250
+	// text (queue id) instead of its generic "OK: queued".
+	return ok
+}
+
+// Reset implements smtp.Session. go-smtp calls it after every DATA, on RSET
+// and on a repeated EHLO; RSET goes upstream only if a transaction is open
+// there.
+func (s *session) Reset() {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	s.from, s.rcpts = "", nil
+	if s.inTx {
+		s.resetUpstream()
+	}
+}
+
+func (s *session) resetUpstream() {
+	s.inTx = false
+	up := s.current()
+	if up == nil {
+		return
+	}
+	if err := up.c.Reset(); err != nil {
+		s.log.Debug("upstream RSET failed, dropping the connection", "error", err.Error())
+		s.dropUpstream(up)
+	}
+}
+
+// Logout implements smtp.Session: QUIT upstream and release the slot.
+func (s *session) Logout() error {
+	s.logoutOnce.Do(func() {
+		if s.tc != nil {
+			s.tc.setSession(nil)
+		}
+		if !s.opMu.TryLock() {
+			// Data is still running on go-smtp's BDAT goroutine; go-smtp
+			// closes the BDAT pipe only after Logout returns (STARTTLS in
+			// mid-BDAT), so waiting here would deadlock. Cut the upstream
+			// instead: an unfinished message is never completed.
+			s.log.Debug("session closed during a BDAT transfer; upstream connection dropped")
+			s.abortUpstream()
+			return
+		}
+		defer s.opMu.Unlock()
+		s.upMu.Lock()
+		up := s.up
+		s.up = nil
+		s.upMu.Unlock()
+		if up != nil {
+			up.quit()
+		}
+		s.cancel()
+		if s.account != nil {
+			s.log.Info("session closed", "messages", s.messages, "bytes_in", s.bytesIn,
+				"duration", time.Since(s.start).Round(time.Millisecond).String())
+		}
+	})
+	return nil
+}
+
+func (s *session) current() *upstream {
+	s.upMu.Lock()
+	defer s.upMu.Unlock()
+	return s.up
+}
+
+// ensureUpstream returns the session's upstream connection, dialling it if
+// there is none; fresh reports a new connection. Errors are wire errors.
+func (s *session) ensureUpstream() (up *upstream, fresh bool, err error) {
+	if up := s.current(); up != nil {
+		return up, false, nil
+	}
+	up, werr := s.dial()
+	if werr != nil {
+		return nil, false, werr
+	}
+	s.upMu.Lock()
+	s.up = up
+	s.upMu.Unlock()
+	return up, true, nil
+}
+
+// dropUpstream closes up without QUIT (and without finishing a DATA).
+func (s *session) dropUpstream(up *upstream) {
+	s.upMu.Lock()
+	if s.up == up {
+		s.up = nil
+	}
+	s.upMu.Unlock()
+	up.close()
+}
+
+// abortUpstream is called by Shutdown from another goroutine: closing the
+// socket unblocks whatever the session is doing upstream.
+func (s *session) abortUpstream() {
+	s.cancel()
+	if up := s.current(); up != nil {
+		up.close()
+	}
+}
+
+// bodyReader counts the message body, enforces the session's size limit
+// and remembers a read error so Data can tell a client failure from an
+// upstream one.
+type bodyReader struct {
+	r     io.Reader
+	limit int64
+	n     int64
+	err   error
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	b.n += int64(n)
+	if b.limit > 0 && b.n > b.limit {
+		err = smtp.ErrDataTooLarge
+	}
+	if err != nil && err != io.EOF {
+		b.err = err
+	}
+	return n, err
+}
+
+// deadlineWriter re-arms the upstream write deadline before every write, so
+// a stalled upstream fails the message instead of hanging the session.
+type deadlineWriter struct {
+	w       io.Writer
+	conn    net.Conn
+	timeout time.Duration
+}
+
+func (d *deadlineWriter) arm() {
+	if d.timeout > 0 {
+		_ = d.conn.SetWriteDeadline(time.Now().Add(d.timeout))
+	}
+}
+
+func (d *deadlineWriter) Write(p []byte) (int, error) {
+	d.arm()
+	return d.w.Write(p)
+}

@@ -1,0 +1,144 @@
+package smtpproxy
+
+import (
+	"bufio"
+	"crypto/tls"
+	"encoding/base64"
+	"net"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestTranscripts replays testdata/*.txt against the bridge (with the stub
+// upstream). Lines: "C: text" sends text+CRLF; "C+ text" queues it and
+// sends it with the next "C:" line in one write (pipelining); "C:" alone
+// sends an empty line; "S: pattern" must match the next reply line
+// (path.Match); "S~ pattern" skips reply lines until one matches.
+// {USER64}, {PASS64} and {PLAIN64} expand to the test credentials.
+func TestTranscripts(t *testing.T) {
+	files, _ := filepath.Glob("testdata/*.txt")
+	if len(files) == 0 {
+		t.Fatal("no transcripts in testdata")
+	}
+	b64 := base64.StdEncoding.EncodeToString
+	repl := strings.NewReplacer(
+		"{USER64}", b64([]byte("otrs")),
+		"{PASS64}", b64([]byte(testPassword)),
+		"{PLAIN64}", b64([]byte("\x00otrs\x00"+testPassword)),
+	)
+	for _, file := range files {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			src, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ms := startStubMS(t)
+			br := startBridge(t, ms.addr, bridgeOpts{})
+			br.tokens.set("helpdesk", ms.issue("helpdesk@contoso.com"))
+			conn, err := net.Dial("tcp", br.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			r := bufio.NewReader(conn)
+			var queued strings.Builder
+			for i, line := range strings.Split(strings.TrimRight(string(src), "\n"), "\n") {
+				n := i + 1
+				switch {
+				case line == "" || strings.HasPrefix(line, "#"):
+				case strings.HasPrefix(line, "C+ "):
+					queued.WriteString(repl.Replace(line[3:]) + "\r\n")
+				case line == "C:" || strings.HasPrefix(line, "C: "):
+					queued.WriteString(repl.Replace(strings.TrimPrefix(strings.TrimPrefix(line, "C:"), " ")) + "\r\n")
+					if _, err := conn.Write([]byte(queued.String())); err != nil {
+						t.Fatalf("%s:%d: write: %v", file, n, err)
+					}
+					queued.Reset()
+				case strings.HasPrefix(line, "S: "), strings.HasPrefix(line, "S~ "):
+					want, skip := line[3:], line[1] == '~'
+					for {
+						got, err := r.ReadString('\n')
+						if err != nil {
+							t.Fatalf("%s:%d: want %q, read error %v", file, n, want, err)
+						}
+						got = strings.TrimRight(got, "\r\n")
+						ok, _ := path.Match(want, got)
+						if ok {
+							break
+						}
+						if !skip {
+							t.Fatalf("%s:%d: got %q, want %q", file, n, got, want)
+						}
+					}
+				default:
+					t.Fatalf("%s:%d: bad transcript line %q", file, n, line)
+				}
+			}
+		})
+	}
+}
+
+// TestStartTLSDuringBDAT: go-smtp logs the session out on STARTTLS while
+// Data still runs on its BDAT goroutine, and closes the BDAT pipe only
+// afterwards. The session must not wait for Data there (it would deadlock)
+// and the half-sent message must not be delivered.
+func TestStartTLSDuringBDAT(t *testing.T) {
+	ms := startStubMS(t)
+	br := startBridge(t, ms.addr, bridgeOpts{})
+	br.tokens.set("helpdesk", ms.issue("helpdesk@contoso.com"))
+	conn, err := net.Dial("tcp", br.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	r := bufio.NewReader(conn)
+	expect := func(prefix string) {
+		t.Helper()
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatalf("waiting for %q: %v", prefix, err)
+			}
+			if strings.HasPrefix(line, prefix) {
+				return
+			}
+		}
+	}
+	plain := base64.StdEncoding.EncodeToString([]byte("\x00otrs\x00" + testPassword))
+	expect("220 ")
+	for _, step := range []struct{ send, want string }{
+		{"EHLO legacy.test\r\n", "250 "},
+		{"AUTH PLAIN " + plain + "\r\n", "235 "},
+		{"MAIL FROM:<helpdesk@contoso.com>\r\n", "250 "},
+		{"RCPT TO:<c@example.com>\r\n", "250 "},
+		{"BDAT 15\r\nSubject: bdat\r\n", "250 2.0.0 Continue"},
+		{"STARTTLS\r\n", "220 "},
+	} {
+		conn.Write([]byte(step.send))
+		expect(step.want)
+	}
+	tc := tls.Client(conn, &tls.Config{RootCAs: getPKI(t).pool, ServerName: "127.0.0.1"})
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("TLS handshake = %v", err)
+	}
+	tc.Write([]byte("EHLO legacy.test\r\n"))
+	tr := bufio.NewReader(tc)
+	for {
+		line, err := tr.ReadString('\n')
+		if err != nil {
+			t.Fatalf("EHLO after STARTTLS: %v (session hung?)", err)
+		}
+		if strings.HasPrefix(line, "250 ") {
+			break
+		}
+	}
+	if n := len(ms.Sent()); n != 0 {
+		t.Errorf("upstream delivered %d half-sent messages", n)
+	}
+}

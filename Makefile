@@ -1,0 +1,49 @@
+# oauthbridge developer commands. `make check` is what CI runs (.ci/run).
+GO      ?= go
+GOFILES := $(shell git ls-files '*.go' 2>/dev/null)
+
+.PHONY: check fmt vet test fuzz peers browser systemd bench demo build
+
+## check: everything CI runs: formatting, vet, unit + end-to-end tests with -race, fuzz smoke, systemd unit, real peers, browser
+check: fmt vet test fuzz systemd peers browser
+
+build:
+	$(GO) build -o bin/oauthbridge ./cmd/oauthbridge
+
+fmt:
+	@out=$$(gofmt -l $(GOFILES)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+## test: unit tests (net.Pipe, transcripts) and in-process end-to-end tests against the fake Microsoft 365
+test:
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+## fuzz: a short run of every fuzz target (FUZZTIME=30s by default)
+FUZZTIME ?= 30s
+fuzz:
+	@bash scripts/fuzz.sh $(FUZZTIME)
+
+## systemd: systemd-analyze verify + security score of systemd/oauthbridge.service (skipped without systemd-analyze)
+systemd:
+	@if ! command -v systemd-analyze >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "systemd: installing Debian's systemd for systemd-analyze"; \
+		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null; \
+	fi
+	@bash systemd/check.sh
+
+## peers: Dovecot + Postfix demanding XOAUTH2, real clients in front of the bridge (installs Debian packages as root)
+peers:
+	@if [ -x test/peers/run.sh ]; then bash test/peers/run.sh; else echo "peers: test/peers/run.sh not present yet"; fi
+
+## browser: the status page's Connect button in headless Chromium against the fake identity platform
+browser:
+	@bash scripts/browser.sh
+
+## bench: go test benchmarks of the hot paths
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+demo:
+	$(GO) run ./cmd/oauthbridge demo

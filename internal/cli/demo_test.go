@@ -1,0 +1,136 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/textproto"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// TestDemo is the acceptance test for the README's first command: the demo
+// serves, and a client using what it prints can log in over IMAP, POP3 and
+// SMTP, through the bridge, against the fake Microsoft 365.
+func TestDemo(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out, errb bytes.Buffer
+	env := Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb}
+	info, stop, err := StartDemo(ctx, false, env)
+	if err != nil {
+		t.Fatalf("StartDemo: %v\n%s", err, errb.String())
+	}
+	defer stop()
+	printDemo(env, info)
+	banner := out.String()
+	for _, want := range []string{info.Password, info.IMAP, info.POP3, info.SMTP, "curl"} {
+		if !strings.Contains(banner, want) {
+			t.Errorf("banner lacks %q", want)
+		}
+	}
+
+	// IMAP through the bridge, with go-imap's client as the legacy client.
+	c, err := imapclient.DialInsecure(info.IMAP, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Login(info.User, info.Password).Wait(); err != nil {
+		t.Fatalf("IMAP LOGIN: %v", err)
+	}
+	sel, err := c.Select("INBOX", nil).Wait()
+	if err != nil || sel.NumMessages != 1 {
+		t.Fatalf("SELECT INBOX = %+v, %v; want 1 message", sel, err)
+	}
+	msgs, err := c.Fetch(imap.SeqSetNum(1), &imap.FetchOptions{Envelope: true}).Collect()
+	if err != nil || len(msgs) != 1 || !strings.Contains(msgs[0].Envelope.Subject, "Welcome") {
+		t.Fatalf("FETCH 1 = %+v, %v", msgs, err)
+	}
+	c.Logout().Wait()
+
+	// A wrong password is refused.
+	c2, err := imapclient.DialInsecure(info.IMAP, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c2.Login(info.User, "wrong").Wait(); err == nil || !strings.Contains(err.Error(), "AUTHENTICATIONFAILED") {
+		t.Errorf("LOGIN with a wrong password = %v, want AUTHENTICATIONFAILED", err)
+	}
+	c2.Close()
+
+	// SMTP submission through the bridge lands in the mailbox.
+	sc, err := smtp.Dial(info.SMTP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sc.Hello("test.local"); err != nil {
+		t.Fatal(err)
+	}
+	if err := sc.Auth(sasl.NewPlainClient("", info.User, info.Password)); err != nil {
+		t.Fatalf("SMTP AUTH PLAIN: %v", err)
+	}
+	msg := "From: " + info.Mailbox + "\r\nTo: " + info.Mailbox + "\r\nSubject: demo test\r\n\r\nhello\r\n"
+	if err := sc.SendMail(info.Mailbox, []string{info.Mailbox}, strings.NewReader(msg)); err != nil {
+		t.Fatalf("SMTP send: %v", err)
+	}
+	sc.Quit()
+	if n := len(info.Fake.Messages(info.Mailbox)); n != 2 {
+		t.Errorf("mailbox has %d messages after SMTP, want 2", n)
+	}
+
+	// POP3 through the bridge sees both.
+	conn, err := net.Dial("tcp", info.POP3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp := textproto.NewConn(conn)
+	expectOK := func(cmd string) string {
+		t.Helper()
+		if cmd != "" {
+			tp.PrintfLine("%s", cmd)
+		}
+		l, err := tp.ReadLine()
+		if err != nil || !strings.HasPrefix(l, "+OK") {
+			t.Fatalf("POP3 %q -> %q, %v", cmd, l, err)
+		}
+		return l
+	}
+	expectOK("")
+	expectOK("USER " + info.User)
+	expectOK("PASS " + info.Password)
+	if l := expectOK("STAT"); !strings.HasPrefix(l, "+OK 2 ") {
+		t.Errorf("POP3 STAT = %q, want 2 messages", l)
+	}
+	expectOK("QUIT")
+	conn.Close()
+
+	// The printed curl commands work, when curl is installed.
+	if _, err := exec.LookPath("curl"); err == nil {
+		cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
+		defer ccancel()
+		b, err := exec.CommandContext(cctx, "curl", "-sS", "--user", info.User+":"+info.Password, fmt.Sprintf("imap://%s/INBOX;UID=1", info.IMAP)).CombinedOutput()
+		if err != nil || !strings.Contains(string(b), "Welcome to the oauthbridge demo") {
+			t.Errorf("curl IMAP fetch: %v\n%s", err, b)
+		}
+		b, err = exec.CommandContext(cctx, "curl", "-sS", "--user", info.User+":"+info.Password, fmt.Sprintf("pop3://%s/1", info.POP3)).CombinedOutput()
+		if err != nil || !strings.Contains(string(b), "Welcome to the oauthbridge demo") {
+			t.Errorf("curl POP3 RETR: %v\n%s", err, b)
+		}
+	} else {
+		t.Log("curl not installed; the curl commands were not exercised")
+	}
+
+	// Token state is ok and nobody's secret reached the banner.
+	st := info.Daemon.Tokens().Status()
+	if len(st) != 1 || st[0].State != "ok" || !strings.EqualFold(st[0].SignedInAs, info.Delegate) {
+		t.Errorf("status = %+v", st)
+	}
+}

@@ -2,7 +2,7 @@
 GO      ?= go
 GOFILES := $(shell git ls-files '*.go' 2>/dev/null)
 
-.PHONY: check fmt vet test fuzz peers browser systemd bench demo build
+.PHONY: check fmt vet test fuzz peers browser systemd bench bench-quick gobench demo build
 
 ## check: everything CI runs: formatting, vet, unit + end-to-end tests with -race, fuzz smoke, systemd unit, real peers, browser
 check: fmt vet test fuzz systemd peers browser
@@ -41,8 +41,16 @@ peers:
 browser:
 	@bash scripts/browser.sh
 
-## bench: go test benchmarks of the hot paths
+## bench: the bridge against direct XOAUTH2 connections, side by side in one run (a few minutes)
 bench:
+	$(GO) run ./cmd/oauthbridge-bench
+
+## bench-quick: the same, CI-sized (well under a minute)
+bench-quick:
+	$(GO) run ./cmd/oauthbridge-bench -quick -markdown=false
+
+## gobench: go test benchmarks of the hot paths (pre-auth parse, credential check, splice, relay)
+gobench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 demo:

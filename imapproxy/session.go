@@ -463,7 +463,12 @@ func (c *session) login(tag, user, pass string) bool {
 	c.spliced = true
 	c.mu.Unlock()
 	start := time.Now()
-	st := splice.Run(c.srv.ctx, c.conn, c.br, up.conn, up.br, c.lim.IdleTimeout)
+	// Hand the readers to the splice and drop every other reference to the
+	// pre-auth buffers: once the splice has forwarded what they hold, an
+	// idle session keeps none of them (see splice.SmallBuffer).
+	cbr, ubr := c.br, up.br
+	c.br, c.bw, c.rd.br, up.br, up.bw = nil, nil, nil, nil, nil
+	st := splice.Run(c.srv.ctx, c.conn, cbr, up.conn, ubr, c.lim.IdleTimeout)
 	metrics.BytesRelayed.WithLabelValues("imap", "up").Add(float64(st.Up))
 	metrics.BytesRelayed.WithLabelValues("imap", "down").Add(float64(st.Down))
 	// bytes_in: client to server; bytes_out: server to client.

@@ -26,14 +26,6 @@ type Stats struct {
 // first. idle, if positive, closes a session on which neither side has sent
 // anything for that long.
 func Run(ctx context.Context, client net.Conn, clientR *bufio.Reader, up net.Conn, upR *bufio.Reader, idle time.Duration) Stats {
-	var cr io.Reader = client
-	if clientR != nil {
-		cr = clientR
-	}
-	var ur io.Reader = up
-	if upR != nil {
-		ur = upR
-	}
 	_ = client.SetDeadline(time.Time{})
 	_ = up.SetDeadline(time.Time{})
 	setKeepAlive(client)
@@ -57,44 +49,67 @@ func Run(ctx context.Context, client net.Conn, clientR *bufio.Reader, up net.Con
 
 	var st Stats
 	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() {
+	wg.Add(1)
+	// The readers are handed over as arguments, not captured, so once a
+	// direction has forwarded what its reader held the reader (and its
+	// buffer) is garbage for the rest of a possibly days-long session. The
+	// calling goroutine copies one direction itself: one stack fewer per
+	// session.
+	go func(br *bufio.Reader) {
 		defer wg.Done()
-		st.Up = copyBuf(up, cr, act)
+		st.Up = copyConn(up, client, br, act)
 		closeBoth()
-	}()
-	go func() {
-		defer wg.Done()
-		st.Down = copyBuf(client, ur, act)
-		closeBoth()
-	}()
+	}(clientR)
+	clientR = nil
+	st.Down = copyConn(client, up, upR, act)
+	closeBoth()
 	wg.Wait()
 	return st
 }
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 32*1024); return &b }}
+// Copy buffer sizes. An idle direction blocks in Read holding only a small
+// buffer; a direction that fills it borrows a large pooled one while data
+// keeps flowing. Thousands of idle IMAP sessions (IDLE) then cost a few KiB
+// each, not two 32 KiB buffers.
+const (
+	SmallBuffer = 1 << 10
+	LargeBuffer = 64 << 10
+)
 
-// copyBuf is io.Copy with a pooled buffer that also marks activity. A
-// *bufio.Reader first hands out whatever it had buffered.
-func copyBuf(dst io.Writer, src io.Reader, act *activity) int64 {
-	if act == nil {
-		if br, ok := src.(*bufio.Reader); ok {
-			n, _ := br.WriteTo(dst)
-			return n
-		}
-		bp := bufPool.Get().(*[]byte)
-		defer bufPool.Put(bp)
-		n, _ := io.CopyBuffer(onlyWriter{dst}, onlyReader{src}, *bp)
-		return n
-	}
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
+var largePool = sync.Pool{New: func() any { b := make([]byte, LargeBuffer); return &b }}
+
+// copyConn forwards what br (if any) has buffered, then copies src to dst
+// until either fails. It returns the bytes written to dst.
+func copyConn(dst io.Writer, src io.Reader, br *bufio.Reader, act *activity) int64 {
 	var total int64
+	if br != nil {
+		if n := br.Buffered(); n > 0 {
+			b, _ := br.Peek(n)
+			defer br.Discard(n)
+			if act != nil {
+				act.touch()
+			}
+			w, err := dst.Write(b)
+			total += int64(w)
+			if err != nil {
+				return total
+			}
+		}
+	}
+	small := make([]byte, SmallBuffer)
+	buf := small
+	var large *[]byte
+	defer func() {
+		if large != nil {
+			largePool.Put(large)
+		}
+	}()
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
-			act.touch()
+			if act != nil {
+				act.touch()
+			}
 			w, werr := dst.Write(buf[:n])
 			total += int64(w)
 			if werr != nil {
@@ -104,13 +119,16 @@ func copyBuf(dst io.Writer, src io.Reader, act *activity) int64 {
 		if err != nil {
 			return total
 		}
+		switch {
+		case large == nil && n == len(small):
+			large = largePool.Get().(*[]byte)
+			buf = *large
+		case large != nil && n < len(small):
+			largePool.Put(large)
+			large, buf = nil, small
+		}
 	}
 }
-
-// onlyWriter/onlyReader hide ReaderFrom/WriterTo so CopyBuffer uses the
-// pooled buffer (net.TCPConn's splice path would otherwise allocate).
-type onlyWriter struct{ io.Writer }
-type onlyReader struct{ io.Reader }
 
 func setKeepAlive(c net.Conn) {
 	type keepAliver interface {

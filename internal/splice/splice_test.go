@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 )
@@ -135,4 +136,49 @@ func BenchmarkSplice(b *testing.B) {
 	b.StopTimer()
 	client.Close()
 	server.Close()
+}
+
+// chunkReader returns the given chunk sizes in turn and records the buffer
+// size of every Read.
+type chunkReader struct {
+	chunks []int
+	sizes  []int
+	next   byte
+}
+
+func (r *chunkReader) Read(p []byte) (int, error) {
+	r.sizes = append(r.sizes, len(p))
+	if len(r.chunks) == 0 {
+		return 0, io.EOF
+	}
+	n := min(r.chunks[0], len(p))
+	r.chunks = r.chunks[1:]
+	for i := range n {
+		p[i] = r.next
+		r.next++
+	}
+	return n, nil
+}
+
+// TestCopyBufferSizes: a direction reads with the small buffer until one
+// read fills it, uses the large buffer while data flows, and goes back to
+// the small one (releasing the large) after a short read, which is what an
+// idle session blocks in.
+func TestCopyBufferSizes(t *testing.T) {
+	r := &chunkReader{chunks: []int{10, SmallBuffer, LargeBuffer, 5000, 7, 3}}
+	var out bytes.Buffer
+	n := copyConn(&out, r, nil, nil)
+	want := []int{SmallBuffer, SmallBuffer, LargeBuffer, LargeBuffer, LargeBuffer, SmallBuffer, SmallBuffer}
+	if !slices.Equal(r.sizes, want) {
+		t.Errorf("read sizes %v, want %v", r.sizes, want)
+	}
+	total := 10 + SmallBuffer + LargeBuffer + 5000 + 7 + 3
+	if n != int64(total) || out.Len() != total {
+		t.Fatalf("copied %d (%d in buffer), want %d", n, out.Len(), total)
+	}
+	for i, b := range out.Bytes() {
+		if b != byte(i) {
+			t.Fatalf("byte %d = %d, want %d", i, b, byte(i))
+		}
+	}
 }

@@ -1,0 +1,279 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/oauthbridge/oauthbridge/internal/fakems"
+)
+
+// Which bench account each workload uses (SMTP uses the first SMTPConns).
+const (
+	fetchAccount = iota
+	loginAccount
+	idleAccount
+	bigAccount
+	minAccounts
+)
+
+// Options sizes the workloads. Full and Quick are the two presets.
+type Options struct {
+	Rounds        int   // alternating direct/bridge rounds (FETCH, SMTP)
+	FetchMessages int   // messages in the FETCH mailbox
+	FetchSize     int   // bytes per message
+	Logins        int   // login samples per path
+	IdleSessions  int   // concurrent IDLE sessions through the bridge process
+	SMTPMessages  int   // messages per SMTP round
+	SMTPConns     int   // concurrent SMTP connections (one mailbox each)
+	SMTPSize      int   // bytes per SMTP message
+	BigMessage    int64 // bytes of the single large SMTP message
+	// BridgeBinary is an oauthbridge binary to run as a separate process for
+	// the RSS workloads (IDLE, large message). Empty skips them.
+	BridgeBinary string
+	// Progress, if set, receives one line per finished workload.
+	Progress io.Writer
+}
+
+// Full is the complete run (a few minutes).
+func Full() Options {
+	return Options{Rounds: 6, FetchMessages: 200, FetchSize: 256 << 10, Logins: 400, IdleSessions: 5000,
+		SMTPMessages: 1000, SMTPConns: 20, SMTPSize: 20 << 10, BigMessage: 50 << 20}
+}
+
+// Quick is a reduced run for CI (well under a minute).
+func Quick() Options {
+	return Options{Rounds: 2, FetchMessages: 40, FetchSize: 256 << 10, Logins: 100, IdleSessions: 500,
+		SMTPMessages: 200, SMTPConns: 20, SMTPSize: 20 << 10, BigMessage: 50 << 20}
+}
+
+// Row is one line of the result table. OK is nil for figures without a
+// target.
+type Row struct {
+	Workload, Metric      string
+	Direct, Bridge, Ratio string
+	Target                string
+	OK                    *bool
+	Note                  string
+}
+
+// Report is the outcome of Run.
+type Report struct {
+	Rows     []Row
+	CPUs     int
+	Elapsed  time.Duration
+	Warnings []string
+}
+
+// Met reports whether every row with a target met it.
+func (r *Report) Met() bool {
+	for _, row := range r.Rows {
+		if row.OK != nil && !*row.OK {
+			return false
+		}
+	}
+	return true
+}
+
+// Run starts the fake upstream and the bridge and runs every workload.
+func Run(ctx context.Context, o Options) (*Report, error) {
+	if o.Rounds < 1 {
+		o.Rounds = 1
+	}
+	rep := &Report{CPUs: runtime.NumCPU()}
+	if o.BridgeBinary != "" {
+		if err := raiseNoFile(uint64(2*o.IdleSessions + 1024)); err != nil {
+			rep.Warnings = append(rep.Warnings, err.Error())
+		}
+	}
+	start := time.Now()
+	e, err := newEnv(ctx, max(o.SMTPConns, minAccounts), o.Progress)
+	if err != nil {
+		return nil, err
+	}
+	defer e.close()
+	tokBase := e.f.TokenRequests()
+	grantsBase := e.f.TokenRequestsByGrant()
+	e.logf("setup: %d accounts signed in, %d token requests so far", len(e.accounts), tokBase)
+
+	add := func(rows []Row, err error) error {
+		rep.Rows = append(rep.Rows, rows...)
+		return err
+	}
+	if err := add(e.runFetch(o)); err != nil {
+		return rep, err
+	}
+	if err := add(e.runLogin(o)); err != nil {
+		return rep, err
+	}
+	if err := add(e.runSMTP(o)); err != nil {
+		return rep, err
+	}
+	if o.BridgeBinary != "" {
+		if err := e.runProcess(ctx, o, rep); err != nil {
+			return rep, err
+		}
+	} else {
+		rep.Warnings = append(rep.Warnings, "no bridge binary: IDLE and large-message RSS workloads skipped")
+	}
+	rep.Elapsed = time.Since(start)
+
+	// Token requests: the bridge holds an access token per account for its
+	// lifetime and refreshes it when a quarter of the lifetime is left, so
+	// a run shorter than 3/4 of the lifetime needs no request at all.
+	got := e.f.TokenRequests() - tokBase
+	life := fakems.DefaultAccessTokenLifetime
+	want := len(e.accounts) * int(rep.Elapsed/(life*3/4))
+	ok := got == want
+	grants := e.f.TokenRequestsByGrant()
+	var parts []string
+	for g, n := range grants {
+		if d := n - grantsBase[g]; d != 0 {
+			parts = append(parts, fmt.Sprintf("%s=%d", g, d))
+		}
+	}
+	slices.Sort(parts)
+	note := fmt.Sprintf("%d setup requests (device-code sign-in of %d accounts) not counted; lifetime %v", tokBase, len(e.accounts), life)
+	if len(parts) > 0 {
+		note += "; during run: " + strings.Join(parts, ", ")
+	}
+	rep.Rows = append(rep.Rows, Row{Workload: "Token requests during all workloads", Metric: "requests at the token endpoint",
+		Direct: "0 (pre-issued)", Bridge: fmt.Sprint(got), Ratio: fmt.Sprintf("expected %d", want), Target: "= expected", OK: &ok, Note: note})
+	return rep, nil
+}
+
+// runProcess runs the RSS workloads against a bridge in its own process.
+func (e *env) runProcess(ctx context.Context, o Options, rep *Report) error {
+	p, err := e.startProc(o.BridgeBinary)
+	if err != nil {
+		return err
+	}
+	defer p.stop()
+	// The large message first: the IDLE workload grows the heap, and a
+	// grown heap would hide the message's peak.
+	rows, err := e.runBig(ctx, o, p)
+	rep.Rows = append(rep.Rows, rows...)
+	if err != nil {
+		return err
+	}
+	rows, err = e.runIdle(ctx, o, p)
+	rep.Rows = append(rep.Rows, rows...)
+	return err
+}
+
+// raiseNoFile raises RLIMIT_NOFILE to at least n (up to the hard limit).
+func raiseNoFile(n uint64) error {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return fmt.Errorf("bench: getrlimit: %w", err)
+	}
+	if rl.Cur >= n {
+		return nil
+	}
+	rl.Cur = min(n, rl.Max)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return fmt.Errorf("bench: setrlimit: %w", err)
+	}
+	if rl.Cur < n {
+		return errors.New("bench: RLIMIT_NOFILE hard limit " + fmt.Sprint(rl.Max) + " is below the " + fmt.Sprint(n) + " descriptors the IDLE workload needs")
+	}
+	return nil
+}
+
+// ratioRow builds a row for a higher-is-better figure with a minimum ratio.
+func ratioRow(name, metric string, direct, bridge, minRatio float64, format string) Row {
+	ratio := bridge / direct
+	ok := ratio >= minRatio
+	return Row{Workload: name, Metric: metric, Direct: fmt.Sprintf(format, direct), Bridge: fmt.Sprintf(format, bridge),
+		Ratio: fmt.Sprintf("%.2f", ratio), Target: fmt.Sprintf(">= %.2f", minRatio), OK: &ok}
+}
+
+func percentile(ds []time.Duration, p int) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := (len(s)*p + 99) / 100
+	return s[min(max(i-1, 0), len(s)-1)]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+func f2(v float64) string        { return fmt.Sprintf("%.2f", v) }
+
+func sizeName(n int64) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+func (r Row) met() string {
+	switch {
+	case r.OK == nil:
+		return "-"
+	case *r.OK:
+		return "yes"
+	}
+	return "NO"
+}
+
+var header = []string{"Workload", "Metric", "Direct", "Bridge", "Bridge/direct", "Target", "Met"}
+
+func (r Row) cells() []string {
+	return []string{r.Workload, r.Metric, r.Direct, r.Bridge, r.Ratio, r.Target, r.met()}
+}
+
+// WriteText writes the table in aligned columns.
+func (r *Report) WriteText(w io.Writer) {
+	widths := make([]int, len(header))
+	all := [][]string{header}
+	for _, row := range r.Rows {
+		all = append(all, row.cells())
+	}
+	for _, cells := range all {
+		for i, c := range cells {
+			widths[i] = max(widths[i], len(c))
+		}
+	}
+	for _, cells := range all {
+		for i, c := range cells {
+			fmt.Fprintf(w, "%-*s  ", widths[i], c)
+		}
+		fmt.Fprintln(w)
+	}
+	r.writeNotes(w, "")
+}
+
+// WriteMarkdown writes the table as GitHub markdown for the README.
+func (r *Report) WriteMarkdown(w io.Writer) {
+	fmt.Fprintln(w, "| "+strings.Join(header, " | ")+" |")
+	fmt.Fprintln(w, "|"+strings.Repeat("---|", len(header)))
+	for _, row := range r.Rows {
+		fmt.Fprintln(w, "| "+strings.Join(row.cells(), " | ")+" |")
+	}
+	fmt.Fprintln(w)
+	r.writeNotes(w, "- ")
+}
+
+func (r *Report) writeNotes(w io.Writer, bullet string) {
+	fmt.Fprintf(w, "%s%d CPU cores (runtime.NumCPU), %s, total %v.\n", bullet, r.CPUs, runtime.Version(), r.Elapsed.Round(time.Second))
+	fmt.Fprintf(w, "%sClient-perceived: the direct client speaks TLS + XOAUTH2 to the fake upstream; the bridged client speaks plaintext + password to the bridge on loopback, and the bridge speaks TLS + XOAUTH2 upstream. Direct and bridge rounds alternate in one run.\n", bullet)
+	for _, row := range r.Rows {
+		if row.Note != "" {
+			fmt.Fprintf(w, "%s%s: %s\n", bullet, row.Workload, row.Note)
+		}
+	}
+	for _, warn := range r.Warnings {
+		fmt.Fprintf(w, "%swarning: %s\n", bullet, warn)
+	}
+}

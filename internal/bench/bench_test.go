@@ -1,0 +1,86 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func tiny() Options {
+	return Options{Rounds: 2, FetchMessages: 3, FetchSize: 64 << 10, Logins: 5, IdleSessions: 20,
+		SMTPMessages: 20, SMTPConns: 4, SMTPSize: 4 << 10, BigMessage: 2 << 20}
+}
+
+// TestTinyRun runs every workload in miniature, including the separate
+// bridge process, so the bench cannot rot. It checks that each workload
+// produced real figures, not that the targets are met.
+func TestTinyRun(t *testing.T) {
+	o := tiny()
+	if testing.Short() {
+		t.Log("-short: no bridge process (IDLE and large-message workloads skipped)")
+	} else {
+		o.BridgeBinary = filepath.Join(t.TempDir(), "oauthbridge")
+		out, err := exec.Command("go", "build", "-o", o.BridgeBinary, "github.com/oauthbridge/oauthbridge/cmd/oauthbridge").CombinedOutput()
+		if err != nil {
+			t.Fatalf("go build: %v\n%s", err, out)
+		}
+	}
+	rep, err := Run(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"IMAP FETCH", "IMAP login", "SMTP 20 x", "Token requests"}
+	if o.BridgeBinary != "" {
+		want = append(want, "SMTP one 2 MiB", "IMAP IDLE x 20")
+	}
+	for _, w := range want {
+		found := false
+		for _, r := range rep.Rows {
+			if !strings.HasPrefix(r.Workload, w) {
+				continue
+			}
+			found = true
+			if r.Bridge == "" || r.Bridge == "0" && !strings.HasPrefix(w, "Token") {
+				t.Errorf("%s %s: no bridge figure", r.Workload, r.Metric)
+			}
+			if v, err := strconv.ParseFloat(r.Bridge, 64); err != nil || v < 0 {
+				t.Errorf("%s %s: bridge figure %q", r.Workload, r.Metric, r.Bridge)
+			}
+		}
+		if !found {
+			t.Errorf("no row for %q", w)
+		}
+	}
+	for _, r := range rep.Rows {
+		if strings.HasPrefix(r.Workload, "Token requests") && (r.OK == nil || !*r.OK) {
+			t.Errorf("token requests: got %s, %s (%s)", r.Bridge, r.Ratio, r.Note)
+		}
+		if strings.HasPrefix(r.Workload, "IMAP IDLE") && r.Note != "0 errors" {
+			t.Errorf("idle sessions: %s", r.Note)
+		}
+	}
+	var text, md bytes.Buffer
+	rep.WriteText(&text)
+	rep.WriteMarkdown(&md)
+	if !strings.Contains(text.String(), "CPU cores") || !strings.HasPrefix(md.String(), "| Workload |") {
+		t.Errorf("table output:\n%s\n%s", text.String(), md.String())
+	}
+}
+
+func TestHelpers(t *testing.T) {
+	for _, size := range []int{100, 4096, 256 << 10, 256<<10 + 1} {
+		if m := makeMessage(size); len(m) != size || !bytes.HasSuffix(m, []byte("\r\n")) {
+			t.Errorf("makeMessage(%d): len %d", size, len(m))
+		}
+	}
+	if n, ok := literalSize([]byte("* 1 FETCH (BODY[] {262144}\r\n")); !ok || n != 262144 {
+		t.Errorf("literalSize = %d, %v", n, ok)
+	}
+	if _, ok := literalSize([]byte("b1 OK done\r\n")); ok {
+		t.Error("literalSize matched a line without a literal")
+	}
+}

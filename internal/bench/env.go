@@ -1,0 +1,338 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/internal/daemon"
+	"github.com/oauthbridge/oauthbridge/internal/fakems"
+)
+
+// Fixed identities of the bench tenant.
+const (
+	benchClientID = "bench-app"
+	benchSecret   = "bench-client-secret"
+	benchDelegate = "alice@contoso.com"
+	benchTenant   = "contoso.com"
+
+	// maxSessions is the per-account and per-protocol connection limit the
+	// bench configures: above the largest IDLE workload.
+	maxSessions = 6000
+	// bridgeMaxMessage is the bridge's SMTP size limit (above the 50 MB workload).
+	bridgeMaxMessage = 100 << 20
+	// startTimeout bounds waiting for sign-in and for a bridge process.
+	startTimeout = 60 * time.Second
+)
+
+// account is one bench account: a mailbox, its local user and password.
+type account struct {
+	name, mailbox, user, password string
+}
+
+func mailboxName(i int) string { return fmt.Sprintf("mb%02d@%s", i, benchTenant) }
+
+// env is the fake upstream plus the in-process bridge.
+type env struct {
+	f        *fakems.Fake
+	dir      string
+	caFile   string
+	accounts []account
+	d        *daemon.Daemon
+	progress io.Writer
+
+	tokenMu sync.Mutex
+	direct  map[string]string // mailbox -> access token issued for direct logins
+}
+
+// newEnv starts the fake with n mailboxes (delegate alice), an in-process
+// bridge with one account and user per mailbox, and signs every account in
+// with the device-code flow.
+func newEnv(ctx context.Context, n int, progress io.Writer) (*env, error) {
+	f, err := fakems.Start(fakems.Options{})
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "oauthbridge-bench-")
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	e := &env{f: f, dir: dir, progress: progress, direct: map[string]string{}}
+	e.caFile = filepath.Join(dir, "ca.pem")
+	if err := f.WriteCAFile(e.caFile); err != nil {
+		e.close()
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "state"), 0o700); err != nil {
+		e.close()
+		return nil, err
+	}
+	f.AddApp(benchClientID, benchSecret)
+	f.AddUser(benchDelegate)
+	for i := range n {
+		a := account{name: fmt.Sprintf("acct%02d", i), mailbox: mailboxName(i), user: fmt.Sprintf("user%02d", i), password: fmt.Sprintf("bench-password-%02d", i)}
+		f.AddMailbox(a.mailbox, benchDelegate)
+		e.accounts = append(e.accounts, a)
+	}
+	cfgPath := filepath.Join(dir, "inproc.hcl")
+	if err := e.writeConfig(cfgPath, "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"); err != nil {
+		e.close()
+		return nil, err
+	}
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		e.close()
+		return nil, err
+	}
+	// Info-level JSON logging to nowhere: the bridge formats its audit lines
+	// as it would in production.
+	log := slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	d, err := daemon.New(cfg, daemon.Options{Logger: log})
+	if err != nil {
+		e.close()
+		return nil, err
+	}
+	if err := d.Start(ctx); err != nil {
+		e.close()
+		return nil, err
+	}
+	e.d = d
+	if err := e.signIn(ctx); err != nil {
+		e.close()
+		return nil, err
+	}
+	return e, nil
+}
+
+func (e *env) logf(format string, args ...any) {
+	if e.progress != nil {
+		fmt.Fprintf(e.progress, format+"\n", args...)
+	}
+}
+
+// signIn runs the device-code flow for every account concurrently.
+func (e *env) signIn(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	errs := make([]error, len(e.accounts))
+	var wg sync.WaitGroup
+	for i, a := range e.accounts {
+		wg.Go(func() {
+			dl, done, err := e.d.Tokens().StartDeviceLogin(ctx, a.name)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			if err := e.f.ApproveDevice(dl.UserCode, benchDelegate); err != nil {
+				errs[i] = err
+				return
+			}
+			select {
+			case err := <-done:
+				errs[i] = err
+			case <-ctx.Done():
+				errs[i] = ctx.Err()
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("bench: sign-in: %w", err)
+	}
+	return nil
+}
+
+// writeConfig writes a bridge configuration for all accounts.
+func (e *env) writeConfig(path, imapAddr, pop3Addr, smtpAddr, adminAddr string) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, `state_dir = %q
+log_level = "info"
+log_format = "json"
+imap {
+  listen          = [%q]
+  max_connections = %d
+}
+pop3 { listen = [%q] }
+smtp {
+  listen            = [%q]
+  max_connections   = %d
+  max_message_bytes = %d
+}
+admin { listen = %q }
+provider "fake" {
+  tenant        = %q
+  client_id     = %q
+  client_secret = %q
+  authority     = %q
+  imap_server   = %q
+  pop3_server   = %q
+  smtp_server   = %q
+  ca_file       = %q
+}
+`, filepath.Join(e.dir, "state"), imapAddr, maxSessions, pop3Addr, smtpAddr, maxSessions, bridgeMaxMessage, adminAddr,
+		benchTenant, benchClientID, benchSecret, e.f.AuthorityURL, e.f.IMAPAddr, e.f.POP3Addr, e.f.SMTPAddr, e.caFile)
+	for _, a := range e.accounts {
+		h, err := bcrypt.GenerateFromPassword([]byte(a.password), bcrypt.MinCost)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "account %q {\n  provider = \"fake\"\n  mailbox = %q\n  delegate = %q\n  max_connections = %d\n}\n", a.name, a.mailbox, benchDelegate, maxSessions)
+		fmt.Fprintf(&b, "user %q {\n  password_hash = %q\n  account = %q\n}\n", a.user, h, a.name)
+	}
+	return os.WriteFile(path, []byte(b.String()), 0o600)
+}
+
+// directToken returns an access token for direct XOAUTH2 logins to mailbox,
+// issued by the fake without a token-endpoint request (so the bench's own
+// direct logins do not count as token requests).
+func (e *env) directToken(mailbox string) string {
+	e.tokenMu.Lock()
+	defer e.tokenMu.Unlock()
+	if t, ok := e.direct[mailbox]; ok {
+		return t
+	}
+	t := e.f.IssueAccessToken(benchDelegate)
+	e.direct[mailbox] = t
+	return t
+}
+
+func (e *env) close() {
+	if e.d != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = e.d.Shutdown(ctx)
+		cancel()
+	}
+	if e.f != nil {
+		_ = e.f.Close()
+	}
+	_ = os.RemoveAll(e.dir)
+}
+
+// bridgeProc is the bridge running as `oauthbridge serve` in its own process.
+type bridgeProc struct {
+	cmd       *exec.Cmd
+	imap      string
+	smtp      string
+	stderr    *os.File
+	waitErr   chan error
+	stderrLog string
+}
+
+// freePort returns a loopback address that was free a moment ago.
+func freePort() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// startProc starts binary as a separate bridge process sharing the
+// in-process bridge's token store (so it needs no sign-in of its own).
+func (e *env) startProc(binary string) (*bridgeProc, error) {
+	imapAddr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	smtpAddr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	pop3Addr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	cfgPath := filepath.Join(e.dir, "proc.hcl")
+	if err := e.writeConfig(cfgPath, imapAddr, pop3Addr, smtpAddr, "127.0.0.1:0"); err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(e.dir, "bridge-process.log")
+	lf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	p := &bridgeProc{imap: imapAddr, smtp: smtpAddr, stderr: lf, waitErr: make(chan error, 1), stderrLog: logPath}
+	p.cmd = exec.Command(binary, "serve", "-config", cfgPath)
+	p.cmd.Stdout = lf
+	p.cmd.Stderr = lf
+	if err := p.cmd.Start(); err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("bench: start bridge process: %w", err)
+	}
+	go func() { p.waitErr <- p.cmd.Wait() }()
+	deadline := time.Now().Add(startTimeout)
+	for {
+		c, err := net.DialTimeout("tcp", imapAddr, time.Second)
+		if err == nil {
+			line, rerr := bufio.NewReader(c).ReadString('\n')
+			c.Close()
+			if rerr == nil && strings.HasPrefix(line, "* OK") {
+				return p, nil
+			}
+		}
+		select {
+		case werr := <-p.waitErr:
+			lf.Close()
+			out, _ := os.ReadFile(logPath)
+			return nil, fmt.Errorf("bench: bridge process exited (%v): %s", werr, tail(out, 2048))
+		default:
+		}
+		if time.Now().After(deadline) {
+			p.stop()
+			return nil, errors.New("bench: bridge process did not start listening")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// status reads a field in kB ("VmRSS", "VmHWM") from /proc/PID/status.
+func (p *bridgeProc) status(field string) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			v, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return v * 1024, err
+		}
+	}
+	return 0, fmt.Errorf("bench: %s not in /proc status", field)
+}
+
+func (p *bridgeProc) rss() (int64, error) { return p.status("VmRSS") }
+
+func (p *bridgeProc) stop() {
+	_ = p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-p.waitErr:
+	case <-time.After(15 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.waitErr
+	}
+	p.stderr.Close()
+}
+
+// tail returns at most the last n bytes of b as a string.
+func tail(b []byte, n int) string {
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return strings.TrimSpace(string(b))
+}

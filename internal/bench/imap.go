@@ -1,0 +1,389 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/oauthbridge/oauthbridge/tokens"
+)
+
+// Client-side limits of the bench's IMAP driver.
+const (
+	imapReadBuffer = 64 << 10 // the client's bufio.Reader, same for both paths
+	imapTimeout    = 2 * time.Minute
+	dialTimeout    = 10 * time.Second
+)
+
+// imapConn is a minimal raw IMAP client: identical code drives the direct
+// and the bridged connection, so only the path differs.
+type imapConn struct {
+	c   net.Conn
+	r   *bufio.Reader
+	seq int
+}
+
+// dialIMAPDirect connects to the fake with TLS and logs in with XOAUTH2.
+func (e *env) dialIMAPDirect(mailbox string) (*imapConn, error) {
+	nc, err := tls.DialWithDialer(&net.Dialer{Timeout: dialTimeout}, "tcp", e.f.IMAPAddr, e.f.ClientTLS())
+	if err != nil {
+		return nil, fmt.Errorf("bench: dial upstream imap: %w", err)
+	}
+	c := &imapConn{c: nc, r: bufio.NewReaderSize(nc, imapReadBuffer)}
+	if err := c.greeting(); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	if _, err := c.do("AUTHENTICATE XOAUTH2 " + tokens.XOAUTH2Base64(mailbox, e.directToken(mailbox))); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// dialIMAPBridge connects to a bridge in plaintext on loopback and logs in
+// with the local password.
+func dialIMAPBridge(addr string, a account) (*imapConn, error) {
+	nc, err := net.DialTimeout("tcp", addr, dialTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("bench: dial bridge imap: %w", err)
+	}
+	c := &imapConn{c: nc, r: bufio.NewReaderSize(nc, imapReadBuffer)}
+	if err := c.greeting(); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	if _, err := c.do("LOGIN " + a.user + " " + a.password); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *imapConn) greeting() error {
+	_ = c.c.SetDeadline(time.Now().Add(imapTimeout))
+	line, err := c.r.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("bench: imap greeting: %w", err)
+	}
+	if !strings.HasPrefix(line, "* OK") {
+		return fmt.Errorf("bench: imap greeting %q", strings.TrimSpace(line))
+	}
+	return nil
+}
+
+// do sends one command and reads to its tagged reply, skipping literals.
+// It returns the number of literal bytes received.
+func (c *imapConn) do(cmd string) (int64, error) {
+	c.seq++
+	tag := "b" + strconv.Itoa(c.seq)
+	_ = c.c.SetDeadline(time.Now().Add(imapTimeout))
+	if _, err := io.WriteString(c.c, tag+" "+cmd+"\r\n"); err != nil {
+		return 0, fmt.Errorf("bench: imap write: %w", err)
+	}
+	return c.readTagged(tag)
+}
+
+func (c *imapConn) readTagged(tag string) (int64, error) {
+	var lits int64
+	for {
+		line, err := c.r.ReadSlice('\n')
+		for errors.Is(err, bufio.ErrBufferFull) { // a long line: only its end matters
+			line, err = c.r.ReadSlice('\n')
+		}
+		if err != nil {
+			return lits, fmt.Errorf("bench: imap read: %w", err)
+		}
+		if n, ok := literalSize(line); ok {
+			if _, err := c.r.Discard(int(n)); err != nil {
+				return lits, fmt.Errorf("bench: imap literal: %w", err)
+			}
+			lits += n
+			continue
+		}
+		if bytes.HasPrefix(line, []byte(tag+" ")) {
+			if rest := line[len(tag)+1:]; !bytes.HasPrefix(rest, []byte("OK")) {
+				return lits, fmt.Errorf("bench: imap %s: %s", tag, strings.TrimSpace(string(rest)))
+			}
+			return lits, nil
+		}
+	}
+}
+
+// literalSize parses a trailing "{n}\r\n".
+func literalSize(line []byte) (int64, bool) {
+	line = bytes.TrimRight(line, "\r\n")
+	if len(line) < 3 || line[len(line)-1] != '}' {
+		return 0, false
+	}
+	i := bytes.LastIndexByte(line, '{')
+	if i < 0 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(string(line[i+1:len(line)-1]), 10, 64)
+	return n, err == nil
+}
+
+func (c *imapConn) close() { c.c.Close() }
+
+// runFetch measures bulk FETCH throughput: each round fetches every message
+// of the fetch mailbox on an established, selected connection.
+func (e *env) runFetch(o Options) ([]Row, error) {
+	a := e.accounts[fetchAccount]
+	msg := makeMessage(o.FetchSize)
+	for range o.FetchMessages {
+		if err := e.f.Deliver(a.mailbox, msg); err != nil {
+			return nil, err
+		}
+	}
+	direct, err := e.dialIMAPDirect(a.mailbox)
+	if err != nil {
+		return nil, err
+	}
+	defer direct.close()
+	bridge, err := dialIMAPBridge(e.d.Addr("imap"), a)
+	if err != nil {
+		return nil, err
+	}
+	defer bridge.close()
+	for _, c := range []*imapConn{direct, bridge} {
+		if _, err := c.do("SELECT INBOX"); err != nil {
+			return nil, err
+		}
+		if _, err := c.do("FETCH 1:* BODY.PEEK[]"); err != nil { // warm-up
+			return nil, err
+		}
+	}
+	var dBytes, bBytes int64
+	var dTime, bTime time.Duration
+	fetch := func(c *imapConn, n *int64, d *time.Duration) error {
+		t0 := time.Now()
+		got, err := c.do("FETCH 1:* BODY.PEEK[]")
+		*d += time.Since(t0)
+		*n += got
+		if err == nil && got < int64(o.FetchMessages)*int64(o.FetchSize) {
+			err = fmt.Errorf("bench: fetch returned %d bytes, want %d", got, int64(o.FetchMessages)*int64(o.FetchSize))
+		}
+		return err
+	}
+	for i := range o.Rounds {
+		first, second := direct, bridge
+		fn, fd, sn, sd := &dBytes, &dTime, &bBytes, &bTime
+		if i%2 == 1 { // alternate which path goes first
+			first, second, fn, fd, sn, sd = bridge, direct, &bBytes, &bTime, &dBytes, &dTime
+		}
+		if err := fetch(first, fn, fd); err != nil {
+			return nil, err
+		}
+		if err := fetch(second, sn, sd); err != nil {
+			return nil, err
+		}
+	}
+	dr := float64(dBytes) / dTime.Seconds() / 1e6
+	br := float64(bBytes) / bTime.Seconds() / 1e6
+	e.logf("fetch: direct %.0f MB/s, bridge %.0f MB/s", dr, br)
+	name := fmt.Sprintf("IMAP FETCH %d x %s", o.FetchMessages, sizeName(int64(o.FetchSize)))
+	return []Row{ratioRow(name, "MB/s (client-perceived)", dr, br, 0.95, "%.0f")}, nil
+}
+
+// makeMessage returns an RFC 5322 message of exactly size bytes.
+func makeMessage(size int) []byte {
+	hdr := "From: bench@contoso.com\r\nTo: bench@contoso.com\r\nSubject: bench\r\n\r\n"
+	b := make([]byte, 0, size)
+	b = append(b, hdr...)
+	line := []byte("0123456789abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ0123\r\n")
+	for len(b)+len(line) <= size {
+		b = append(b, line...)
+	}
+	for len(b) < size-2 {
+		b = append(b, 'x')
+	}
+	b = append(b, "\r\n"...)
+	return b[:size]
+}
+
+// runLogin measures connect + login + SELECT + LOGOUT, alternating direct
+// and bridge for each sample. The bridge's credential cache and token are
+// warmed first.
+func (e *env) runLogin(o Options) ([]Row, error) {
+	a := e.accounts[loginAccount]
+	once := func(direct bool) (time.Duration, error) {
+		t0 := time.Now()
+		var c *imapConn
+		var err error
+		if direct {
+			c, err = e.dialIMAPDirect(a.mailbox)
+		} else {
+			c, err = dialIMAPBridge(e.d.Addr("imap"), a)
+		}
+		if err != nil {
+			return 0, err
+		}
+		defer c.close()
+		if _, err := c.do("SELECT INBOX"); err != nil {
+			return 0, err
+		}
+		if _, err := c.do("LOGOUT"); err != nil {
+			return 0, err
+		}
+		return time.Since(t0), nil
+	}
+	for range 3 { // warm: credential cache, token, TLS session state
+		if _, err := once(true); err != nil {
+			return nil, err
+		}
+		if _, err := once(false); err != nil {
+			return nil, err
+		}
+	}
+	var ds, bs []time.Duration
+	for i := range o.Logins {
+		order := []bool{true, false}
+		if i%2 == 1 {
+			order = []bool{false, true}
+		}
+		for _, direct := range order {
+			d, err := once(direct)
+			if err != nil {
+				return nil, err
+			}
+			if direct {
+				ds = append(ds, d)
+			} else {
+				bs = append(bs, d)
+			}
+		}
+	}
+	d50, d99 := percentile(ds, 50), percentile(ds, 99)
+	b50, b99 := percentile(bs, 50), percentile(bs, 99)
+	e.logf("login: direct p50 %v p99 %v, bridge p50 %v p99 %v", d50, d99, b50, b99)
+	name := fmt.Sprintf("IMAP login+SELECT+LOGOUT (%d, warm)", o.Logins)
+	added50 := ms(b50 - d50)
+	added99 := ms(b99 - d99)
+	ok := added50 <= 2
+	return []Row{
+		{Workload: name, Metric: "p50 ms", Direct: f2(ms(d50)), Bridge: f2(ms(b50)), Ratio: fmt.Sprintf("+%.2f ms", added50), Target: "added <= 2 ms", OK: &ok},
+		{Workload: name, Metric: "p99 ms", Direct: f2(ms(d99)), Bridge: f2(ms(b99)), Ratio: fmt.Sprintf("+%.2f ms", added99), Target: "(reported)"},
+	}, nil
+}
+
+// runIdle holds o.IdleSessions IDLE sessions through the bridge process and
+// reports its RSS growth per session.
+func (e *env) runIdle(ctx context.Context, o Options, p *bridgeProc) ([]Row, error) {
+	a := e.accounts[idleAccount]
+	// One session first, so the bridge's one-off costs (token load, pools)
+	// are in the baseline rather than in the per-session figure.
+	warm, err := dialIMAPBridge(p.imap, a)
+	if err != nil {
+		return nil, err
+	}
+	defer warm.close()
+	time.Sleep(500 * time.Millisecond)
+	before, err := p.rss()
+	if err != nil {
+		return nil, err
+	}
+	conns := make([]*imapConn, o.IdleSessions)
+	var errCount atomic.Int64
+	var firstErr error
+	var errOnce sync.Once
+	const parallel = 64
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for i := range conns {
+		if ctx.Err() != nil {
+			break
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			c, err := openIdle(p.imap, a)
+			if err != nil {
+				errCount.Add(1)
+				errOnce.Do(func() { firstErr = err })
+				return
+			}
+			conns[i] = c
+		})
+	}
+	wg.Wait()
+	opened := time.Since(t0)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.close()
+			}
+		}
+	}()
+	time.Sleep(2 * time.Second) // let the bridge settle (GC, freed setup buffers)
+	after, err := p.rss()
+	if err != nil {
+		return nil, err
+	}
+	held := int64(o.IdleSessions) - errCount.Load()
+	// Every session must still be alive: DONE and a NOOP on each.
+	for _, c := range conns {
+		if c == nil {
+			continue
+		}
+		if err := c.endIdle(); err != nil {
+			errCount.Add(1)
+			errOnce.Do(func() { firstErr = err })
+		}
+	}
+	perSession := float64(after-before) / float64(max(held, 1)) / 1024
+	e.logf("idle: %d sessions held in %v, RSS %d -> %d MiB, %.1f KiB/session, %d errors (first: %v)", held, opened.Round(time.Millisecond), before>>20, after>>20, perSession, errCount.Load(), firstErr)
+	ok := perSession <= 48 && errCount.Load() == 0
+	note := fmt.Sprintf("%d errors", errCount.Load())
+	if firstErr != nil {
+		note += " (first: " + firstErr.Error() + ")"
+	}
+	return []Row{{Workload: fmt.Sprintf("IMAP IDLE x %d (bridge process)", o.IdleSessions), Metric: "bridge RSS KiB/session", Direct: "-", Bridge: fmt.Sprintf("%.1f", perSession), Ratio: "-", Target: "<= 48 KiB, 0 errors", OK: &ok, Note: note}}, nil
+}
+
+// openIdle logs in through the bridge, selects INBOX and enters IDLE.
+func openIdle(addr string, a account) (*imapConn, error) {
+	c, err := dialIMAPBridge(addr, a)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.do("SELECT INBOX"); err != nil {
+		c.close()
+		return nil, err
+	}
+	c.seq++
+	if _, err := io.WriteString(c.c, "b"+strconv.Itoa(c.seq)+" IDLE\r\n"); err != nil {
+		c.close()
+		return nil, err
+	}
+	line, err := c.r.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "+") {
+		c.close()
+		return nil, fmt.Errorf("bench: idle: %q %v", strings.TrimSpace(line), err)
+	}
+	_ = c.c.SetDeadline(time.Time{})
+	return c, nil
+}
+
+func (c *imapConn) endIdle() error {
+	_ = c.c.SetDeadline(time.Now().Add(imapTimeout))
+	if _, err := io.WriteString(c.c, "DONE\r\n"); err != nil {
+		return err
+	}
+	if _, err := c.readTagged("b" + strconv.Itoa(c.seq)); err != nil {
+		return err
+	}
+	_, err := c.do("NOOP")
+	return err
+}

@@ -69,6 +69,10 @@ type Fake struct {
 	imapSrv *imapserver.Server
 	smtpSrv *smtp.Server
 	popLn   net.Listener
+	// rawLns are closed by Close too: imapserver's and go-smtp's Close only
+	// see a listener once Serve has registered it, so a Close right after
+	// Start could otherwise leave a Serve blocked in Accept forever.
+	rawLns []net.Listener
 
 	mu               sync.Mutex
 	apps             map[string]*app
@@ -180,6 +184,7 @@ func (f *Fake) start() error {
 		if err != nil {
 			return nil, fmt.Errorf("fakems: listen: %w", err)
 		}
+		f.rawLns = append(f.rawLns, ln)
 		return ln, nil
 	}
 
@@ -266,6 +271,9 @@ func (f *Fake) Close() error {
 			if e := f.popLn.Close(); e != nil && !errors.Is(e, net.ErrClosed) {
 				err = errors.Join(err, e)
 			}
+		}
+		for _, ln := range f.rawLns {
+			ln.Close()
 		}
 		f.conns.dropAll()
 		f.wg.Wait()

@@ -13,6 +13,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -197,7 +198,8 @@ func countdown(env Env, expires time.Time) (stop func()) {
 			}
 		}
 	}()
-	return func() { close(done) }
+	var once sync.Once
+	return func() { once.Do(func() { close(done) }) }
 }
 
 func waitDaemonLogin(ctx context.Context, env Env, ac *adminClient, acct *config.Account, dl *tokens.DeviceLogin) error {

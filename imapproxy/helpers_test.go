@@ -404,7 +404,7 @@ type stubUpstream struct {
 
 	mu           sync.Mutex
 	valid        map[string]bool // accepted tokens
-	mode         string          // "", notconnected, challenge, throttled, codecaps, byegreeting, throttledprobe
+	mode         string          // "", notconnected, challenge, throttled, unavailable, codecaps, byegreeting, throttledprobe
 	auths        int
 	conns        map[net.Conn]struct{}
 	bulk         []byte
@@ -534,6 +534,8 @@ func (s *stubUpstream) serve(c net.Conn) {
 				w(tag + " NO AUTHENTICATE failed.")
 			case mode == "throttled":
 				w(tag + " BAD Request is throttled. Suggested Backoff Time: 500 milliseconds")
+			case mode == "unavailable": // Dovecot when its auth backend is down
+				w(tag + " NO [UNAVAILABLE] Temporary authentication failure.")
 			case ok && mode == "codecaps":
 				w(tag + " OK [CAPABILITY IMAP4rev1 IDLE MOVE] AUTHENTICATE completed.")
 				authed = true

@@ -31,6 +31,11 @@ const (
 	MaxAuthFailures = 3
 	// MaxBadCommands BAD answers before login end the connection with BYE.
 	MaxBadCommands = 3
+	// MaxPreauthCommands bounds how long a client can stay unauthenticated
+	// by sending valid commands (NOOP, CAPABILITY) just within
+	// preauth_timeout: the next one ends the connection with BYE, as
+	// pop3proxy does.
+	MaxPreauthCommands = 50
 	// maxUpstreamLine bounds one upstream response line before the splice.
 	maxUpstreamLine = 64 * 1024
 )

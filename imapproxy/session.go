@@ -53,6 +53,7 @@ type session struct {
 	rd        cmdReader
 	bad       int
 	authFails int
+	commands  int // commands read before login
 }
 
 func (c *session) setConn(conn net.Conn) {
@@ -139,6 +140,11 @@ func (c *session) step() (done bool) {
 	cmd, err := c.rd.readCommand()
 	if err != nil {
 		return c.readError(cmd.tag, err)
+	}
+	if c.commands++; c.commands > MaxPreauthCommands {
+		c.log.Info("too many commands before login; closing", "commands", c.commands)
+		_ = c.send("* BYE Too many commands before login")
+		return true
 	}
 	switch cmd.name {
 	case "CAPABILITY":
@@ -472,6 +478,6 @@ func (c *session) login(tag, user, pass string) bool {
 	metrics.BytesRelayed.WithLabelValues("imap", "up").Add(float64(st.Up))
 	metrics.BytesRelayed.WithLabelValues("imap", "down").Add(float64(st.Down))
 	// bytes_in: client to server; bytes_out: server to client.
-	log.Info("session closed", "bytes_in", st.Up, "bytes_out", st.Down, "duration", time.Since(start).Round(time.Millisecond))
+	log.Info("session closed", "bytes_in", st.Up, "bytes_out", st.Down, "duration", time.Since(start).Round(time.Millisecond).String())
 	return true
 }

@@ -92,11 +92,15 @@ func postAuthCaps(caps string) string {
 	return strings.Join(out, " ")
 }
 
-// transient reports whether an upstream NO/BAD text is Exchange throttling
-// or a backend outage (microsoft-365.md §5.3), which clears by itself.
-func transient(text string) bool {
-	t := strings.ToLower(text)
-	return strings.Contains(t, "throttled") || strings.Contains(t, "server unavailable") || strings.Contains(t, "connection closed")
+// transient reports whether an upstream NO/BAD/BYE line is Exchange
+// throttling or a backend outage (microsoft-365.md §5.3), or carries an RFC
+// 5530 code for a temporary condition (Dovecot: "NO [UNAVAILABLE] Temporary
+// authentication failure."). Such a failure clears by itself: the client is
+// told to retry and the token is not blamed.
+func transient(line string) bool {
+	t := strings.ToLower(line)
+	return strings.Contains(t, "throttled") || strings.Contains(t, "server unavailable") || strings.Contains(t, "connection closed") ||
+		strings.Contains(t, "[unavailable]") || strings.Contains(t, "[inuse]")
 }
 
 // token gets an access token for acct and maps token errors to replies.
@@ -238,14 +242,14 @@ func (u *upstream) login(acct *config.Account, tok string) (string, *loginFailur
 		if !ok {
 			continue
 		}
-		typ, code, text := status(rest)
+		typ, code, _ := status(rest)
 		if typ == "OK" {
 			if c, ok := cutFold(code, "CAPABILITY "); ok {
 				authCaps = c
 			}
 			break
 		}
-		if transient(text) {
+		if transient(rest) {
 			return "", &loginFailure{result: localauth.ResultTemporary, reply: replyTemporary, class: "auth",
 				err: fmt.Errorf("imapproxy: upstream %s answered AUTHENTICATE with %q; Exchange is throttling or unavailable, the client should retry later", server, truncate(rest, 300))}
 		}

@@ -463,6 +463,7 @@ type stubUpstream struct {
 	logins    int
 	greeting  string
 	challenge bool // answer a bad token with a "+ <json>" challenge first
+	authTemp  bool // answer every AUTH with -ERR [SYS/TEMP] (auth backend down)
 	wg        sync.WaitGroup
 }
 
@@ -582,7 +583,12 @@ func (s *stubUpstream) serve(c net.Conn) {
 				s.mu.Lock()
 				ok := s.tokens[tok] && user == s.mailbox
 				challenge := s.challenge
+				authTemp := s.authTemp
 				s.mu.Unlock()
+				if authTemp {
+					say("-ERR [SYS/TEMP] Temporary authentication failure.")
+					continue
+				}
 				if !ok {
 					if challenge {
 						say("+ " + b64(`{"status":"401","schemes":"bearer","scope":"https://outlook.office.com/POP.AccessAsUser.All"}`))

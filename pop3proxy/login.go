@@ -89,7 +89,7 @@ func (c *session) login(ctx context.Context, user, pass string) bool {
 	st := splice.Run(ctx, c.conn, c.br, up.conn, up.br, c.lim.IdleTimeout)
 	metrics.BytesRelayed.WithLabelValues("pop3", "up").Add(float64(st.Up))
 	metrics.BytesRelayed.WithLabelValues("pop3", "down").Add(float64(st.Down))
-	log.Info("session closed", "bytes_in", st.Up, "bytes_out", st.Down, "duration", time.Since(c.start).Round(time.Millisecond))
+	log.Info("session closed", "bytes_in", st.Up, "bytes_out", st.Down, "duration", time.Since(c.start).Round(time.Millisecond).String())
 	return true
 }
 

@@ -104,6 +104,10 @@ func runTranscript(t *testing.T, src string) {
 				stub.mu.Lock()
 				stub.challenge = true
 				stub.mu.Unlock()
+			case "auth-temp":
+				stub.mu.Lock()
+				stub.authTemp = true
+				stub.mu.Unlock()
 			case "greeting-err":
 				stub.mu.Lock()
 				stub.greeting = "-ERR Server Unavailable. 21"

@@ -28,6 +28,9 @@ const (
 	classTimeout  = "timeout"
 	classProtocol = "protocol"
 	classAuth     = "auth"
+	// classTemporary: the server itself said the failure is temporary
+	// (RFC 3206 [SYS/TEMP], RFC 2449 [IN-USE]); the token is not blamed.
+	classTemporary = "temporary"
 )
 
 // upstreamError is a failed upstream login. Reply quotes the server's line
@@ -196,7 +199,11 @@ func dialXOAUTH2(ctx context.Context, acct *config.Account, token string) (*upst
 		}
 	}
 	if !strings.HasPrefix(line, "+OK") {
-		return nil, &upstreamError{Class: classAuth, Server: server, Reply: line, Challenge: challenge, TokenSent: true}
+		class := classAuth
+		if u := strings.ToUpper(line); strings.Contains(u, "[SYS/TEMP]") || strings.Contains(u, "[IN-USE]") {
+			class = classTemporary
+		}
+		return nil, &upstreamError{Class: class, Server: server, Reply: line, Challenge: challenge, TokenSent: true}
 	}
 	if !stop() {
 		return nil, fail(classTimeout, ctx.Err())

@@ -1,0 +1,289 @@
+// Command fakeidp runs internal/fakems's identity platform for the real-peer
+// suite (test/peers/run.sh) and adds the endpoints Dovecot and the suite's
+// scripts need on one loopback address.
+//
+// Every path not listed below is passed to the fake unchanged, so the
+// bridge's provider uses this server as its authority.
+//
+//	POST /dovecot/grant       Dovecot's oauth2 passdb with use_grant_password:
+//	                          form username=<login name>&password=<access token>.
+//	                          200 {"access_token","username","active":true} when the
+//	                          token is live and its user is the mailbox itself or one
+//	                          of the mailbox's delegates; 400 invalid_grant otherwise;
+//	                          503 while the "grant" fault is set.
+//	POST /dovecot/introspect  token=... -> the fake's /introspect answer.
+//	POST /test/approve        code=&upn= approves a device code as upn.
+//	POST /test/revoke         upn= revokes upn's refresh tokens.
+//	POST /test/token          upn= mints an access token (direct checks).
+//	POST /test/fault          grant=503|"" makes Dovecot's logins fail temporarily.
+//
+// Dovecot's oauth2 passdb cannot express delegation: introspection never
+// sees the login name, so /dovecot/grant does the check itself.
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/oauthbridge/oauthbridge/internal/fakems"
+)
+
+// introspectTimeout bounds one call to the fake's introspection endpoint.
+const introspectTimeout = 5 * time.Second
+
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+type idp struct {
+	fake      *fakems.Fake
+	log       *slog.Logger
+	hc        *http.Client
+	mu        sync.Mutex
+	delegates map[string]map[string]bool // mailbox -> delegate UPNs
+	appGrants map[string]map[string]bool // mailbox -> client IDs with app-only access
+	grantCode int                        // non-zero: /dovecot/grant answers this status
+}
+
+func main() {
+	var apps, users, mailboxes, grants listFlag
+	listen := flag.String("listen", "127.0.0.1:0", "address for the combined HTTP server")
+	urlFile := flag.String("url-file", "", "write the base URL here once listening")
+	lifetime := flag.Duration("token-lifetime", time.Hour, "access token lifetime")
+	logFile := flag.String("log", "", "log file (default stderr)")
+	flag.Var(&apps, "app", "CLIENT_ID[:SECRET] (repeatable; no secret = public client)")
+	flag.Var(&users, "user", "UPN (repeatable)")
+	flag.Var(&mailboxes, "mailbox", "ADDR[=DELEGATE,DELEGATE...] (repeatable)")
+	flag.Var(&grants, "grant-app", "CLIENT_ID=MAILBOX: app-only access (repeatable)")
+	flag.Parse()
+
+	out := io.Writer(os.Stderr)
+	if *logFile != "" {
+		f, err := os.OpenFile(*logFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "fakeidp:", err)
+			os.Exit(1)
+		}
+		out = f
+	}
+	log := slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if err := run(log, *listen, *urlFile, *lifetime, apps, users, mailboxes, grants); err != nil {
+		log.Error("fakeidp: exiting", "error", err)
+		os.Exit(1)
+	}
+}
+
+func run(log *slog.Logger, listen, urlFile string, lifetime time.Duration, apps, users, mailboxes, grants []string) error {
+	f, err := fakems.Start(fakems.Options{Logger: log.With("component", "fakems"), AccessTokenLifetime: lifetime})
+	if err != nil {
+		return fmt.Errorf("fakeidp: start fake: %w", err)
+	}
+	defer f.Close()
+	s := &idp{fake: f, log: log, hc: &http.Client{Timeout: introspectTimeout}, delegates: map[string]map[string]bool{}, appGrants: map[string]map[string]bool{}}
+	for _, a := range apps {
+		id, secret, _ := strings.Cut(a, ":")
+		f.AddApp(id, secret)
+	}
+	for _, u := range users {
+		f.AddUser(u)
+	}
+	for _, m := range mailboxes {
+		addr, dl, _ := strings.Cut(m, "=")
+		var ds []string
+		if dl != "" {
+			ds = strings.Split(dl, ",")
+		}
+		f.AddMailbox(addr, ds...)
+		set := map[string]bool{}
+		for _, d := range ds {
+			set[norm(d)] = true
+		}
+		s.delegates[norm(addr)] = set
+	}
+	for _, g := range grants {
+		id, mb, _ := strings.Cut(g, "=")
+		f.GrantApp(id, mb)
+		if s.appGrants[norm(mb)] == nil {
+			s.appGrants[norm(mb)] = map[string]bool{}
+		}
+		s.appGrants[norm(mb)][id] = true
+	}
+
+	target, err := url.Parse(f.AuthorityURL)
+	if err != nil {
+		return fmt.Errorf("fakeidp: authority url: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/", httputil.NewSingleHostReverseProxy(target))
+	mux.HandleFunc("POST /dovecot/grant", s.grant)
+	mux.HandleFunc("POST /dovecot/introspect", s.introspectHandler)
+	mux.HandleFunc("POST /test/approve", s.approve)
+	mux.HandleFunc("POST /test/revoke", s.revoke)
+	mux.HandleFunc("POST /test/token", s.token)
+	mux.HandleFunc("POST /test/fault", s.setFault)
+
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("fakeidp: listen: %w", err)
+	}
+	base := "http://" + ln.Addr().String()
+	if urlFile != "" {
+		if err := os.WriteFile(urlFile+".tmp", []byte(base+"\n"), 0o644); err != nil {
+			return fmt.Errorf("fakeidp: url file: %w", err)
+		}
+		if err := os.Rename(urlFile+".tmp", urlFile); err != nil {
+			return fmt.Errorf("fakeidp: url file: %w", err)
+		}
+	}
+	log.Info("fakeidp: listening", "url", base, "fake", f.AuthorityURL)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, os.Interrupt)
+	go func() { <-sig; srv.Close() }()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("fakeidp: serve: %w", err)
+	}
+	return nil
+}
+
+func norm(s string) string { return strings.ToLower(strings.TrimSpace(s)) }
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// introspect asks the fake who owns token: a UPN, or for an app-only token
+// the client ID with app set. ok is false for unknown or expired tokens.
+func (s *idp) introspect(token string) (user string, app, ok bool, err error) {
+	resp, err := s.hc.PostForm(s.fake.AuthorityURL+"/introspect", url.Values{"token": {token}})
+	if err != nil {
+		return "", false, false, fmt.Errorf("fakeidp: introspect: %w", err)
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Active   bool   `json:"active"`
+		Username string `json:"username"`
+		Sub      string `json:"sub"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return "", false, false, fmt.Errorf("fakeidp: introspect: %s: %w", resp.Status, err)
+	}
+	if r.Active && r.Username == "" && r.Sub != "" {
+		return r.Sub, true, true, nil
+	}
+	return r.Username, false, r.Active && r.Username != "", nil
+}
+
+func (s *idp) introspectHandler(w http.ResponseWriter, r *http.Request) {
+	user, _, ok, err := s.introspect(r.FormValue("token"))
+	if err != nil {
+		writeJSON(w, http.StatusBadGateway, map[string]any{"error": err.Error()})
+		return
+	}
+	if !ok {
+		writeJSON(w, http.StatusOK, map[string]any{"active": false})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"active": true, "username": user})
+}
+
+func (s *idp) grant(w http.ResponseWriter, r *http.Request) {
+	login := norm(r.FormValue("username"))
+	token := r.FormValue("password")
+	s.mu.Lock()
+	fault := s.grantCode
+	s.mu.Unlock()
+	if fault != 0 {
+		s.log.Info("grant: fault injected", "mailbox", login, "status", fault)
+		writeJSON(w, fault, map[string]any{"error": "temporarily_unavailable"})
+		return
+	}
+	user, app, ok, err := s.introspect(token)
+	if err != nil {
+		s.log.Warn("grant: introspection failed", "mailbox", login, "error", err)
+		writeJSON(w, http.StatusBadGateway, map[string]any{"error": "temporarily_unavailable"})
+		return
+	}
+	var allowed bool
+	switch {
+	case !ok:
+	case app:
+		allowed = s.appAllowed(login, user)
+	default:
+		allowed = norm(user) == login || s.isDelegate(login, norm(user))
+	}
+	s.log.Info("grant", "mailbox", login, "user", user, "app", app, "active", ok, "allowed", allowed)
+	if !allowed {
+		writeJSON(w, http.StatusBadRequest, map[string]any{"error": "invalid_grant", "error_description": "token not valid for " + login})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"access_token": token, "token_type": "Bearer", "expires_in": 300,
+		"username": login, "active": true,
+	})
+}
+
+func (s *idp) isDelegate(mailbox, upn string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.delegates[mailbox][upn]
+}
+
+func (s *idp) appAllowed(mailbox, clientID string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.appGrants[mailbox][clientID]
+}
+
+func (s *idp) approve(w http.ResponseWriter, r *http.Request) {
+	code, upn := r.FormValue("code"), r.FormValue("upn")
+	if err := s.fake.ApproveDevice(code, upn); err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]any{"error": err.Error()})
+		return
+	}
+	s.log.Info("device code approved", "user", upn)
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
+}
+
+func (s *idp) revoke(w http.ResponseWriter, r *http.Request) {
+	upn := r.FormValue("upn")
+	s.fake.RevokeRefreshTokens(upn)
+	s.log.Info("refresh tokens revoked", "user", upn)
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
+}
+
+func (s *idp) token(w http.ResponseWriter, r *http.Request) {
+	tok := s.fake.IssueAccessToken(r.FormValue("upn"))
+	writeJSON(w, http.StatusOK, map[string]any{"access_token": tok})
+}
+
+func (s *idp) setFault(w http.ResponseWriter, r *http.Request) {
+	code := 0
+	if v := r.FormValue("grant"); v != "" {
+		if _, err := fmt.Sscan(v, &code); err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]any{"error": "grant: not a status code"})
+			return
+		}
+	}
+	s.mu.Lock()
+	s.grantCode = code
+	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
+}

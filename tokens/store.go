@@ -117,7 +117,24 @@ func openStore(dir, keyFile string) (*store, map[string]*entry, error) {
 		return nil, nil, err
 	}
 	s.last = stamp
+	s.removeStaleTemps()
 	return s, accts, nil
+}
+
+// removeStaleTemps deletes temporary files left by a writer that was killed
+// between creating its temp file and the rename (SIGKILL, power loss). They
+// never replace the store, but they would pile up. Writers hold the lock
+// while their temp file exists, so under the lock every temp file is stale.
+func (s *store) removeStaleTemps() {
+	unlock, err := s.lock()
+	if err != nil {
+		return
+	}
+	defer unlock()
+	stale, _ := filepath.Glob(filepath.Join(s.dir, "."+StoreFileName+".tmp-*"))
+	for _, f := range stale {
+		os.Remove(f)
+	}
 }
 
 func keyID(key []byte) [8]byte {

@@ -139,18 +139,38 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	}
 	switch mech {
 	case sasl.Plain:
-		return sasl.NewPlainServer(func(identity, user, pass string) error {
+		return malformedIs501{sasl.NewPlainServer(func(identity, user, pass string) error {
 			if identity != "" && identity != user {
 				s.audit(localauth.Attempt{User: user, Result: localauth.ResultBadCredentials,
 					Err: errors.New("smtpproxy: PLAIN authorization identity differs from the user name")})
 				return errBadCreds
 			}
 			return s.login(user, pass)
-		}), nil
+		})}, nil
 	case sasl.Login:
 		return newLoginServer(s.login), nil
 	}
 	return nil, errMechanism
+}
+
+// malformedIs501 turns go-sasl's plain-error for a malformed PLAIN response
+// ("sasl: invalid response") into 501 5.5.2. go-smtp sends any error that is
+// not an *smtp.SMTPError as 454 4.7.0, a temporary code that would make a
+// client retry bad input forever.
+type malformedIs501 struct{ sasl.Server }
+
+var errMalformedPlain = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: "Malformed AUTH PLAIN response"}
+
+func (m malformedIs501) Next(response []byte) ([]byte, bool, error) {
+	challenge, done, err := m.Server.Next(response)
+	if err != nil {
+		var se *smtp.SMTPError
+		if !errors.As(err, &se) {
+			return challenge, done, errMalformedPlain
+		}
+		return challenge, done, se // bare, never wrapped: go-smtp type-asserts
+	}
+	return challenge, done, nil
 }
 
 func (s *session) audit(a localauth.Attempt) {

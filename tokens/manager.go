@@ -11,6 +11,8 @@ import (
 	mrand "math/rand/v2"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -74,7 +76,8 @@ type Options struct {
 	RetryMax       time.Duration
 	FailingRetry   time.Duration
 	StorePoll      time.Duration
-	// KeyFile holds the store's 32-byte key. Default: state_dir/key,
+	// KeyFile holds the store's 32-byte key. Default: the systemd
+	// credential token-store-key when present, else state_dir/key,
 	// created on first use. A systemd credential path may be given.
 	KeyFile string
 	// Credential, if set, returns the client credential for a provider
@@ -157,6 +160,9 @@ func NewManager(cfg *config.Config, opts Options) (*Manager, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.KeyFile == "" {
+		opts.KeyFile = credentialKeyFile()
 	}
 	st, disk, err := openStore(cfg.StateDir, opts.KeyFile)
 	if err != nil {
@@ -805,4 +811,22 @@ func (m *Manager) Close() error {
 		m.wg.Wait()
 	})
 	return nil
+}
+
+// CredentialKeyName is the systemd credential that, when present, holds the
+// store key instead of state_dir/key (LoadCredential=token-store-key:/path or
+// LoadCredentialEncrypted= with systemd-creds), so the key need not sit next
+// to the store it protects.
+const CredentialKeyName = "token-store-key"
+
+func credentialKeyFile() string {
+	dir := os.Getenv("CREDENTIALS_DIRECTORY")
+	if dir == "" {
+		return ""
+	}
+	p := filepath.Join(dir, CredentialKeyName)
+	if _, err := os.Stat(p); err != nil {
+		return ""
+	}
+	return p
 }

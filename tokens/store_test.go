@@ -217,3 +217,41 @@ func TestStoreNewerLoginWins(t *testing.T) {
 		t.Fatalf("stored %q, want the newer sign-in kept", got["a"].RefreshToken)
 	}
 }
+
+// TestStoreKeyFromCredential: with the systemd credential token-store-key
+// present, the store is encrypted under it and no state_dir/key is created;
+// without it the same store cannot be opened (the key really came from the
+// credential).
+func TestStoreKeyFromCredential(t *testing.T) {
+	creds := t.TempDir()
+	key := make([]byte, KeySize)
+	for i := range key {
+		key[i] = byte(i*7 + 3)
+	}
+	if err := os.WriteFile(filepath.Join(creds, CredentialKeyName), key, 0o400); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CREDENTIALS_DIRECTORY", creds)
+	dir := filepath.Join(t.TempDir(), "state")
+	kf := credentialKeyFile()
+	if kf != filepath.Join(creds, CredentialKeyName) {
+		t.Fatalf("credentialKeyFile() = %q", kf)
+	}
+	s, _, err := openStore(dir, kf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.update(map[string]*entry{"a": {RefreshToken: "rt", State: StateOK, Binding: "b"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, KeyFileName)); !os.IsNotExist(err) {
+		t.Errorf("state_dir/key exists (%v); the credential should have been used", err)
+	}
+	t.Setenv("CREDENTIALS_DIRECTORY", "")
+	if credentialKeyFile() != "" {
+		t.Error("credentialKeyFile() without CREDENTIALS_DIRECTORY")
+	}
+	if _, _, err := openStore(dir, ""); err == nil {
+		t.Error("store opened without the credential key")
+	}
+}

@@ -4,8 +4,8 @@ GOFILES := $(shell git ls-files '*.go' 2>/dev/null)
 
 .PHONY: check fmt vet test fuzz peers browser systemd bench bench-quick gobench demo build
 
-## check: everything CI runs: formatting, vet, unit + end-to-end tests with -race, fuzz smoke, systemd unit, real peers, browser
-check: fmt vet test fuzz systemd peers browser
+## check: everything CI runs: formatting, vet, fuzz smoke, systemd unit, real peers, browser, then every go test with -race
+check: fmt vet fuzz systemd peers browser test
 
 build:
 	$(GO) build -o bin/oauthbridge ./cmd/oauthbridge

@@ -18,4 +18,4 @@ if ! command -v chromium >/dev/null 2>&1; then
 		exit 1
 	fi
 fi
-go test -tags browser -race -count=1 -run Browser ./...
+go test -tags browser -race -count=1 -run Browser ./internal/admin/

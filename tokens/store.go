@@ -182,6 +182,7 @@ func createKey(path string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tokens: create key file: %w", err)
 	}
+	matchDirOwner(f, filepath.Dir(path))
 	_, err = f.Write(key)
 	if err == nil {
 		err = f.Sync()
@@ -346,6 +347,9 @@ func (s *store) update(changes map[string]*entry) (newer map[string]*entry, err 
 
 func (s *store) lock() (func(), error) {
 	f, err := os.OpenFile(s.lockPath, os.O_RDWR|os.O_CREATE, 0o600)
+	if err == nil {
+		matchDirOwner(f, s.dir)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("tokens: open lock file: %w", err)
 	}
@@ -384,6 +388,7 @@ func (s *store) writeAtomic(data []byte) (stamp fileStamp, err error) {
 	if err = tmp.Chmod(0o600); err != nil {
 		return stamp, err
 	}
+	matchDirOwner(tmp, s.dir)
 	if s.writeFile != nil {
 		err = s.writeFile(tmp, data)
 	} else {
@@ -415,4 +420,25 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// matchDirOwner gives a file root just created in the state directory to the
+// directory's owner. Under systemd's DynamicUser=yes the state directory
+// belongs to the service's user; a sysadmin running `oauthbridge login
+// -local` or `status` as root with the daemon stopped must not leave a key,
+// lock or store the service can no longer read. A no-op unless running as
+// root.
+func matchDirOwner(f *os.File, dir string) {
+	if os.Geteuid() != 0 {
+		return
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || st.Uid == 0 {
+		return
+	}
+	_ = f.Chown(int(st.Uid), int(st.Gid))
 }

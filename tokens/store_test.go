@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -253,5 +254,42 @@ func TestStoreKeyFromCredential(t *testing.T) {
 	}
 	if _, _, err := openStore(dir, ""); err == nil {
 		t.Error("store opened without the credential key")
+	}
+}
+
+// TestStoreFilesFollowDirOwner: files root creates in a state directory owned
+// by the service's (dynamic) user end up owned by that user, so the service
+// can still read them.
+func TestStoreFilesFollowDirOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create files for another owner")
+	}
+	dir := filepath.Join(t.TempDir(), "state")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	const uid, gid = 61234, 61235 // like a systemd DynamicUser
+	if err := os.Chown(dir, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	s, _, err := openStore(dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.update(map[string]*entry{"a": {RefreshToken: "rt", State: StateOK, Binding: "b"}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{KeyFileName, LockFileName, StoreFileName} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if st.Uid != uid || st.Gid != gid {
+			t.Errorf("%s owned by %d:%d, want %d:%d", name, st.Uid, st.Gid, uid, gid)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s mode %04o", name, fi.Mode().Perm())
+		}
 	}
 }

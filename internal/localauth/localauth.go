@@ -13,9 +13,9 @@
 //     delay has passed. A remote address that recently logged in as a user
 //     is exempt from that user's counter, so a distributed guessing attack on
 //     "otrs" does not lock out the OTRS server itself.
-//   - At most MaxConcurrentBcrypt comparisons run at once; attempts beyond
-//     that queue briefly and are then refused, so a flood cannot use more
-//     CPU than that.
+//   - At most MaxConcurrentBcrypt comparisons run at once (default: half the
+//     cores); attempts beyond that queue briefly and are then refused, so a
+//     flood cannot use more CPU than that.
 package localauth
 
 import (
@@ -107,7 +107,10 @@ func New(cfg *config.Config, opts Options) *Authenticator {
 		opts.MaxDelay = DefaultMaxDelay
 	}
 	if opts.MaxConcurrentBcrypt <= 0 {
-		opts.MaxConcurrentBcrypt = runtime.GOMAXPROCS(0)
+		// Half the cores: a spray of guesses (or of unknown user names from
+		// many addresses, which no per-key counter catches) can then use at
+		// most half the CPU, and spliced sessions keep the rest.
+		opts.MaxConcurrentBcrypt = max(1, runtime.GOMAXPROCS(0)/2)
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -216,5 +217,13 @@ func BenchmarkCheckCached(b *testing.B) {
 		if _, err := a.Check(ctx, "otrs", "right", "10.0.0.1"); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestDefaultBcryptCapLeavesCores(t *testing.T) {
+	a := New(testConfig(t, map[string]string{"otrs": "x"}), Options{})
+	want := max(1, runtime.GOMAXPROCS(0)/2)
+	if cap(a.sem) != want {
+		t.Errorf("default bcrypt concurrency = %d, want %d (half the cores)", cap(a.sem), want)
 	}
 }

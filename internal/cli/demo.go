@@ -148,6 +148,7 @@ user %q {
 		cleanup()
 		return nil, nil, err
 	}
+	daemon.Version = version()
 	d, err := daemon.New(cfg, daemon.Options{Logger: log})
 	if err != nil {
 		cleanup()

@@ -318,7 +318,7 @@ func (s *store) update(changes map[string]*entry) (newer map[string]*entry, err 
 		return nil, err
 	}
 	defer unlock()
-	cur, _, err := s.read()
+	cur, readStamp, err := s.read()
 	if err != nil {
 		return nil, err // never overwrite a store we cannot read
 	}
@@ -341,7 +341,12 @@ func (s *store) update(changes map[string]*entry) (newer map[string]*entry, err 
 	if err != nil {
 		return newer, err
 	}
-	s.last = stamp
+	// Advance last only if nobody else changed the file since we last looked:
+	// otherwise their change (a CLI sign-in) would be merged into our write
+	// and never seen by the poll that adopts it.
+	if readStamp == s.last {
+		s.last = stamp
+	}
 	return newer, nil
 }
 

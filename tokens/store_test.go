@@ -293,3 +293,43 @@ func TestStoreFilesFollowDirOwner(t *testing.T) {
 		}
 	}
 }
+
+// TestStoreForeignChangeStaysVisible: when another process (the CLI's
+// `login -local`) writes the store and this process then writes it too, the
+// other process's change is merged into our write; the poll that adopts
+// foreign sign-ins must still see the file as changed.
+func TestStoreForeignChangeStaysVisible(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	daemon, _, err := openStore(dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := daemon.update(map[string]*entry{"y": {RefreshToken: "y1", State: StateOK, Binding: "by"}}); err != nil {
+		t.Fatal(err)
+	}
+	cli, _, err := openStore(dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond) // distinct mtimes on coarse filesystems
+	if _, err := cli.update(map[string]*entry{"x": {RefreshToken: "x1", LoginID: "l1", LoginAt: time.Now(), State: StateOK, Binding: "bx"}}); err != nil {
+		t.Fatal(err)
+	}
+	// The daemon refreshes y before its poll runs.
+	if _, err := daemon.update(map[string]*entry{"y": {RefreshToken: "y2", State: StateOK, Binding: "by"}}); err != nil {
+		t.Fatal(err)
+	}
+	daemon.mu.Lock()
+	last := daemon.last
+	daemon.mu.Unlock()
+	if daemon.stamp() == last {
+		t.Fatal("after merging a foreign change into its own write, the daemon's poll would see no change and never adopt the CLI's sign-in")
+	}
+	disk, _, err := daemon.read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if disk["x"] == nil || disk["x"].RefreshToken != "x1" || disk["y"].RefreshToken != "y2" {
+		t.Errorf("merged store = %+v", disk)
+	}
+}

@@ -149,9 +149,13 @@ func classify(a *config.Account, err error) *Error {
 		case errors.Is(err, context.Canceled):
 			e.Reason = "the token request was cancelled"
 		default:
-			e.Reason = "the token endpoint is unreachable"
+			// Name the cause (DNS, TLS verification, a reply that is not a
+			// token): "unreachable" alone sends the sysadmin to the wrong
+			// place. These errors carry the endpoint URL at most; the
+			// client secret travels in the request body, never in them.
+			e.Reason = "the token endpoint is unreachable or did not answer with a token: " + err.Error()
 		}
-		e.Fix = "check the network path to " + authorityOf(a)
+		e.Fix = "check the network path to " + authorityOf(a) + ", its TLS certificate (provider ca_file) and any HTTP proxy"
 		return e
 	}
 	status := 0

@@ -69,7 +69,7 @@ func TestClassify(t *testing.T) {
 		{"temporarily_unavailable 400", deleg, retrieveErr(400, "temporarily_unavailable", 0), Temporary, 0, "backs off", "temporarily_unavailable"},
 		{"throttled", deleg, retrieveErr(400, "invalid_request", 50196), Temporary, 50196, "backs off", "throttling"},
 		{"unknown 4xx", app, retrieveErr(400, "weird_error", 12345), Failing, 12345, "provider contoso", "weird_error"},
-		{"network", deleg, errors.New("dial tcp: connection refused"), Temporary, 0, "login.example", "unreachable"},
+		{"network", deleg, errors.New("dial tcp: connection refused"), Temporary, 0, "login.example", "unreachable or did not answer with a token: dial tcp: connection refused"},
 		{"deadline", deleg, fmt.Errorf("post: %w", context.DeadlineExceeded), Temporary, 0, "login.example", "in time"},
 	}
 	for _, tc := range tests {

@@ -31,6 +31,16 @@ import (
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
 
+// Admin listener timeouts: requests are small and answers quick, so an idle
+// or slow client cannot hold a goroutine and a file descriptor (shared with
+// the mail listeners) for long.
+const (
+	AdminReadHeaderTimeout = 10 * time.Second
+	AdminReadTimeout       = 30 * time.Second
+	AdminWriteTimeout      = 60 * time.Second
+	AdminIdleTimeout       = 2 * time.Minute
+)
+
 // Version is set by the CLI from build information.
 var Version = "dev"
 
@@ -92,7 +102,14 @@ func New(cfg *config.Config, opts Options) (*Daemon, error) {
 	d.pop3 = pop3proxy.New(pop3proxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log})
 	d.smtp = smtpproxy.New(smtpproxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.smtpL, Logger: log})
 	h := admin.New(admin.Options{Config: current, Tokens: m, Ready: d.readyErr, Logger: log.With("component", "admin"), Version: Version})
-	d.admin = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	d.admin = &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: AdminReadHeaderTimeout,
+		ReadTimeout:       AdminReadTimeout,
+		WriteTimeout:      AdminWriteTimeout,
+		IdleTimeout:       AdminIdleTimeout,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
 	return d, nil
 }
 

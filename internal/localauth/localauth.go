@@ -45,6 +45,9 @@ const (
 	DefaultForgetAfter     = 15 * time.Minute // a failure counter resets after this long without failures
 	DefaultKnownRemoteTTL  = 24 * time.Hour   // how long a successful address stays exempt from the user counter
 	DefaultBcryptQueueWait = 2 * time.Second
+	// MaxTrackedKeys bounds each failure table (remote addresses, user names)
+	// and the known-address table: about 100 bytes an entry.
+	MaxTrackedKeys = 100_000
 )
 
 // Errors returned by Check. Proxies must answer the client with the same
@@ -73,7 +76,8 @@ type Authenticator struct {
 	users atomic.Pointer[map[string]*config.User]
 	key   [32]byte
 	sem   chan struct{}
-	dummy []byte // a bcrypt hash compared against for unknown users
+	dummy     []byte // a bcrypt hash compared against for unknown users (under mu)
+	dummyCost int
 
 	mu       sync.Mutex
 	cache    map[[32]byte]time.Time
@@ -126,23 +130,35 @@ func New(cfg *config.Config, opts Options) *Authenticator {
 	if _, err := rand.Read(a.key[:]); err != nil {
 		panic("localauth: no randomness: " + err.Error())
 	}
-	cost := bcrypt.DefaultCost
+	a.SetUsers(cfg)
+	return a
+}
+
+// usersCost is the bcrypt cost of the first user's hash, or the default.
+func usersCost(cfg *config.Config) int {
 	if cfg != nil {
 		for _, u := range cfg.Users {
 			if c, err := bcrypt.Cost([]byte(u.PasswordHash.Reveal())); err == nil {
-				cost = c
-				break
+				return c
 			}
 		}
 	}
-	a.dummy, _ = bcrypt.GenerateFromPassword([]byte("oauthbridge-dummy-password"), cost)
-	a.SetUsers(cfg)
-	return a
+	return bcrypt.DefaultCost
 }
 
 // SetUsers replaces the user table (on reload). Cached verifications of
 // users whose hash changed stop matching by construction.
 func (a *Authenticator) SetUsers(cfg *config.Config) {
+	// The hash compared for unknown users follows the users' cost, so that
+	// after a re-hash at another cost unknown names still take as long as
+	// real ones.
+	cost := usersCost(cfg)
+	a.mu.Lock()
+	if a.dummy == nil || a.dummyCost != cost {
+		a.dummy, _ = bcrypt.GenerateFromPassword([]byte("oauthbridge-dummy-password"), cost)
+		a.dummyCost = cost
+	}
+	a.mu.Unlock()
 	m := map[string]*config.User{}
 	if cfg != nil {
 		for _, u := range cfg.Users {
@@ -223,7 +239,10 @@ func (a *Authenticator) Check(ctx context.Context, user, password, remote string
 		ok = bcrypt.CompareHashAndPassword([]byte(hash), []byte(password)) == nil
 	} else {
 		// Same cost as a real check, so timing does not reveal which users exist.
-		_ = bcrypt.CompareHashAndPassword(a.dummy, []byte(password))
+		a.mu.Lock()
+		dummy := a.dummy
+		a.mu.Unlock()
+		_ = bcrypt.CompareHashAndPassword(dummy, []byte(password))
 	}
 	<-a.sem
 
@@ -238,7 +257,10 @@ func (a *Authenticator) Check(ctx context.Context, user, password, remote string
 		return u, nil
 	}
 	a.fail(a.remotes, remote, a.opts.RemoteThreshold, now)
-	if !knownRemote {
+	// Only real users get a per-user counter: counting typed names that do
+	// not exist protects nothing and would let a client grow the map with
+	// names of its choosing.
+	if !knownRemote && u != nil {
 		a.fail(a.userFail, user, a.opts.UserThreshold, now)
 	}
 	return nil, ErrInvalid
@@ -246,6 +268,12 @@ func (a *Authenticator) Check(ctx context.Context, user, password, remote string
 
 func (a *Authenticator) fail(m map[string]*failures, k string, threshold int, now time.Time) {
 	f := m[k]
+	if f == nil && len(m) >= MaxTrackedKeys {
+		// Full (addresses rotated faster than DefaultForgetAfter): stop
+		// tracking new keys rather than grow without bound; the bcrypt
+		// concurrency cap still bounds the CPU such a flood can use.
+		return
+	}
 	if f == nil || now.Sub(f.last) > DefaultForgetAfter {
 		f = &failures{}
 		m[k] = f

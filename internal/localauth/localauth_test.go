@@ -227,3 +227,47 @@ func TestDefaultBcryptCapLeavesCores(t *testing.T) {
 		t.Errorf("default bcrypt concurrency = %d, want %d (half the cores)", cap(a.sem), want)
 	}
 }
+
+func TestUnknownNamesNotTrackedAndTablesBounded(t *testing.T) {
+	cfg := testConfig(t, map[string]string{"otrs": "right"})
+	a := New(cfg, Options{MaxConcurrentBcrypt: 4})
+	ctx := context.Background()
+	for i := 0; i < 20; i++ {
+		a.Check(ctx, fmt.Sprintf("%s-%d", strings.Repeat("n", 1000), i), "x", fmt.Sprintf("10.9.0.%d", i))
+	}
+	a.mu.Lock()
+	n := len(a.userFail)
+	a.mu.Unlock()
+	if n != 0 {
+		t.Errorf("%d per-user counters for names that do not exist", n)
+	}
+	// A full table stops growing.
+	a.mu.Lock()
+	for i := 0; len(a.remotes) < MaxTrackedKeys; i++ {
+		a.remotes[fmt.Sprintf("fill-%d", i)] = &failures{count: 1, last: time.Now()}
+	}
+	a.mu.Unlock()
+	a.Check(ctx, "otrs", "wrong", "203.0.113.77")
+	a.mu.Lock()
+	n = len(a.remotes)
+	a.mu.Unlock()
+	if n > MaxTrackedKeys {
+		t.Errorf("remote table grew to %d, cap %d", n, MaxTrackedKeys)
+	}
+}
+
+func TestDummyHashFollowsReloadedCost(t *testing.T) {
+	a := New(testConfig(t, map[string]string{"otrs": "x"}), Options{}) // MinCost hashes
+	if c, _ := bcrypt.Cost(a.dummy); c != bcrypt.MinCost {
+		t.Fatalf("dummy cost %d, want the users' %d", c, bcrypt.MinCost)
+	}
+	h, _ := bcrypt.GenerateFromPassword([]byte("x"), bcrypt.MinCost+2)
+	cfg2, err := config.Parse("t.hcl", []byte(fmt.Sprintf("state_dir = %q\nprovider \"p\" {\n tenant = \"t\"\n client_id = \"c\"\n}\naccount \"a\" {\n provider = \"p\"\n mailbox = \"a@x.com\"\n}\nuser \"otrs\" {\n password_hash = %q\n account = \"a\"\n}\n", t.TempDir(), h)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.SetUsers(cfg2)
+	if c, _ := bcrypt.Cost(a.dummy); c != bcrypt.MinCost+2 {
+		t.Errorf("after reload at cost %d the dummy hash has cost %d: unknown users answer faster than real ones", bcrypt.MinCost+2, c)
+	}
+}

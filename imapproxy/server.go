@@ -36,6 +36,9 @@ const (
 	// preauth_timeout: the next one ends the connection with BYE, as
 	// pop3proxy does.
 	MaxPreauthCommands = 50
+	// closeWriteTimeout bounds the last BYE written to a client that is
+	// refused (shutdown, too many connections).
+	closeWriteTimeout = time.Second
 	// maxUpstreamLine bounds one upstream response line before the splice.
 	maxUpstreamLine = 64 * 1024
 )
@@ -187,7 +190,7 @@ func (s *Server) ServeConn(conn net.Conn, implicitTLS bool) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = conn.SetWriteDeadline(time.Now().Add(closeWriteTimeout))
 		_, _ = conn.Write([]byte("* BYE Server shutting down\r\n"))
 		return
 	}
@@ -213,7 +216,7 @@ func (s *Server) ServeConn(conn net.Conn, implicitTLS bool) {
 	if n := s.active.Add(1); n > int64(sess.lim.MaxConnections) {
 		s.active.Add(-1)
 		log.Warn("too many imap connections; refusing", "max_connections", sess.lim.MaxConnections)
-		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = conn.SetWriteDeadline(time.Now().Add(closeWriteTimeout))
 		_, _ = conn.Write([]byte("* BYE Too many connections\r\n"))
 		return
 	}
@@ -232,7 +235,7 @@ func (s *Server) ServeConn(conn net.Conn, implicitTLS bool) {
 			log.Info("tls handshake failed", "error", err)
 			return
 		}
-		sess.conn = tc
+		sess.setConn(tc) // under the lock: Shutdown may be reading conn right now
 		sess.isTLS = true
 	}
 	sess.run()

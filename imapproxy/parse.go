@@ -62,6 +62,17 @@ func (r *cmdReader) readByte() (byte, error) {
 	return b, nil
 }
 
+// readInLine is readByte for bytes inside a command line: a LF is returned
+// but left unread, so that after a syntax error skipLine ends at this line
+// instead of swallowing the client's next command.
+func (r *cmdReader) readInLine() (byte, error) {
+	c, err := r.peek()
+	if err != nil || c == '\n' {
+		return c, err
+	}
+	return r.readByte()
+}
+
 func (r *cmdReader) peek() (byte, error) {
 	b, err := r.br.Peek(1)
 	if err != nil {
@@ -203,7 +214,7 @@ func (r *cmdReader) quoted() (string, error) {
 	}
 	var sb strings.Builder
 	for {
-		c, err := r.readByte()
+		c, err := r.readInLine()
 		if err != nil {
 			return "", err
 		}
@@ -211,7 +222,7 @@ func (r *cmdReader) quoted() (string, error) {
 		case '"':
 			return sb.String(), nil
 		case '\\':
-			e, err := r.readByte()
+			e, err := r.readInLine()
 			if err != nil {
 				return "", err
 			}
@@ -257,13 +268,13 @@ func (r *cmdReader) literal() (string, error) {
 		return "", syntaxErrf("invalid literal size")
 	}
 	nonSync := false
-	c, err := r.readByte()
+	c, err := r.readInLine()
 	if err != nil {
 		return "", err
 	}
 	if c == '+' {
 		nonSync = true
-		if c, err = r.readByte(); err != nil {
+		if c, err = r.readInLine(); err != nil {
 			return "", err
 		}
 	}

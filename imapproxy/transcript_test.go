@@ -22,7 +22,8 @@ import (
 //	# comment
 //	! directive args   set up the environment (before the first C:/S:)
 //	C: text            client sends text + CRLF; "<CRLF>" inside is a line
-//	                   break (pipelining), a trailing "<NOEOL>" drops the CRLF
+//	                   break (pipelining), "<LF>" a bare LF, a trailing
+//	                   "<NOEOL>" drops the CRLF
 //	S: pattern         next server line; * matches any text
 //	S: <closed>        the server closed the connection
 //	A: result          expected audit results, in order (checked at the end)
@@ -72,7 +73,7 @@ func runTranscript(t *testing.T, file string) {
 	for _, st := range steps {
 		body := st[3:]
 		if strings.HasPrefix(st, "C: ") {
-			data := strings.ReplaceAll(body, "<CRLF>", "\r\n")
+			data := strings.ReplaceAll(strings.ReplaceAll(body, "<CRLF>", "\r\n"), "<LF>", "\n")
 			if s, ok := strings.CutSuffix(data, "<NOEOL>"); ok {
 				data = s
 			} else {

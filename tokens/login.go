@@ -232,6 +232,17 @@ func (m *Manager) loginError(ac *config.Account, what string, err error) error {
 // On a user mismatch nothing is stored.
 func (m *Manager) finishLogin(a *account, ac *config.Account, tr *tokenResponse, how string) error {
 	hint := ac.LoginHint()
+	// A reload during the sign-in may have changed who must sign in (or the
+	// provider or flow): never install tokens for the old identity.
+	a.mu.Lock()
+	changed := binding(a.cfg) != binding(ac)
+	a.mu.Unlock()
+	if changed {
+		e := &Error{Account: a.name, Kind: NeedsLogin, Reason: "the account's configuration (delegate, provider or flow) changed while the sign-in was running",
+			Fix: fmt.Sprintf("run 'oauthbridge login %s' again", a.name)}
+		a.log.Error("tokens: sign-in refused", "error", e.Error())
+		return e
+	}
 	who, err := signedInAs(tr.IDToken)
 	if err != nil {
 		e := &Error{Account: a.name, Kind: NeedsLogin, Reason: "cannot tell who signed in: " + err.Error(),

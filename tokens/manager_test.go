@@ -888,3 +888,32 @@ func TestUnknownAccount(t *testing.T) {
 	}
 	e.m.Rejected("nope", "x") // must not panic
 }
+
+// TestReloadDuringDeviceLogin: the delegate changes while a device-code
+// sign-in is running; when the old delegate completes it, nothing is
+// installed and the account still waits for the new delegate.
+func TestReloadDuringDeviceLogin(t *testing.T) {
+	e := newEnv(t, envOpts{secret: secret})
+	dl, done, err := e.m.StartDeviceLogin(context.Background(), helpdesk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, e.dir, e.f.AuthorityURL, secret, testAccount{name: helpdesk, mailbox: "hd@contoso.com", delegate: bob})
+	if err := e.m.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.f.ApproveDevice(dl.UserCode, alice); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "changed while the sign-in was running") {
+			t.Fatalf("device login after a delegate change = %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("device login did not finish")
+	}
+	if _, err := e.m.AccessToken(context.Background(), helpdesk); KindOf(err) != NeedsLogin || !strings.Contains(err.Error(), bob) {
+		t.Fatalf("AccessToken after the refused sign-in = %v, want needs_login naming %s", err, bob)
+	}
+}

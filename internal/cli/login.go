@@ -26,6 +26,18 @@ import (
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
 
+// Named timings of the login and status commands.
+const (
+	// AdminAPITimeout bounds one request to a running daemon's admin API.
+	AdminAPITimeout = 10 * time.Second
+	// DevicePollInterval is how often `login` asks the daemon whether the
+	// device-code sign-in it started has finished.
+	DevicePollInterval = 2 * time.Second
+	// CallbackReadHeaderTimeout bounds the request header of the one-shot
+	// OAuth redirect server of `login -browser` without a daemon.
+	CallbackReadHeaderTimeout = 10 * time.Second
+)
+
 // adminClient talks to a running daemon's JSON API on the admin listener.
 type adminClient struct {
 	base     string
@@ -34,7 +46,7 @@ type adminClient struct {
 }
 
 func newAdminClient(cfg *config.Config, env Env) *adminClient {
-	c := &adminClient{base: "http://" + cfg.Admin.Listen, hc: &http.Client{Timeout: 10 * time.Second}}
+	c := &adminClient{base: "http://" + cfg.Admin.Listen, hc: &http.Client{Timeout: AdminAPITimeout}}
 	if cfg.Admin.PasswordHash != "" {
 		c.user = cfg.Admin.Username
 		c.pw = os.Getenv("OAUTHBRIDGE_ADMIN_PASSWORD")
@@ -210,7 +222,7 @@ func waitDaemonLogin(ctx context.Context, env Env, ac *adminClient, acct *config
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(2 * time.Second):
+		case <-time.After(DevicePollInterval):
 		}
 		var st struct {
 			Done  bool   `json:"done"`
@@ -278,7 +290,7 @@ func browserLogin(ctx context.Context, env Env, cfg *config.Config, acct *config
 		return fmt.Errorf("listening on the admin address %s for the OAuth redirect: %w", cfg.Admin.Listen, err)
 	}
 	result := make(chan error, 1)
-	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := &http.Server{ReadHeaderTimeout: CallbackReadHeaderTimeout, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/oauth/callback" {
 			http.NotFound(w, r)
 			return

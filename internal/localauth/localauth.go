@@ -72,10 +72,10 @@ type Options struct {
 // Authenticator verifies local credentials. It is safe for concurrent use;
 // SetUsers swaps the user table on reload.
 type Authenticator struct {
-	opts  Options
-	users atomic.Pointer[map[string]*config.User]
-	key   [32]byte
-	sem   chan struct{}
+	opts      Options
+	users     atomic.Pointer[map[string]*config.User]
+	key       [32]byte
+	sem       chan struct{}
 	dummy     []byte // a bcrypt hash compared against for unknown users (under mu)
 	dummyCost int
 

@@ -310,3 +310,55 @@ func TestNoSecretsInLogs(t *testing.T) {
 		}
 	}
 }
+
+// TestSecondSignalExitsAtOnce: SIGTERM drains for shutdown_timeout while a
+// session is open; a second SIGTERM ends Run at once.
+func TestSecondSignalExitsAtOnce(t *testing.T) {
+	e := newEnv(t)
+	e.writeConfig(t, map[string]string{"otrs": "pw-otrs-2"}, "shutdown_timeout = \"60s\"\n")
+	cfg, err := config.Load(e.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(cfg, Options{Logger: e.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- Run(context.Background(), d, func() (*config.Config, error) { return config.Load(e.cfgPath) }) }()
+	waitFor(t, func() bool { return d.Addr("imap") != "" && d.ready.Load() })
+	dl, login, err := d.Tokens().StartDeviceLogin(context.Background(), "helpdesk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.f.ApproveDevice(dl.UserCode, "alice@contoso.com")
+	if err := <-login; err != nil {
+		t.Fatal(err)
+	}
+	held, err := imapLogin(t, d.Addr("imap"), "otrs", "pw-otrs-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+
+	syscall.Kill(os.Getpid(), syscall.SIGTERM)
+	waitFor(t, func() bool { return strings.Contains(e.logs.String(), "a second signal exits at once") })
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned %v while a session was still draining", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	start := time.Now()
+	syscall.Kill(os.Getpid(), syscall.SIGTERM)
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "second signal") {
+			t.Errorf("Run after the second SIGTERM = %v", err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("second SIGTERM took %v", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("second SIGTERM did not end Run")
+	}
+}

@@ -325,7 +325,9 @@ func TestSecondSignalExitsAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- Run(context.Background(), d, func() (*config.Config, error) { return config.Load(e.cfgPath) }) }()
+	go func() {
+		done <- Run(context.Background(), d, func() (*config.Config, error) { return config.Load(e.cfgPath) })
+	}()
 	waitFor(t, func() bool { return d.Addr("imap") != "" && d.ready.Load() })
 	dl, login, err := d.Tokens().StartDeviceLogin(context.Background(), "helpdesk")
 	if err != nil {

@@ -58,27 +58,8 @@ type Options struct {
 	// (tests).
 	FailureDelay time.Duration
 	// IsLoopback decides whether a remote address is local enough to accept
-	// a plaintext password without TLS. nil uses DefaultIsLoopback.
+	// a plaintext password without TLS. nil uses localauth.IsLoopback.
 	IsLoopback func(net.Addr) bool
-}
-
-// DefaultIsLoopback reports whether addr is a loopback TCP address, a Unix
-// socket peer, or one end of a net.Pipe (an in-process connection, which
-// counts as loopback).
-func DefaultIsLoopback(addr net.Addr) bool {
-	switch a := addr.(type) {
-	case *net.TCPAddr:
-		return a.IP.IsLoopback()
-	case *net.UnixAddr:
-		return true
-	case nil:
-		return false
-	}
-	if addr.Network() == "pipe" {
-		return true
-	}
-	ip := net.ParseIP(localauth.RemoteIP(addr))
-	return ip != nil && ip.IsLoopback()
 }
 
 // Server is the IMAP side of the bridge.
@@ -107,7 +88,7 @@ func New(opts Options) *Server {
 		opts.FailureDelay = DefaultFailureDelay
 	}
 	if opts.IsLoopback == nil {
-		opts.IsLoopback = DefaultIsLoopback
+		opts.IsLoopback = localauth.IsLoopback
 	}
 	if opts.Limiter == nil {
 		opts.Limiter = &limiter.Limiter{}

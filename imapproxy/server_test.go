@@ -291,28 +291,6 @@ func waitFor(t testing.TB, cond func() bool) {
 	}
 }
 
-func TestDefaultIsLoopback(t *testing.T) {
-	p1, p2 := net.Pipe()
-	defer p1.Close()
-	defer p2.Close()
-	tests := []struct {
-		addr net.Addr
-		want bool
-	}{
-		{&net.TCPAddr{IP: net.ParseIP("127.0.0.1"), Port: 1}, true},
-		{&net.TCPAddr{IP: net.ParseIP("::1"), Port: 1}, true},
-		{&net.TCPAddr{IP: net.ParseIP("10.1.2.3"), Port: 1}, false},
-		{&net.UnixAddr{Name: "/run/x.sock", Net: "unix"}, true},
-		{p1.RemoteAddr(), true},
-		{nil, false},
-	}
-	for _, tc := range tests {
-		if got := DefaultIsLoopback(tc.addr); got != tc.want {
-			t.Errorf("DefaultIsLoopback(%v) = %v, want %v", tc.addr, got, tc.want)
-		}
-	}
-}
-
 func TestMetrics(t *testing.T) {
 	e := newEnv(t)
 	e.start()

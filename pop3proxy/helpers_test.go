@@ -295,7 +295,7 @@ type env struct {
 
 type envOptions struct {
 	tokens   tokens.Source
-	loopback *bool // nil: DefaultIsLoopback
+	loopback *bool // nil: localauth.IsLoopback
 }
 
 func newEnv(t testing.TB, tc testConfig, eo envOptions) *env {

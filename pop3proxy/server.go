@@ -60,7 +60,7 @@ type Options struct {
 	// -ERR for a wrong local password; negative means no delay (tests).
 	FailureDelay time.Duration
 	// IsLoopback decides whether a peer is on this host, where a password may
-	// cross without TLS. nil uses DefaultIsLoopback.
+	// cross without TLS. nil uses localauth.IsLoopback.
 	IsLoopback func(net.Addr) bool
 }
 
@@ -90,7 +90,7 @@ func New(opts Options) *Server {
 		opts.FailureDelay = DefaultFailureDelay
 	}
 	if opts.IsLoopback == nil {
-		opts.IsLoopback = DefaultIsLoopback
+		opts.IsLoopback = localauth.IsLoopback
 	}
 	if opts.Limiter == nil {
 		opts.Limiter = &limiter.Limiter{}
@@ -103,21 +103,6 @@ func New(opts Options) *Server {
 		listeners: map[net.Listener]struct{}{},
 		sessions:  map[*session]struct{}{},
 	}
-}
-
-// DefaultIsLoopback reports whether addr is a peer on this host: a loopback
-// IP, a Unix socket, or one end of a net.Pipe (an in-process connection,
-// which only code in this process can make).
-func DefaultIsLoopback(addr net.Addr) bool {
-	switch a := addr.(type) {
-	case nil:
-		return false
-	case *net.TCPAddr:
-		return a.IP.IsLoopback()
-	case *net.UnixAddr:
-		return true
-	}
-	return addr.Network() == "pipe"
 }
 
 // Serve accepts connections on ln until Shutdown, handling each in its own

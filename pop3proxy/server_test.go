@@ -410,27 +410,6 @@ func TestReadLimitedLine(t *testing.T) {
 	}
 }
 
-func TestDefaultIsLoopback(t *testing.T) {
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
-	for _, tc := range []struct {
-		addr net.Addr
-		want bool
-	}{
-		{&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}, true},
-		{&net.TCPAddr{IP: net.IPv6loopback, Port: 1}, true},
-		{&net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 1}, false},
-		{&net.UnixAddr{Name: "@x", Net: "unix"}, true},
-		{a.RemoteAddr(), true},
-		{nil, false},
-	} {
-		if got := DefaultIsLoopback(tc.addr); got != tc.want {
-			t.Errorf("DefaultIsLoopback(%v) = %v, want %v", tc.addr, got, tc.want)
-		}
-	}
-}
-
 // ---------------------------------------------------------------------------
 // A small POP3 client over net/textproto for end-to-end tests.
 

@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"sync"
 	"time"
 
@@ -108,18 +107,7 @@ func (s *session) authAllowed() bool {
 	if cfg := s.srv.opts.Config(); cfg != nil && cfg.SMTP != nil && cfg.SMTP.AllowInsecureAuth {
 		return true
 	}
-	return isLoopback(s.remote)
-}
-
-func isLoopback(a net.Addr) bool {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.IP.IsLoopback()
-	}
-	if a == nil {
-		return false
-	}
-	ap, err := netip.ParseAddrPort(a.String())
-	return err == nil && ap.Addr().IsLoopback()
+	return localauth.IsLoopback(s.remote)
 }
 
 // AuthMechanisms implements smtp.AuthSession. Where AUTH would be refused,

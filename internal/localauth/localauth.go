@@ -188,6 +188,27 @@ func RemoteIP(addr net.Addr) string {
 	return s
 }
 
+// IsLoopback reports whether a client's address is on this host, where the
+// proxies accept a password without TLS: a loopback IP, a Unix socket peer,
+// or one end of a net.Pipe (an in-process connection only this process can
+// make). It is the one implementation of the plaintext-password rule's
+// "loopback" for IMAP, POP3 and SMTP.
+func IsLoopback(addr net.Addr) bool {
+	switch a := addr.(type) {
+	case nil:
+		return false
+	case *net.TCPAddr:
+		return a.IP.IsLoopback()
+	case *net.UnixAddr:
+		return true
+	}
+	if addr.Network() == "pipe" {
+		return true
+	}
+	ip := net.ParseIP(RemoteIP(addr))
+	return ip != nil && ip.IsLoopback()
+}
+
 // Check verifies user and password presented from remote (an IP, see
 // RemoteIP). It returns the configured user on success, ErrInvalid for an
 // unknown user or a wrong password, ErrThrottled when the attempt was

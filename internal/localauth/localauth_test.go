@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"runtime"
 	"strings"
 	"sync"
@@ -269,5 +270,39 @@ func TestDummyHashFollowsReloadedCost(t *testing.T) {
 	a.SetUsers(cfg2)
 	if c, _ := bcrypt.Cost(a.dummy); c != bcrypt.MinCost+2 {
 		t.Errorf("after reload at cost %d the dummy hash has cost %d: unknown users answer faster than real ones", bcrypt.MinCost+2, c)
+	}
+}
+
+// otherAddr is a net.Addr of no standard type, as some wrappers produce.
+type otherAddr string
+
+func (a otherAddr) Network() string { return "tcp" }
+func (a otherAddr) String() string  { return string(a) }
+
+func TestIsLoopback(t *testing.T) {
+	p1, p2 := net.Pipe()
+	defer p1.Close()
+	defer p2.Close()
+	for _, tc := range []struct {
+		addr net.Addr
+		want bool
+	}{
+		{&net.TCPAddr{IP: net.ParseIP("127.0.0.1"), Port: 1}, true},
+		{&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}, true},
+		{&net.TCPAddr{IP: net.ParseIP("::1"), Port: 1}, true},
+		{&net.TCPAddr{IP: net.IPv6loopback, Port: 1}, true},
+		{&net.TCPAddr{IP: net.ParseIP("10.1.2.3"), Port: 1}, false},
+		{&net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 1}, false},
+		{&net.UnixAddr{Name: "/run/x.sock", Net: "unix"}, true},
+		{&net.UnixAddr{Name: "@x", Net: "unix"}, true},
+		{p1.RemoteAddr(), true},
+		{otherAddr("127.0.0.5:143"), true},
+		{otherAddr("[::1]:143"), true},
+		{otherAddr("203.0.113.1:143"), false},
+		{nil, false},
+	} {
+		if got := IsLoopback(tc.addr); got != tc.want {
+			t.Errorf("IsLoopback(%v) = %v, want %v", tc.addr, got, tc.want)
+		}
 	}
 }

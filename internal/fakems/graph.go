@@ -409,13 +409,11 @@ func (f *Fake) graphHandler() http.Handler {
 	return mux
 }
 
+// countGraph records a request; status 0 means it was never answered
+// (a hang fault).
 func (f *Fake) countGraph(route string, r *http.Request, sw *statusWriter) {
-	status := sw.status
-	if status == 0 {
-		status = http.StatusOK
-	}
 	f.mu.Lock()
-	f.graph.counts[route+" "+strconv.Itoa(status)]++
+	f.graph.counts[route+" "+strconv.Itoa(sw.status)]++
 	f.graph.lastAuth[route] = r.Header.Get("Authorization")
 	f.mu.Unlock()
 }
@@ -881,7 +879,7 @@ func (f *Fake) planSend(w http.ResponseWriter, g *graphReq, raw []byte, save boo
 	var fromName string
 	rewriteFrom := hdr.Get("From") == ""
 	if hdr.Get("From") != "" {
-		list, err := hdr.AddressList("From")
+		list, err := addressParser.ParseList(hdr.Get("From"))
 		if err != nil || len(list) != 1 {
 			f.graphError(w, http.StatusBadRequest, "ErrorInvalidRecipients", "The From address isn't valid.")
 			return nil, false
@@ -914,7 +912,7 @@ func (f *Fake) planSend(w http.ResponseWriter, g *graphReq, raw []byte, save boo
 		if hdr.Get(h) == "" {
 			continue
 		}
-		list, err := hdr.AddressList(h)
+		list, err := addressParser.ParseList(hdr.Get(h))
 		if err != nil {
 			f.graphError(w, http.StatusBadRequest, "ErrorInvalidRecipients", "At least one recipient isn't valid.")
 			return nil, false
@@ -975,6 +973,12 @@ func (f *Fake) planSend(w http.ResponseWriter, g *graphReq, raw []byte, save boo
 	f.graph.sent = append(f.graph.sent, rec)
 	return &sendPlan{local: local, out: out, delivered: delivered, sentIn: sentIn}, true
 }
+
+// addressParser parses address lists whatever charset their display names
+// are encoded in (net/mail alone knows only UTF-8, ISO-8859-1 and ASCII).
+var addressParser = &mail.AddressParser{WordDecoder: &mime.WordDecoder{
+	CharsetReader: func(_ string, r io.Reader) (io.Reader, error) { return r, nil },
+}}
 
 // ---- Header helpers (raw bytes, folding preserved) ----
 
@@ -1264,8 +1268,9 @@ func (f *Fake) handleCreateUploadSession(w http.ResponseWriter, r *http.Request,
 // handleUploadChunk takes one ranged PUT on an upload URL. The URL is
 // pre-authenticated: a request with an Authorization header is refused.
 // Ranges must start where nextExpectedRanges says (else 416), lie inside
-// the declared size and match Content-Length (else 400); a chunk larger
-// than GraphMaxRequestBytes gets 413.
+// the declared size and match Content-Length (else 400); a chunk of
+// GraphMaxRequestBytes or more gets 413 ("keep each byte range less than
+// 4 MB").
 func (f *Fake) handleUploadChunk(w http.ResponseWriter, r *http.Request) {
 	sw := &statusWriter{ResponseWriter: w}
 	defer f.countGraph(RouteUploadChunk, r, sw)
@@ -1285,7 +1290,8 @@ func (f *Fake) handleUploadChunk(w http.ResponseWriter, r *http.Request) {
 		f.applyFault(sw, r, RouteUploadChunk, fault)
 		return
 	}
-	if r.ContentLength > GraphMaxRequestBytes {
+	if r.ContentLength >= GraphMaxRequestBytes {
+		// "keep each byte range less than 4 MB"
 		_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, drainLimit))
 		f.graphError(sw, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "Maximum request length exceeded.")
 		return

@@ -197,6 +197,18 @@ func TestGraphSendMailBadBodies(t *testing.T) {
 
 	st, body = sendMIME(t, f, "users/"+alice, tok, "Subject: nobody\r\n\r\nx\r\n")
 	wantGraphError(t, st, body, 400, "ErrorInvalidRecipients", "")
+	st, body = sendMIME(t, f, "users/"+alice, tok, "To: undisclosed-recipients:;\r\n\r\nx\r\n")
+	wantGraphError(t, st, body, 400, "ErrorInvalidRecipients", "")
+
+	// Bcc only, an empty group in To and a display name in a charset
+	// net/mail does not know.
+	bccOnly := "From: alice@contoso.com\r\nTo: undisclosed-recipients:;\r\nCc: =?windows-1252?q?J=F6rg?= <ext@example.net>\r\nBcc: bob@contoso.com\r\nSubject: bcc only\r\n\r\nx\r\n"
+	if st, body := sendMIME(t, f, "me", tok, bccOnly); st != 202 {
+		t.Fatalf("Bcc-only = %d %v", st, body)
+	}
+	if got := f.Messages(bob); len(got) != 2 || strings.Contains(string(got[1]), "Bcc") || !strings.Contains(string(got[1]), "Subject: bcc only") {
+		t.Errorf("bob INBOX = %q", got)
+	}
 
 	// 4 MB of request body is the limit: one byte more is 413.
 	big := bytes.Repeat([]byte("A"), GraphMaxRequestBytes+1)
@@ -596,9 +608,13 @@ func TestGraphUploadSessionChecks(t *testing.T) {
 		_ = json.Unmarshal(raw, &m)
 		return resp.StatusCode, m
 	}
-	// A chunk over 4 MB: 413.
-	st, body = put(fmt.Sprintf("bytes 0-%d/%d", GraphMaxRequestBytes, size), make([]byte, GraphMaxRequestBytes+1))
+	// A chunk of 4 MB: 413 ("keep each byte range less than 4 MB").
+	st, body = put(fmt.Sprintf("bytes 0-%d/%d", GraphMaxRequestBytes-1, size), make([]byte, GraphMaxRequestBytes))
 	wantGraphError(t, st, body, 413, "RequestEntityTooLarge", "")
+	// One byte less is fine.
+	if st, body := put(fmt.Sprintf("bytes 0-%d/%d", GraphMaxRequestBytes-2, size), make([]byte, GraphMaxRequestBytes-1)); st != 200 || fmt.Sprint(body["nextExpectedRanges"]) != fmt.Sprintf("[%d-]", GraphMaxRequestBytes-1) {
+		t.Errorf("chunk of 4 MB - 1 = %d %v", st, body)
+	}
 	// Wrong total, malformed range, length mismatch: 400.
 	st, body = put("bytes 0-9/99", make([]byte, 10))
 	wantGraphError(t, st, body, 400, "InvalidContentRange", "")

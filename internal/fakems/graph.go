@@ -81,6 +81,7 @@ const (
 	RouteCreateUploadSession = "createUploadSession"
 	RouteUploadChunk         = "uploadChunk"
 	RouteSendDraft           = "sendDraft"
+	RouteDeleteMessage       = "deleteMessage"
 	RouteUnknown             = "unknown"
 )
 
@@ -395,6 +396,7 @@ func (f *Fake) graphHandler() http.Handler {
 		mux.Handle("POST "+base+"/messages/{id}/attachments", f.graphAPI(RouteAddAttachment, f.handleAddAttachment))
 		mux.Handle("POST "+base+"/messages/{id}/attachments/createUploadSession", f.graphAPI(RouteCreateUploadSession, f.handleCreateUploadSession))
 		mux.Handle("POST "+base+"/messages/{id}/send", f.graphAPI(RouteSendDraft, f.handleSendDraft))
+		mux.Handle("DELETE "+base+"/messages/{id}", f.graphAPI(RouteDeleteMessage, f.handleDeleteMessage))
 	}
 	mux.HandleFunc("PUT /api/v2.0/AttachmentSessions/{sid}", f.handleUploadChunk)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -1377,6 +1379,31 @@ func (f *Fake) handleSendDraft(w http.ResponseWriter, r *http.Request, g *graphR
 	_ = d.mailbox.expungeLocked("Drafts", []imap.UID{d.uid})
 	f.storeMu.Unlock()
 	w.WriteHeader(http.StatusAccepted)
+}
+
+// handleDeleteMessage deletes a draft (the only messages the fake's Graph
+// knows by ID): 204, and it leaves Drafts. Open upload sessions of the
+// draft end with it.
+func (f *Fake) handleDeleteMessage(w http.ResponseWriter, r *http.Request, g *graphReq) {
+	if !f.checkReadWrite(w, g) {
+		return
+	}
+	d := f.lookupDraft(w, r, g)
+	if d == nil {
+		return
+	}
+	f.mu.Lock()
+	delete(f.graph.drafts, d.id)
+	for id, s := range f.graph.sessions {
+		if s.draftID == d.id {
+			delete(f.graph.sessions, id)
+		}
+	}
+	f.mu.Unlock()
+	f.storeMu.Lock()
+	_ = d.mailbox.expungeLocked("Drafts", []imap.UID{d.uid})
+	f.storeMu.Unlock()
+	w.WriteHeader(http.StatusNoContent)
 }
 
 // withAttachments re-assembles a draft and its attachments as one

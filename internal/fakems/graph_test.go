@@ -633,6 +633,20 @@ func TestGraphUploadSessionChecks(t *testing.T) {
 	if resp.StatusCode != 404 {
 		t.Errorf("bad authtoken = %d", resp.StatusCode)
 	}
+	// Deleting the draft ends its upload session and empties Drafts.
+	st, body, _ = graphDo(t, f, "DELETE", "/v1.0/me/messages/"+id, f.IssueGraphToken(alice, ScopeGraphMailSend), "", nil)
+	wantGraphError(t, st, body, 403, "ErrorAccessDenied", "")
+	if st, body, _ := graphDo(t, f, "DELETE", "/v1.0/me/messages/"+id, tok, "", nil); st != 204 {
+		t.Fatalf("DELETE draft = %d %v", st, body)
+	}
+	if n := len(f.FolderMessages(alice, "Drafts")); n != 0 {
+		t.Errorf("Drafts after DELETE = %d", n)
+	}
+	st, body = put(fmt.Sprintf("bytes %d-%d/%d", GraphMaxRequestBytes-1, GraphMaxRequestBytes, size), make([]byte, 2))
+	wantGraphError(t, st, body, 404, "ErrorItemNotFound", "")
+	st, body, _ = graphDo(t, f, "DELETE", "/v1.0/me/messages/"+id, tok, "", nil)
+	wantGraphError(t, st, body, 404, "ErrorItemNotFound", "")
+
 	// A whole message over MaxSendSize cannot be sent via sendMail either.
 	f.SetMaxSendSize(alice, 100)
 	st, body = sendMIME(t, f, "me", tok, graphMsg+strings.Repeat("x", 100))

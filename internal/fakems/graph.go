@@ -426,6 +426,7 @@ func (f *Fake) graphAPI(route string, h func(http.ResponseWriter, *http.Request,
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sw := &statusWriter{ResponseWriter: w}
 		defer f.countGraph(route, r, sw)
+		defer drainBody(r)
 		log := f.log.With("proto", "graph", "route", route, "remote", r.RemoteAddr)
 
 		at, status, code, msg := f.graphToken(r)
@@ -604,12 +605,19 @@ func (f *Fake) mailboxByAddressLocked(addr string) *mailbox {
 	return nil
 }
 
+// drainBody reads what is left of a request body (bounded), so that a
+// client still writing a large body reads the answer instead of a reset
+// connection when the fake answered early (401, 404, 413, ...).
+func drainBody(r *http.Request) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, drainLimit))
+}
+
 // readGraphBody reads a request body of at most GraphMaxRequestBytes. It
 // answers 413 itself (after draining the body, so that the client reads
 // the answer) and returns false.
 func (f *Fake) readGraphBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	tooLarge := func() ([]byte, bool) {
-		_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, drainLimit))
+		drainBody(r)
 		f.graphError(w, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "Maximum request length exceeded.")
 		return nil, false
 	}
@@ -1276,6 +1284,7 @@ func (f *Fake) handleCreateUploadSession(w http.ResponseWriter, r *http.Request,
 func (f *Fake) handleUploadChunk(w http.ResponseWriter, r *http.Request) {
 	sw := &statusWriter{ResponseWriter: w}
 	defer f.countGraph(RouteUploadChunk, r, sw)
+	defer drainBody(r)
 	if r.Header.Get("Authorization") != "" {
 		f.graphError(sw, http.StatusUnauthorized, "InvalidAuthenticationToken", "The upload URL is pre-authenticated; the request must not carry an Authorization header.")
 		return
@@ -1294,7 +1303,7 @@ func (f *Fake) handleUploadChunk(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.ContentLength >= GraphMaxRequestBytes {
 		// "keep each byte range less than 4 MB"
-		_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, drainLimit))
+		drainBody(r)
 		f.graphError(sw, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "Maximum request length exceeded.")
 		return
 	}

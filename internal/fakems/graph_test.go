@@ -154,6 +154,9 @@ func TestGraphTokenChecks(t *testing.T) {
 
 	st, body = sendMIME(t, f, "users/"+alice, "", graphMsg)
 	wantGraphError(t, st, body, 401, "InvalidAuthenticationToken", "Access token is empty.")
+	// The answer arrives even while a large body is still being sent.
+	st, body, _ = graphDo(t, f, "POST", "/v1.0/users/"+alice+"/sendMail", outlook, "text/plain", bytes.Repeat([]byte("QUFB"), 3<<20))
+	wantGraphError(t, st, body, 401, "InvalidAuthenticationToken", "Access token validation failure. Invalid audience.")
 	st, body = sendMIME(t, f, "users/"+alice, "garbage", graphMsg)
 	wantGraphError(t, st, body, 401, "InvalidAuthenticationToken", "")
 
@@ -168,6 +171,9 @@ func TestGraphTokenChecks(t *testing.T) {
 	wantIMAPError(t, err, imap.StatusResponseTypeNo, imapAuthFailed)
 	sc := dialSMTP(t, f)
 	wantSMTPError(t, sc.Auth(tokens.NewXOAUTH2Client(alice, f.IssueGraphToken(alice))), 535, smtp.EnhancedCode{5, 7, 3}, "")
+	if res := f.checkBearer(scopePOP, alice, f.IssueGraphToken(alice)); res.tokenOK { // what the POP3 server asks
+		t.Error("POP3 accepts a Graph token")
+	}
 
 	// A token without Mail.Send.
 	rw := f.IssueGraphToken(alice, ScopeGraphMailReadWrite)

@@ -94,8 +94,12 @@ type GraphFault struct {
 	// RetryAfter is the Retry-After header in seconds; 0 means 1 for 429
 	// and 503 and none otherwise; negative means none.
 	RetryAfter int
+	// RetryAfterHeader, if set, is sent verbatim as Retry-After instead
+	// (Graph's throttling docs show fractional values such as "2.128").
+	RetryAfterHeader string
 	// Code and Message are the Graph error; defaults per status:
-	// 429 TooManyRequests, 503 ServiceNotAvailable, 500 InternalServerError.
+	// 429 TooManyRequests "Please retry again later." (the throttling
+	// docs' example), 503 ServiceNotAvailable, 500 InternalServerError.
 	Code, Message string
 	// Hang: never answer; the handler waits for the request's context (the
 	// client giving up) or Close, then drops the connection.
@@ -531,7 +535,7 @@ func (f *Fake) applyFault(w http.ResponseWriter, r *http.Request, route string, 
 	retry := fl.RetryAfter
 	switch fl.Status {
 	case http.StatusTooManyRequests:
-		code, msg = orDefault(code, "TooManyRequests"), orDefault(msg, "Too many requests.")
+		code, msg = orDefault(code, "TooManyRequests"), orDefault(msg, "Please retry again later.")
 	case http.StatusServiceUnavailable:
 		code, msg = orDefault(code, "ServiceNotAvailable"), orDefault(msg, "The service is temporarily unavailable.")
 	case http.StatusInternalServerError:
@@ -542,7 +546,10 @@ func (f *Fake) applyFault(w http.ResponseWriter, r *http.Request, route string, 
 	if retry == 0 && (fl.Status == http.StatusTooManyRequests || fl.Status == http.StatusServiceUnavailable) {
 		retry = 1
 	}
-	if retry > 0 {
+	switch {
+	case fl.RetryAfterHeader != "":
+		w.Header().Set("Retry-After", fl.RetryAfterHeader)
+	case retry > 0:
 		w.Header().Set("Retry-After", strconv.Itoa(retry))
 	}
 	f.graphError(w, fl.Status, code, msg)

@@ -399,9 +399,15 @@ func TestGraphFaults(t *testing.T) {
 	if st, _ := sendMIME(t, f, "me", tok, graphMsg); st != 202 {
 		t.Errorf("after the fault: %d", st)
 	}
+	f.SetGraphFault(GraphFault{Status: 429, RetryAfterHeader: "2.128", Count: 1})
+	st, body, h := graphDo(t, f, "POST", "/v1.0/me/sendMail", tok, "text/plain", b64(graphMsg))
+	wantGraphError(t, st, body, 429, "TooManyRequests", "Please retry again later.")
+	if h.Get("Retry-After") != "2.128" {
+		t.Errorf("Retry-After = %q, want 2.128", h.Get("Retry-After"))
+	}
 
 	f.SetGraphFault(GraphFault{Status: 503, Count: 1})
-	st, body, h := graphDo(t, f, "POST", "/v1.0/me/sendMail", tok, "text/plain", b64(graphMsg))
+	st, body, h = graphDo(t, f, "POST", "/v1.0/me/sendMail", tok, "text/plain", b64(graphMsg))
 	wantGraphError(t, st, body, 503, "ServiceNotAvailable", "")
 	if h.Get("Retry-After") != "1" {
 		t.Errorf("503 Retry-After = %q", h.Get("Retry-After"))
@@ -413,7 +419,7 @@ func TestGraphFaults(t *testing.T) {
 		t.Errorf("GraphSent = %d messages, want 1 (faults send nothing)", n)
 	}
 	counts := f.GraphRequests()
-	if counts["sendMail 429"] != 2 || counts["sendMail 503"] != 1 || counts["sendMail 500"] != 1 || counts["sendMail 202"] != 1 {
+	if counts["sendMail 429"] != 3 || counts["sendMail 503"] != 1 || counts["sendMail 500"] != 1 || counts["sendMail 202"] != 1 {
 		t.Errorf("GraphRequests() = %v", counts)
 	}
 }

@@ -48,6 +48,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -125,11 +126,13 @@ type GraphSentMessage struct {
 }
 
 type graphState struct {
+	released  *sync.Cond // on Fake.mu; broadcast when a request frees its concurrency slot
 	fault     GraphFault
 	faultLeft int
 	counts    map[string]int    // "route status" -> requests
 	lastAuth  map[string]string // route -> Authorization header of the last request
 	inflight  map[string]int    // client ID + mailbox -> requests in progress
+	peak      map[string]int    // mailbox -> most requests in progress at once (any app)
 	sent      []GraphSentMessage
 	drafts    map[string]*draft
 	sessions  map[string]*uploadSession
@@ -140,6 +143,7 @@ func newGraphState() graphState {
 		counts:   make(map[string]int),
 		lastAuth: make(map[string]string),
 		inflight: make(map[string]int),
+		peak:     make(map[string]int),
 		drafts:   make(map[string]*draft),
 		sessions: make(map[string]*uploadSession),
 	}
@@ -293,6 +297,15 @@ func (f *Fake) GraphLastAuthorization(route string) (string, bool) {
 	defer f.mu.Unlock()
 	v, ok := f.graph.lastAuth[route]
 	return v, ok
+}
+
+// GraphPeakConcurrency returns the most Graph API requests of one app that
+// were in progress at once for mailbox (requests refused with
+// MailboxConcurrency not counted), for tests of a client's own limit.
+func (f *Fake) GraphPeakConcurrency(mailbox string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.graph.peak[norm(mailbox)]
 }
 
 // GraphSent returns every message Graph accepted, in order.
@@ -485,11 +498,13 @@ func (f *Fake) graphAPI(route string, h func(http.ResponseWriter, *http.Request,
 			return
 		}
 		f.graph.inflight[slot]++
+		f.graph.peak[mb.addr] = max(f.graph.peak[mb.addr], f.graph.inflight[slot])
 		fault, faulty := f.takeFaultLocked()
 		f.mu.Unlock()
 		defer func() {
 			f.mu.Lock()
 			f.graph.inflight[slot]--
+			f.graph.released.Broadcast()
 			f.mu.Unlock()
 		}()
 		if faulty {
@@ -518,6 +533,9 @@ func (f *Fake) takeFaultLocked() (GraphFault, bool) {
 func (f *Fake) applyFault(w http.ResponseWriter, r *http.Request, route string, fl GraphFault) {
 	if fl.Hang {
 		f.log.Debug("fakems: graph request hanging (fault)", "route", route)
+		// Read the whole body first: net/http notices a client that gave
+		// up (and cancels r.Context) only once the body was consumed.
+		drainBody(r)
 		if fl.Hanging != nil {
 			select {
 			case fl.Hanging <- route:

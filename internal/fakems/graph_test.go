@@ -2,6 +2,7 @@ package fakems
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -436,15 +437,14 @@ func TestGraphMailboxConcurrency(t *testing.T) {
 	f.SetGraphFault(GraphFault{Hang: true, Hanging: hanging, Count: GraphMailboxConcurrency})
 
 	var wg sync.WaitGroup
-	cancel := make(chan struct{})
+	ctx, cancel := context.WithCancel(t.Context())
 	for range GraphMailboxConcurrency {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req, _ := http.NewRequest("POST", f.GraphURL()+"/v1.0/me/sendMail", bytes.NewReader(b64(graphMsg)))
+			req, _ := http.NewRequestWithContext(ctx, "POST", f.GraphURL()+"/v1.0/me/sendMail", bytes.NewReader(b64(graphMsg)))
 			req.Header.Set("Authorization", "Bearer "+tok)
 			req.Header.Set("Content-Type", "text/plain")
-			req.Cancel = cancel //nolint:staticcheck // simplest way to end all four at once
 			if resp, err := f.GraphHTTPClient().Do(req); err == nil {
 				resp.Body.Close()
 				t.Errorf("hanging request answered %d", resp.StatusCode)
@@ -456,6 +456,9 @@ func TestGraphMailboxConcurrency(t *testing.T) {
 	}
 	st, body, h := graphDo(t, f, "POST", "/v1.0/me/sendMail", tok, "text/plain", b64(graphMsg))
 	wantGraphError(t, st, body, 429, "ApplicationThrottled", "Application is over its MailboxConcurrency limit.")
+	if n := f.GraphPeakConcurrency(alice); n != GraphMailboxConcurrency {
+		t.Errorf("GraphPeakConcurrency = %d", n)
+	}
 	if h.Get("Retry-After") == "" {
 		t.Error("no Retry-After on MailboxConcurrency")
 	}
@@ -463,8 +466,31 @@ func TestGraphMailboxConcurrency(t *testing.T) {
 	if st, body := sendMIME(t, f, "users/"+shared, tok, "From: helpdesk@contoso.com\r\nTo: bob@contoso.com\r\n\r\nx\r\n"); st != 202 {
 		t.Errorf("other mailbox = %d %v", st, body)
 	}
-	close(cancel)
+	cancel()
 	wg.Wait()
+	// The slots are free again once the hanging requests ended.
+	waitGraphIdle(t, f)
+	if st, body := sendMIME(t, f, "me", tok, graphMsg); st != 202 {
+		t.Errorf("after the hanging requests ended: %d %v", st, body)
+	}
+}
+
+// waitGraphIdle waits until no Graph request holds a concurrency slot: the
+// server notices a client's cancellation asynchronously.
+func waitGraphIdle(t *testing.T, f *Fake) {
+	t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for {
+		busy := 0
+		for _, n := range f.graph.inflight {
+			busy += n
+		}
+		if busy == 0 {
+			return
+		}
+		f.graph.released.Wait()
+	}
 }
 
 // draftMsg is a draft without its large attachment.

@@ -111,6 +111,9 @@ type GraphFault struct {
 	// Count is how many requests get the fault; 0 means every request
 	// until SetGraphFault(GraphFault{}).
 	Count int
+	// Route, if set (RouteSendMail, RouteUploadChunk, ...), limits the
+	// fault to requests of that route; others are served normally.
+	Route string
 }
 
 // GraphSentMessage is one message Graph accepted for sending.
@@ -499,7 +502,7 @@ func (f *Fake) graphAPI(route string, h func(http.ResponseWriter, *http.Request,
 		}
 		f.graph.inflight[slot]++
 		f.graph.peak[mb.addr] = max(f.graph.peak[mb.addr], f.graph.inflight[slot])
-		fault, faulty := f.takeFaultLocked()
+		fault, faulty := f.takeFaultLocked(route)
 		f.mu.Unlock()
 		defer func() {
 			f.mu.Lock()
@@ -515,10 +518,10 @@ func (f *Fake) graphAPI(route string, h func(http.ResponseWriter, *http.Request,
 	})
 }
 
-// takeFaultLocked returns the fault for this request, if any.
-func (f *Fake) takeFaultLocked() (GraphFault, bool) {
+// takeFaultLocked returns the fault for this request of route, if any.
+func (f *Fake) takeFaultLocked(route string) (GraphFault, bool) {
 	fl := f.graph.fault
-	if fl.Status == 0 && !fl.Hang {
+	if (fl.Status == 0 && !fl.Hang) || (fl.Route != "" && fl.Route != route) {
 		return fl, false
 	}
 	if fl.Count > 0 {
@@ -1316,7 +1319,7 @@ func (f *Fake) handleUploadChunk(w http.ResponseWriter, r *http.Request) {
 	}
 	f.mu.Lock()
 	s := f.graph.sessions[r.PathValue("sid")]
-	fault, faulty := f.takeFaultLocked()
+	fault, faulty := f.takeFaultLocked(RouteUploadChunk)
 	f.mu.Unlock()
 	if s == nil || subtle.ConstantTimeCompare([]byte(r.URL.Query().Get("authtoken")), []byte(s.authToken)) != 1 || !f.now().Before(s.expires) {
 		f.graphError(sw, http.StatusNotFound, "ErrorItemNotFound", "The upload session was not found or has expired.")

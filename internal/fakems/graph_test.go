@@ -556,6 +556,13 @@ func TestGraphLargeMessage(t *testing.T) {
 		return resp.StatusCode, m, resp.Header
 	}
 	const chunk = 3 << 20
+	// A 503 on the upload URL only; the chunk can be sent again.
+	f.SetGraphFault(GraphFault{Status: 503, Route: RouteUploadChunk, Count: 1})
+	st, body, h := put(0, chunk-1, "")
+	wantGraphError(t, st, body, 503, "ServiceNotAvailable", "")
+	if h.Get("Retry-After") == "" {
+		t.Error("upload 503 without Retry-After")
+	}
 	// With a bearer token: refused.
 	st, body, _ = put(0, chunk-1, tok)
 	wantGraphError(t, st, body, 401, "InvalidAuthenticationToken", "")

@@ -798,10 +798,10 @@ func (f *Fake) handleSendMail(w http.ResponseWriter, r *http.Request, g *graphRe
 	}
 }
 
-var errAccessDenied = "Access is denied. Check credentials and try again."
+const msgAccessDenied = "Access is denied. Check credentials and try again."
 
-// canSendLocked reports whether the delegated user upn (or, for app
-// tokens, the mailbox the app acts for) may send as / on behalf of mb.
+// sendRightLocked reports whether who (the delegated user, or for app
+// tokens the URL mailbox) has Send As or Send on Behalf on mb.
 func (f *Fake) sendRightLocked(who string, mb *mailbox) (sendAs, onBehalf bool) {
 	if mb.addr == who {
 		return true, false
@@ -878,17 +878,17 @@ func (f *Fake) planSend(w http.ResponseWriter, g *graphReq, raw []byte, save boo
 	switch {
 	case g.at.app:
 		if !g.hasRole(RoleMailSend) {
-			f.graphError(w, http.StatusForbidden, "ErrorAccessDenied", errAccessDenied)
+			f.graphError(w, http.StatusForbidden, "ErrorAccessDenied", msgAccessDenied)
 			return nil, false
 		}
 	case self:
 		if !g.hasScope(ScopeGraphMailSend) {
-			f.graphError(w, http.StatusForbidden, "ErrorAccessDenied", errAccessDenied)
+			f.graphError(w, http.StatusForbidden, "ErrorAccessDenied", msgAccessDenied)
 			return nil, false
 		}
 	default:
 		if !g.hasScope(ScopeGraphMailSendShared) {
-			f.graphError(w, http.StatusForbidden, "ErrorAccessDenied", errAccessDenied)
+			f.graphError(w, http.StatusForbidden, "ErrorAccessDenied", msgAccessDenied)
 			return nil, false
 		}
 	}
@@ -1118,7 +1118,7 @@ func (f *Fake) checkReadWrite(w http.ResponseWriter, g *graphReq) bool {
 		ok = full && g.hasScope(ScopeGraphMailReadWriteShared)
 	}
 	if !ok {
-		f.graphError(w, http.StatusForbidden, "ErrorAccessDenied", errAccessDenied)
+		f.graphError(w, http.StatusForbidden, "ErrorAccessDenied", msgAccessDenied)
 	}
 	return ok
 }

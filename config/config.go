@@ -79,6 +79,7 @@ type Config struct {
 	deferred           hcl.Diagnostics // secrets that could not be read (Options.DeferSecrets)
 	files              map[string]*hcl.File
 	inProcess          bool // Options.InProcess
+	deferSecrets       bool // Options.DeferSecrets
 	Shutdown           time.Duration
 	LocalTLS           *tls.Config // nil when there is no tls block
 	ProviderByName     map[string]*Provider

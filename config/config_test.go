@@ -415,3 +415,25 @@ user "v" {
 		t.Errorf("deferred load with env() in tenant = %v, want the env error", err)
 	}
 }
+
+// TestCredentialPath: credential_path() names a file in the same
+// credentials directory as credential(); an admin command that only talks
+// to the daemon does not need the TLS key.
+func TestCredentialPath(t *testing.T) {
+	dir := t.TempDir()
+	src := base(t) + "tls {\n  cert_file = credential_path(\"tls-cert\")\n  key_file  = credential_path(\"tls-key\")\n}\n"
+	_, err := ParseWith("t.hcl", []byte(src), Options{CredentialsDir: dir})
+	if err == nil || !strings.Contains(err.Error(), "LoadCredential=tls-cert:/etc/oauthbridge/credentials/tls-cert") {
+		t.Errorf("missing TLS credential = %v", err)
+	}
+	cfg, err := ParseWith("t.hcl", []byte(src), Options{CredentialsDir: dir, DeferSecrets: true})
+	if err != nil {
+		t.Fatalf("deferred load without the TLS key = %v", err)
+	}
+	if cfg.TLS.KeyFile != filepath.Join(dir, "tls-key") || cfg.SecretsError() == nil || !strings.Contains(cfg.SecretsError().Error(), "Unusable TLS certificate") {
+		t.Errorf("key_file %q, SecretsError %v", cfg.TLS.KeyFile, cfg.SecretsError())
+	}
+	if out := strictDiag(t, base(t)+"tls {\n  cert_file = credential_path(\"../x\")\n  key_file  = \"k\"\n}\n"); !strings.Contains(out, "not a plain file name") {
+		t.Errorf("path trick:\n%s", out)
+	}
+}

@@ -65,6 +65,9 @@ func (ls *loadState) evalContext() *hcl.EvalContext {
 		"env":        ls.envFunc(),
 		"file":       ls.fileFunc(),
 		"credential": ls.credentialFunc(),
+		// credential_path("name") for settings that take a file name (the
+		// tls block's cert_file and key_file).
+		"credential_path": ls.credentialPathFunc(),
 	}}
 }
 
@@ -106,21 +109,66 @@ func (ls *loadState) credentialFunc() function.Function {
 		Type:        function.StaticReturnType(cty.String),
 		Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
 			name := args[0].AsString()
-			if name == "" || strings.ContainsAny(name, "/\x00") || name == "." || name == ".." {
-				return cty.NilVal, function.NewArgErrorf(0, "credential name %q is not a plain file name", name)
+			path, err := ls.credentialPath(name)
+			if err != nil {
+				return cty.NilVal, function.NewArgError(0, err)
 			}
-			path := filepath.Join(ls.credDir, name)
 			b, err := readSmallFile(path)
 			if err != nil {
-				unitLine := fmt.Sprintf("LoadCredential=%s:%s", name, filepath.Join(DefaultCredentialsDir, name))
-				if errors.Is(err, fs.ErrNotExist) {
-					return ls.fail(fmt.Errorf("credential %q: %s does not exist (credentials directory %s: %s). Put the secret in %s (mode 0600, owner root); the unit gives it to the service with %s. An admin command reads another directory with -credentials DIR", name, path, ls.credDir, ls.credSource, filepath.Join(DefaultCredentialsDir, name), unitLine))
-				}
-				return ls.fail(fmt.Errorf("credential %q: %w (credentials directory %s: %s; the unit line is %s; admin commands need root to read the credential files, or -credentials DIR)", name, err, ls.credDir, ls.credSource, unitLine))
+				return ls.fail(ls.credentialError(name, path, err))
 			}
 			return cty.StringVal(trimNewline(string(b))), nil
 		},
 	})
+}
+
+// credentialPathFunc returns the path of a credential rather than its
+// contents, for settings that take a file name: under the unit the service
+// user can read $CREDENTIALS_DIRECTORY/name whatever the owner of the file
+// LoadCredential= copied it from.
+func (ls *loadState) credentialPathFunc() function.Function {
+	return function.New(&function.Spec{
+		Description: "Returns the path of a systemd credential (LoadCredential=name:...); fails if it cannot be read.",
+		Params:      []function.Parameter{{Name: "name", Type: cty.String}},
+		Type:        function.StaticReturnType(cty.String),
+		Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
+			name := args[0].AsString()
+			path, err := ls.credentialPath(name)
+			if err != nil {
+				return cty.NilVal, function.NewArgError(0, err)
+			}
+			f, err := os.Open(path)
+			if err != nil {
+				if ls.deferSecrets {
+					// The file is a TLS certificate or key; validate defers
+					// its load error like a secret's.
+					return cty.StringVal(path), nil
+				}
+				return cty.NilVal, function.NewArgError(0, ls.credentialError(name, path, err))
+			}
+			f.Close()
+			return cty.StringVal(path), nil
+		},
+	})
+}
+
+// credentialPath is the credentials directory's file name, for a plain
+// file name.
+func (ls *loadState) credentialPath(name string) (string, error) {
+	if name == "" || strings.ContainsAny(name, "/\x00") || name == "." || name == ".." {
+		return "", fmt.Errorf("credential name %q is not a plain file name", name)
+	}
+	return filepath.Join(ls.credDir, name), nil
+}
+
+// credentialError says which directory was read, why that one, and the
+// unit line that gives the service the same file.
+func (ls *loadState) credentialError(name, path string, err error) error {
+	unitLine := fmt.Sprintf("LoadCredential=%s:%s", name, filepath.Join(DefaultCredentialsDir, name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("credential %q: %s does not exist (credentials directory %s: %s). Put the secret in %s (mode 0600, owner root); the unit gives it to the service with %s. An admin command reads another directory with -credentials DIR", name, path, ls.credDir, ls.credSource, filepath.Join(DefaultCredentialsDir, name), unitLine)
+	}
+	return fmt.Errorf("credential %q: %w (credentials directory %s: %s; the unit line is %s; admin commands need root to read the credential files, or -credentials DIR)", name, err, ls.credDir, ls.credSource, unitLine)
 }
 
 func trimNewline(s string) string {

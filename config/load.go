@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/netip"
 	"net/url"
@@ -90,6 +91,7 @@ func ParseWith(filename string, src []byte, o Options) (*Config, error) {
 	cfg.Path = filename
 	cfg.CredentialsDir = ls.credDir
 	cfg.inProcess = o.InProcess
+	cfg.deferSecrets = o.DeferSecrets
 	if !diags.HasErrors() {
 		diags = append(diags, filterUnknown(gohcl.DecodeBody(f.Body, ls.evalContext(), cfg))...)
 	}
@@ -258,8 +260,13 @@ func (c *Config) validate() hcl.Diagnostics {
 	if c.TLS != nil {
 		cert, err := tls.LoadX509KeyPair(c.TLS.CertFile, c.TLS.KeyFile)
 		if err != nil {
-			diags = append(diags, diagAt(c.TLS.CertRange, file, "Unusable TLS certificate",
-				fmt.Sprintf("Loading cert_file %q with key_file %q: %v. The files must be PEM and readable by the service user.", c.TLS.CertFile, c.TLS.KeyFile, err)))
+			d := diagAt(c.TLS.CertRange, file, "Unusable TLS certificate",
+				fmt.Sprintf("Loading cert_file %q with key_file %q: %v. The files must be PEM and readable by the service user.", c.TLS.CertFile, c.TLS.KeyFile, err))
+			if c.deferSecrets && (errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission)) {
+				c.deferred = append(c.deferred, d) // a key an admin shell cannot read: only serve needs it
+			} else {
+				diags = append(diags, d)
+			}
 		} else {
 			c.LocalTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 		}

@@ -572,7 +572,11 @@ func (w *docWorld) run(c docCommand) {
 		}
 	case "status":
 		in.Close()
-		if code := finish(); code != 0 || !regexp.MustCompile(`helpdesk\s+helpdesk@contoso.com\s+delegated\s+ok`).MatchString(o.String()) {
+		ok := regexp.MustCompile(`helpdesk\s+helpdesk@contoso.com\s+delegated\s+ok`)
+		if strings.Contains(c.text, "-json") {
+			ok = regexp.MustCompile(`"account": "helpdesk",[^}]*"state": "ok"`)
+		}
+		if code := finish(); code != 0 || !ok.MatchString(o.String()) {
 			fail("exit %d, want 0 and helpdesk ok", code)
 		}
 	case "check":

@@ -423,8 +423,14 @@ func TestCredentialPath(t *testing.T) {
 	dir := t.TempDir()
 	src := base(t) + "tls {\n  cert_file = credential_path(\"tls-cert\")\n  key_file  = credential_path(\"tls-key\")\n}\n"
 	_, err := ParseWith("t.hcl", []byte(src), Options{CredentialsDir: dir})
-	if err == nil || !strings.Contains(err.Error(), "LoadCredential=tls-cert:/etc/oauthbridge/credentials/tls-cert") {
-		t.Errorf("missing TLS credential = %v", err)
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("missing TLS credential = %v", err)
+	}
+	var b bytes.Buffer
+	ce.WriteTo(&b)
+	if !strings.Contains(b.String(), "LoadCredential=tls-cert:/etc/oauthbridge/credentials/tls-cert") || !strings.Contains(b.String(), "line 15") {
+		t.Errorf("missing TLS credential:\n%s", b.String())
 	}
 	cfg, err := ParseWith("t.hcl", []byte(src), Options{CredentialsDir: dir, DeferSecrets: true})
 	if err != nil {

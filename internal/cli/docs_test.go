@@ -74,6 +74,12 @@ var coverage = []struct{ prefix, by string }{
 	{"dpkg ", "test/install/run.sh"},
 	{"apt ", "test/install/run.sh"},
 	{"apt-get ", "test/install/run.sh"},
+	{"chmod ", "test/install/run.sh"},
+	{"chown ", "test/install/run.sh"},
+	{"mkdir ", "test/install/run.sh"},
+	{"printf ", "test/install/run.sh"},
+	{"umask ", "test/install/run.sh"},
+	{"systemd-creds ", "test/install/run.sh"},
 }
 
 var (

@@ -443,3 +443,27 @@ func TestCredentialPath(t *testing.T) {
 		t.Errorf("path trick:\n%s", out)
 	}
 }
+
+func TestStateDirAndPublicURL(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(f, nil, 0o600)
+	src := strings.Replace(base(t), "state_dir = \"", "state_dir = \""+f+"\"\n# ", 1)
+	if out := strictDiag(t, src); !strings.Contains(out, "state_dir is not a directory") || !strings.Contains(out, "line 1") {
+		t.Errorf("state_dir file:\n%s", out)
+	}
+	cfg, err := ParseWith("w.hcl", []byte(base(t)+"admin {\n  listen = \"0.0.0.0:8025\"\n  password_hash = \""+testHash(t)+"\"\n}\n"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	if w := cfg.WarningsError(); w != nil {
+		w.WriteTo(&b)
+	}
+	if !strings.Contains(b.String(), "https public_url") || !strings.Contains(b.String(), "http://0.0.0.0:8025/oauth/callback") {
+		t.Errorf("no warning for an http public_url off loopback:\n%s", b.String())
+	}
+	cfg, err = ParseWith("w.hcl", []byte(base(t)), Options{})
+	if err != nil || cfg.WarningsError() != nil {
+		t.Errorf("loopback admin: %v, warnings %v", err, cfg.WarningsError())
+	}
+}

@@ -254,6 +254,9 @@ func (c *Config) validate() hcl.Diagnostics {
 	} else if !filepath.IsAbs(c.StateDir) {
 		diags = append(diags, diagAt(c.StateDirRange, file, "Relative state_dir",
 			fmt.Sprintf("state_dir %q is relative, so the token store would depend on the directory oauthbridge is started from (/ under systemd, another one in a shell). Write an absolute path such as \"/var/lib/oauthbridge\".", c.StateDir)))
+	} else if st, err := os.Stat(c.StateDir); err == nil && !st.IsDir() {
+		diags = append(diags, diagAt(c.StateDirRange, file, "state_dir is not a directory",
+			fmt.Sprintf("state_dir %q exists and is not a directory; serve keeps the token store and its key in that directory.", c.StateDir)))
 	}
 
 	// Local TLS.
@@ -358,6 +361,11 @@ func (c *Config) validate() hcl.Diagnostics {
 			"public_url must be an absolute http(s) URL such as \"https://bridge.example.com\"; the OAuth redirect URI is public_url + \"/oauth/callback\"."))
 	}
 	c.Admin.PublicURL = strings.TrimSuffix(c.Admin.PublicURL, "/")
+	if u, err := url.Parse(c.Admin.PublicURL); err == nil && u.Scheme == "http" && !isLoopbackHostPort(hostPortOf(u)) {
+		c.Warnings = append(c.Warnings, &hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: "Browser sign-in needs an https public_url",
+			Detail:  fmt.Sprintf("The OAuth redirect URI would be %s/oauth/callback; Entra accepts http redirect URIs only for localhost, so the status page's Connect button would fail (device-code logins still work). Set admin.public_url to the https URL a reverse proxy serves, e.g. \"https://bridge.example.com\".", c.Admin.PublicURL),
+			Subject: orRange(c.Admin.PublicURLRange, orRange(c.Admin.DefRange, file)).Ptr()})
+	}
 	if c.Admin.PasswordHash != "" {
 		if _, err := bcrypt.Cost([]byte(c.Admin.PasswordHash.Reveal())); err != nil && !c.Admin.PasswordHash.Unresolved() {
 			diags = append(diags, diagAt(c.Admin.HashRange, c.Admin.DefRange, "Malformed bcrypt hash",

@@ -106,7 +106,7 @@ func Run(ctx context.Context, args []string, env Env) int {
 		usage(env.Stdout, true)
 		return ExitOK
 	case "help":
-		if len(args) == 1 {
+		if len(args) == 1 || args[1] == "help" {
 			usage(env.Stdout, true)
 			return ExitOK
 		}

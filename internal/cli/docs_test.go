@@ -80,6 +80,7 @@ var coverage = []struct{ prefix, by string }{
 	{"printf ", "test/install/run.sh"},
 	{"umask ", "test/install/run.sh"},
 	{"systemd-creds ", "test/install/run.sh"},
+	{"sudoedit ", "test/install/run.sh"},
 }
 
 var (
@@ -157,12 +158,14 @@ func readmeCommands(t *testing.T, path string) []docCommand {
 		}
 		for _, m := range spanRE.FindAllStringSubmatch(line, -1) {
 			span := m[1]
-			if strings.HasPrefix(span, "oauthbridge ") {
+			if isCommandSpan(span) {
 				add(n, span)
 				continue
 			}
 			for _, q := range quotedRE.FindAllStringSubmatch(span, -1) {
-				add(n, q[1])
+				if isCommandSpan(q[1]) {
+					add(n, q[1])
+				}
 			}
 		}
 	}
@@ -183,7 +186,7 @@ func exampleCommands(t *testing.T, path string) []docCommand {
 		where := fmt.Sprintf("%s:%d", filepath.Base(path), i+1)
 		spans := spanRE.FindAllStringSubmatch(comment, -1)
 		for _, m := range spans {
-			if strings.HasPrefix(m[1], "oauthbridge ") {
+			if isCommandSpan(m[1]) {
 				out = append(out, docCommand{where, m[1]})
 			}
 		}
@@ -196,11 +199,30 @@ func exampleCommands(t *testing.T, path string) []docCommand {
 	return out
 }
 
+// isCommandSpan reports whether an inline code span in prose is an
+// oauthbridge command line: "oauthbridge" then a subcommand or a flag
+// (prose also names the user and group oauthbridge in code spans).
+func isCommandSpan(span string) bool {
+	f := strings.Fields(span)
+	if len(f) < 2 || f[0] != "oauthbridge" {
+		return false
+	}
+	if strings.HasPrefix(f[1], "-") {
+		return true
+	}
+	for _, c := range commands {
+		if c.name == f[1] {
+			return true
+		}
+	}
+	return false
+}
+
 // isTemplate reports a command with placeholders (ACCOUNT, <name>, ...):
 // a form to fill in, not a command line.
 func isTemplate(cmd string) bool {
 	for _, w := range strings.Fields(cmd) {
-		if strings.ContainsAny(w, "<>") || strings.Contains(w, "...") {
+		if (strings.HasPrefix(w, "<") && strings.HasSuffix(w, ">")) || strings.Contains(w, "...") {
 			return true
 		}
 		if len(w) >= 3 && strings.ToUpper(w) == w && strings.Trim(w, "ABCDEFGHIJKLMNOPQRSTUVWXYZ_[]|") == "" {
@@ -286,8 +308,12 @@ func runDocumented(t *testing.T, ours []docCommand) {
 // checkCovered fails unless some other check runs command c.
 func checkCovered(t *testing.T, c docCommand) {
 	t.Helper()
+	text := c.text + " "
+	for _, p := range []string{"( ", "(", "sudo "} { // a subshell or sudo in front does not change who runs it
+		text = strings.TrimPrefix(text, p)
+	}
 	for _, cv := range coverage {
-		if !strings.HasPrefix(c.text+" ", cv.prefix) {
+		if !strings.HasPrefix(text, cv.prefix) {
 			continue
 		}
 		src, err := os.ReadFile(filepath.Join("../..", cv.by))
@@ -296,7 +322,7 @@ func checkCovered(t *testing.T, c docCommand) {
 			return
 		}
 		if cv.by == "Makefile" {
-			target := strings.Fields(c.text)[1]
+			target := strings.Fields(text)[1]
 			if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(target) + `:`).Match(src) {
 				t.Errorf("%s: %q: the Makefile has no target %q", c.where, c.text, target)
 			}

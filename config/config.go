@@ -68,9 +68,18 @@ type Config struct {
 	Users     []*User     `hcl:"user,block"`
 
 	ShutdownTimeoutRange hcl.Range `hcl:"shutdown_timeout,attr_range"`
+	StateDirRange        hcl.Range `hcl:"state_dir,attr_range"`
+	LogFormatRange       hcl.Range `hcl:"log_format,attr_range"`
+	LogLevelRange        hcl.Range `hcl:"log_level,attr_range"`
 
 	// Derived.
 	Path               string
+	CredentialsDir     string // where credential("name") read from
+	Warnings           hcl.Diagnostics
+	deferred           hcl.Diagnostics // secrets that could not be read (Options.DeferSecrets)
+	files              map[string]*hcl.File
+	inProcess          bool // Options.InProcess
+	deferSecrets       bool // Options.DeferSecrets
 	Shutdown           time.Duration
 	LocalTLS           *tls.Config // nil when there is no tls block
 	ProviderByName     map[string]*Provider
@@ -107,6 +116,9 @@ type IMAPBlock struct {
 	IdleTimeoutRange    hcl.Range `hcl:"idle_timeout,attr_range"`
 	UpstreamRange       hcl.Range `hcl:"upstream_timeout,attr_range"`
 	WaitRange           hcl.Range `hcl:"connection_wait,attr_range"`
+	MaxConnRange        hcl.Range `hcl:"max_connections,attr_range"`
+	MaxLineRange        hcl.Range `hcl:"max_line_bytes,attr_range"`
+	MaxLiteralRange     hcl.Range `hcl:"max_literal_bytes,attr_range"`
 
 	Limits ProxyLimits // derived
 }
@@ -130,6 +142,8 @@ type POP3Block struct {
 	IdleTimeoutRange    hcl.Range `hcl:"idle_timeout,attr_range"`
 	UpstreamRange       hcl.Range `hcl:"upstream_timeout,attr_range"`
 	WaitRange           hcl.Range `hcl:"connection_wait,attr_range"`
+	MaxConnRange        hcl.Range `hcl:"max_connections,attr_range"`
+	MaxLineRange        hcl.Range `hcl:"max_line_bytes,attr_range"`
 
 	Limits ProxyLimits // derived
 }
@@ -155,6 +169,9 @@ type SMTPBlock struct {
 	WriteTimeoutRange hcl.Range `hcl:"write_timeout,attr_range"`
 	UpstreamRange     hcl.Range `hcl:"upstream_timeout,attr_range"`
 	WaitRange         hcl.Range `hcl:"connection_wait,attr_range"`
+	MaxConnRange      hcl.Range `hcl:"max_connections,attr_range"`
+	MaxMessageRange   hcl.Range `hcl:"max_message_bytes,attr_range"`
+	MaxRcptRange      hcl.Range `hcl:"max_recipients,attr_range"`
 
 	Limits SMTPLimits // derived
 }
@@ -219,6 +236,7 @@ type Provider struct {
 	CAFile       string `hcl:"ca_file,optional"`
 
 	DefRange       hcl.Range `hcl:",def_range"`
+	SecretRange    hcl.Range `hcl:"client_secret,attr_range"`
 	TypeRange      hcl.Range `hcl:"type,attr_range"`
 	CloudRange     hcl.Range `hcl:"cloud,attr_range"`
 	TenantRange    hcl.Range `hcl:"tenant,attr_range"`
@@ -251,6 +269,8 @@ type Account struct {
 	FlowRange     hcl.Range `hcl:"flow,attr_range"`
 	DelegateRange hcl.Range `hcl:"delegate,attr_range"`
 	SendAsRange   hcl.Range `hcl:"send_as,attr_range"`
+	MaxConnRange  hcl.Range `hcl:"max_connections,attr_range"`
+	SMTPConnRange hcl.Range `hcl:"smtp_max_connections,attr_range"`
 
 	Provider *Provider // resolved
 }

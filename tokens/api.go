@@ -10,7 +10,7 @@ const (
 	StateOK         State = "ok"          // a valid or refreshable token
 	StateNeedsLogin State = "needs_login" // a person must run `oauthbridge login ACCOUNT`
 	StateFailing    State = "failing"     // configuration/app registration problem, or refresh failing for a while
-	StateUnknown    State = "unknown"     // never logged in yet (delegated) or not yet tried (app)
+	StateUnknown    State = "unknown"     // app flow: no token requested yet (a delegated account without a sign-in is needs_login)
 )
 
 // AccountStatus is one row of `oauthbridge status`, the admin page and

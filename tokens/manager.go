@@ -735,7 +735,7 @@ func (m *Manager) state(a *account, now time.Time) State {
 	case a.lastErr != nil && a.lastErr.Kind == Failing:
 		return StateFailing
 	case a.cfg.Flow != config.FlowApp && a.ent.RefreshToken == "":
-		return StateUnknown
+		return StateNeedsLogin // nobody has signed in yet: the first day's most common problem
 	case a.lastErr != nil && a.lastErr.Kind == Temporary && !m.usable(a, now):
 		return StateFailing // refresh failing and no valid token left
 	case a.cfg.Flow == config.FlowApp && a.ent.AccessToken == "" && a.lastErr == nil:

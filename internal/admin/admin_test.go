@@ -189,9 +189,23 @@ func TestHealthz(t *testing.T) {
 
 func TestReadyz(t *testing.T) {
 	e := newEnv(t, true)
-	wantStatus(t, e.do("GET", "/readyz", nil), 200)
-	e.ready = errors.New("imap listener 127.0.0.1:1143 not bound")
+	// The fake's "sales" account needs a sign-in: not ready, with the fix.
 	body := wantStatus(t, e.do("GET", "/readyz", nil), 503)
+	if want := "account sales needs login: run 'oauthbridge login sales'"; !strings.Contains(body, want) {
+		t.Errorf("/readyz body = %q, want %q", body, want)
+	}
+	if strings.Contains(body, "helpdesk") || strings.Contains(body, "robot") {
+		t.Errorf("/readyz names accounts that need no login: %q", body)
+	}
+	// Signed in (and the app-flow account, which never needs a login): ready.
+	e.fake.mu.Lock()
+	e.fake.status[1].State = tokens.StateOK
+	e.fake.mu.Unlock()
+	if body := wantStatus(t, e.do("GET", "/readyz", nil), 200); strings.TrimSpace(body) != "ready" {
+		t.Errorf("/readyz body = %q, want ready", body)
+	}
+	e.ready = errors.New("imap listener 127.0.0.1:1143 not bound")
+	body = wantStatus(t, e.do("GET", "/readyz", nil), 503)
 	if !strings.Contains(body, "imap listener 127.0.0.1:1143 not bound") {
 		t.Errorf("/readyz body = %q, want the reason", body)
 	}

@@ -258,8 +258,12 @@ func (e *env) startProc(binary string) (*bridgeProc, error) {
 	if err != nil {
 		return nil, err
 	}
+	adminAddr, err := freePort() // serve refuses port 0: a random port serves nobody
+	if err != nil {
+		return nil, err
+	}
 	cfgPath := filepath.Join(e.dir, "proc.hcl")
-	if err := e.writeConfig(cfgPath, imapAddr, pop3Addr, smtpAddr, "127.0.0.1:0"); err != nil {
+	if err := e.writeConfig(cfgPath, imapAddr, pop3Addr, smtpAddr, adminAddr); err != nil {
 		return nil, err
 	}
 	logPath := filepath.Join(e.dir, "bridge-process.log")

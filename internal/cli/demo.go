@@ -39,10 +39,19 @@ type DemoInfo struct {
 }
 
 func runDemo(ctx context.Context, env Env, args []string) error {
-	fs := newFlags(env, "demo", "")
+	fs := newFlags(env, "demo", "", `
+Starts a fake Microsoft 365 (identity platform, IMAP, POP3, SMTP accepting
+only XOAUTH2) and a bridge in front of it, all on loopback, signs the demo
+account in with the device-code flow and prints a user, a password and curl
+commands to try. Nothing outside a temporary directory is touched; Ctrl-C
+stops it.`)
 	verbose := fs.Bool("v", false, "log the bridge's activity (JSON) to standard error")
-	if err := parse(fs, args); err != nil {
+	pos, err := fs.parse(args)
+	if err != nil {
 		return err
+	}
+	if len(pos) > 0 {
+		return usagef("demo takes no arguments")
 	}
 	info, stop, err := StartDemo(ctx, *verbose, env)
 	if err != nil {

@@ -20,6 +20,8 @@ func evalContext() *hcl.EvalContext {
 		"env":        envFunc,
 		"file":       fileFunc,
 		"credential": credentialFunc,
+		// credential_path("name") for settings that take a file name.
+		"credential_path": credentialPathFunc,
 	}}
 }
 
@@ -56,20 +58,52 @@ var credentialFunc = function.New(&function.Spec{
 	Type:        function.StaticReturnType(cty.String),
 	Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
 		name := args[0].AsString()
-		if name == "" || strings.ContainsAny(name, "/\x00") || name == "." || name == ".." {
-			return cty.NilVal, function.NewArgErrorf(0, "credential name %q is not a plain file name", name)
+		path, err := credentialPath(name)
+		if err != nil {
+			return cty.NilVal, function.NewArgError(0, err)
 		}
-		dir := os.Getenv("CREDENTIALS_DIRECTORY")
-		if dir == "" {
-			return cty.NilVal, function.NewArgErrorf(0, "$CREDENTIALS_DIRECTORY is not set: credential(%q) works under systemd with LoadCredential=%s:/path/to/file in the unit", name, name)
-		}
-		b, err := readSmallFile(filepath.Join(dir, name))
+		b, err := readSmallFile(path)
 		if err != nil {
 			return cty.NilVal, function.NewArgError(0, fmt.Errorf("credential %q: %w (is LoadCredential=%s:... in the unit?)", name, err, name))
 		}
 		return cty.StringVal(trimNewline(string(b))), nil
 	},
 })
+
+// credentialPathFunc returns the path of a systemd credential rather than
+// its contents, for settings that take a file name (tls cert_file and
+// key_file): the service user can read $CREDENTIALS_DIRECTORY/name, whatever
+// the owner of the file LoadCredential= copied it from.
+var credentialPathFunc = function.New(&function.Spec{
+	Description: "Returns the path of a systemd credential ($CREDENTIALS_DIRECTORY/name); fails if it cannot be read.",
+	Params:      []function.Parameter{{Name: "name", Type: cty.String}},
+	Type:        function.StaticReturnType(cty.String),
+	Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
+		name := args[0].AsString()
+		path, err := credentialPath(name)
+		if err != nil {
+			return cty.NilVal, function.NewArgError(0, err)
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return cty.NilVal, function.NewArgError(0, fmt.Errorf("credential %q: %w (is LoadCredential=%s:... in the unit?)", name, err, name))
+		}
+		f.Close()
+		return cty.StringVal(path), nil
+	},
+})
+
+// credentialPath is $CREDENTIALS_DIRECTORY/name, for a plain file name.
+func credentialPath(name string) (string, error) {
+	if name == "" || strings.ContainsAny(name, "/\x00") || name == "." || name == ".." {
+		return "", fmt.Errorf("credential name %q is not a plain file name", name)
+	}
+	dir := os.Getenv("CREDENTIALS_DIRECTORY")
+	if dir == "" {
+		return "", fmt.Errorf("$CREDENTIALS_DIRECTORY is not set: credential(%q) works under systemd with LoadCredential=%s:/path/to/file in the unit", name, name)
+	}
+	return filepath.Join(dir, name), nil
+}
 
 func trimNewline(s string) string {
 	if strings.HasSuffix(s, "\r\n") {

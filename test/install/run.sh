@@ -1,37 +1,45 @@
 #!/usr/bin/env bash
 # Install suite: the Debian package as a sysadmin installs it, and the service
-# as systemd would run it.
+# as systemd runs it, twice:
 #
-#   1. make deb; dpkg -i the package (a previous install is purged first, and
-#      its system user deleted, so the postinst's user creation runs each time);
-#   2. what the package installed: static binary, version, unit, sysusers.d
-#      file, user, conffile root:oauthbridge 0640, credentials dir 0700, man page;
-#   3. the packaged default config.hcl passes `oauthbridge check` as the service
-#      user and `serve` starts with it;
-#   4. a config the service user cannot read (the old README's root:root 0640)
-#      stops serve with exit 2 (no restart loop) and a message naming the fix;
-#   5. the admin's setup against the fake Microsoft 365 (test/peers/fakeidp):
-#      secrets in /etc/oauthbridge/credentials, the unit's LoadCredential= lines
-#      uncommented in a drop-in, TLS certificate and key passed as credentials;
-#      the service started from the installed unit file (User=, Group=, UMask=,
-#      StateDirectory=, StateDirectoryMode=, LoadCredential=, ExecStart= are read
-#      from it, not repeated here); `oauthbridge login` from a root shell through
-#      the running daemon; IMAP (plain, STARTTLS, implicit TLS), POP3 and SMTP
-#      logins from 127.0.0.1; `status` and `check` from a root shell; SIGHUP
-#      reload; SIGTERM drain;
-#   6. dpkg -r keeps the configuration, dpkg --purge removes everything but the
-#      system user.
+# A. On this machine (no systemd running), the service run by hand exactly as
+#    the unit would run it:
+#    1. make deb; dpkg -i (a previous install is purged first, and its system
+#       user deleted, so the postinst's user creation runs each time);
+#    2. what the package installed: static binary, version, unit, sysusers.d
+#       file, user, conffile root:oauthbridge 0640, credentials dir 0700, man page;
+#    3. the packaged default config.hcl passes `oauthbridge check` as the
+#       service user and `serve` starts with it;
+#    4. a config the service user cannot read (the old README's root:root 0640)
+#       stops serve with exit 2 (no restart loop) and a message naming the fix;
+#    5. the admin's setup against the fake Microsoft 365 (test/peers/fakeidp):
+#       secrets in /etc/oauthbridge/credentials, the unit's LoadCredential= lines
+#       uncommented in a drop-in, TLS certificate and key passed as credentials;
+#       the service started from the installed unit file (User=, Group=, UMask=,
+#       StateDirectory=, StateDirectoryMode=, LoadCredential=, ExecStart= are
+#       read from it, not repeated here); `oauthbridge login` from a root shell
+#       through the running daemon; IMAP (plain, STARTTLS, implicit TLS), POP3
+#       and SMTP logins from 127.0.0.1; `status` and `check` from a root shell;
+#       SIGHUP reload; SIGTERM drain;
+#    6. dpkg -r keeps the configuration, dpkg --purge removes everything but
+#       the system user.
+#    "As the unit would": setpriv drops to the unit's user and group with no
+#    supplementary groups, no capabilities and no_new_privs, under the unit's
+#    umask and a clean environment holding STATE_DIRECTORY,
+#    CREDENTIALS_DIRECTORY (/run/credentials/oauthbridge.service: copies of the
+#    LoadCredential= sources, 0400 and owned by the service user in a 0500
+#    directory, as systemd lays them out) and CONFIGURATION_DIRECTORY;
+#    NOTIFY_SOCKET points at a datagram socket and READY=1 is awaited as
+#    Type=notify does.
 #
-# "As systemd would": setpriv drops to the unit's user and group with no
-# supplementary groups, no capabilities and no_new_privs, under the unit's
-# umask and a clean environment holding STATE_DIRECTORY, CREDENTIALS_DIRECTORY
-# (copies of the LoadCredential= sources, 0400 and owned by the service user in
-# a 0500 directory, as systemd lays them out) and CONFIGURATION_DIRECTORY.
-# NOTIFY_SOCKET points at a datagram socket here, and the suite waits for the
-# daemon's READY=1 as Type=notify does. The sandboxing directives
-# (ProtectSystem=, PrivateTmp=, SystemCallFilter=, ...) need a running systemd
-# and are checked by systemd/check.sh instead; nothing the service reads lives
-# under /tmp, which PrivateTmp=yes would hide.
+# B. Under a real systemd booted as PID 1 in a container (systemd-nspawn --boot
+#    on a Debian 12 rootfs from debootstrap, cached in /var/cache/oauthbridge-test;
+#    --volatile=overlay so every run starts from the pristine rootfs; a private
+#    network), test/install/in-container.sh: dpkg -i lets the postinst start the
+#    unit with every sandboxing directive in force (ProtectSystem=, PrivateUsers=,
+#    SystemCallFilter=, ...), then the same admin setup and client checks driven
+#    with systemctl, the unreadable config's exit 2 without restart, reload,
+#    stop, remove, purge. INSTALL_NSPAWN=0 skips B.
 #
 # Usage: test/install/run.sh   (as root: it installs a package and Debian tools)
 # Env:   INSTALL_DEB=path uses a prebuilt .deb; INSTALL_KEEP=1 keeps the temp dir.
@@ -41,16 +49,12 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 START=$(date +%s)
-UNIT=/lib/systemd/system/oauthbridge.service
-DROPIN_DIR=/etc/systemd/system/oauthbridge.service.d
-DROPIN=$DROPIN_DIR/credentials.conf
-CREDS=/etc/oauthbridge/credentials
-CONF=/etc/oauthbridge/config.hcl
-FAKE_CA=/etc/oauthbridge/test-fake-ca.pem
 # Where systemd puts the service's credentials ($CREDENTIALS_DIRECTORY).
 CRED_RUN=/run/credentials/oauthbridge.service
 DOMAIN=contoso.test
 PACKAGES="curl openssl util-linux passwd python3 ca-certificates"
+NSPAWN_PACKAGES="systemd-container debootstrap"
+ROOTFS=/var/cache/oauthbridge-test/bookworm
 
 log() { echo "install: $*" >&2; }
 
@@ -62,17 +66,12 @@ fi
 T=$(mktemp -d /tmp/oauthbridge-install.XXXXXX)
 RESULTS="$T/results"
 : >"$RESULTS"
-IDP_PID= SVC_PID= NOTIFY_PID=
+IDP_PID= SVC_PID= NOTIFY_PID= NSPAWN_PID=
 SUMMARY_DONE=0
 
-pass() { echo "PASS $1" | tee -a "$RESULTS"; }
-fail() { echo "FAIL $1: $(echo "$2" | tr -s '\n\t ' ' ' | cut -c1-500)" | tee -a "$RESULTS"; }
-# expect NAME CMD...: PASS when CMD succeeds, else FAIL with its output.
-expect() {
-	local name=$1 out
-	shift
-	if out=$("$@" 2>&1); then pass "$name"; else fail "$name" "$out"; fi
-}
+FAKEIDP=$T/fakeidp
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
 
 stop_pid() {
 	local pid=$1
@@ -99,6 +98,7 @@ cleanup() {
 	stop_pid "$SVC_PID"
 	stop_pid "$NOTIFY_PID"
 	stop_pid "$IDP_PID"
+	stop_pid "$NSPAWN_PID"
 	if [ "$SUMMARY_DONE" = 0 ]; then
 		echo "FAIL suite setup: stopped early (exit $rc); see $T" | tee -a "$RESULTS"
 		echo "$(grep -c '^PASS ' "$RESULTS") passed, $(grep -c '^FAIL ' "$RESULTS") failed"
@@ -139,7 +139,8 @@ else
 	}
 	DEB=$(ls "$ROOT"/build/oauthbridge_*.deb)
 fi
-(cd "$ROOT" && go build -o "$T/fakeidp" ./test/peers/fakeidp)
+# Static: it also runs inside the container.
+(cd "$ROOT" && CGO_ENABLED=0 go build -o "$T/fakeidp" ./test/peers/fakeidp)
 DEBVER=$(dpkg-deb -f "$DEB" Version)
 log "package $(basename "$DEB")"
 
@@ -149,22 +150,11 @@ if out=$(dpkg -i "$DEB" 2>&1); then pass "dpkg -i"; else fail "dpkg -i" "$out"; 
 echo "$out" >>"$T/dpkg.log"
 
 # ---- 2. what the package installed ----
-expect "binary is static" sh -c 'ldd /usr/bin/oauthbridge 2>&1 | grep -q "not a dynamic executable"'
-if grep -q buildVersion "$ROOT/internal/cli/"*.go; then
-	expect "version stamped ($DEBVER)" sh -c "/usr/bin/oauthbridge version | grep -F -- '$DEBVER'"
-else
+if ! grep -q buildVersion "$ROOT/internal/cli/"*.go; then
 	log "version stamp not checked: internal/cli has no buildVersion yet"
+	DEBVER=
 fi
-expect "unit installed" test -f "$UNIT"
-expect "unit ExecStart names /usr/bin/oauthbridge" grep -q '^ExecStart=/usr/bin/oauthbridge ' "$UNIT"
-expect "sysusers.d file" test -f /usr/lib/sysusers.d/oauthbridge.conf
-expect "man page" test -f /usr/share/man/man8/oauthbridge.8.gz
-expect "config.hcl is a conffile" sh -c "dpkg-query -W -f='\${Conffiles}' oauthbridge | grep -q ' $CONF '"
-uid=$(id -u oauthbridge 2>/dev/null || echo none)
-if [ "$uid" != none ] && [ "$uid" -lt 1000 ] && [ "$uid" -gt 0 ]; then pass "system user oauthbridge (uid $uid)"; else fail "system user oauthbridge" "uid=$uid"; fi
-expect "service user has no login shell" sh -c 'getent passwd oauthbridge | grep -Eq ":/(usr/)?s?bin/(nologin|false)$"'
-expect "config.hcl root:oauthbridge 0640" sh -c "[ \"\$(stat -c '%U:%G %a' $CONF)\" = 'root:oauthbridge 640' ]"
-expect "credentials dir root 0700" sh -c "[ \"\$(stat -c '%U:%G %a' $CREDS)\" = 'root:root 700' ]"
+check_installed
 
 # ---- the unit, read from the installed files ----
 # unit_files: the unit, then its drop-ins in order, as systemd reads them.
@@ -299,89 +289,8 @@ import socket
 ss=[socket.socket() for _ in range(5)]
 for s in ss: s.bind(("127.0.0.1",0))
 print(" ".join(str(s.getsockname()[1]) for s in ss))')
-CLIENT_SECRET="cs-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-ADMIN_PW="admin-$RANDOM$RANDOM"
-USER_PW="pw-$RANDOM$RANDOM"
-"$T/fakeidp" -listen 127.0.0.1:0 -url-file "$T/idp.url" -env-file "$T/fake.env" -log "$T/fakeidp.log" \
-	-app "bridge-app:$CLIENT_SECRET" -user "alice@$DOMAIN" -user "bob@$DOMAIN" \
-	-mailbox "alice@$DOMAIN" -mailbox "bob@$DOMAIN" -mailbox "helpdesk@$DOMAIN=alice@$DOMAIN" >>"$T/fakeidp.log" 2>&1 &
-IDP_PID=$!
-for _ in $(seq 100); do [ -s "$T/idp.url" ] && [ -s "$T/fake.env" ] && break; sleep 0.1; done
-IDP_URL=$(cat "$T/idp.url")
-# shellcheck disable=SC1091
-. "$T/fake.env"
-install -m 0644 "$FAKE_CA_FILE" "$FAKE_CA"
-
-# Secrets, root-only, where the unit's LoadCredential= lines look.
-umask 077
-printf '%s\n' "$CLIENT_SECRET" >"$CREDS/client-secret"
-printf '%s\n' "$ADMIN_PW" | /usr/bin/oauthbridge hash-password >"$CREDS/admin-password-hash"
-head -c 32 /dev/urandom >"$CREDS/token-store-key"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bridge.test \
-	-addext "subjectAltName=IP:127.0.0.1,DNS:localhost" -keyout "$CREDS/tls-key" -out "$CREDS/tls-cert" 2>"$T/openssl.log"
-umask 022
-cp "$CREDS/tls-cert" "$T/bridge-ca.pem"
-USER_HASH=$(printf '%s\n' "$USER_PW" | /usr/bin/oauthbridge hash-password)
-expect "credentials are root-only files" sh -c "[ -z \"\$(find $CREDS -type f ! -perm 0600)\" ] && [ -z \"\$(find $CREDS ! -user root)\" ]"
-
-# The drop-in a sysadmin writes with `systemctl edit oauthbridge`: the unit's
-# commented LoadCredential= lines, uncommented.
-install -d -m 0755 "$DROPIN_DIR"
-{ echo "[Service]"; sed -n 's/^#\(LoadCredential=[a-z-]*:\/etc\/oauthbridge\/credentials\/[a-z-]*\)$/\1/p' "$UNIT"; } >"$DROPIN"
-n=$(unit_creds | wc -l)
-if [ "$n" = 5 ]; then pass "unit names 5 credentials under $CREDS"; else fail "unit names 5 credentials" "$(cat "$DROPIN")"; fi
-
-# The configuration, written over the conffile as an editor does (owner and mode stay).
-cat >"$CONF" <<EOF
-state_dir = "/var/lib/oauthbridge"
-imap {
-  listen     = ["127.0.0.1:$P_IMAP"]
-  listen_tls = ["127.0.0.1:$P_IMAPS"]
-}
-pop3 {
-  listen = ["127.0.0.1:$P_POP3"]
-}
-smtp {
-  listen = ["127.0.0.1:$P_SMTP"]
-  domain = "bridge.test"
-}
-tls {
-  cert_file = credential_path("tls-cert")
-  key_file  = credential_path("tls-key")
-}
-admin {
-  listen        = "127.0.0.1:$P_ADMIN"
-  public_url    = "http://127.0.0.1:$P_ADMIN"
-  password_hash = credential("admin-password-hash")
-}
-provider "contoso" {
-  tenant        = "$DOMAIN"
-  client_id     = "bridge-app"
-  client_secret = credential("client-secret")
-  authority     = "$IDP_URL"
-  imap_server   = "$FAKE_IMAP"
-  pop3_server   = "$FAKE_POP3"
-  smtp_server   = "$FAKE_SMTP"
-  ca_file       = "$FAKE_CA"
-}
-account "helpdesk" {
-  provider = "contoso"
-  mailbox  = "helpdesk@$DOMAIN"
-  delegate = "alice@$DOMAIN"
-}
-user "legacy" {
-  password_hash = "$USER_HASH"
-  account       = "helpdesk"
-}
-EOF
-expect "config.hcl still root:oauthbridge 0640 after editing" sh -c "[ \"\$(stat -c '%U:%G %a' $CONF)\" = 'root:oauthbridge 640' ]"
-
-# The admin's shell: root, the credentials the unit loads.
-admin_cli() { env CREDENTIALS_DIRECTORY="$CREDS" OAUTHBRIDGE_ADMIN_PASSWORD="$ADMIN_PW" /usr/bin/oauthbridge "$@"; }
-expect "check from a root shell (credentials from $CREDS)" admin_cli check
-if /usr/bin/oauthbridge check -h 2>&1 | grep -q -- '-credentials'; then
-	expect "check from a root shell without CREDENTIALS_DIRECTORY" env -u CREDENTIALS_DIRECTORY /usr/bin/oauthbridge check
-fi
+svc_log() { cat "$T/serve.log"; }
+setup_admin
 
 if ! start_service "$T/serve.log" || ! wait_ready; then
 	fail "serve starts as the unit would" "$(tail -5 "$T/serve.log")"
@@ -390,44 +299,7 @@ fi
 pass "serve starts as the unit would (READY=1)"
 expect "daemon runs as oauthbridge" sh -c "[ \"\$(ps -o user= -p $SVC_PID)\" = oauthbridge ]"
 
-# Sign in through the running daemon, from a root shell, approving the device code at the fake.
-admin_cli login helpdesk >"$T/login.out" 2>&1 &
-LOGIN_PID=$!
-code=
-for _ in $(seq 100); do
-	code=$(awk '/enter the code/ { f = 1; next } f && NF { print $1; exit }' "$T/login.out")
-	[ -n "$code" ] && break
-	sleep 0.1
-done
-if [ -n "$code" ] && curl -sf -X POST --data-urlencode "code=$code" --data-urlencode "upn=alice@$DOMAIN" "$IDP_URL/test/approve" >/dev/null; then
-	lrc=0
-	wait "$LOGIN_PID" || lrc=$?
-	if [ "$lrc" = 0 ]; then pass "login helpdesk through the daemon (device code)"; else fail "login helpdesk" "exit $lrc: $(cat "$T/login.out")"; fi
-else
-	kill "$LOGIN_PID" 2>/dev/null || true
-	fail "login helpdesk: device code" "$(cat "$T/login.out")"
-fi
-
-# Legacy clients on 127.0.0.1.
-expect "IMAP login + LIST" sh -c "curl -sS --max-time 20 -u 'legacy:$USER_PW' imap://127.0.0.1:$P_IMAP/ | grep -q INBOX"
-expect "IMAP STARTTLS with the credential's certificate" sh -c "curl -sS --max-time 20 --ssl-reqd --cacert $T/bridge-ca.pem -u 'legacy:$USER_PW' imap://127.0.0.1:$P_IMAP/ | grep -q INBOX"
-expect "IMAPS (implicit TLS) with the credential's key" sh -c "curl -sS --max-time 20 --cacert $T/bridge-ca.pem -u 'legacy:$USER_PW' imaps://127.0.0.1:$P_IMAPS/ | grep -q INBOX"
-expect "IMAP wrong password refused" sh -c "! curl -sS --max-time 20 -u 'legacy:wrong' imap://127.0.0.1:$P_IMAP/"
-expect "POP3 login + LIST" curl -sS --max-time 20 -u "legacy:$USER_PW" "pop3://127.0.0.1:$P_POP3/"
-printf 'From: helpdesk@%s\r\nTo: bob@%s\r\nSubject: install test\r\n\r\nhello from the packaged bridge\r\n' "$DOMAIN" "$DOMAIN" >"$T/msg.eml"
-expect "SMTP AUTH + send (250 only after upstream accepted)" curl -sS --max-time 20 -u "legacy:$USER_PW" \
-	--mail-from "helpdesk@$DOMAIN" --mail-rcpt "bob@$DOMAIN" --upload-file "$T/msg.eml" "smtp://127.0.0.1:$P_SMTP"
-
-# The admin's view from a root shell.
-if out=$(admin_cli status -json 2>&1) && echo "$out" | tr -d ' \n' | grep -q '"account":"helpdesk".*"state":"ok"'; then
-	pass "status from a root shell: helpdesk ok, exit 0"
-else
-	fail "status from a root shell" "$out"
-fi
-expect "check from a root shell beside the running service" admin_cli check
-expect "token store owned by oauthbridge, 0600 (UMask=0077)" sh -c "[ \"\$(stat -c '%U %a' /var/lib/oauthbridge/tokens.enc)\" = 'oauthbridge 600' ]"
-expect "store key from the token-store-key credential (no state_dir/key)" test ! -e /var/lib/oauthbridge/key
-expect "no secret in the service log" sh -c "! grep -F -e '$CLIENT_SECRET' -e '$USER_PW' -e '$ADMIN_PW' $T/serve.log"
+login_and_clients
 
 # ExecReload= (kill -HUP): the config is read again as the service user, sessions keep running.
 : >"$T/notify.log"
@@ -448,6 +320,84 @@ rm -rf "$DROPIN_DIR" "$FAKE_CA"
 expect "dpkg --purge" dpkg --purge oauthbridge
 expect "purged: /etc/oauthbridge, the token store and the stat override gone" sh -c "[ ! -e /etc/oauthbridge ] && [ ! -e /var/lib/oauthbridge ] && ! dpkg-statoverride --list $CONF"
 expect "purged: the system user stays (Debian policy)" getent passwd oauthbridge
+
+# ---- B. a real systemd as PID 1 in a container ----
+# build_rootfs: a minimal Debian 12 with systemd, made once per machine.
+build_rootfs() {
+	local mirror
+	[ -e "$ROOTFS/.complete" ] && return 0
+	mirror=$(sed -n 's/^URIs: *\(http[^ ]*debian\/*\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
+	mirror=${mirror:-http://deb.debian.org/debian}
+	log "debootstrap bookworm from $mirror into $ROOTFS (once per machine)"
+	rm -rf "$ROOTFS.tmp"
+	mkdir -p "$(dirname "$ROOTFS")"
+	debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,procps,curl,openssl,ca-certificates \
+		bookworm "$ROOTFS.tmp" "$mirror" >"$T/debootstrap.log" 2>&1 || {
+		tail -20 "$T/debootstrap.log" >&2
+		return 1
+	}
+	touch "$ROOTFS.tmp/.complete"
+	rm -rf "$ROOTFS"
+	mv "$ROOTFS.tmp" "$ROOTFS"
+}
+
+nspawn_stage() {
+	local leader= state in=$T/in
+	if ! command -v systemd-nspawn >/dev/null || ! command -v debootstrap >/dev/null; then
+		log "installing Debian packages: $NSPAWN_PACKAGES"
+		# shellcheck disable=SC2086
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $NSPAWN_PACKAGES; } >"$T/apt-nspawn.log" 2>&1 || {
+			fail "systemd: install $NSPAWN_PACKAGES" "$(tail -5 "$T/apt-nspawn.log")"
+			return
+		}
+	fi
+	if ! build_rootfs; then
+		fail "systemd: debootstrap" "$(tail -5 "$T/debootstrap.log")"
+		return
+	fi
+	install -d -m 0755 "$in"
+	cp "$DEB" "$in/oauthbridge.deb"
+	cp "$T/fakeidp" "$HERE/lib.sh" "$HERE/in-container.sh" "$in/"
+	# --volatile=overlay: / is the cached rootfs under a tmpfs overlay, so
+	# nothing this run does reaches the cache. --keep-unit/--register=no: this
+	# machine has no systemd to register with.
+	systemd-nspawn -q -D "$ROOTFS" --volatile=overlay --private-network --register=no --keep-unit \
+		--bind-ro="$in:/mnt/in" --boot --console=pipe </dev/null >"$T/nspawn.log" 2>&1 &
+	NSPAWN_PID=$!
+	for _ in $(seq 300); do
+		leader=$(ps --ppid "$NSPAWN_PID" -o pid=,comm= 2>/dev/null | awk '$2 == "systemd" { print $1; exit }')
+		[ -n "$leader" ] && break
+		kill -0 "$NSPAWN_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	if [ -z "$leader" ]; then
+		fail "systemd: boot the container" "$(tail -5 "$T/nspawn.log")"
+		return
+	fi
+	# Until PID 1 listens on its private socket, systemctl cannot connect.
+	for _ in $(seq 300); do
+		nsenter -t "$leader" -a -- test -S /run/systemd/private 2>/dev/null && break
+		sleep 0.1
+	done
+	state=$(timeout 120 nsenter -t "$leader" -a -- systemctl is-system-running --wait 2>&1 || true)
+	if [ "$state" = running ] || [ "$state" = degraded ]; then
+		pass "systemd: systemd booted as PID 1 in the container ($state)"
+	else
+		fail "systemd: boot to multi-user.target" "$state $(nsenter -t "$leader" -a -- systemctl --failed --no-pager 2>&1)"
+		return
+	fi
+	nsenter -t "$leader" -a -- env DEBVER="$DEBVER" bash /mnt/in/in-container.sh 2>"$T/in-container.stderr" |
+		sed -u 's/^\(PASS\|FAIL\) /\1 systemd: /' | tee -a "$RESULTS" || true
+	grep -q '^PASS systemd: dpkg --purge' "$RESULTS" || fail "systemd: in-container.sh ran to the end" "$(tail -5 "$T/in-container.stderr")"
+	stop_pid "$NSPAWN_PID"
+	NSPAWN_PID=
+}
+
+if [ "${INSTALL_NSPAWN:-1}" = 0 ]; then
+	log "INSTALL_NSPAWN=0: the real-systemd stage is skipped"
+else
+	nspawn_stage
+fi
 
 SUMMARY_DONE=1
 log "took $(($(date +%s) - START))s"

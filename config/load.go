@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -70,9 +71,39 @@ func Load(path string) (*Config, error) {
 func LoadWith(path string, o Options) (*Config, error) {
 	src, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return nil, &Error{Diags: hcl.Diagnostics{readError(path, err)}}
 	}
 	return ParseWith(path, src, o)
+}
+
+// readError turns a failure to read the configuration file into a
+// diagnostic that names the fix. It is a configuration error (exit status 2,
+// which the unit's RestartPreventExitStatus= keeps from a restart loop): a
+// restart cannot make an unreadable file readable.
+func readError(path string, err error) *hcl.Diagnostic {
+	detail := err.Error() + "."
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		detail += " Create it from config.hcl.example (the Debian package installs one), or give another file with -config PATH."
+	case errors.Is(err, fs.ErrPermission):
+		detail += fmt.Sprintf(" This process runs as uid %d, gid %d%s.", os.Getuid(), os.Getgid(), ownerOf(path)) +
+			" The packaged service runs as the system user oauthbridge and the file holds password hashes, so make it readable by that group only:" +
+			" chown root:oauthbridge " + path + " && chmod 0640 " + path + " (and the directory: chmod 0755 " + filepath.Dir(path) + ")."
+	}
+	return &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Cannot read the configuration file " + path, Detail: detail}
+}
+
+// ownerOf describes path's owner and mode for readError, or "" when it
+// cannot be seen.
+func ownerOf(path string) string {
+	st, err := os.Stat(path)
+	if err != nil {
+		return ""
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		return fmt.Sprintf("; %s is owned by uid %d, gid %d with mode %04o", path, sys.Uid, sys.Gid, st.Mode().Perm())
+	}
+	return fmt.Sprintf("; %s has mode %04o", path, st.Mode().Perm())
 }
 
 // Parse is Load for a configuration already in memory; filename is used in

@@ -24,6 +24,11 @@
 // Only Outlook tokens (not Graph ones) pass /dovecot/grant, as Exchange's
 // IMAP refuses a token for another resource.
 //
+// With -env-file it also writes the fake's own upstream servers as shell
+// variables (FAKE_IMAP, FAKE_POP3, FAKE_SMTP, FAKE_CA_FILE, the CA written
+// beside it), for suites that use the fake's IMAP/POP3/SMTP instead of
+// Dovecot and Postfix (test/install/run.sh).
+//
 // Dovecot's oauth2 passdb cannot express delegation: introspection never
 // sees the login name, so /dovecot/grant does the check itself.
 package main
@@ -76,6 +81,7 @@ func main() {
 	urlFile := flag.String("url-file", "", "write the base URL here once listening")
 	lifetime := flag.Duration("token-lifetime", time.Hour, "access token lifetime")
 	logFile := flag.String("log", "", "log file (default stderr)")
+	envFile := flag.String("env-file", "", "write the fake's IMAP/POP3/SMTP addresses and CA file as shell variables here once listening")
 	flag.Var(&apps, "app", "CLIENT_ID[:SECRET] (repeatable; no secret = public client)")
 	flag.Var(&users, "user", "UPN (repeatable)")
 	flag.Var(&mailboxes, "mailbox", "ADDR[=DELEGATE,DELEGATE...] (repeatable)")
@@ -97,7 +103,7 @@ func main() {
 	}
 	log := slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	extra := graphSetup{urlFile: *graphURLFile, caFile: *caFile, roles: roles, sendAs: sendAs}
-	if err := run(log, *listen, *urlFile, *lifetime, apps, users, mailboxes, grants, extra); err != nil {
+	if err := run(log, *listen, *urlFile, *envFile, *lifetime, apps, users, mailboxes, grants, extra); err != nil {
 		log.Error("fakeidp: exiting", "error", err)
 		os.Exit(1)
 	}
@@ -117,7 +123,7 @@ func writeFileAtomic(path string, data []byte) error {
 	return os.Rename(path+".tmp", path)
 }
 
-func run(log *slog.Logger, listen, urlFile string, lifetime time.Duration, apps, users, mailboxes, grants []string, g graphSetup) error {
+func run(log *slog.Logger, listen, urlFile, envFile string, lifetime time.Duration, apps, users, mailboxes, grants []string, g graphSetup) error {
 	f, err := fakems.Start(fakems.Options{Logger: log.With("component", "fakems"), AccessTokenLifetime: lifetime})
 	if err != nil {
 		return fmt.Errorf("fakeidp: start fake: %w", err)
@@ -200,6 +206,11 @@ func run(log *slog.Logger, listen, urlFile string, lifetime time.Duration, apps,
 			return fmt.Errorf("fakeidp: url file: %w", err)
 		}
 	}
+	if envFile != "" {
+		if err := writeEnvFile(f, envFile); err != nil {
+			return err
+		}
+	}
 	log.Info("fakeidp: listening", "url", base, "fake", f.AuthorityURL)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	sig := make(chan os.Signal, 1)
@@ -207,6 +218,23 @@ func run(log *slog.Logger, listen, urlFile string, lifetime time.Duration, apps,
 	go func() { <-sig; srv.Close() }()
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("fakeidp: serve: %w", err)
+	}
+	return nil
+}
+
+// writeEnvFile writes the fake's upstream servers and its CA (beside path,
+// as path.ca.pem) for a shell to source.
+func writeEnvFile(f *fakems.Fake, path string) error {
+	ca := path + ".ca.pem"
+	if err := f.WriteCAFile(ca); err != nil {
+		return fmt.Errorf("fakeidp: env file: %w", err)
+	}
+	env := fmt.Sprintf("FAKE_IMAP=%s\nFAKE_POP3=%s\nFAKE_SMTP=%s\nFAKE_CA_FILE=%s\n", f.IMAPAddr, f.POP3Addr, f.SMTPAddr, ca)
+	if err := os.WriteFile(path+".tmp", []byte(env), 0o644); err != nil {
+		return fmt.Errorf("fakeidp: env file: %w", err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		return fmt.Errorf("fakeidp: env file: %w", err)
 	}
 	return nil
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/fakems"
+	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/tokens"
@@ -54,11 +55,11 @@ func startFake(t *testing.T, tokenUser string, tweak func(*config.Config, *Optio
 	e := &fakeEnv{f: f, lim: &limiter.Limiter{}, logs: &logBuffer{}}
 	e.cfg = testConfig(t, f.IMAPAddr, ca, "")
 	opts := Options{
-		Config:       func() *config.Config { return e.cfg },
-		Tokens:       tokens.StaticSource{"acct": f.IssueAccessToken(tokenUser)},
-		Limiter:      e.lim,
-		Logger:       slog.New(slog.NewJSONHandler(e.logs, nil)),
-		FailureDelay: -1,
+		Config:   func() *config.Config { return e.cfg },
+		Tokens:   tokens.StaticSource{"acct": f.IssueAccessToken(tokenUser)},
+		Limiter:  e.lim,
+		Logger:   slog.New(slog.NewJSONHandler(e.logs, nil)),
+		Failures: frontdoor.Policy{FailureDelay: -1},
 	}
 	if tweak != nil {
 		tweak(e.cfg, &opts)
@@ -234,7 +235,7 @@ func TestEndToEndMaxConnections(t *testing.T) {
 // Guessing from many connections at once: every guess is refused with the
 // same answer, each is audited once, and the real helpdesk keeps working.
 func TestEndToEndBadPasswordsUnderLoad(t *testing.T) {
-	e := startFake(t, "alice@contoso.com", func(_ *config.Config, o *Options) { o.FailureDelay = 20 * time.Millisecond })
+	e := startFake(t, "alice@contoso.com", func(_ *config.Config, o *Options) { o.Failures.FailureDelay = 20 * time.Millisecond })
 	good := e.client(t)
 	if err := good.Login("otrs", "secret").Wait(); err != nil {
 		t.Fatalf("Login() = %v", err)

@@ -73,7 +73,7 @@ const (
 	DefaultThrottledHold = 5 * time.Second
 	// DefaultMaxPending different passwords per throttled user are held at
 	// once; further ones are refused as throttled without being looked at.
-	DefaultMaxPending = 16
+	DefaultMaxPending = 32
 	// DefaultMaxQueueWait bounds the wait for the user's next check slot
 	// after the hold; an attempt that would wait longer is refused as
 	// throttled.

@@ -296,14 +296,15 @@ type env struct {
 
 type envOptions struct {
 	tokens   tokens.Source
-	loopback *bool // nil: localauth.IsLoopback
+	loopback *bool             // nil: localauth.IsLoopback
+	auth     localauth.Options // zero: localauth's defaults
 }
 
 func newEnv(t testing.TB, tc testConfig, eo envOptions) *env {
 	t.Helper()
 	cfg := parseConfig(t, tc)
 	e := &env{t: t, cfg: cfg, lim: &limiter.Limiter{}, logs: &logRecorder{}}
-	e.auth = localauth.New(cfg, localauth.Options{})
+	e.auth = localauth.New(cfg, eo.auth)
 	src := eo.tokens
 	if src == nil {
 		src = tokens.StaticSource{"acct": goodToken}

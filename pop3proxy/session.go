@@ -427,16 +427,3 @@ func (c *session) authenticate(ctx context.Context, arg string) bool {
 }
 
 var errBadBase64 = errors.New("pop3proxy: invalid base64")
-
-// sleep waits d or until ctx is done.
-func sleep(ctx context.Context, d time.Duration) {
-	if d <= 0 {
-		return
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
-}

@@ -407,7 +407,7 @@ func TestCallback(t *testing.T) {
 func TestAuthRequired(t *testing.T) {
 	e := newEnv(t, true)
 	for i, p := range []string{"/", "/api/accounts", "/api/accounts/helpdesk", "/api/accounts/helpdesk/device-login"} {
-		ip := fromIP(fmt.Sprintf("192.0.2.%d", 10+i)) // stay under the failure threshold per address
+		ip := fromIP(fmt.Sprintf("192.0.2.%d", 10+i)) // "root" does not exist: its check budget is per address
 		resp := e.do("GET", p, nil, ip)
 		wantStatus(t, resp, http.StatusUnauthorized)
 		if !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Basic ") {

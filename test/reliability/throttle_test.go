@@ -202,3 +202,55 @@ func TestSMTPFailurePolicy(t *testing.T) {
 		t.Error("no log line for the disconnect")
 	}
 }
+
+// TestColdBurstIMAP: right after a start (nothing cached), 100 concurrent
+// IMAP logins with the right password for one user, then 100 spread over
+// 10 users (one mailbox each, so the per-mailbox connection limit of 10 is
+// not the bottleneck), all from 127.0.0.1. None may be refused as invalid
+// or as not checked; over 10 users all succeed, and identical credentials
+// share one bcrypt (the daemon's check count is not visible here, so that
+// part is in internal/localauth's TestColdBurst).
+func TestColdBurstIMAP(t *testing.T) {
+	var accts []account
+	var users []user
+	for i := range 10 {
+		mb := fmt.Sprintf("u%d@contoso.com", i)
+		accts = append(accts, account{fmt.Sprintf("acct%d", i), mb, mb})
+		users = append(users, user{fmt.Sprintf("u%d", i), fmt.Sprintf("Cold-Burst-Passw0rd-%d", i), fmt.Sprintf("acct%d", i)})
+	}
+	e := newEnv(t, 0, accts, users)
+	d := e.start()
+	addr := d.Addr("imap")
+	burst := func(nUsers int) map[string]int {
+		var mu sync.Mutex
+		got := map[string]int{}
+		var wg sync.WaitGroup
+		for i := range 100 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				u := users[i%nUsers]
+				r := loginVia(t, "imap", addr, u.name, u.password)
+				if strings.HasPrefix(r, "a1 OK") {
+					r = "a1 OK"
+				}
+				mu.Lock()
+				got[r]++
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+		return got
+	}
+	// One user first, so both bursts start cold for their users.
+	got := burst(1)
+	t.Logf("100 logins for one user: %v", got)
+	for r, n := range got {
+		if r != "a1 OK" && !strings.Contains(r, "too many connections for this mailbox") {
+			t.Errorf("login for one user answered %q %d times", r, n)
+		}
+	}
+	if got := burst(10); got["a1 OK"] != 100 {
+		t.Errorf("100 logins over 10 users (9 of them cold): %v", got)
+	}
+}

@@ -182,7 +182,7 @@ func TestOtherUsersFailuresDoNotSlowAUser(t *testing.T) {
 			bcrypts := func() int64 { return a.BcryptCount() }
 			start := clk.Now()
 			b0 := bcrypts()
-			for i := range 600 { // ten simulated minutes
+			for i := range 240 { // four simulated minutes
 				if i%20 == 0 {
 					// Cold every 30 s (CacheTTL), then cached: answered at
 					// once, without the clock moving.
@@ -246,7 +246,7 @@ func TestUserUnderAttackFromOwnAddress(t *testing.T) {
 			b0 := a.BcryptCount()
 			var worst time.Duration
 			refused := 0
-			for i := range 40 {
+			for i := range 16 {
 				// The helpdesk logs in every 15 s.
 				for range 15 {
 					clk.Step(t, want)
@@ -287,7 +287,7 @@ func TestUserUnderAttackFromOwnAddress(t *testing.T) {
 			window := clk.Now().Sub(start)
 			runs := a.BcryptCount() - b0
 			answers := stop()
-			t.Logf("%d attackers, TTL %s, %s: %v; %d bcrypt runs; slowest right login %s; %d of 40 cold logins refused as throttled",
+			t.Logf("%d attackers, TTL %s, %s: %v; %d bcrypt runs; slowest right login %s; %d of 16 logins refused as throttled",
 				k, tc.ttl, window, answers, runs, worst, refused)
 			// Bound 1: bcrypt for the user <= Burst + window/CheckInterval.
 			if bound := int64(DefaultBurst) + int64(window/DefaultCheckInterval); runs > bound {
@@ -544,19 +544,18 @@ func TestTablesBounded(t *testing.T) {
 	if n > MaxTrackedKeys+1 {
 		t.Errorf("bucket table grew to %d, cap %d", n, MaxTrackedKeys)
 	}
-	// Idle buckets are collected when the table grows.
-	a2, clk := newAuth(t, map[string]string{"otrs": "right"}, Options{})
+	// Idle (full) buckets are collected when the table grows.
+	a2, _ := newAuth(t, map[string]string{"otrs": "right"}, Options{})
+	a2.mu.Lock()
 	for i := range 1500 {
-		a2.Check(ctx, "ghost", "x", fmt.Sprintf("10.0.%d.%d", i/256, i%256))
+		a2.buckets[fmt.Sprintf("r\x00idle-%d", i)] = &bucket{lim: rate.NewLimiter(rate.Every(time.Second), DefaultBurst)}
 	}
-	clk.Advance(time.Hour)
-	for i := range 600 {
-		a2.Check(ctx, "ghost", "x", fmt.Sprintf("10.1.%d.%d", i/256, i%256))
-	}
+	a2.mu.Unlock()
+	a2.Check(ctx, "ghost", "x", "10.9.9.9")
 	a2.mu.Lock()
 	n = len(a2.buckets)
 	a2.mu.Unlock()
-	if n >= 1500 {
+	if n > 10 {
 		t.Errorf("%d buckets after the addresses went idle", n)
 	}
 }

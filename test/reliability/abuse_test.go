@@ -448,7 +448,7 @@ func TestPasswordGuessingIMAP(t *testing.T) {
 	replies := map[string]int{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	const conns, perConn = 24, 2
+	const conns, perConn = 24, 1
 	for i := range conns {
 		wg.Add(1)
 		go func() {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/internal/metrics"
@@ -34,19 +35,18 @@ func (c *session) login(ctx context.Context, user, pass string) bool {
 		if ctx.Err() != nil {
 			return true
 		}
-		at.Result = localauth.ResultBadCredentials
-		if errors.Is(err, localauth.ErrThrottled) {
-			at.Result = localauth.ResultThrottled
-		}
-		at.Err = err
+		f := frontdoor.Classify(err)
+		at.Result, at.Err = f.Kind.String(), err
 		localauth.Audit(c.audit, at)
-		c.failures++
-		sleep(ctx, c.srv.opts.FailureDelay)
-		if c.failures >= MaxAuthFailures {
-			c.closeWith(replyInvalidCreds)
+		hangUp, werr := c.fails.Failed(ctx)
+		if werr != nil {
 			return true
 		}
-		return c.reply(replyInvalidCreds) != nil
+		if hangUp {
+			c.closeWith(failureReply(f.Kind))
+			return true
+		}
+		return c.reply(failureReply(f.Kind)) != nil
 	}
 
 	acct := u.Account
@@ -91,6 +91,18 @@ func (c *session) login(ctx context.Context, user, pass string) bool {
 	metrics.BytesRelayed.WithLabelValues("pop3", "down").Add(float64(st.Down))
 	log.Info("session closed", "bytes_in", st.Up, "bytes_out", st.Down, "duration", time.Since(c.start).Round(time.Millisecond).String())
 	return true
+}
+
+// failureReply is the one mapping from a failed local login to POP3's
+// wire text: only a checked wrong password is [AUTH].
+func failureReply(k frontdoor.Kind) string {
+	switch k {
+	case frontdoor.BadCredentials:
+		return replyInvalidCreds
+	case frontdoor.Throttled:
+		return replyThrottled
+	}
+	return replyBusy
 }
 
 // failure maps a token or upstream error to the client's reply and fills

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/internal/logging"
 )
@@ -26,6 +27,8 @@ const (
 	replyGreeting     = "+OK oauthbridge POP3 ready"
 	replyBye          = "+OK oauthbridge POP3 signing off"
 	replyInvalidCreds = "-ERR [AUTH] Invalid credentials"
+	replyThrottled    = "-ERR [SYS/TEMP] too many login attempts for this user right now; password not checked, try again shortly"
+	replyBusy         = "-ERR [SYS/TEMP] bridge busy checking passwords; password not checked, try again shortly"
 	replyAutologout   = "-ERR [SYS/TEMP] autologout"
 	replyShutdown     = "-ERR [SYS/TEMP] bridge shutting down, try again later"
 	replyLineTooLong  = "-ERR line too long"
@@ -68,7 +71,7 @@ type session struct {
 
 	user     string // from USER, until PASS
 	bad      int
-	failures int
+	fails    *frontdoor.Conn // per-connection failure policy
 	commands int
 
 	mu      sync.Mutex // guards preauth and read deadlines against kick
@@ -93,6 +96,7 @@ func newSession(s *Server, cfg *config.Config, conn net.Conn) *session {
 		br:      bufio.NewReader(conn),
 		remote:  localauth.RemoteIP(conn.RemoteAddr()),
 		preauth: true,
+		fails:   s.opts.Failures.Conn(),
 	}
 }
 
@@ -423,16 +427,3 @@ func (c *session) authenticate(ctx context.Context, arg string) bool {
 }
 
 var errBadBase64 = errors.New("pop3proxy: invalid base64")
-
-// sleep waits d or until ctx is done.
-func sleep(ctx context.Context, d time.Duration) {
-	if d <= 0 {
-		return
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
-}

@@ -28,6 +28,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/tokens"
@@ -415,6 +416,8 @@ type bridgeOpts struct {
 	noTLS        bool   // no tls block (no STARTTLS)
 	remote       net.Addr
 	tokens       tokens.Source
+	auth         localauth.Options // zero: localauth's defaults
+	failures     *frontdoor.Policy // nil: 10 ms failure delay, default limit
 }
 
 type bridge struct {
@@ -514,12 +517,17 @@ func startBridge(t testing.TB, upstreamAddr string, o bridgeOpts) *bridge {
 	if testing.Verbose() {
 		logw = io.MultiWriter(b.logs, os.Stderr)
 	}
+	failures := frontdoor.Policy{FailureDelay: 10 * time.Millisecond}
+	if o.failures != nil {
+		failures = *o.failures
+	}
 	b.srv = New(Options{
-		Config:  func() *config.Config { return cfg },
-		Auth:    localauth.New(cfg, localauth.Options{}),
-		Tokens:  src,
-		Limiter: &limiter.Limiter{},
-		Logger:  slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Config:   func() *config.Config { return cfg },
+		Auth:     localauth.New(cfg, o.auth),
+		Tokens:   src,
+		Limiter:  &limiter.Limiter{},
+		Logger:   slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Failures: failures,
 	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

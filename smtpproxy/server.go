@@ -9,11 +9,13 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
 	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/internal/logging"
@@ -50,6 +52,11 @@ type Options struct {
 	Tokens  tokens.Source    // AccessToken(ctx, account) / Rejected(account, tok)
 	Limiter *limiter.Limiter // key "smtp:"+account; nil = a private limiter
 	Logger  *slog.Logger     // nil = discard
+
+	// Failures is the per-connection failure policy shared with IMAP and
+	// POP3 (delay before each failed AUTH's reply, disconnect after a few);
+	// zero values take frontdoor's defaults.
+	Failures frontdoor.Policy
 }
 
 // Server is the SMTP submission proxy. One Server may serve several
@@ -76,6 +83,7 @@ func New(opts Options) *Server {
 	if opts.Limiter == nil {
 		opts.Limiter = &limiter.Limiter{}
 	}
+	opts.Failures = opts.Failures.Resolved()
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
 		opts:   opts,
@@ -281,6 +289,7 @@ func (s *Server) track(c net.Conn) *trackedConn {
 		id:    id,
 		start: time.Now(),
 		log:   s.log.With("conn", id, "remote", c.RemoteAddr().String()),
+		fails: s.opts.Failures.Conn(),
 	}
 	s.conns[tc] = struct{}{}
 	metrics.SessionsActive.WithLabelValues("smtp").Inc()
@@ -336,9 +345,26 @@ type trackedConn struct {
 
 	closeOnce sync.Once
 
+	// fails is the connection's failed-AUTH state; it outlives go-smtp's
+	// sessions (a new one after STARTTLS). hangUp closes the connection
+	// right after the next reply is written (the limit was reached).
+	fails  *frontdoor.Conn
+	hangUp atomic.Bool
+
 	mu     sync.Mutex
 	inData bool     // a message body is being received: Shutdown waits for it
 	sess   *session // current session, for aborting its upstream
+}
+
+// Write writes to the client and, once the failure limit was reached,
+// closes the connection after the reply that reports it.
+func (c *trackedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if c.hangUp.Load() {
+		c.log.Info("closing connection: too many failed AUTH attempts")
+		c.Close()
+	}
+	return n, err
 }
 
 func (c *trackedConn) Close() error {

@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/internal/metrics"
 )
@@ -38,6 +39,7 @@ type session struct {
 
 	user    string
 	account *config.Account
+	fails   *frontdoor.Conn // failed AUTHs when there is no trackedConn (tests)
 
 	// Transaction state.
 	from  string
@@ -76,6 +78,7 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 		cancel: cancel,
 		start:  time.Now(),
 		cfg:    s.opts.Config(),
+		fails:  s.opts.Failures.Conn(),
 	}
 	if tc != nil {
 		tc.setSession(sess)
@@ -131,7 +134,7 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 			if identity != "" && identity != user {
 				s.audit(localauth.Attempt{User: user, Result: localauth.ResultBadCredentials,
 					Err: errors.New("smtpproxy: PLAIN authorization identity differs from the user name")})
-				return errBadCreds
+				return s.authFailed(frontdoor.BadCredentials)
 			}
 			return s.login(user, pass)
 		})}, nil
@@ -171,22 +174,49 @@ func (s *session) audit(a localauth.Attempt) {
 	localauth.Audit(log, a)
 }
 
+// failureReply is the one mapping from a failed local login to SMTP's
+// reply: only a checked wrong password is 535 5.7.8.
+func failureReply(k frontdoor.Kind) *smtp.SMTPError {
+	switch k {
+	case frontdoor.BadCredentials:
+		return errBadCreds
+	case frontdoor.Throttled:
+		return errThrottled
+	}
+	return errBusy
+}
+
+// authFailed applies the shared per-connection failure policy to a failed
+// AUTH (the delay before the reply; after the limit the connection is
+// closed once the reply is written) and returns the reply.
+func (s *session) authFailed(k frontdoor.Kind) error {
+	fails := s.fails
+	if s.tc != nil {
+		fails = s.tc.fails
+	}
+	hangUp, err := fails.Failed(s.ctx)
+	if err != nil {
+		return errLocalTemp
+	}
+	if hangUp && s.tc != nil {
+		s.tc.hangUp.Store(true)
+	}
+	return failureReply(k)
+}
+
 // login checks local credentials. Every outcome writes one audit line.
 func (s *session) login(user, pass string) error {
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
 	u, err := s.srv.opts.Auth.Check(s.ctx, user, pass, localauth.RemoteIP(s.remote))
-	switch {
-	case err == nil:
-	case errors.Is(err, localauth.ErrInvalid):
-		s.audit(localauth.Attempt{User: user, Result: localauth.ResultBadCredentials, Err: err})
-		return errBadCreds
-	case errors.Is(err, localauth.ErrThrottled):
-		s.audit(localauth.Attempt{User: user, Result: localauth.ResultThrottled, Err: err})
-		return errBadCreds
-	default:
-		s.audit(localauth.Attempt{User: user, Result: localauth.ResultError, Err: err})
-		return errLocalTemp
+	if err != nil {
+		if s.ctx.Err() != nil { // shutdown gave up on this connection
+			s.audit(localauth.Attempt{User: user, Result: localauth.ResultError, Err: err})
+			return errLocalTemp
+		}
+		f := frontdoor.Classify(err)
+		s.audit(localauth.Attempt{User: user, Result: f.Kind.String(), Err: err})
+		return s.authFailed(f.Kind)
 	}
 	// Resolve the account in the newest configuration, so a reload that
 	// moved the user to another account takes effect at the next login.

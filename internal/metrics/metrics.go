@@ -20,7 +20,7 @@ var (
 		Name: "oauthbridge_sessions_total", Help: "Local client sessions accepted, per protocol.",
 	}, []string{"proto"})
 	Logins = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "oauthbridge_logins_total", Help: "Login attempts by protocol and result (ok, bad_credentials, throttled, needs_login, temporary, upstream_rejected, unavailable, error).",
+		Name: "oauthbridge_logins_total", Help: "Login attempts by protocol and result (ok, bad_credentials, throttled, busy, needs_login, temporary, upstream_rejected, unavailable, error).",
 	}, []string{"proto", "result"})
 	UpstreamErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "oauthbridge_upstream_errors_total", Help: "Upstream failures by protocol and class (dial, tls, auth, protocol, limit, timeout).",

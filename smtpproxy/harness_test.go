@@ -415,6 +415,7 @@ type bridgeOpts struct {
 	noTLS        bool   // no tls block (no STARTTLS)
 	remote       net.Addr
 	tokens       tokens.Source
+	noBDAT       bool // send DATA upstream even where CHUNKING is offered
 }
 
 type bridge struct {
@@ -521,6 +522,7 @@ func startBridge(t testing.TB, upstreamAddr string, o bridgeOpts) *bridge {
 		Limiter: &limiter.Limiter{},
 		Logger:  slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
+	b.srv.noBDAT = o.noBDAT
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("net.Listen() = %v", err)

@@ -66,6 +66,8 @@ type Server struct {
 	servers []*smtp.Server
 	conns   map[*trackedConn]struct{}
 	wg      sync.WaitGroup // Serve calls
+
+	noBDAT bool // tests: send DATA upstream even where CHUNKING is offered
 }
 
 // New returns a Server; call Serve for each listener.

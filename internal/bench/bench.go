@@ -25,14 +25,14 @@ const (
 
 // Options sizes the workloads. Full and Quick are the two presets.
 type Options struct {
-	Rounds        int   // alternating direct/bridge rounds (FETCH, SMTP)
-	FetchMessages int   // messages in the FETCH mailbox
-	FetchSize     int   // bytes per message
-	Logins        int   // login samples per path
-	IdleSessions  int   // concurrent IDLE sessions through the bridge process
-	SMTPMessages  int   // messages per SMTP round
-	SMTPConns     int   // concurrent SMTP connections (one mailbox each)
-	SMTPSize      int   // bytes per SMTP message
+	Rounds        int // alternating direct/bridge rounds (FETCH, SMTP)
+	FetchMessages int // messages in the FETCH mailbox
+	FetchSize     int // bytes per message
+	Logins        int // login samples per path
+	IdleSessions  int // concurrent IDLE sessions through the bridge process
+	SMTPMessages  int // messages per SMTP round
+	SMTPConns     int // concurrent SMTP connections (one mailbox each)
+	SMTPSize      int // bytes per SMTP message
 	// BigMessages are the sizes of the single large SMTP messages, each
 	// sent BigRounds times directly and through the bridge process.
 	BigMessages []int64

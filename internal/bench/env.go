@@ -56,16 +56,16 @@ func mailboxName(i int) string { return fmt.Sprintf("mb%02d@%s", i, benchTenant)
 
 // env is the fake upstream plus the in-process bridge.
 type env struct {
-	f        *fakems.Fake
-	dir      string
-	caFile   string
+	f      *fakems.Fake
+	dir    string
+	caFile string
 	// The bridge's own certificate (tls block), so bridged clients speak
 	// TLS to the bridge as direct clients do to the fake.
 	certFile, keyFile string
 	bridgeCAs         *x509.CertPool
-	accounts []account
-	d        *daemon.Daemon
-	progress io.Writer
+	accounts          []account
+	d                 *daemon.Daemon
+	progress          io.Writer
 
 	tokenMu sync.Mutex
 	direct  map[string]string // mailbox -> access token issued for direct logins

@@ -318,3 +318,36 @@ func TestCRLFReaderMatchesReference(t *testing.T) {
 		}
 	}
 }
+
+// TestPipelinedAfterBody: commands the client pipelines behind the end of
+// a body arrive in the same read as the body's end (the connection's
+// read-ahead holds them) and must still be executed in order.
+func TestPipelinedAfterBody(t *testing.T) {
+	f, ca := startFake(t)
+	br := startBridge(t, f.SMTPAddr, bridgeOpts{caFile: ca,
+		tokens: tokens.StaticSource{"helpdesk": f.IssueAccessToken("helpdesk@contoso.com")}})
+	rc := dialRaw(t, br.addr)
+	body := strings.Repeat("0123456789abcdefghijklmnopqrstuvwxyz\r\n", 5000) // > ClientReadAhead
+	var b strings.Builder
+	for i := range 3 {
+		fmt.Fprintf(&b, "MAIL FROM:<helpdesk@contoso.com>\r\nRCPT TO:<bob@contoso.com>\r\nDATA\r\nSubject: %d\r\n\r\n%s.\r\n", i, body)
+	}
+	b.WriteString("QUIT\r\n")
+	go func() { _, _ = io.WriteString(rc.conn, b.String()) }()
+	for range 3 {
+		rc.expect("250")
+		rc.expect("250")
+		rc.expect("354")
+		rc.expect("250")
+	}
+	rc.expect("221")
+	msgs := f.Messages("bob@contoso.com")
+	if len(msgs) != 3 {
+		t.Fatalf("bob has %d messages, want 3", len(msgs))
+	}
+	for i, m := range msgs {
+		if want := fmt.Sprintf("Subject: %d\r\n\r\n%s", i, body); string(m) != want {
+			t.Errorf("message %d differs (%d bytes, want %d)", i, len(m), len(want))
+		}
+	}
+}

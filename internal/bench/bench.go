@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"runtime"
@@ -13,6 +12,10 @@ import (
 
 	"github.com/oauthbridge/oauthbridge/internal/fakems"
 )
+
+// fdSlack is the descriptors a process needs besides the IDLE sessions'
+// sockets (listeners, the other workloads' idle connections, files).
+const fdSlack = 200
 
 // Which bench account each workload uses (SMTP uses the first SMTPConns).
 const (
@@ -94,10 +97,10 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	rep := &Report{CPUs: runtime.NumCPU()}
 	if o.BridgeBinary != "" {
-		// The bench holds both ends of the client connections' upstream
-		// side (its clients and the fake); the bridge process, which
-		// inherits the limit, holds client and upstream sockets.
-		if err := raiseNoFile(uint64(2*o.IdleSessions + 4096)); err != nil {
+		// Each IDLE session costs two descriptors in the bridge process
+		// (client and upstream socket) and two in this one (the client
+		// and the fake's end); the bridge process inherits the limit.
+		if err := raiseNoFile(uint64(2*o.IdleSessions + fdSlack)); err != nil {
 			rep.Warnings = append(rep.Warnings, err.Error())
 		}
 	}
@@ -202,7 +205,8 @@ func raiseNoFile(n uint64) error {
 		return fmt.Errorf("bench: setrlimit: %w", err)
 	}
 	if rl.Cur < n {
-		return errors.New("bench: RLIMIT_NOFILE hard limit " + fmt.Sprint(rl.Max) + " is below the " + fmt.Sprint(n) + " descriptors the IDLE workload needs")
+		return fmt.Errorf("bench: RLIMIT_NOFILE hard limit %d (raising it needs CAP_SYS_RESOURCE) is below the %d descriptors the IDLE workload needs: "+
+			"2 per session in the bridge process and in the bench process, plus %d; at most %d sessions fit (-idle)", rl.Max, n, fdSlack, (int(rl.Max)-fdSlack)/2)
 	}
 	return nil
 }

@@ -193,8 +193,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.nudgeIdle()
 		select {
 		case <-done:
-			s.wg.Wait()
-			return nil
+			if ctx.Err() == nil {
+				s.wg.Wait()
+				return nil
+			}
+			// go-smtp's Shutdown also returns when ctx ends, so done and
+			// ctx.Done() can be ready together: connections may be left.
+			s.abortAll()
+			return ctx.Err()
 		case <-ctx.Done():
 			s.abortAll()
 			select {

@@ -292,7 +292,7 @@ func (r *Report) WriteMarkdown(w io.Writer) {
 
 func (r *Report) writeNotes(w io.Writer, bullet string) {
 	fmt.Fprintf(w, "%s%d CPU cores (runtime.NumCPU), %s, total %v.\n", bullet, r.CPUs, runtime.Version(), r.Elapsed.Round(time.Second))
-	fmt.Fprintf(w, "%sClient-perceived: the direct client speaks TLS + XOAUTH2 to the fake upstream; the bridged client speaks TLS + password to the bridge on loopback (IDLE sessions: plaintext, as local legacy clients do), and the bridge speaks TLS + XOAUTH2 upstream. Direct and bridge rounds alternate in one run. CPU per MB is the bridge process's user+system time (/proc/PID/stat) divided by the bytes it relayed.\n", bullet)
+	fmt.Fprintf(w, "%sClient-perceived: the direct client speaks TLS + XOAUTH2 to the fake upstream; the bridged client speaks TLS + password to the bridge on loopback (IDLE sessions: plaintext, as local legacy clients do), and the bridge speaks TLS + XOAUTH2 upstream. Direct and bridge rounds alternate in one run; rates are from each path's median round. CPU per MB is the bridge process's user+system time (/proc/PID/stat) divided by the bytes it relayed.\n", bullet)
 	for _, row := range r.Rows {
 		if row.Note != "" {
 			fmt.Fprintf(w, "%s%s: %s\n", bullet, row.Workload, row.Note)

@@ -109,7 +109,7 @@ func (e *env) runSMTP(o Options) ([]Row, error) {
 		}
 		return d, nil
 	}
-	var dt, bt time.Duration
+	var dt, bt []time.Duration
 	for i := range o.Rounds {
 		order := []bool{true, false}
 		if i%2 == 1 {
@@ -121,14 +121,15 @@ func (e *env) runSMTP(o Options) ([]Row, error) {
 				return nil, err
 			}
 			if direct {
-				dt += d
+				dt = append(dt, d)
 			} else {
-				bt += d
+				bt = append(bt, d)
 			}
 		}
 	}
-	total := float64(o.SMTPMessages * o.Rounds)
-	dr, br := total/dt.Seconds(), total/bt.Seconds()
+	// The median round of each path.
+	total := float64(o.SMTPMessages)
+	dr, br := total/percentile(dt, 50).Seconds(), total/percentile(bt, 50).Seconds()
 	e.logf("smtp: direct %.0f msg/s, bridge %.0f msg/s", dr, br)
 	name := fmt.Sprintf("SMTP %d x %s over %d conns", o.SMTPMessages, sizeName(int64(o.SMTPSize)), o.SMTPConns)
 	row := ratioRow(name, "messages/s", dr, br, 0.90, "%.0f")
@@ -168,7 +169,7 @@ func (g *bodyGen) Read(p []byte) (int, error) {
 // bigResult is what runBig measured for one message size.
 type bigResult struct {
 	size           int64
-	direct, bridge time.Duration // summed over the rounds
+	direct, bridge []time.Duration // per round
 	rounds         int
 	peakGrowth     float64       // MiB, the worst round
 	cpu            time.Duration // bridge process CPU over the bridge rounds
@@ -242,7 +243,7 @@ func (e *env) runBig(ctx context.Context, o Options, p *bridgeProc) ([]Row, *big
 		if err != nil {
 			return err
 		}
-		r.bridge += d
+		r.bridge = append(r.bridge, d)
 		r.cpu += cpu1 - cpu0
 		r.peakGrowth = max(r.peakGrowth, float64(peak.Load()-before)/(1<<20))
 		return nil
@@ -265,14 +266,14 @@ func (e *env) runBig(ctx context.Context, o Options, p *bridgeProc) ([]Row, *big
 					if err != nil {
 						return rows, nil, err
 					}
-					r.direct += d
+					r.direct = append(r.direct, d)
 				} else if err := viaBridge(size, r); err != nil {
 					return rows, nil, err
 				}
 			}
 		}
-		mb := float64(size) * float64(r.rounds) / 1e6
-		dr, br := mb/r.direct.Seconds(), mb/r.bridge.Seconds()
+		mb := float64(size) / 1e6
+		dr, br := mb/percentile(r.direct, 50).Seconds(), mb/percentile(r.bridge, 50).Seconds()
 		e.logf("big %s: direct %.0f MB/s, bridge %.0f MB/s, bridge peak RSS growth %.1f MiB, bridge CPU %v", sizeName(size), dr, br, r.peakGrowth, r.cpu)
 		name := fmt.Sprintf("SMTP one %s message x %d (bridge process)", sizeName(size), r.rounds)
 		ok := r.peakGrowth <= 16

@@ -2,7 +2,7 @@
 GO      ?= go
 GOFILES := $(shell git ls-files '*.go' 2>/dev/null)
 
-.PHONY: check fmt vet test fuzz peers browser systemd bench bench-quick gobench demo build release deb install uninstall install-test
+.PHONY: check fmt vet test fuzz peers browser systemd bench bench-strict bench-quick gobench demo build release deb install uninstall install-test
 
 ## check: everything CI runs: formatting, vet, fuzz smoke, systemd unit, the .deb installed and run as the unit would, real peers, browser, then every go test with -race
 check: fmt vet fuzz systemd install-test peers browser test
@@ -104,7 +104,11 @@ browser:
 bench:
 	$(GO) run ./cmd/oauthbridge-bench
 
-## bench-quick: the same, CI-sized (well under a minute)
+## bench-strict: the full run, exiting 1 when a target is missed (for a quiet machine, not CI)
+bench-strict:
+	$(GO) run ./cmd/oauthbridge-bench -strict
+
+## bench-quick: a CI-sized run (well under a minute); a missed target does not fail it
 bench-quick:
 	$(GO) run ./cmd/oauthbridge-bench -quick -markdown=false
 

@@ -86,7 +86,12 @@ func (c *session) login(ctx context.Context, user, pass string) bool {
 		up.conn.Close()
 		return true
 	}
-	st := splice.Run(ctx, c.conn, c.br, up.conn, up.br, c.lim.IdleTimeout)
+	// Hand the readers to the splice and drop every other reference to the
+	// pre-auth buffers, as imapproxy does: once the splice has forwarded
+	// what they hold, an idle session keeps none of them.
+	cbr, ubr := c.br, up.br
+	c.br, up.br = nil, nil
+	st := splice.Run(ctx, c.conn, cbr, up.conn, ubr, c.lim.IdleTimeout)
 	metrics.BytesRelayed.WithLabelValues("pop3", "up").Add(float64(st.Up))
 	metrics.BytesRelayed.WithLabelValues("pop3", "down").Add(float64(st.Down))
 	log.Info("session closed", "bytes_in", st.Up, "bytes_out", st.Down, "duration", time.Since(c.start).Round(time.Millisecond).String())

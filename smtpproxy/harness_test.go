@@ -418,6 +418,7 @@ type bridgeOpts struct {
 	tokens       tokens.Source
 	auth         localauth.Options // zero: localauth's defaults
 	failures     *frontdoor.Policy // nil: 10 ms failure delay, default limit
+	noBDAT       bool // send DATA upstream even where CHUNKING is offered
 }
 
 type bridge struct {
@@ -529,6 +530,7 @@ func startBridge(t testing.TB, upstreamAddr string, o bridgeOpts) *bridge {
 		Logger:   slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Failures: failures,
 	})
+	b.srv.noBDAT = o.noBDAT
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("net.Listen() = %v", err)

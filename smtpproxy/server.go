@@ -73,6 +73,8 @@ type Server struct {
 	servers []*smtp.Server
 	conns   map[*trackedConn]struct{}
 	wg      sync.WaitGroup // Serve calls
+
+	noBDAT bool // tests: send DATA upstream even where CHUNKING is offered
 }
 
 // New returns a Server; call Serve for each listener.
@@ -354,6 +356,50 @@ type trackedConn struct {
 	mu     sync.Mutex
 	inData bool     // a message body is being received: Shutdown waits for it
 	sess   *session // current session, for aborting its upstream
+
+	// Read-ahead while a body is received; only the connection's reading
+	// goroutine touches these.
+	ra     *[]byte
+	raRest []byte // read ahead, not yet returned
+}
+
+// ClientReadAhead is the read-ahead buffer a client connection gets while
+// it sends a message body. go-smtp reads its connection 4 KiB at a time,
+// a system call each; with the read-ahead it is one call per up to 64 KiB.
+// The buffer goes back to a pool as soon as it is drained after the body,
+// so idle connections hold none.
+const ClientReadAhead = 64 << 10
+
+var readAheadPool = sync.Pool{New: func() any { b := make([]byte, ClientReadAhead); return &b }}
+
+func (c *trackedConn) Read(p []byte) (int, error) {
+	if len(c.raRest) > 0 {
+		n := copy(p, c.raRest)
+		c.raRest = c.raRest[n:]
+		return n, nil
+	}
+	c.mu.Lock()
+	inData := c.inData
+	c.mu.Unlock()
+	if !inData || len(p) >= ClientReadAhead {
+		if c.ra != nil {
+			readAheadPool.Put(c.ra)
+			c.ra, c.raRest = nil, nil
+		}
+		return c.Conn.Read(p)
+	}
+	if c.ra == nil {
+		c.ra = readAheadPool.Get().(*[]byte)
+	}
+	n, err := c.Conn.Read(*c.ra)
+	m := copy(p, (*c.ra)[:n])
+	c.raRest = (*c.ra)[m:n]
+	if len(c.raRest) > 0 {
+		// The bytes come first; a failed connection fails again on the
+		// next read.
+		return m, nil
+	}
+	return m, err
 }
 
 // Write writes to the client and, once the failure limit was reached,

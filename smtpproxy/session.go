@@ -363,77 +363,74 @@ func (s *session) Data(r io.Reader) error {
 		defer s.tc.setInData(false, 0)
 	}
 	start := time.Now()
-	w, err := up.c.Data()
-	if err != nil {
-		if se, ok := asSMTP(err); ok {
-			// The transaction stays open upstream; Reset sends RSET.
-			s.log.Info("upstream refused DATA", "error", codeString(se))
-			countRefusal(se)
-			return se
-		}
-		metrics.UpstreamErrors.WithLabelValues("smtp", errorClass(err)).Inc()
-		metrics.SMTPMessages.WithLabelValues("failed").Inc()
-		s.log.Warn("upstream connection lost at DATA", "upstream", up.addr, "error", err.Error())
-		s.dropUpstream(up)
-		s.inTx = false
-		return errUpstreamLost
-	}
-
 	norm := newCRLFReader(r)
+	defer norm.release()
 	src := &bodyReader{r: norm, limit: lim.MaxMessageBytes}
-	dst := &deadlineWriter{w: w, conn: up.conn, timeout: lim.UpstreamTimeout}
-	n, err := io.Copy(dst, src)
+	reply, err := up.sendMessage(src, lim.UpstreamTimeout)
+	n := src.n
 	s.bytesIn += n
 	metrics.BytesRelayed.WithLabelValues("smtp", "up").Add(float64(n))
 	if err != nil {
-		// Never close w: that writes the final "." and the upstream would
-		// deliver a truncated message. Dropping the connection aborts the
-		// transaction.
-		s.dropUpstream(up)
-		s.inTx = false
-		metrics.SMTPMessages.WithLabelValues("failed").Inc()
-		switch {
-		case errors.Is(src.err, smtp.ErrDataTooLarge):
-			s.log.Warn("message too large, not delivered", "from", s.from, "bytes_in", n, "limit", lim.MaxMessageBytes)
-			return smtp.ErrDataTooLarge
-		case src.err != nil:
-			s.log.Warn("client stopped sending the message, not delivered", "from", s.from, "bytes_in", n, "error", src.err.Error())
-			return errClientGone
-		default:
-			metrics.UpstreamErrors.WithLabelValues("smtp", errorClass(err)).Inc()
-			s.log.Warn("upstream connection lost during DATA, message not delivered", "upstream", up.addr, "from", s.from, "bytes_in", n, "error", err.Error())
-			return errUpstreamLost
-		}
+		return s.relayFailed(up, src, err)
 	}
+	s.inTx = false
 	if norm.fixed > 0 {
 		s.log.Info("bare CR or LF in the message normalised to CRLF", "from", s.from, "count", norm.fixed)
 	}
-	dst.arm()
-	resp, err := w.CloseWithResponse()
-	s.inTx = false
-	if err != nil {
-		if se, ok := asSMTP(err); ok {
-			s.log.Info("upstream refused the message", "from", s.from, "rcpts", len(s.rcpts), "bytes_in", n, "error", codeString(se))
-			countRefusal(se)
-			return se
-		}
-		// The final "." went out but no reply came back: the message may
-		// have been delivered. A 4xx makes the client retry, which at worst
-		// duplicates it; losing it is worse.
-		metrics.UpstreamErrors.WithLabelValues("smtp", errorClass(err)).Inc()
-		metrics.SMTPMessages.WithLabelValues("failed").Inc()
-		s.log.Warn("no upstream reply after the end of DATA; the client will retry (possible duplicate)", "upstream", up.addr, "from", s.from, "bytes_in", n, "error", err.Error())
-		s.dropUpstream(up)
-		return errUpstreamLost
-	}
 	s.messages++
 	metrics.SMTPMessages.WithLabelValues("relayed").Inc()
-	ok := replyError(250, resp.StatusText)
+	ok := replyError(250, reply)
 	s.log.Info("message relayed", "from", s.from, "rcpts", len(s.rcpts), "bytes_in", n,
 		"duration", time.Since(start).Round(time.Millisecond).String(), "upstream_reply", codeString(ok))
 	// Returning a 250 "error" makes go-smtp relay the upstream's own 250
 	// text (queue id) instead of its generic "OK: queued".
 	return ok
+}
+
+// relayFailed logs why a message was not relayed and returns the client's
+// reply. An upstream refusal keeps the connection (Reset sends RSET);
+// anything else drops it, so an unfinished message is never completed.
+func (s *session) relayFailed(up *upstream, src *bodyReader, err error) error {
+	n := src.n
+	re := &relayError{stage: stageBody, err: err}
+	errors.As(err, &re)
+	if se, ok := asSMTP(re.err); ok {
+		switch re.stage {
+		case stageStart:
+			s.log.Info("upstream refused DATA", "error", codeString(se))
+		case stageBody:
+			s.log.Info("upstream refused the message during the transfer", "from", s.from, "rcpts", len(s.rcpts), "bytes_in", n, "error", codeString(se))
+		default:
+			s.inTx = false
+			s.log.Info("upstream refused the message", "from", s.from, "rcpts", len(s.rcpts), "bytes_in", n, "error", codeString(se))
+		}
+		countRefusal(se)
+		return se // bare: go-smtp type-asserts *smtp.SMTPError
+	}
+	s.dropUpstream(up)
+	s.inTx = false
+	metrics.SMTPMessages.WithLabelValues("failed").Inc()
+	switch {
+	case errors.Is(src.err, smtp.ErrDataTooLarge):
+		s.log.Warn("message too large, not delivered", "from", s.from, "bytes_in", n, "limit", src.limit)
+		return smtp.ErrDataTooLarge
+	case src.err != nil:
+		s.log.Warn("client stopped sending the message, not delivered", "from", s.from, "bytes_in", n, "error", src.err.Error())
+		return errClientGone
+	}
+	metrics.UpstreamErrors.WithLabelValues("smtp", errorClass(re.err)).Inc()
+	switch re.stage {
+	case stageStart:
+		s.log.Warn("upstream connection lost at DATA", "upstream", up.addr, "error", re.err.Error())
+	case stageBody:
+		s.log.Warn("upstream connection lost during DATA, message not delivered", "upstream", up.addr, "from", s.from, "bytes_in", n, "error", re.err.Error())
+	default:
+		// The end of the message went out but no reply came back: the
+		// message may have been delivered. A 4xx makes the client retry,
+		// which at worst duplicates it; losing it is worse.
+		s.log.Warn("no upstream reply after the end of DATA; the client will retry (possible duplicate)", "upstream", up.addr, "from", s.from, "bytes_in", n, "error", re.err.Error())
+	}
+	return errUpstreamLost
 }
 
 // Reset implements smtp.Session. go-smtp calls it after every DATA, on RSET

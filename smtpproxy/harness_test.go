@@ -415,6 +415,9 @@ type bridgeOpts struct {
 	noTLS        bool   // no tls block (no STARTTLS)
 	remote       net.Addr
 	tokens       tokens.Source
+	// The Graph path (graph_test.go).
+	providerExtra string // inside provider "ms" { }
+	graphTokens   tokens.Source
 }
 
 type bridge struct {
@@ -469,6 +472,7 @@ provider "ms" {
   client_id   = "00000000-0000-0000-0000-000000000001"
   smtp_server = %q
   ca_file     = %q
+  %s
 }
 account "helpdesk" {
   provider = "ms"
@@ -488,7 +492,7 @@ user "boss" {
   password_hash = %q
   account       = "ceo"
 }
-`, t.TempDir(), o.smtpExtra, tlsBlock, upstreamAddr, ca, o.accountExtra, testHash(), testHash())
+`, t.TempDir(), o.smtpExtra, tlsBlock, upstreamAddr, ca, o.providerExtra, o.accountExtra, testHash(), testHash())
 	cfg, err := config.Parse("t.hcl", []byte(hcl))
 	if err != nil {
 		var ce *config.Error
@@ -515,11 +519,12 @@ func startBridge(t testing.TB, upstreamAddr string, o bridgeOpts) *bridge {
 		logw = io.MultiWriter(b.logs, os.Stderr)
 	}
 	b.srv = New(Options{
-		Config:  func() *config.Config { return cfg },
-		Auth:    localauth.New(cfg, localauth.Options{}),
-		Tokens:  src,
-		Limiter: &limiter.Limiter{},
-		Logger:  slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Config:      func() *config.Config { return cfg },
+		Auth:        localauth.New(cfg, localauth.Options{}),
+		Tokens:      src,
+		Limiter:     &limiter.Limiter{},
+		GraphTokens: o.graphTokens,
+		Logger:      slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

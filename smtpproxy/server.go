@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -50,6 +51,13 @@ type Options struct {
 	Tokens  tokens.Source    // AccessToken(ctx, account) / Rejected(account, tok)
 	Limiter *limiter.Limiter // key "smtp:"+account; nil = a private limiter
 	Logger  *slog.Logger     // nil = discard
+	// GraphTokens serves Microsoft Graph tokens for accounts with send_via
+	// "graph" or "auto". Nil: Tokens.For(tokens.Graph) when Tokens is a
+	// *tokens.Manager.
+	GraphTokens tokens.Source
+	// GraphHTTP talks to Microsoft Graph and its upload URLs. Nil: a client
+	// per provider trusting the system roots plus the provider's ca_file.
+	GraphHTTP *http.Client
 }
 
 // Server is the SMTP submission proxy. One Server may serve several
@@ -66,6 +74,8 @@ type Server struct {
 	servers []*smtp.Server
 	conns   map[*trackedConn]struct{}
 	wg      sync.WaitGroup // Serve calls
+
+	gb graphBackend // the Graph path (graph.go)
 }
 
 // New returns a Server; call Serve for each listener.

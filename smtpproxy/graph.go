@@ -123,11 +123,14 @@ func (s *Server) useGraph(a *config.Account) (bool, string) {
 		defer s.gb.mu.Unlock()
 		st := s.gb.auto[a.Name]
 		if st != nil && st.onGraph && time.Now().Before(st.recheckAt) {
-			return true, st.reason
+			return true, autoWhy
 		}
 	}
 	return false, ""
 }
+
+// autoWhy is the reason logged with messages of a switched "auto" account.
+const autoWhy = "send_via = auto, SMTP AUTH disabled"
 
 // switchToGraph records that an "auto" account's SMTP AUTH is disabled:
 // logged once per switch, shown in status and metrics.

@@ -244,7 +244,8 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		if werr != nil && s.smtpAuthOff != nil && s.account.SendVia == config.SendViaAuto {
 			// SMTP AUTH is disabled for the tenant or mailbox: this
 			// transaction and the next ones go through Graph.
-			return s.graphMail(s.srv.switchToGraph(s, s.smtpAuthOff))
+			s.srv.switchToGraph(s, s.smtpAuthOff)
+			return s.graphMail(autoWhy)
 		}
 		if werr != nil {
 			metrics.SMTPMessages.WithLabelValues("failed").Inc()

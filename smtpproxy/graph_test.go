@@ -668,6 +668,20 @@ func TestGraphTooLargeToSplit(t *testing.T) {
 	}
 }
 
+func TestGraphSignedOrAlternativeNotSplit(t *testing.T) {
+	br, g, _, _ := graphBridge(t, "graph")
+	c := loginClient(t, br.addr, "otrs")
+	for _, ct := range []string{"multipart/signed; protocol=\"application/pkcs7-signature\"", "multipart/alternative"} {
+		msg, _ := bigMessage(t, "bob@contoso.com", 4_000_000)
+		msg = bytes.Replace(msg, []byte("Content-Type: multipart/mixed"), []byte("Content-Type: "+ct), 1)
+		_, err := send(c, "helpdesk@contoso.com", []string{"bob@contoso.com"}, msg)
+		wantCode(t, "send("+ct+")", err, 552, smtp.EnhancedCode{5, 3, 4})
+	}
+	if len(g.Sent()) != 0 {
+		t.Error("sent")
+	}
+}
+
 func TestGraphLargeFailureDeletesDraft(t *testing.T) {
 	br, g, _, _ := graphBridge(t, "graph")
 	c := loginClient(t, br.addr, "otrs")

@@ -220,6 +220,14 @@ func (s *session) sendLarge(ctx context.Context, c *graph.Client, m *spooled, ta
 	if err != nil || !strings.HasPrefix(mt, "multipart/") || params["boundary"] == "" {
 		return fmt.Errorf("%w (it is not a multipart message)", errCannotSplit)
 	}
+	switch mt {
+	case "multipart/alternative":
+		// Its parts are versions of one text, not attachments.
+		return fmt.Errorf("%w (its text alone is too large)", errCannotSplit)
+	case "multipart/signed", "multipart/encrypted":
+		// Taking parts out would break the signature.
+		return fmt.Errorf("%w (it is signed or encrypted)", errCannotSplit)
+	}
 	parts, preambleEnd, epilogueStart, err := splitMultipart(m, params["boundary"])
 	if err != nil || len(parts) == 0 {
 		return fmt.Errorf("%w (%v)", errCannotSplit, err)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -351,14 +352,14 @@ func (c *Client) Upload(ctx context.Context, us *UploadSession, r io.Reader, siz
 		n := min(chunk, size-off)
 		req, err := http.NewRequestWithContext(ctx, http.MethodPut, us.UploadURL, io.LimitReader(r, n))
 		if err != nil {
-			return &TransportError{Op: "upload", Err: err}
+			return &TransportError{Op: "upload", Err: errors.New("bad upload URL")}
 		}
 		req.ContentLength = n
 		req.Header.Set("Content-Type", "application/octet-stream")
 		req.Header.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", off, off+n-1, size))
 		resp, err := c.httpClient().Do(req)
 		if err != nil {
-			return &TransportError{Op: "upload", Err: err}
+			return &TransportError{Op: "upload", Err: redactURL(err)}
 		}
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 		resp.Body.Close()
@@ -382,6 +383,19 @@ func (c *Client) Upload(ctx context.Context, us *UploadSession, r io.Reader, siz
 		off += n
 	}
 	return nil
+}
+
+// redactURL drops the query of the URL in a transport error: an upload
+// URL carries its pre-authentication token there (authtoken=...).
+func redactURL(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		if u, perr := url.Parse(ue.URL); perr == nil && u.RawQuery != "" {
+			u.RawQuery = "(redacted)"
+			return &url.Error{Op: ue.Op, URL: u.String(), Err: ue.Err}
+		}
+	}
+	return err
 }
 
 // SendDraft sends a draft: POST /users/{user}/messages/{id}/send. Only 202

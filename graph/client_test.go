@@ -322,6 +322,21 @@ func TestUploadURLMustBeHTTPS(t *testing.T) {
 	}
 }
 
+func TestUploadErrorHidesAuthtoken(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hj, _ := w.(http.Hijacker)
+		conn, _, _ := hj.Hijack()
+		conn.Close()
+	}))
+	defer srv.Close()
+	c := &Client{BaseURL: srv.URL, Token: func(context.Context) (string, error) { return "t", nil }}
+	us := &UploadSession{UploadURL: srv.URL + "/AttachmentSessions('x')?authtoken=SECRET-TOKEN"}
+	err := c.Upload(context.Background(), us, bytes.NewReader([]byte("abc")), 3, 0)
+	if err == nil || strings.Contains(err.Error(), "SECRET-TOKEN") {
+		t.Fatalf("Upload() = %v: the upload URL's token must not appear", err)
+	}
+}
+
 func TestRetryAfterDate(t *testing.T) {
 	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 	if d := retryAfter(now.Add(90*time.Second).Format(http.TimeFormat), now); d != 90*time.Second {

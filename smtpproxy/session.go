@@ -236,6 +236,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		return smtp.ErrDataTooLarge
 	}
 	if ok, why := s.srv.useGraph(s.account); ok {
+		metrics.SetSendPath(s.account.Name, "graph")
 		return s.graphMail(why)
 	}
 	for attempt := 0; ; attempt++ {
@@ -260,6 +261,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		if err == nil {
 			s.inTx = true
 			s.srv.smtpWorks(s)
+			metrics.SetSendPath(s.account.Name, "smtp")
 			return nil
 		}
 		se, isSMTP := asSMTP(err)

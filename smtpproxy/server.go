@@ -201,8 +201,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.nudgeIdle()
 		select {
 		case <-done:
-			s.wg.Wait()
-			return nil
+			if ctx.Err() == nil {
+				s.wg.Wait()
+				return nil
+			}
+			// go-smtp's Shutdown also returns when ctx ends, so done and
+			// ctx.Done() can be ready together: the sessions still open
+			// must be aborted either way.
+			s.abortAll()
+			return ctx.Err()
 		case <-ctx.Done():
 			s.abortAll()
 			select {

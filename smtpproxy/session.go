@@ -374,7 +374,8 @@ func (s *session) Data(r io.Reader) error {
 		return errUpstreamLost
 	}
 
-	src := &bodyReader{r: r, limit: lim.MaxMessageBytes}
+	norm := newCRLFReader(r)
+	src := &bodyReader{r: norm, limit: lim.MaxMessageBytes}
 	dst := &deadlineWriter{w: w, conn: up.conn, timeout: lim.UpstreamTimeout}
 	n, err := io.Copy(dst, src)
 	s.bytesIn += n
@@ -398,6 +399,9 @@ func (s *session) Data(r io.Reader) error {
 			s.log.Warn("upstream connection lost during DATA, message not delivered", "upstream", up.addr, "from", s.from, "bytes_in", n, "error", err.Error())
 			return errUpstreamLost
 		}
+	}
+	if norm.fixed > 0 {
+		s.log.Info("bare CR or LF in the message normalised to CRLF", "from", s.from, "count", norm.fixed)
 	}
 	dst.arm()
 	resp, err := w.CloseWithResponse()

@@ -313,19 +313,27 @@ func Run(ctx context.Context, d *Daemon, load func() (*config.Config, error)) er
 		}
 		sdnotify.Stopping()
 		timeout := d.cfg.Load().Shutdown
-		d.log.Info("shutting down; a second signal exits at once", "signal", sig.String(), "timeout", timeout.String())
+		d.log.Info("shutting down; a second SIGTERM or SIGINT exits at once", "signal", sig.String(), "timeout", timeout.String())
 		sctx, cancel := context.WithTimeout(context.Background(), timeout)
 		done := make(chan error, 1)
 		go func() { done <- d.Shutdown(sctx) }()
-		select {
-		case err := <-done:
-			cancel()
-			d.log.Info("stopped")
-			return err
-		case sig2 := <-sigs:
-			cancel()
-			d.log.Warn("second signal: exiting at once", "signal", sig2.String())
-			return errors.New("daemon: forced exit on second signal")
+		for {
+			select {
+			case err := <-done:
+				cancel()
+				d.log.Info("stopped")
+				return err
+			case sig2 := <-sigs:
+				if sig2 == syscall.SIGHUP {
+					// A `systemctl reload` or a logrotate hook during the
+					// drain must not cut the sessions that are finishing.
+					d.log.Warn("reload ignored: shutting down", "signal", sig2.String())
+					continue
+				}
+				cancel()
+				d.log.Warn("second signal: exiting at once", "signal", sig2.String())
+				return errors.New("daemon: forced exit on second signal")
+			}
 		}
 	}
 }

@@ -191,6 +191,7 @@ func Start(opts Options) (*Fake, error) {
 		appRoles:         make(map[string][]string),
 		graph:            newGraphState(),
 	}
+	f.graph.released = sync.NewCond(&f.mu)
 	if err := f.start(); err != nil {
 		_ = f.Close()
 		return nil, err

@@ -48,6 +48,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -94,8 +95,12 @@ type GraphFault struct {
 	// RetryAfter is the Retry-After header in seconds; 0 means 1 for 429
 	// and 503 and none otherwise; negative means none.
 	RetryAfter int
+	// RetryAfterHeader, if set, is sent verbatim as Retry-After instead
+	// (Graph's throttling docs show fractional values such as "2.128").
+	RetryAfterHeader string
 	// Code and Message are the Graph error; defaults per status:
-	// 429 TooManyRequests, 503 ServiceNotAvailable, 500 InternalServerError.
+	// 429 TooManyRequests "Please retry again later." (the throttling
+	// docs' example), 503 ServiceNotAvailable, 500 InternalServerError.
 	Code, Message string
 	// Hang: never answer; the handler waits for the request's context (the
 	// client giving up) or Close, then drops the connection.
@@ -106,6 +111,9 @@ type GraphFault struct {
 	// Count is how many requests get the fault; 0 means every request
 	// until SetGraphFault(GraphFault{}).
 	Count int
+	// Route, if set (RouteSendMail, RouteUploadChunk, ...), limits the
+	// fault to requests of that route; others are served normally.
+	Route string
 }
 
 // GraphSentMessage is one message Graph accepted for sending.
@@ -121,11 +129,13 @@ type GraphSentMessage struct {
 }
 
 type graphState struct {
+	released  *sync.Cond // on Fake.mu; broadcast when a request frees its concurrency slot
 	fault     GraphFault
 	faultLeft int
 	counts    map[string]int    // "route status" -> requests
 	lastAuth  map[string]string // route -> Authorization header of the last request
 	inflight  map[string]int    // client ID + mailbox -> requests in progress
+	peak      map[string]int    // mailbox -> most requests in progress at once (any app)
 	sent      []GraphSentMessage
 	drafts    map[string]*draft
 	sessions  map[string]*uploadSession
@@ -136,6 +146,7 @@ func newGraphState() graphState {
 		counts:   make(map[string]int),
 		lastAuth: make(map[string]string),
 		inflight: make(map[string]int),
+		peak:     make(map[string]int),
 		drafts:   make(map[string]*draft),
 		sessions: make(map[string]*uploadSession),
 	}
@@ -291,6 +302,15 @@ func (f *Fake) GraphLastAuthorization(route string) (string, bool) {
 	return v, ok
 }
 
+// GraphPeakConcurrency returns the most Graph API requests of one app that
+// were in progress at once for mailbox (requests refused with
+// MailboxConcurrency not counted), for tests of a client's own limit.
+func (f *Fake) GraphPeakConcurrency(mailbox string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.graph.peak[norm(mailbox)]
+}
+
 // GraphSent returns every message Graph accepted, in order.
 func (f *Fake) GraphSent() []GraphSentMessage {
 	f.mu.Lock()
@@ -426,6 +446,7 @@ func (f *Fake) graphAPI(route string, h func(http.ResponseWriter, *http.Request,
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sw := &statusWriter{ResponseWriter: w}
 		defer f.countGraph(route, r, sw)
+		defer drainBody(r)
 		log := f.log.With("proto", "graph", "route", route, "remote", r.RemoteAddr)
 
 		at, status, code, msg := f.graphToken(r)
@@ -480,11 +501,13 @@ func (f *Fake) graphAPI(route string, h func(http.ResponseWriter, *http.Request,
 			return
 		}
 		f.graph.inflight[slot]++
-		fault, faulty := f.takeFaultLocked()
+		f.graph.peak[mb.addr] = max(f.graph.peak[mb.addr], f.graph.inflight[slot])
+		fault, faulty := f.takeFaultLocked(route)
 		f.mu.Unlock()
 		defer func() {
 			f.mu.Lock()
 			f.graph.inflight[slot]--
+			f.graph.released.Broadcast()
 			f.mu.Unlock()
 		}()
 		if faulty {
@@ -495,10 +518,10 @@ func (f *Fake) graphAPI(route string, h func(http.ResponseWriter, *http.Request,
 	})
 }
 
-// takeFaultLocked returns the fault for this request, if any.
-func (f *Fake) takeFaultLocked() (GraphFault, bool) {
+// takeFaultLocked returns the fault for this request of route, if any.
+func (f *Fake) takeFaultLocked(route string) (GraphFault, bool) {
 	fl := f.graph.fault
-	if fl.Status == 0 && !fl.Hang {
+	if (fl.Status == 0 && !fl.Hang) || (fl.Route != "" && fl.Route != route) {
 		return fl, false
 	}
 	if fl.Count > 0 {
@@ -513,6 +536,9 @@ func (f *Fake) takeFaultLocked() (GraphFault, bool) {
 func (f *Fake) applyFault(w http.ResponseWriter, r *http.Request, route string, fl GraphFault) {
 	if fl.Hang {
 		f.log.Debug("fakems: graph request hanging (fault)", "route", route)
+		// Read the whole body first: net/http notices a client that gave
+		// up (and cancels r.Context) only once the body was consumed.
+		drainBody(r)
 		if fl.Hanging != nil {
 			select {
 			case fl.Hanging <- route:
@@ -530,7 +556,7 @@ func (f *Fake) applyFault(w http.ResponseWriter, r *http.Request, route string, 
 	retry := fl.RetryAfter
 	switch fl.Status {
 	case http.StatusTooManyRequests:
-		code, msg = orDefault(code, "TooManyRequests"), orDefault(msg, "Too many requests.")
+		code, msg = orDefault(code, "TooManyRequests"), orDefault(msg, "Please retry again later.")
 	case http.StatusServiceUnavailable:
 		code, msg = orDefault(code, "ServiceNotAvailable"), orDefault(msg, "The service is temporarily unavailable.")
 	case http.StatusInternalServerError:
@@ -541,7 +567,10 @@ func (f *Fake) applyFault(w http.ResponseWriter, r *http.Request, route string, 
 	if retry == 0 && (fl.Status == http.StatusTooManyRequests || fl.Status == http.StatusServiceUnavailable) {
 		retry = 1
 	}
-	if retry > 0 {
+	switch {
+	case fl.RetryAfterHeader != "":
+		w.Header().Set("Retry-After", fl.RetryAfterHeader)
+	case retry > 0:
 		w.Header().Set("Retry-After", strconv.Itoa(retry))
 	}
 	f.graphError(w, fl.Status, code, msg)
@@ -604,12 +633,19 @@ func (f *Fake) mailboxByAddressLocked(addr string) *mailbox {
 	return nil
 }
 
+// drainBody reads what is left of a request body (bounded), so that a
+// client still writing a large body reads the answer instead of a reset
+// connection when the fake answered early (401, 404, 413, ...).
+func drainBody(r *http.Request) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, drainLimit))
+}
+
 // readGraphBody reads a request body of at most GraphMaxRequestBytes. It
 // answers 413 itself (after draining the body, so that the client reads
 // the answer) and returns false.
 func (f *Fake) readGraphBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	tooLarge := func() ([]byte, bool) {
-		_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, drainLimit))
+		drainBody(r)
 		f.graphError(w, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "Maximum request length exceeded.")
 		return nil, false
 	}
@@ -762,10 +798,10 @@ func (f *Fake) handleSendMail(w http.ResponseWriter, r *http.Request, g *graphRe
 	}
 }
 
-var errAccessDenied = "Access is denied. Check credentials and try again."
+const msgAccessDenied = "Access is denied. Check credentials and try again."
 
-// canSendLocked reports whether the delegated user upn (or, for app
-// tokens, the mailbox the app acts for) may send as / on behalf of mb.
+// sendRightLocked reports whether who (the delegated user, or for app
+// tokens the URL mailbox) has Send As or Send on Behalf on mb.
 func (f *Fake) sendRightLocked(who string, mb *mailbox) (sendAs, onBehalf bool) {
 	if mb.addr == who {
 		return true, false
@@ -842,17 +878,17 @@ func (f *Fake) planSend(w http.ResponseWriter, g *graphReq, raw []byte, save boo
 	switch {
 	case g.at.app:
 		if !g.hasRole(RoleMailSend) {
-			f.graphError(w, http.StatusForbidden, "ErrorAccessDenied", errAccessDenied)
+			f.graphError(w, http.StatusForbidden, "ErrorAccessDenied", msgAccessDenied)
 			return nil, false
 		}
 	case self:
 		if !g.hasScope(ScopeGraphMailSend) {
-			f.graphError(w, http.StatusForbidden, "ErrorAccessDenied", errAccessDenied)
+			f.graphError(w, http.StatusForbidden, "ErrorAccessDenied", msgAccessDenied)
 			return nil, false
 		}
 	default:
 		if !g.hasScope(ScopeGraphMailSendShared) {
-			f.graphError(w, http.StatusForbidden, "ErrorAccessDenied", errAccessDenied)
+			f.graphError(w, http.StatusForbidden, "ErrorAccessDenied", msgAccessDenied)
 			return nil, false
 		}
 	}
@@ -1082,7 +1118,7 @@ func (f *Fake) checkReadWrite(w http.ResponseWriter, g *graphReq) bool {
 		ok = full && g.hasScope(ScopeGraphMailReadWriteShared)
 	}
 	if !ok {
-		f.graphError(w, http.StatusForbidden, "ErrorAccessDenied", errAccessDenied)
+		f.graphError(w, http.StatusForbidden, "ErrorAccessDenied", msgAccessDenied)
 	}
 	return ok
 }
@@ -1276,13 +1312,14 @@ func (f *Fake) handleCreateUploadSession(w http.ResponseWriter, r *http.Request,
 func (f *Fake) handleUploadChunk(w http.ResponseWriter, r *http.Request) {
 	sw := &statusWriter{ResponseWriter: w}
 	defer f.countGraph(RouteUploadChunk, r, sw)
+	defer drainBody(r)
 	if r.Header.Get("Authorization") != "" {
 		f.graphError(sw, http.StatusUnauthorized, "InvalidAuthenticationToken", "The upload URL is pre-authenticated; the request must not carry an Authorization header.")
 		return
 	}
 	f.mu.Lock()
 	s := f.graph.sessions[r.PathValue("sid")]
-	fault, faulty := f.takeFaultLocked()
+	fault, faulty := f.takeFaultLocked(RouteUploadChunk)
 	f.mu.Unlock()
 	if s == nil || subtle.ConstantTimeCompare([]byte(r.URL.Query().Get("authtoken")), []byte(s.authToken)) != 1 || !f.now().Before(s.expires) {
 		f.graphError(sw, http.StatusNotFound, "ErrorItemNotFound", "The upload session was not found or has expired.")
@@ -1294,7 +1331,7 @@ func (f *Fake) handleUploadChunk(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.ContentLength >= GraphMaxRequestBytes {
 		// "keep each byte range less than 4 MB"
-		_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, drainLimit))
+		drainBody(r)
 		f.graphError(sw, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "Maximum request length exceeded.")
 		return
 	}

@@ -2,6 +2,7 @@ package fakems
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -154,6 +155,9 @@ func TestGraphTokenChecks(t *testing.T) {
 
 	st, body = sendMIME(t, f, "users/"+alice, "", graphMsg)
 	wantGraphError(t, st, body, 401, "InvalidAuthenticationToken", "Access token is empty.")
+	// The answer arrives even while a large body is still being sent.
+	st, body, _ = graphDo(t, f, "POST", "/v1.0/users/"+alice+"/sendMail", outlook, "text/plain", bytes.Repeat([]byte("QUFB"), 3<<20))
+	wantGraphError(t, st, body, 401, "InvalidAuthenticationToken", "Access token validation failure. Invalid audience.")
 	st, body = sendMIME(t, f, "users/"+alice, "garbage", graphMsg)
 	wantGraphError(t, st, body, 401, "InvalidAuthenticationToken", "")
 
@@ -168,6 +172,9 @@ func TestGraphTokenChecks(t *testing.T) {
 	wantIMAPError(t, err, imap.StatusResponseTypeNo, imapAuthFailed)
 	sc := dialSMTP(t, f)
 	wantSMTPError(t, sc.Auth(tokens.NewXOAUTH2Client(alice, f.IssueGraphToken(alice))), 535, smtp.EnhancedCode{5, 7, 3}, "")
+	if res := f.checkBearer(scopePOP, alice, f.IssueGraphToken(alice)); res.tokenOK { // what the POP3 server asks
+		t.Error("POP3 accepts a Graph token")
+	}
 
 	// A token without Mail.Send.
 	rw := f.IssueGraphToken(alice, ScopeGraphMailReadWrite)
@@ -393,9 +400,15 @@ func TestGraphFaults(t *testing.T) {
 	if st, _ := sendMIME(t, f, "me", tok, graphMsg); st != 202 {
 		t.Errorf("after the fault: %d", st)
 	}
+	f.SetGraphFault(GraphFault{Status: 429, RetryAfterHeader: "2.128", Count: 1})
+	st, body, h := graphDo(t, f, "POST", "/v1.0/me/sendMail", tok, "text/plain", b64(graphMsg))
+	wantGraphError(t, st, body, 429, "TooManyRequests", "Please retry again later.")
+	if h.Get("Retry-After") != "2.128" {
+		t.Errorf("Retry-After = %q, want 2.128", h.Get("Retry-After"))
+	}
 
 	f.SetGraphFault(GraphFault{Status: 503, Count: 1})
-	st, body, h := graphDo(t, f, "POST", "/v1.0/me/sendMail", tok, "text/plain", b64(graphMsg))
+	st, body, h = graphDo(t, f, "POST", "/v1.0/me/sendMail", tok, "text/plain", b64(graphMsg))
 	wantGraphError(t, st, body, 503, "ServiceNotAvailable", "")
 	if h.Get("Retry-After") != "1" {
 		t.Errorf("503 Retry-After = %q", h.Get("Retry-After"))
@@ -407,7 +420,7 @@ func TestGraphFaults(t *testing.T) {
 		t.Errorf("GraphSent = %d messages, want 1 (faults send nothing)", n)
 	}
 	counts := f.GraphRequests()
-	if counts["sendMail 429"] != 2 || counts["sendMail 503"] != 1 || counts["sendMail 500"] != 1 || counts["sendMail 202"] != 1 {
+	if counts["sendMail 429"] != 3 || counts["sendMail 503"] != 1 || counts["sendMail 500"] != 1 || counts["sendMail 202"] != 1 {
 		t.Errorf("GraphRequests() = %v", counts)
 	}
 }
@@ -424,15 +437,14 @@ func TestGraphMailboxConcurrency(t *testing.T) {
 	f.SetGraphFault(GraphFault{Hang: true, Hanging: hanging, Count: GraphMailboxConcurrency})
 
 	var wg sync.WaitGroup
-	cancel := make(chan struct{})
+	ctx, cancel := context.WithCancel(t.Context())
 	for range GraphMailboxConcurrency {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req, _ := http.NewRequest("POST", f.GraphURL()+"/v1.0/me/sendMail", bytes.NewReader(b64(graphMsg)))
+			req, _ := http.NewRequestWithContext(ctx, "POST", f.GraphURL()+"/v1.0/me/sendMail", bytes.NewReader(b64(graphMsg)))
 			req.Header.Set("Authorization", "Bearer "+tok)
 			req.Header.Set("Content-Type", "text/plain")
-			req.Cancel = cancel //nolint:staticcheck // simplest way to end all four at once
 			if resp, err := f.GraphHTTPClient().Do(req); err == nil {
 				resp.Body.Close()
 				t.Errorf("hanging request answered %d", resp.StatusCode)
@@ -444,6 +456,9 @@ func TestGraphMailboxConcurrency(t *testing.T) {
 	}
 	st, body, h := graphDo(t, f, "POST", "/v1.0/me/sendMail", tok, "text/plain", b64(graphMsg))
 	wantGraphError(t, st, body, 429, "ApplicationThrottled", "Application is over its MailboxConcurrency limit.")
+	if n := f.GraphPeakConcurrency(alice); n != GraphMailboxConcurrency {
+		t.Errorf("GraphPeakConcurrency = %d", n)
+	}
 	if h.Get("Retry-After") == "" {
 		t.Error("no Retry-After on MailboxConcurrency")
 	}
@@ -451,8 +466,31 @@ func TestGraphMailboxConcurrency(t *testing.T) {
 	if st, body := sendMIME(t, f, "users/"+shared, tok, "From: helpdesk@contoso.com\r\nTo: bob@contoso.com\r\n\r\nx\r\n"); st != 202 {
 		t.Errorf("other mailbox = %d %v", st, body)
 	}
-	close(cancel)
+	cancel()
 	wg.Wait()
+	// The slots are free again once the hanging requests ended.
+	waitGraphIdle(t, f)
+	if st, body := sendMIME(t, f, "me", tok, graphMsg); st != 202 {
+		t.Errorf("after the hanging requests ended: %d %v", st, body)
+	}
+}
+
+// waitGraphIdle waits until no Graph request holds a concurrency slot: the
+// server notices a client's cancellation asynchronously.
+func waitGraphIdle(t *testing.T, f *Fake) {
+	t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for {
+		busy := 0
+		for _, n := range f.graph.inflight {
+			busy += n
+		}
+		if busy == 0 {
+			return
+		}
+		f.graph.released.Wait()
+	}
 }
 
 // draftMsg is a draft without its large attachment.
@@ -518,6 +556,13 @@ func TestGraphLargeMessage(t *testing.T) {
 		return resp.StatusCode, m, resp.Header
 	}
 	const chunk = 3 << 20
+	// A 503 on the upload URL only; the chunk can be sent again.
+	f.SetGraphFault(GraphFault{Status: 503, Route: RouteUploadChunk, Count: 1})
+	st, body, h := put(0, chunk-1, "")
+	wantGraphError(t, st, body, 503, "ServiceNotAvailable", "")
+	if h.Get("Retry-After") == "" {
+		t.Error("upload 503 without Retry-After")
+	}
 	// With a bearer token: refused.
 	st, body, _ = put(0, chunk-1, tok)
 	wantGraphError(t, st, body, 401, "InvalidAuthenticationToken", "")

@@ -266,7 +266,10 @@ func (s *session) graphData(r io.Reader) error {
 		return errSpool
 	}
 	defer f.Close()
-	src := &bodyReader{r: r, limit: lim.MaxMessageBytes}
+	// Every line ends in CRLF, as on the SMTP path (newline.go); the MIME
+	// splitting below relies on it too.
+	norm := newCRLFReader(r)
+	src := &bodyReader{r: norm, limit: lim.MaxMessageBytes}
 	n, err := io.Copy(f, src)
 	s.bytesIn += n
 	if err != nil {
@@ -283,6 +286,9 @@ func (s *session) graphData(r io.Reader) error {
 			s.log.Error("cannot write the spool file for the Graph path; client told to retry", "error", err.Error())
 			return errSpool
 		}
+	}
+	if norm.fixed > 0 {
+		s.log.Info("bare CR or LF in the message normalised to CRLF", "from", s.from, "count", norm.fixed)
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		metrics.SMTPMessages.WithLabelValues("failed").Inc()

@@ -47,6 +47,13 @@ type graphFake struct {
 
 func startGraphFake(t *testing.T, account string) *graphFake {
 	t.Helper()
+	return startGraphFakeWith(t, account, nil)
+}
+
+// startGraphFakeWith is startGraphFake with a hook that configures the
+// fake before anyone signs in.
+func startGraphFakeWith(t *testing.T, account string, setup func(f *fakems.Fake)) *graphFake {
+	t.Helper()
 	f, err := fakems.Start(fakems.Options{})
 	if err != nil {
 		t.Fatalf("fakems.Start() = %v", err)
@@ -59,6 +66,9 @@ func startGraphFake(t *testing.T, account string) *graphFake {
 	f.AddMailbox("shared@contoso.com", "alice@contoso.com")
 	f.GrantSendAs("shared@contoso.com", "alice@contoso.com")
 	f.SetAppRoles(graphApp, fakems.RoleMailSend, fakems.RoleMailReadWrite)
+	if setup != nil {
+		setup(f)
+	}
 	ca := filepath.Join(t.TempDir(), "fake-ca.pem")
 	if err := f.WriteCAFile(ca); err != nil {
 		t.Fatal(err)
@@ -453,5 +463,29 @@ func TestGraphFakeAppFlow(t *testing.T) {
 	wantCode(t, "send(access policy)", err, 550, smtp.EnhancedCode{5, 7, 1})
 	if !strings.Contains(e.logs.String(), "New-ManagementRoleAssignment") {
 		t.Error("the log does not give the fix")
+	}
+}
+
+func TestGraphFakeMissingConsent(t *testing.T) {
+	// The tenant's consent does not cover Mail.ReadWrite: the sign-in
+	// works, Exchange works, the Graph token cannot be had.
+	e := startGraphFakeWith(t, helpdeskGraph, func(f *fakems.Fake) {
+		f.WithholdConsent(graphApp, fakems.ScopeGraphMailReadWrite)
+	})
+	c := loginClient(t, e.addr, "otrs")
+	err := c.Mail("helpdesk@contoso.com", nil)
+	wantCode(t, "Mail(no Graph consent)", err, 454, smtp.EnhancedCode{4, 7, 0})
+	logs := e.logs.String()
+	for _, want := range []string{"Mail.ReadWrite", "Microsoft Graph > Delegated permissions", "AADSTS65001"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("log lacks %q", want)
+		}
+	}
+	if _, err := e.m.AccessToken(context.Background(), "helpdesk"); err != nil {
+		t.Errorf("the Exchange token broke too: %v", err)
+	}
+	st := e.m.Status()[0]
+	if st.State != tokens.StateOK || !strings.Contains(st.GraphError, "Mail.ReadWrite") || st.GraphFix == "" {
+		t.Errorf("status = %+v", st)
 	}
 }

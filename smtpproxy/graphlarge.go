@@ -234,7 +234,7 @@ func (s *session) sendLarge(ctx context.Context, c *graph.Client, m *spooled, ta
 	}
 	for _, p := range parts {
 		if err := readPartHeader(m, p); err != nil {
-			return fmt.Errorf("%w (%v)", errCannotSplit, err)
+			p.multipart = true // unreadable header: the part stays in the message as it is
 		}
 	}
 	// Take the biggest parts out until the draft fits.

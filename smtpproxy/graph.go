@@ -242,7 +242,6 @@ var (
 	errSpool          = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "local spool error, message not delivered, try again later"}
 	errGraphBusy      = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "too many concurrent Microsoft Graph submissions for this mailbox, try again later"}
 	errGraphLost      = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Microsoft Graph did not answer, message not delivered, try again later"}
-	errGraphTooLarge  = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "message too large for Microsoft Graph"}
 	errHeaderRefused  = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "a To, Cc or Bcc header cannot be parsed; Microsoft Graph takes the recipients from them"}
 	errHeaderTooBig   = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "message header too large"}
 	errGraphAuthFixed = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Microsoft Graph refused the bridge's token for this mailbox; an administrator must act, see the bridge log"}
@@ -522,8 +521,8 @@ func graphReply(ge *graph.Error, a *config.Account) *smtp.SMTPError {
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "the tenant's application access policy excludes this mailbox from Microsoft Graph; an administrator must act, see the bridge log"}
 	case ge.Code == graph.CodeMailboxNotEnabled:
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "mailbox " + a.Mailbox + " is not enabled for Microsoft Graph (inactive, soft-deleted or on-premises); see the bridge log"}
-	case ge.Status == http.StatusRequestEntityTooLarge:
-		return errGraphTooLarge
+	case ge.Status == http.StatusRequestEntityTooLarge, ge.Code == "ErrorMessageSizeExceeded":
+		return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "message too large for this mailbox (Microsoft Graph: " + detail + ")"}
 	case ge.Status == http.StatusUnauthorized:
 		return errGraphAuthFixed
 	case ge.Status == http.StatusForbidden:

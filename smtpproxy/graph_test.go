@@ -422,6 +422,7 @@ func TestGraphErrorReplies(t *testing.T) {
 		{"mailbox not enabled", []fault{{404, "MailboxNotEnabledForRESTAPI", "The mailbox is either inactive, soft-deleted, or is hosted on-premise.", ""}}, 550, smtp.EnhancedCode{5, 1, 1}, "not enabled for Microsoft Graph", "on-premises"},
 		{"missing permission", []fault{{403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.", ""}}, 454, smtp.EnhancedCode{4, 7, 0}, "administrator must act", "Mail.Send"},
 		{"bad mime", []fault{{400, "ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME content.", ""}}, 554, smtp.EnhancedCode{5, 6, 0}, "ErrorMimeContentInvalidBase64String", "refused"},
+		{"over the mailbox's send limit", []fault{{400, "ErrorMessageSizeExceeded", "The message exceeds the maximum supported size.", ""}}, 552, smtp.EnhancedCode{5, 3, 4}, "too large", "refused"},
 		{"unexpected 2xx", []fault{{200, "", "", ""}}, 451, smtp.EnhancedCode{4, 4, 2}, "instead of 202", ""},
 	}
 	for _, tc := range cases {

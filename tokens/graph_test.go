@@ -29,6 +29,7 @@ type rotatingEndpoint struct {
 	inFlight int
 	overlap  bool // two redemptions ran at once
 	release  chan struct{}
+	seen     chan string // gets "grant_type scope" of every request, if set
 }
 
 func (e *rotatingEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -39,6 +40,12 @@ func (e *rotatingEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.overlap = true
 	}
 	e.requests = append(e.requests, r.PostForm)
+	if e.seen != nil {
+		select {
+		case e.seen <- r.PostForm.Get("grant_type") + " " + r.PostForm.Get("scope"):
+		default:
+		}
+	}
 	rel := e.release
 	e.mu.Unlock()
 	if rel != nil {
@@ -116,7 +123,7 @@ account "scan" {
 	return cfg
 }
 
-func newGraphEnv(t *testing.T, ep *rotatingEndpoint, sendVia string) (*Manager, *config.Config) {
+func newGraphEnv(t *testing.T, ep *rotatingEndpoint, sendVia string, opts ...func(*Options)) (*Manager, *config.Config) {
 	t.Helper()
 	srv := httptest.NewServer(ep)
 	t.Cleanup(srv.Close)
@@ -126,7 +133,11 @@ func newGraphEnv(t *testing.T, ep *rotatingEndpoint, sendVia string) (*Manager, 
 	}
 	ep.valid = map[string]bool{"rt0": true}
 	log, _ := testLogger()
-	m, err := NewManager(cfg, Options{Logger: log, RetryMin: 10 * time.Millisecond, RetryMax: 20 * time.Millisecond, RequestTimeout: 5 * time.Second})
+	o := Options{Logger: log, RetryMin: 10 * time.Millisecond, RetryMax: 20 * time.Millisecond, RequestTimeout: 5 * time.Second}
+	for _, f := range opts {
+		f(&o)
+	}
+	m, err := NewManager(cfg, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,5 +286,60 @@ func TestBrowserLoginAsksGraphConsent(t *testing.T) {
 	pu, _ := url.Parse(u)
 	if s := pu.Query().Get("scope"); !strings.Contains(s, "IMAP.AccessAsUser.All") || !strings.Contains(s, "https://graph.microsoft.com/Mail.Send.Shared") {
 		t.Errorf("authorize scope = %q", s)
+	}
+}
+
+func TestGraphTokenRefreshedAhead(t *testing.T) {
+	ep := &rotatingEndpoint{seen: make(chan string, 100)}
+	clock := newFakeClock()
+	m, cfg := newGraphEnv(t, ep, "graph", func(o *Options) { o.Now = clock.Now })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m.Start(ctx)
+	// send_via = "graph": both tokens are fetched in the background at once.
+	want := map[string]bool{}
+	for len(want) < 2 {
+		select {
+		case r := <-ep.seen:
+			want[strings.Fields(r)[1][:20]] = true
+		case <-time.After(10 * time.Second):
+			t.Fatalf("background fetch did not happen: %v", ep.scopes())
+		}
+	}
+	gt, err := m.GraphToken(ctx, "hd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 55 minutes later (5 minutes before expiry) the Graph token is
+	// refreshed without anyone asking.
+	clock.Add(55 * time.Minute)
+	m.WakeForTest()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case r := <-ep.seen:
+			if strings.Contains(r, "graph.microsoft.com/Mail.Send") {
+				gt2, err := m.GraphToken(ctx, "hd")
+				for err == nil && gt2 == gt {
+					select {
+					case <-ep.seen:
+					case <-time.After(50 * time.Millisecond):
+					}
+					gt2, err = m.GraphToken(ctx, "hd")
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if ep.spent != 0 {
+					t.Errorf("%d spent refresh tokens used", ep.spent)
+				}
+				if rt := StoredRefreshTokenForTest(cfg.StateDir, "hd"); rt == "rt0" || rt == "" {
+					t.Errorf("stored refresh token %q: rotation lost", rt)
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatalf("Graph token not refreshed ahead of expiry: %v", ep.scopes())
+		}
 	}
 }

@@ -489,3 +489,30 @@ func TestGraphFakeMissingConsent(t *testing.T) {
 		t.Errorf("status = %+v", st)
 	}
 }
+
+func TestGraphFakeConcurrencyStaysUnderGraphsLimit(t *testing.T) {
+	e := startGraphFake(t, helpdeskGraph)
+	const n = 8
+	errs := make(chan error, n)
+	for i := range n {
+		c := loginClient(t, e.addr, "otrs")
+		go func() {
+			_, err := send(c, "helpdesk@contoso.com", []string{"bob@contoso.com"}, []byte(fmt.Sprintf("To: bob@contoso.com\r\nSubject: %d\r\n\r\nx\r\n", i)))
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Errorf("send = %v", err)
+		}
+	}
+	if got := len(e.f.Messages("bob@contoso.com")); got != n {
+		t.Errorf("bob got %d messages, want %d", got, n)
+	}
+	if p := e.f.GraphPeakConcurrency("helpdesk@contoso.com"); p > 4 {
+		t.Errorf("peak concurrent Graph requests for the mailbox = %d, Graph allows 4", p)
+	}
+	if n := e.f.GraphRequestCount(fakems.RouteSendMail, 429); n != 0 {
+		t.Errorf("%d requests throttled for concurrency", n)
+	}
+}

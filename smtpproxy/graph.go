@@ -54,7 +54,12 @@ type graphBackend struct {
 
 	mu      sync.Mutex
 	auto    map[string]*autoState // account -> send_via = "auto" state
-	clients map[*config.Provider]*http.Client
+	clients map[string]graphClient // provider name -> client (replaced when a reload changes the provider)
+}
+
+type graphClient struct {
+	p *config.Provider
+	c *http.Client
 }
 
 // autoState is where an send_via = "auto" account sends now.
@@ -99,15 +104,18 @@ func (s *Server) graphHTTP(p *config.Provider) *http.Client {
 	s.gb.mu.Lock()
 	defer s.gb.mu.Unlock()
 	if s.gb.clients == nil {
-		s.gb.clients = map[*config.Provider]*http.Client{}
+		s.gb.clients = map[string]graphClient{}
 	}
-	if c, ok := s.gb.clients[p]; ok {
-		return c
+	if gc, ok := s.gb.clients[p.Name]; ok && gc.p == p {
+		return gc.c
+	}
+	if old, ok := s.gb.clients[p.Name]; ok {
+		old.c.CloseIdleConnections()
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = &tls.Config{RootCAs: p.RootCAs, MinVersion: tls.VersionTLS12}
 	c := &http.Client{Transport: tr}
-	s.gb.clients[p] = c
+	s.gb.clients[p.Name] = graphClient{p: p, c: c}
 	return c
 }
 

@@ -53,7 +53,7 @@ type graphBackend struct {
 	limiter limiter.Limiter // "graph:"+mailbox, config.DefaultGraphConcurrency
 
 	mu      sync.Mutex
-	auto    map[string]*autoState // account -> send_via = "auto" state
+	auto    map[string]*autoState  // account -> send_via = "auto" state
 	clients map[string]graphClient // provider name -> client (replaced when a reload changes the provider)
 }
 

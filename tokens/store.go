@@ -43,22 +43,23 @@ type entry struct {
 	AccessToken  string    `json:"access_token,omitempty"`
 	Expiry       time.Time `json:"expiry,omitzero"`
 	Issued       time.Time `json:"issued,omitzero"` // when AccessToken was obtained; Expiry-Issued is its lifetime
+	SignedInAs   string    `json:"signed_in_as,omitempty"`
+	LastRefresh  time.Time `json:"last_refresh,omitzero"`
+	State        State     `json:"state,omitempty"`
+	LastError    string    `json:"last_error,omitempty"`
+	ErrorKind    Kind      `json:"error_kind,omitempty"`
+	AADSTS       int       `json:"aadsts,omitempty"`
+	Fix          string    `json:"fix,omitempty"`
+	LoginID      string    `json:"login_id,omitempty"` // random id of the sign-in that produced RefreshToken
+	LoginAt      time.Time `json:"login_at,omitzero"`
+	// Binding names the app registration, flow and person the tokens belong
+	// to; an entry whose binding differs from the configuration is ignored.
+	Binding string `json:"binding"`
+
 	// The Microsoft Graph access token, from the same refresh token.
 	GraphAccessToken string    `json:"graph_access_token,omitempty"`
 	GraphExpiry      time.Time `json:"graph_expiry,omitzero"`
 	GraphIssued      time.Time `json:"graph_issued,omitzero"`
-	SignedInAs       string    `json:"signed_in_as,omitempty"`
-	LastRefresh      time.Time `json:"last_refresh,omitzero"`
-	State            State     `json:"state,omitempty"`
-	LastError        string    `json:"last_error,omitempty"`
-	ErrorKind        Kind      `json:"error_kind,omitempty"`
-	AADSTS           int       `json:"aadsts,omitempty"`
-	Fix              string    `json:"fix,omitempty"`
-	LoginID          string    `json:"login_id,omitempty"` // random id of the sign-in that produced RefreshToken
-	LoginAt          time.Time `json:"login_at,omitzero"`
-	// Binding names the app registration, flow and person the tokens belong
-	// to; an entry whose binding differs from the configuration is ignored.
-	Binding string `json:"binding"`
 }
 
 type storeFile struct {

@@ -627,17 +627,19 @@ func (m *Manager) tick() time.Duration {
 	for _, a := range accts {
 		a.mu.Lock()
 		now := m.now()
-		for _, r := range []Resource{Outlook, Graph} {
-			due, start := m.refreshDue(a, now), m.startRefresh
-			if r == Graph {
-				due, start = m.graphDue(a, now), m.startGraphRefresh
+		due := m.refreshDue(a, now)
+		if !due.IsZero() {
+			if !due.After(now) {
+				m.startRefresh(a)
+			} else {
+				next = min(next, due.Sub(now))
 			}
-			if !due.IsZero() {
-				if !due.After(now) {
-					start(a)
-				} else {
-					next = min(next, due.Sub(now))
-				}
+		}
+		if gdue := m.graphDue(a, now); !gdue.IsZero() { // the Graph token (graph.go)
+			if !gdue.After(now) {
+				m.startGraphRefresh(a)
+			} else {
+				next = min(next, gdue.Sub(now))
 			}
 		}
 		m.publishMetricsLocked(a)

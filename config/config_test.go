@@ -119,6 +119,10 @@ func TestDiagnostics(t *testing.T) {
 		{"bad flow", "account \"c\" {\n  provider = \"p\"\n  mailbox = \"c@contoso.com\"\n  flow = \"magic\"\n}\n", []string{"Invalid flow", "line 17"}},
 		{"unknown cloud", "provider \"q\" {\n  tenant = \"t\"\n  client_id = \"c\"\n  cloud = \"mars\"\n}\n", []string{"Unknown cloud"}},
 		{"http authority off loopback", "provider \"q\" {\n  tenant = \"t\"\n  client_id = \"c\"\n  authority = \"http://login.example.com\"\n}\n", []string{"Insecure authority"}},
+		{"bad send_via", "account \"c\" {\n  provider = \"p\"\n  mailbox = \"c@contoso.com\"\n  send_via = \"ews\"\n}\n", []string{"Invalid send_via", "line 17", `"smtp"`, `"graph"`, `"auto"`}},
+		{"graph_url with path", "provider \"q\" {\n  tenant = \"t\"\n  client_id = \"c\"\n  graph_url = \"https://graph.microsoft.com/v1.0\"\n}\n", []string{"Invalid graph_url", "line 17", "without a path"}},
+		{"http graph_url off loopback", "provider \"q\" {\n  tenant = \"t\"\n  client_id = \"c\"\n  graph_url = \"http://graph.example.com\"\n}\n", []string{"Insecure graph_url", "line 17"}},
+		{"bad auto_smtp_recheck", "smtp {\n  auto_smtp_recheck = \"often\"\n}\n", []string{"Invalid duration", "auto_smtp_recheck", "line 15"}},
 		{"admin off loopback unprotected", "admin {\n  listen = \"0.0.0.0:8025\"\n}\n", []string{"Unprotected admin listener"}},
 	}
 	for _, tc := range cases {
@@ -209,14 +213,19 @@ func TestLoopbackAndInsecure(t *testing.T) {
 }
 
 func TestCloudPresets(t *testing.T) {
-	for cloud, imap := range map[string]string{"usgov": "outlook.office365.us:993", "usgov-dod": "outlook-dod.office365.us:993", "china": "partner.outlook.cn:993"} {
+	for cloud, want := range map[string][2]string{
+		"usgov":     {"outlook.office365.us:993", "https://graph.microsoft.us"},
+		"usgov-dod": {"outlook-dod.office365.us:993", "https://dod-graph.microsoft.us"},
+		"china":     {"partner.outlook.cn:993", "https://microsoftgraph.chinacloudapi.cn"},
+	} {
 		src := base(t) + fmt.Sprintf("provider \"c\" {\n  tenant = \"t\"\n  client_id = \"c\"\n  cloud = %q\n}\n", cloud)
 		cfg, err := Parse("ok.hcl", []byte(src))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := cfg.ProviderByName["c"].IMAPServer; got != imap {
-			t.Errorf("cloud %s imap = %q, want %q", cloud, got, imap)
+		p := cfg.ProviderByName["c"]
+		if p.IMAPServer != want[0] || p.GraphURL != want[1] || p.GraphResource != want[1] {
+			t.Errorf("cloud %s: imap %q graph_url %q resource %q, want %q", cloud, p.IMAPServer, p.GraphURL, p.GraphResource, want)
 		}
 	}
 }
@@ -467,5 +476,48 @@ func TestStateDirAndPublicURL(t *testing.T) {
 	cfg, err = ParseWith("w.hcl", []byte(base(t)), Options{})
 	if err != nil || cfg.WarningsError() != nil {
 		t.Errorf("loopback admin: %v, warnings %v", err, cfg.WarningsError())
+	}
+}
+
+func TestSendVia(t *testing.T) {
+	src := base(t) + `provider "f" {
+  tenant    = "t"
+  client_id = "c"
+  graph_url = "http://127.0.0.1:8443/"
+}
+account "g" {
+  provider = "f"
+  mailbox  = "g@contoso.com"
+  send_via = "graph"
+}
+account "h" {
+  provider = "f"
+  mailbox  = "h@contoso.com"
+  send_via = "auto"
+}
+smtp {
+  auto_smtp_recheck = "30m"
+}
+`
+	cfg, err := Parse("ok.hcl", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := cfg.AccountByName["a"]; a.SendVia != SendViaSMTP || a.UsesGraph() || a.Provider.UsesGraph {
+		t.Errorf("default send_via: %q uses graph %v, provider %v", a.SendVia, a.UsesGraph(), a.Provider.UsesGraph)
+	}
+	if a := cfg.AccountByName["a"].Provider; a.GraphURL != DefaultGraphURL || a.GraphResource != DefaultGraphURL {
+		t.Errorf("default graph_url %q resource %q", a.GraphURL, a.GraphResource)
+	}
+	g, h := cfg.AccountByName["g"], cfg.AccountByName["h"]
+	if g.SendVia != SendViaGraph || h.SendVia != SendViaAuto || !g.UsesGraph() || !h.UsesGraph() || !g.Provider.UsesGraph {
+		t.Errorf("send_via: g %q h %q provider uses graph %v", g.SendVia, h.SendVia, g.Provider.UsesGraph)
+	}
+	// A local fake at graph_url; tokens are still for the cloud's Graph resource.
+	if g.Provider.GraphURL != "http://127.0.0.1:8443" || g.Provider.GraphResource != "https://graph.microsoft.com" {
+		t.Errorf("graph_url %q resource %q", g.Provider.GraphURL, g.Provider.GraphResource)
+	}
+	if cfg.SMTP.Limits.AutoSMTPRecheck != 30*time.Minute {
+		t.Errorf("auto_smtp_recheck = %v", cfg.SMTP.Limits.AutoSMTPRecheck)
 	}
 }

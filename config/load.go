@@ -364,6 +364,7 @@ func (c *Config) validate() hcl.Diagnostics {
 		UpstreamTimeout: parseDuration(sm.UpstreamTimeout, DefaultUpstreamTimeout, sm.UpstreamRange, sm.DefRange, "upstream_timeout", &diags),
 		ConnectionWait:  parseDuration(sm.ConnectionWait, DefaultConnectionWait, sm.WaitRange, sm.DefRange, "connection_wait", &diags),
 		MaxConnections:  orInt(sm.MaxConnections, DefaultMaxConnections),
+		AutoSMTPRecheck: parseDuration(sm.AutoSMTPRecheck, DefaultAutoSMTPRecheck, sm.RecheckRange, sm.DefRange, "auto_smtp_recheck", &diags),
 	}
 	if sm.Limits.MaxMessageBytes <= 0 {
 		sm.Limits.MaxMessageBytes = DefaultMaxMessageBytes
@@ -474,6 +475,17 @@ func (c *Config) validate() hcl.Diagnostics {
 		}
 		positive(&diags, a.DefRange, fmt.Sprintf("account %q", a.Name), "max_connections", a.MaxConnections, a.MaxConnRange, DefaultAccountConnections)
 		positive(&diags, a.DefRange, fmt.Sprintf("account %q", a.Name), "smtp_max_connections", a.SMTPMaxConnections, a.SMTPConnRange, DefaultAccountSMTPConnections)
+		switch a.SendVia {
+		case "":
+			a.SendVia = SendViaSMTP
+		case SendViaSMTP, SendViaGraph, SendViaAuto:
+		default:
+			diags = append(diags, diagAt(a.SendViaRange, a.DefRange, "Invalid send_via",
+				fmt.Sprintf(`account %q: send_via must be "smtp" (SMTP submission with XOAUTH2, the default), "graph" (Microsoft Graph sendMail) or "auto" (SMTP, switching to Graph while the tenant or mailbox has SMTP AUTH disabled).`, a.Name)))
+		}
+		if p != nil && a.UsesGraph() {
+			p.UsesGraph = true
+		}
 		if a.MaxConnections <= 0 {
 			a.MaxConnections = DefaultAccountConnections
 		}
@@ -696,14 +708,18 @@ func IsLoopback(addr string) bool { return isLoopbackHostPort(addr) }
 
 // cloud presets, from microsoft-365.md §1.2.
 type cloudPreset struct {
-	authority, imap, pop3, smtp, scopePrefix, appScope string
+	authority, imap, pop3, smtp, scopePrefix, appScope, graph string
 }
 
+// Microsoft Graph per national cloud (graph_url default and Graph token
+// resource): global https://graph.microsoft.com, US Government (GCC High)
+// https://graph.microsoft.us, US DoD https://dod-graph.microsoft.us, China
+// (21Vianet) https://microsoftgraph.chinacloudapi.cn.
 var clouds = map[string]cloudPreset{
-	"global":    {"https://login.microsoftonline.com", "outlook.office365.com:993", "outlook.office365.com:995", "smtp.office365.com:587", "https://outlook.office.com/", "https://outlook.office365.com/.default"},
-	"usgov":     {"https://login.microsoftonline.us", "outlook.office365.us:993", "outlook.office365.us:995", "smtp.office365.us:587", "https://outlook.office365.us/", "https://outlook.office365.us/.default"},
-	"usgov-dod": {"https://login.microsoftonline.us", "outlook-dod.office365.us:993", "outlook-dod.office365.us:995", "outlook-dod.office365.us:587", "https://outlook.office365.us/", "https://outlook.office365.us/.default"},
-	"china":     {"https://login.partner.microsoftonline.cn", "partner.outlook.cn:993", "partner.outlook.cn:995", "smtp.partner.outlook.cn:587", "https://partner.outlook.cn/", "https://partner.outlook.cn/.default"},
+	"global":    {"https://login.microsoftonline.com", "outlook.office365.com:993", "outlook.office365.com:995", "smtp.office365.com:587", "https://outlook.office.com/", "https://outlook.office365.com/.default", DefaultGraphURL},
+	"usgov":     {"https://login.microsoftonline.us", "outlook.office365.us:993", "outlook.office365.us:995", "smtp.office365.us:587", "https://outlook.office365.us/", "https://outlook.office365.us/.default", "https://graph.microsoft.us"},
+	"usgov-dod": {"https://login.microsoftonline.us", "outlook-dod.office365.us:993", "outlook-dod.office365.us:995", "outlook-dod.office365.us:587", "https://outlook.office365.us/", "https://outlook.office365.us/.default", "https://dod-graph.microsoft.us"},
+	"china":     {"https://login.partner.microsoftonline.cn", "partner.outlook.cn:993", "partner.outlook.cn:995", "smtp.partner.outlook.cn:587", "https://partner.outlook.cn/", "https://partner.outlook.cn/.default", "https://microsoftgraph.chinacloudapi.cn"},
 }
 
 func (p *Provider) resolve() hcl.Diagnostics {
@@ -750,8 +766,19 @@ func (p *Provider) resolve() hcl.Diagnostics {
 			diags = append(diags, diagAt(s.rng, p.DefRange, "Invalid port", fmt.Sprintf("%q: the port must be a number from 1 to 65535.", s.v)))
 		}
 	}
+	if p.GraphURL == "" {
+		p.GraphURL = preset.graph
+	}
+	p.GraphURL = strings.TrimSuffix(p.GraphURL, "/")
+	if u, err := url.Parse(p.GraphURL); err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+		diags = append(diags, diagAt(p.GraphRange, p.DefRange, "Invalid graph_url",
+			"graph_url is the Microsoft Graph endpoint without a path, e.g. \"https://graph.microsoft.com\" (the bridge adds /v1.0/...)."))
+	} else if u.Scheme == "http" && !isLoopbackHostPort(hostPortOf(u)) {
+		diags = append(diags, diagAt(p.GraphRange, p.DefRange, "Insecure graph_url", "graph_url may use plain http only on a loopback address (a local test fake); use https."))
+	}
 	p.ScopePrefix = preset.scopePrefix
 	p.AppScope = preset.appScope
+	p.GraphResource = preset.graph
 	if p.Tenant == "" {
 		diags = append(diags, diagAt(p.TenantRange, p.DefRange, "Missing tenant", "tenant is the directory's GUID or domain, or \"organizations\"/\"common\" for delegated-only multi-tenant apps."))
 	}

@@ -11,6 +11,11 @@
 //	          offers CHUNKING, else as DATA; 250 only after the upstream's 250)
 //	       -> more transactions on the same upstream connection -> QUIT
 //
+// An account with send_via = "graph" (or "auto" while Microsoft 365 answers
+// its SMTP AUTH with 535 5.7.139) has no upstream SMTP connection: the
+// message is submitted through Microsoft Graph after DATA (graph.go,
+// graphmime.go, graphlarge.go), with the same guarantees.
+//
 // Guarantees:
 //
 //   - Nothing is lost: the client sees 250 only after the upstream's 250. Any

@@ -418,7 +418,10 @@ type bridgeOpts struct {
 	tokens       tokens.Source
 	auth         localauth.Options // zero: localauth's defaults
 	failures     *frontdoor.Policy // nil: 10 ms failure delay, default limit
-	noBDAT       bool // send DATA upstream even where CHUNKING is offered
+	noBDAT       bool              // send DATA upstream even where CHUNKING is offered
+	// The Graph path (graph_test.go).
+	providerExtra string // inside provider "ms" { }
+	graphTokens   tokens.Source
 }
 
 type bridge struct {
@@ -473,6 +476,7 @@ provider "ms" {
   client_id   = "00000000-0000-0000-0000-000000000001"
   smtp_server = %q
   ca_file     = %q
+  %s
 }
 account "helpdesk" {
   provider = "ms"
@@ -492,7 +496,7 @@ user "boss" {
   password_hash = %q
   account       = "ceo"
 }
-`, t.TempDir(), o.smtpExtra, tlsBlock, upstreamAddr, ca, o.accountExtra, testHash(), testHash())
+`, t.TempDir(), o.smtpExtra, tlsBlock, upstreamAddr, ca, o.providerExtra, o.accountExtra, testHash(), testHash())
 	cfg, err := config.Parse("t.hcl", []byte(hcl))
 	if err != nil {
 		var ce *config.Error
@@ -523,12 +527,13 @@ func startBridge(t testing.TB, upstreamAddr string, o bridgeOpts) *bridge {
 		failures = *o.failures
 	}
 	b.srv = New(Options{
-		Config:   func() *config.Config { return cfg },
-		Auth:     localauth.New(cfg, o.auth),
-		Tokens:   src,
-		Limiter:  &limiter.Limiter{},
-		Logger:   slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Failures: failures,
+		Config:      func() *config.Config { return cfg },
+		Auth:        localauth.New(cfg, o.auth),
+		Tokens:      src,
+		Limiter:     &limiter.Limiter{},
+		GraphTokens: o.graphTokens,
+		Logger:      slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Failures:    failures,
 	})
 	b.srv.noBDAT = o.noBDAT
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -57,6 +58,13 @@ type Options struct {
 	// POP3 (delay before each failed AUTH's reply, disconnect after a few);
 	// zero values take frontdoor's defaults.
 	Failures frontdoor.Policy
+	// GraphTokens serves Microsoft Graph tokens for accounts with send_via
+	// "graph" or "auto". Nil: Tokens.For(tokens.Graph) when Tokens is a
+	// *tokens.Manager.
+	GraphTokens tokens.Source
+	// GraphHTTP talks to Microsoft Graph and its upload URLs. Nil: a client
+	// per provider trusting the system roots plus the provider's ca_file.
+	GraphHTTP *http.Client
 }
 
 // Server is the SMTP submission proxy. One Server may serve several
@@ -74,7 +82,8 @@ type Server struct {
 	conns   map[*trackedConn]struct{}
 	wg      sync.WaitGroup // Serve calls
 
-	noBDAT bool // tests: send DATA upstream even where CHUNKING is offered
+	noBDAT bool         // tests: send DATA upstream even where CHUNKING is offered
+	gb     graphBackend // the Graph path (graph.go)
 }
 
 // New returns a Server; call Serve for each listener.

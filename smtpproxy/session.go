@@ -44,7 +44,12 @@ type session struct {
 	// Transaction state.
 	from  string
 	rcpts []string
-	inTx  bool // the upstream accepted MAIL and the transaction is open there
+	inTx  bool     // the upstream accepted MAIL and the transaction is open there
+	gtx   *graphTx // the transaction goes through Microsoft Graph (graph.go)
+
+	// smtpAuthOff is the upstream's "535 5.7.139" (SMTP AUTH disabled)
+	// from the last dial, for send_via = "auto".
+	smtpAuthOff *smtp.SMTPError
 
 	// Statistics for the closing log line.
 	messages int
@@ -249,6 +254,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		// MAIL inside an open transaction: start over upstream too.
 		s.resetUpstream()
 	}
+	s.gtx = nil
 	s.from, s.rcpts = from, nil
 	if !s.account.SenderAllowed(from) {
 		s.log.Warn("sender refused by policy", "from", from)
@@ -259,8 +265,19 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		metrics.SMTPMessages.WithLabelValues("refused").Inc()
 		return smtp.ErrDataTooLarge
 	}
+	if ok, why := s.srv.useGraph(s.account); ok {
+		metrics.SetSendPath(s.account.Name, "graph")
+		return s.graphMail(why)
+	}
 	for attempt := 0; ; attempt++ {
+		s.smtpAuthOff = nil
 		up, fresh, werr := s.ensureUpstream()
+		if werr != nil && s.smtpAuthOff != nil && s.account.SendVia == config.SendViaAuto {
+			// SMTP AUTH is disabled for the tenant or mailbox: this
+			// transaction and the next ones go through Graph.
+			s.srv.switchToGraph(s, s.smtpAuthOff)
+			return s.graphMail(autoWhy)
+		}
 		if werr != nil {
 			metrics.SMTPMessages.WithLabelValues("failed").Inc()
 			return werr
@@ -273,6 +290,8 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		err := up.c.Mail(from, upstreamMailOptions(opts))
 		if err == nil {
 			s.inTx = true
+			s.srv.smtpWorks(s)
+			metrics.SetSendPath(s.account.Name, "smtp")
 			return nil
 		}
 		se, isSMTP := asSMTP(err)
@@ -322,6 +341,9 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if s.account == nil {
 		return errAuthRequired
 	}
+	if s.gtx != nil {
+		return s.graphRcpt(to)
+	}
 	up := s.current()
 	if up == nil || !s.inTx {
 		return errUpstreamLost
@@ -352,6 +374,9 @@ func (s *session) Data(r io.Reader) error {
 	defer s.opMu.Unlock()
 	if s.account == nil {
 		return errAuthRequired
+	}
+	if s.gtx != nil {
+		return s.graphData(r)
 	}
 	up := s.current()
 	if up == nil || !s.inTx {
@@ -440,6 +465,7 @@ func (s *session) Reset() {
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
 	s.from, s.rcpts = "", nil
+	s.gtx = nil
 	if s.inTx {
 		s.resetUpstream()
 	}

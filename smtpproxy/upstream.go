@@ -17,6 +17,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
@@ -96,6 +97,12 @@ func (s *session) dial() (*upstream, *smtp.SMTPError) {
 			return nil, werr
 		}
 		up, err = s.connect(addr, tok, lim.UpstreamTimeout)
+	}
+	if se, rejected := authRejected(err); rejected && isSMTPAuthDisabled(se) && acct.SendVia == config.SendViaAuto {
+		// send_via = "auto": Mail switches this account to Graph.
+		s.smtpAuthOff = se
+		metrics.UpstreamErrors.WithLabelValues("smtp", "auth").Inc()
+		return nil, errUpstreamRefusedAuth
 	}
 	if err != nil {
 		return nil, s.connectFailure(log, err)

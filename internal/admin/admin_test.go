@@ -79,7 +79,9 @@ func newFake() *fakeTokens {
 				Expiry: testNow.Add(52 * time.Minute), LastRefresh: testNow.Add(-8 * time.Minute), SignedInAs: "alice@contoso.com"},
 			{Account: "sales", Mailbox: "sales@contoso.com", Flow: "delegated", State: tokens.StateNeedsLogin,
 				LastError: `refresh refused <script>alert("x")</script>`, Fix: "run 'oauthbridge login sales' & retry", AADSTS: 70008},
-			{Account: "robot", Mailbox: "robot@contoso.com", Flow: "app", State: tokens.StateUnknown},
+			{Account: "robot", Mailbox: "robot@contoso.com", Flow: "app", State: tokens.StateUnknown,
+				SendVia: "auto", SendPath: "graph", SendPathReason: "SMTP AUTH is disabled: 535 5.7.139 <x>",
+				GraphError: "no consent for Mail.Send", GraphFix: "add Mail.Send & consent"},
 		},
 		deviceCh: make(chan error, 1),
 		complete: func(state, code string) (string, error) {
@@ -261,6 +263,9 @@ func TestStatusPage(t *testing.T) {
 		// Escaped, never raw.
 		`refresh refused &lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;`,
 		`Fix: run &#39;oauthbridge login sales&#39; &amp; retry`,
+		// The send path of each account, and a Graph token problem.
+		`sends via graph (send_via = auto): SMTP AUTH is disabled: 535 5.7.139 &lt;x&gt;`,
+		`Microsoft Graph: no consent for Mail.Send`, `Fix: add Mail.Send &amp; consent`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("status page lacks %q", want)

@@ -221,6 +221,8 @@ func (c *Config) validate() hcl.Diagnostics {
 		sm.Limits.MaxMessageBytes = DefaultMaxMessageBytes
 	}
 
+	c.validateStore(file, &diags)
+
 	// Admin listener.
 	if c.Admin == nil {
 		c.Admin = &AdminBlock{}

@@ -28,13 +28,14 @@ func (m *Manager) TamperVerifierForTest(state string) {
 
 // SetStoreWriteErrorForTest makes every store write fail with err (nil: normal).
 func (m *Manager) SetStoreWriteErrorForTest(err error) {
-	m.store.mu.Lock()
-	defer m.store.mu.Unlock()
+	st := m.store.(*store)
+	st.mu.Lock()
+	defer st.mu.Unlock()
 	if err == nil {
-		m.store.writeFile = nil
+		st.writeFile = nil
 		return
 	}
-	m.store.writeFile = func(*os.File, []byte) error { return err }
+	st.writeFile = func(*os.File, []byte) error { return err }
 }
 
 // StoredForTest is the part of a store entry the tests look at.

@@ -59,6 +59,9 @@ type entry struct {
 	// Binding names the app registration, flow and person the tokens belong
 	// to; an entry whose binding differs from the configuration is ignored.
 	Binding string `json:"binding"`
+	// Version is the row version in a shared store (compare-and-swap);
+	// the file store does not keep it.
+	Version int64 `json:"-"`
 }
 
 type storeFile struct {

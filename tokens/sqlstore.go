@@ -187,9 +187,13 @@ func (s *sqlStore) migrate(ctx context.Context) error {
 	metrics.TokenStoreQueries.WithLabelValues("migrate").Inc()
 	var err error
 	for try := 0; try < 5; try++ {
-		// Concurrent CREATE TABLE IF NOT EXISTS can fail on PostgreSQL's
-		// catalog unique index; the retry then sees the table.
-		if _, err = s.db.ExecContext(ctx, s.d.schemaT); err == nil || !s.d.isDup(err) {
+		// Two replicas' CREATE TABLE IF NOT EXISTS at the same moment: one
+		// of them can fail on PostgreSQL's catalog ("type ... already
+		// exists"); the retry then sees the table.
+		if _, err = s.db.ExecContext(ctx, s.d.schemaT); err == nil {
+			break
+		}
+		if sleepCtx(ctx, time.Duration(try+1)*50*time.Millisecond) != nil {
 			break
 		}
 	}
@@ -488,7 +492,7 @@ func (s *sqlStore) write(account string, e *entry, base int64) (bool, error) {
 // the version it was read at.
 func (s *sqlStore) update(changes map[string]*entry) (newer map[string]*entry, err error) {
 	for name, e := range changes {
-		if err := s.ensure(nil, name); err != nil {
+		if err := s.ensure(context.Background(), name); err != nil {
 			return newer, err
 		}
 		for try := 0; ; try++ {

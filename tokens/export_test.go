@@ -92,11 +92,13 @@ func StoredRefreshTokenForTest(dir, account string) string {
 // SetLeaseHookForTest calls f at the steps of a shared store's refresh
 // lease: "claimed" (before the redemption), "redeemed" (after it, before
 // the write) and "waiting" (another replica holds it). freeze stops the
-// lease's heartbeat and its release, as if the process had been killed or
-// stopped.
+// lease's heartbeat and its release until f returns, as if the process
+// had been stopped (SIGSTOP) for that long; a killed process is one
+// stopped until CancelForTest.
 func (m *Manager) SetLeaseHookForTest(f func(step, account string, freeze func())) {
 	m.leaseHook = func(step, account string, l *lease) {
 		f(step, account, func() { l.frozen.Store(true) })
+		l.frozen.Store(false)
 	}
 }
 

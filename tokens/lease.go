@@ -50,7 +50,20 @@ func (m *Manager) holdGrant(a *account, r Resource, gen uint64) (l *lease, newGe
 		if err != nil {
 			return nil, gen, false, storeDown(a, err)
 		}
+		if l.held && l.row == nil { // the file store
+			return l, gen, false, nil
+		}
 		if l.held {
+			if m.leaseHook != nil {
+				m.leaseHook("claimed", a.name, l)
+			}
+			// A replica stopped (SIGSTOP, a paused VM) right after taking
+			// the lease may resume after another took it over: look again
+			// before redeeming anything.
+			if st, ok := m.store.(*sqlStore); ok && !st.confirm(a.name, l) {
+				l.end()
+				continue
+			}
 			break
 		}
 		// Another replica redeems this grant now: wait for its result
@@ -75,12 +88,6 @@ func (m *Manager) holdGrant(a *account, r Resource, gen uint64) (l *lease, newGe
 				return &lease{}, newGen, true, nil
 			}
 		}
-	}
-	if l.row == nil { // the file store
-		return l, gen, false, nil
-	}
-	if m.leaseHook != nil {
-		m.leaseHook("claimed", a.name, l)
 	}
 	row := *l.row
 	a.mu.Lock()

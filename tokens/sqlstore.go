@@ -575,7 +575,7 @@ func (s *sqlStore) claim(ctx context.Context, account string) (*lease, error) {
 		s.releaseLease(account)
 		return nil, err
 	}
-	l := &lease{held: true, holder: s.owner, row: &r, stop: make(chan struct{}), done: make(chan struct{})}
+	l := &lease{held: true, holder: s.owner, row: &r, claimedAt: time.Now(), stop: make(chan struct{}), done: make(chan struct{})}
 	l.release = func() {
 		l.once.Do(func() {
 			close(l.stop)
@@ -612,6 +612,25 @@ func (s *sqlStore) heartbeat(account string, l *lease) {
 	}
 }
 
+// confirm makes sure l is still held when it was taken more than a
+// heartbeat ago (the process may have been stopped since): it renews it,
+// and reports false if another replica has it now.
+func (s *sqlStore) confirm(account string, l *lease) bool {
+	if time.Since(l.claimedAt) < s.beat {
+		return !l.lost.Load()
+	}
+	n, err := s.exec(context.Background(), "renew", s.d.renew, account, s.owner, s.lease.Milliseconds())
+	if err != nil || n != 1 {
+		if err == nil {
+			metrics.TokenLeasesLost.Inc()
+			s.log.Warn("tokens: this replica was stopped longer than its refresh lease; another replica has the grant now", "account", account)
+		}
+		l.lost.Store(true)
+		return false
+	}
+	return true
+}
+
 func (s *sqlStore) releaseLease(account string) {
 	s.exec(context.Background(), "release", s.d.release, account, s.owner, epoch)
 }
@@ -628,6 +647,8 @@ type lease struct {
 	holder string    // who holds it (when not held by us)
 	until  time.Time // when it runs out (when not held by us)
 	row    *storeRow // the row read right after claiming (shared stores)
+	// claimedAt is when this process took it (monotonic clock).
+	claimedAt time.Time
 
 	release func() // nil for the file store
 	once    sync.Once

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -443,4 +445,184 @@ func TestPGHolderStoppedBeforeRedeem(t *testing.T) {
 		t.Fatalf("redemptions = %d, want exactly 1", n)
 	}
 	h.noSpentTokens()
+}
+
+// cutProxy forwards TCP connections to the database until Cut, which
+// closes them all and refuses new ones (the database is down), until
+// Restore.
+type cutProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	down   bool
+	conns  map[net.Conn]bool
+}
+
+func newCutProxy(t *testing.T, dsn string) (*cutProxy, string) {
+	t.Helper()
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{ln: ln, target: u.Host, conns: map[net.Conn]bool{}}
+	t.Cleanup(func() { ln.Close(); p.Cut() })
+	go p.serve()
+	u.Host = ln.Addr().String()
+	return p, u.String()
+}
+
+func (p *cutProxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		if p.down {
+			p.mu.Unlock()
+			c.Close()
+			continue
+		}
+		up, err := net.Dial("tcp", p.target)
+		if err != nil {
+			p.mu.Unlock()
+			c.Close()
+			continue
+		}
+		p.conns[c], p.conns[up] = true, true
+		p.mu.Unlock()
+		go func() { io.Copy(up, c); up.Close(); c.Close() }()
+		go func() { io.Copy(c, up); up.Close(); c.Close() }()
+	}
+}
+
+func (p *cutProxy) Cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for c := range p.conns {
+		c.Close()
+	}
+	clear(p.conns)
+}
+
+func (p *cutProxy) Restore() {
+	p.mu.Lock()
+	p.down = false
+	p.mu.Unlock()
+}
+
+// The database goes down: the replicas report not-ready with the reason,
+// keep serving cached access tokens, give a temporary error once they
+// expire without redeeming anything, and recover by themselves when it
+// is back, with one redemption.
+func TestPGDatabaseDown(t *testing.T) {
+	var p *cutProxy
+	h := newHA(t, 2, func(dsn string) string {
+		var via string
+		p, via = newCutProxy(t, dsn)
+		return via
+	})
+	h.signIn(0)
+	tok := h.row().AccessToken
+	p.Cut()
+	for _, r := range h.replicas {
+		eventually(t, r.name+" to report the store down", func() bool {
+			err := r.m.StoreHealth()
+			return err != nil && strings.Contains(err.Error(), "unreachable")
+		})
+		if got := h.replicaToken(r); got != tok {
+			t.Fatalf("%s: cached token not served while the database is down", r.name)
+		}
+	}
+	if got := testutil.ToFloat64(metrics.TokenStoreUp); got != 0 {
+		t.Fatalf("oauthbridge_token_store_up = %v while down", got)
+	}
+	for _, r := range h.replicas {
+		r.clock.Add(61 * time.Minute) // the access token has expired
+		r.m.WakeForTest()
+		_, err := r.m.AccessToken(context.Background(), helpdesk)
+		var te *Error
+		if !errors.As(err, &te) || te.Kind != Temporary || !strings.Contains(te.Reason, "shared token store") {
+			t.Fatalf("%s: AccessToken with an expired token and the store down = %v; want a temporary error naming the store", r.name, err)
+		}
+		if st := statusOf(r.m, helpdesk); !strings.Contains(st.LastError, "shared token store") {
+			t.Fatalf("%s: status while down = %+v", r.name, st)
+		}
+	}
+	if n := h.refreshes(); n != 0 {
+		t.Fatalf("%d refresh tokens redeemed while the store was down, want 0", n)
+	}
+	p.Restore()
+	// The replicas back off after the failures; their clocks move on.
+	eventually(t, "a refresh after the database is back", func() bool {
+		for _, r := range h.replicas {
+			r.clock.Add(time.Second)
+			r.m.WakeForTest()
+		}
+		return h.row().AccessToken != tok
+	})
+	h.converged("recovery after the database is back", tok)
+	for _, r := range h.replicas {
+		eventually(t, r.name+" to report the store up", func() bool { return r.m.StoreHealth() == nil })
+	}
+	if n := h.refreshes(); n != 1 {
+		t.Fatalf("redemptions after recovery = %d, want exactly 1\n%s\n----\n%s", n, h.replicas[0].logs, h.replicas[1].logs)
+	}
+	h.noSpentTokens()
+}
+
+// The database goes down after the holder redeemed the refresh token and
+// before it stored the result. The holder keeps the new tokens in memory
+// and serves them; when the database is back it stores them before
+// anything else, so the next redemption uses them (not the rotated-away
+// one still in the row).
+func TestPGDatabaseDownAfterRedeem(t *testing.T) {
+	var p *cutProxy
+	h := newHA(t, 2, func(dsn string) string {
+		var via string
+		p, via = newCutProxy(t, dsn)
+		return via
+	})
+	h.signIn(0)
+	holder, other := h.replicas[0], h.replicas[1]
+	v0 := h.row()
+	var once sync.Once
+	holder.m.SetLeaseHookForTest(func(step, account string, freeze func()) {
+		if step == "redeemed" {
+			once.Do(p.Cut)
+		}
+	})
+	due(holder)
+	var fresh string
+	eventually(t, "the holder to serve its new token with the store down", func() bool {
+		tok, err := holder.m.AccessToken(context.Background(), helpdesk)
+		fresh = tok
+		return err == nil && tok != v0.AccessToken
+	})
+	if r := h.row(); r.Version != v0.Version {
+		t.Fatalf("the row changed while the database was down")
+	}
+	p.Restore()
+	eventually(t, "the unsaved tokens to be stored", func() bool { return h.row().AccessToken == fresh })
+	h.converged("the stored tokens on both replicas", v0.AccessToken)
+	due(holder, other)
+	h.converged("the next lifetime's token", fresh)
+	if n := h.refreshes(); n != 2 {
+		t.Fatalf("redemptions = %d, want 2", n)
+	}
+	h.noSpentTokens()
+}
+
+func (h *ha) replicaToken(r *replica) string {
+	h.t.Helper()
+	tok, err := r.m.AccessToken(context.Background(), helpdesk)
+	if err != nil {
+		h.t.Fatalf("%s: AccessToken() = %v", r.name, err)
+	}
+	return tok
 }

@@ -88,6 +88,7 @@ func (m *Manager) holdGrant(a *account, r Resource, gen uint64) (l *lease, newGe
 				return &lease{}, newGen, true, nil
 			}
 		}
+		gen = newGen
 	}
 	row := *l.row
 	a.mu.Lock()
@@ -115,11 +116,10 @@ func (m *Manager) holdGrant(a *account, r Resource, gen uint64) (l *lease, newGe
 		}
 		a.mu.Unlock()
 	}
-	if g, took := m.takeRow(a, gen, row); took {
-		newGen = g
-		fresh = m.freshFor(a, r)
-	}
-	return l, newGen, fresh, nil
+	newGen, _ = m.takeRow(a, gen, row)
+	// The tokens may be fresh already: adopted just now, or by the poll
+	// while this redemption waited to start.
+	return l, newGen, m.freshFor(a, r), nil
 }
 
 // takeRow installs a stored row that is newer than a's tokens. It reports
@@ -155,16 +155,22 @@ func (m *Manager) takeRowLocked(a *account, d *entry) {
 	m.publishMetricsLocked(a)
 }
 
-// freshFor reports whether a's token for r is valid and not yet due for a
-// refresh, so a redemption would be wasted.
+// freshFor reports whether a's token for r is valid and not due for a
+// refresh (by expiry, as refreshDue and graphDue compute it, or by idle
+// time), so a redemption would be wasted: another replica refreshed.
 func (m *Manager) freshFor(a *account, r Resource) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := m.now()
 	if r == Graph {
-		return m.graphUsable(a, now) && now.Before(a.ent.GraphExpiry.Add(-min(m.opts.RefreshMargin, a.graphLifetime()/4)))
+		g := a.graphLocked()
+		return m.graphUsable(a, now) && now.Before(a.ent.GraphExpiry.Add(-min(m.opts.RefreshMargin, a.graphLifetime()/4)-g.jitter))
 	}
-	return m.usable(a, now) && now.Before(a.ent.Expiry.Add(-min(m.opts.RefreshMargin, a.margin())))
+	if !m.usable(a, now) || !now.Before(a.ent.Expiry.Add(-min(m.opts.RefreshMargin, a.margin())-a.jitter)) {
+		return false
+	}
+	idle := a.cfg.Flow != config.FlowApp && !a.ent.LastRefresh.IsZero() && !now.Before(a.ent.LastRefresh.Add(m.opts.IdleRefresh))
+	return !idle
 }
 
 func (m *Manager) cfgStore() *config.StoreBlock {

@@ -223,10 +223,15 @@ func (m *Manager) StoreHealth() error {
 	return nil
 }
 
-// sameStore reports whether two store blocks name the same token store.
+// sameStore reports whether two store blocks name the same token store
+// with the same settings (a reload cannot change them).
 func sameStore(x, y *config.StoreBlock) bool {
 	if x == nil || y == nil {
 		return !x.Shared() && !y.Shared()
 	}
-	return x.Type == y.Type && x.DSN == y.DSN
+	if !x.Shared() {
+		return !y.Shared()
+	}
+	return x.Type == y.Type && x.DSN == y.DSN && x.Replica == y.Replica &&
+		x.Lease == y.Lease && x.Heartbeat == y.Heartbeat && x.Poll == y.Poll
 }

@@ -257,6 +257,7 @@ func TestPGOneRefreshPerExpiry(t *testing.T) {
 	}
 	prev := h.row().AccessToken
 	for cycle := 1; cycle <= 3; cycle++ {
+		q0 := storeQueries()
 		due(h.replicas...)
 		// Logins on every replica throughout: the cached token serves.
 		var wg sync.WaitGroup
@@ -275,6 +276,7 @@ func TestPGOneRefreshPerExpiry(t *testing.T) {
 		wg.Wait()
 		h.converged(fmt.Sprintf("cycle %d's refreshed token on every replica", cycle), prev)
 		prev = h.row().AccessToken
+		t.Logf("cycle %d: %.0f store queries by 3 replicas (polls every 50ms included)", cycle, storeQueries()-q0)
 		if n := h.refreshes(); n != cycle {
 			t.Fatalf("cycle %d: %d refresh-token redemptions, want exactly %d (one per lifetime)", cycle, n, cycle)
 		}
@@ -626,3 +628,13 @@ func (h *ha) replicaToken(r *replica) string {
 	}
 	return tok
 }
+
+// storeQueries sums oauthbridge_token_store_queries_total over operations.
+func storeQueries() float64 {
+	var n float64
+	for _, op := range []string{"poll", "load", "get", "claim", "renew", "release", "write"} {
+		n += testutil.ToFloat64(metrics.TokenStoreQueries.WithLabelValues(op))
+	}
+	return n
+}
+

@@ -637,4 +637,3 @@ func storeQueries() float64 {
 	}
 	return n
 }
-

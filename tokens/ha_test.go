@@ -51,6 +51,9 @@ type replica struct {
 
 const haLease = 1 * time.Second
 
+// haSendVia is the test accounts' send_via.
+var haSendVia = "smtp"
+
 func haConfig(t *testing.T, authority, dsn, name string) *config.Config {
 	t.Helper()
 	src := fmt.Sprintf(`state_dir = %q
@@ -72,8 +75,9 @@ account %q {
   provider = "p"
   mailbox  = "hd@contoso.com"
   delegate = %q
+  send_via = %q
 }
-`, filepath.Join(t.TempDir(), "state"), dsn, name, haLease.String(), secret, authority, helpdesk, alice)
+`, filepath.Join(t.TempDir(), "state"), dsn, name, haLease.String(), secret, authority, helpdesk, alice, haSendVia)
 	cfg, err := config.Parse("ha.hcl", []byte(src))
 	if err != nil {
 		t.Fatalf("config.Parse() = %v", err)
@@ -636,4 +640,26 @@ func storeQueries() float64 {
 		n += testutil.ToFloat64(metrics.TokenStoreQueries.WithLabelValues(op))
 	}
 	return n
+}
+
+// Graph tokens come from the same grant: one replica redeems it for
+// Microsoft Graph, the others take the stored Graph token.
+func TestPGGraphTokenShared(t *testing.T) {
+	haSendVia = "graph"
+	defer func() { haSendVia = "smtp" }()
+	h := newHA(t, 2, nil)
+	h.signIn(0)
+	a, b := h.replicas[0], h.replicas[1]
+	ga, err := a.m.GraphToken(context.Background(), helpdesk)
+	if err != nil {
+		t.Fatalf("GraphToken(first replica) = %v", err)
+	}
+	eventually(t, "the second replica to serve the same Graph token", func() bool {
+		gb, err := b.m.GraphToken(context.Background(), helpdesk)
+		return err == nil && gb == ga
+	})
+	if n := h.refreshes(); n != 1 {
+		t.Fatalf("redemptions = %d, want 1 (one Graph token for both replicas)", n)
+	}
+	h.noSpentTokens()
 }

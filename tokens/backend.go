@@ -38,6 +38,11 @@ type tokenStore interface {
 	// claim takes the refresh lease of account's grant (see lease.go). The
 	// file store grants it at once: one process refreshes.
 	claim(ctx context.Context, account string) (*lease, error)
+	// confirm reports whether l, taken by claim, is still held (the
+	// process may have been stopped since).
+	confirm(account string, l *lease) bool
+	// get reads account's current entry (a nil ent if none).
+	get(ctx context.Context, account string) (storeRow, error)
 	// shared reports whether several bridges use this store.
 	shared() bool
 	// leases returns the lease holders seen by the last poll (shared
@@ -84,10 +89,18 @@ func (s *store) poll() (map[string]*entry, error) {
 }
 
 func (s *store) claim(context.Context, string) (*lease, error) { return &lease{held: true}, nil }
-func (s *store) shared() bool                                  { return false }
-func (s *store) leases() map[string]LeaseInfo                  { return nil }
-func (s *store) health() error                                 { return nil }
-func (s *store) close() error                                  { return nil }
+func (s *store) confirm(string, *lease) bool                   { return true }
+func (s *store) get(_ context.Context, account string) (storeRow, error) {
+	accts, err := s.load()
+	if err != nil {
+		return storeRow{}, err
+	}
+	return storeRow{ent: accts[account]}, nil
+}
+func (s *store) shared() bool                 { return false }
+func (s *store) leases() map[string]LeaseInfo { return nil }
+func (s *store) health() error                { return nil }
+func (s *store) close() error                 { return nil }
 func (s *store) fix() string {
 	return "check free space and permissions of " + s.dir + "; tokens are kept in memory until then"
 }

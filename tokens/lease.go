@@ -60,7 +60,7 @@ func (m *Manager) holdGrant(a *account, r Resource, gen uint64) (l *lease, newGe
 			// A replica stopped (SIGSTOP, a paused VM) right after taking
 			// the lease may resume after another took it over: look again
 			// before redeeming anything.
-			if st, ok := m.store.(*sqlStore); ok && !st.confirm(a.name, l) {
+			if !m.store.confirm(a.name, l) {
 				l.end()
 				continue
 			}
@@ -74,11 +74,7 @@ func (m *Manager) holdGrant(a *account, r Resource, gen uint64) (l *lease, newGe
 		if err := sleepCtx(m.base, min(m.cfgStore().Poll, maxLeaseWait)); err != nil {
 			return nil, gen, false, err
 		}
-		st, ok := m.store.(*sqlStore)
-		if !ok {
-			continue
-		}
-		row, err := st.get(m.base, a.name)
+		row, err := m.store.get(m.base, a.name)
 		if err != nil {
 			return nil, gen, false, storeDown(a, err)
 		}
@@ -110,6 +106,7 @@ func (m *Manager) holdGrant(a *account, r Resource, gen uint64) (l *lease, newGe
 			if d := newer[a.name]; d != nil {
 				row = storeRow{version: d.Version, ent: d}
 			} else {
+				row = storeRow{} // ours are the stored ones now
 				a.ent.Version = cur.Version
 				a.log.Info("tokens: tokens that could not be stored earlier are now in the shared store")
 			}

@@ -544,6 +544,9 @@ func TestPGDatabaseDown(t *testing.T) {
 		if got := h.replicaToken(r); got != tok {
 			t.Fatalf("%s: cached token not served while the database is down", r.name)
 		}
+		if st := statusOf(r.m, helpdesk); !strings.Contains(st.LastError, "unreachable") || st.State != StateOK {
+			t.Fatalf("%s: status with the database down and a valid token = %+v; want ok, naming the store", r.name, st)
+		}
 	}
 	if got := testutil.ToFloat64(metrics.TokenStoreUp); got != 0 {
 		t.Fatalf("oauthbridge_token_store_up = %v while down", got)

@@ -843,6 +843,10 @@ func (m *Manager) Status() []AccountStatus {
 			st.LastError, st.Fix = e.Reason, e.Fix
 		}
 		m.graphStatusLocked(a, &st, now)
+		if herr := m.store.health(); herr != nil && st.LastError == "" {
+			st.LastError = herr.Error() + "; cached access tokens keep serving until they expire"
+			st.Fix = m.store.fix()
+		}
 		if storeErr != "" && st.LastError == "" {
 			st.LastError = "cannot save the token store: " + storeErr
 			st.Fix = m.store.fix()

@@ -39,6 +39,10 @@ const (
 // entry is what the store keeps per account. It holds tokens, so it is
 // never logged or shown; Status copies the harmless fields.
 type entry struct {
+	// Version is the row version in a shared store (compare-and-swap);
+	// the file store does not keep it.
+	Version int64 `json:"-"`
+
 	RefreshToken string    `json:"refresh_token,omitempty"`
 	AccessToken  string    `json:"access_token,omitempty"`
 	Expiry       time.Time `json:"expiry,omitzero"`
@@ -59,9 +63,6 @@ type entry struct {
 	// Binding names the app registration, flow and person the tokens belong
 	// to; an entry whose binding differs from the configuration is ignored.
 	Binding string `json:"binding"`
-	// Version is the row version in a shared store (compare-and-swap);
-	// the file store does not keep it.
-	Version int64 `json:"-"`
 }
 
 type storeFile struct {

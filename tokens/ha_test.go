@@ -666,3 +666,88 @@ func TestPGGraphTokenShared(t *testing.T) {
 	}
 	h.noSpentTokens()
 }
+
+// What replicas cost the database: two replicas, 100 app-flow accounts,
+// two token lifetimes. Each account's token is obtained exactly once per
+// lifetime, and the statements per refresh (polls aside) stay small.
+func TestPGQueriesPer100Accounts(t *testing.T) {
+	dsn := PGTestDSN(t)
+	f, err := fakems.Start(fakems.Options{AccessTokenLifetime: tokenLife})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	warmUp(t, f)
+	f.AddApp("app1", secret)
+	const n = 100
+	var b strings.Builder
+	fmt.Fprintf(&b, "state_dir = %q\nstore {\n  type = \"postgres\"\n  dsn = %q\n  poll_interval = \"50ms\"\n}\n", filepath.Join(t.TempDir(), "s"), dsn)
+	fmt.Fprintf(&b, "provider \"p\" {\n  tenant = \"t\"\n  client_id = \"app1\"\n  client_secret = %q\n  authority = %q\n}\n", secret, f.AuthorityURL)
+	for i := range n {
+		mb := fmt.Sprintf("box%d@contoso.com", i)
+		f.AddMailbox(mb)
+		f.GrantApp("app1", mb)
+		fmt.Fprintf(&b, "account \"a%d\" {\n  provider = \"p\"\n  mailbox = %q\n  flow = \"app\"\n}\n", i, mb)
+	}
+	cfg, err := config.Parse("q.hcl", []byte(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := make([]byte, KeySize)
+	rand.Read(k)
+	keyFile := filepath.Join(t.TempDir(), "key")
+	os.WriteFile(keyFile, k, 0o600)
+	ops := []string{"get", "claim", "renew", "release", "write"}
+	count := func() (total float64) {
+		for _, op := range ops {
+			total += testutil.ToFloat64(metrics.TokenStoreQueries.WithLabelValues(op))
+		}
+		return total
+	}
+	var clocks []*fakeClock
+	var ms []*Manager
+	q0 := count()
+	for range 2 {
+		c := newFakeClock()
+		m, err := NewManager(cfg, Options{Now: c.Now, KeyFile: keyFile, RetryMin: 20 * time.Millisecond, RetryMax: 80 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Close() })
+		m.Start(context.Background())
+		clocks, ms = append(clocks, c), append(ms, m)
+	}
+	converged := func(cycle int) {
+		eventually(t, fmt.Sprintf("cycle %d on both replicas", cycle), func() bool {
+			if f.TokenRequestsByGrant()[grantCC] < cycle*n {
+				return false
+			}
+			for i := range n {
+				name := fmt.Sprintf("a%d", i)
+				t0, err0 := ms[0].AccessToken(context.Background(), name)
+				t1, err1 := ms[1].AccessToken(context.Background(), name)
+				if err0 != nil || err1 != nil || t0 != t1 {
+					return false
+				}
+			}
+			return true
+		})
+		if got := f.TokenRequestsByGrant()[grantCC]; got != cycle*n {
+			t.Fatalf("cycle %d: %d token requests for %d accounts, want exactly %d", cycle, got, n, cycle*n)
+		}
+	}
+	converged(1)
+	q1 := count()
+	for i, c := range clocks {
+		c.Add(58 * time.Minute)
+		ms[i].WakeForTest()
+	}
+	converged(2)
+	q2 := count()
+	perRefresh := (q2 - q1) / n
+	t.Logf("first tokens: %.0f statements for %d accounts; one lifetime later: %.0f (%.1f per account refresh, both replicas, polls aside)", q1-q0, n, q2-q1, perRefresh)
+	t.Logf("one replica at %d accounts, 1 h tokens, default 5 s poll: about %.0f queries a minute (12 polls + %.1f refresh statements)", n, 12+perRefresh*n/60/2, perRefresh*n/60/2)
+	if perRefresh > 12 {
+		t.Errorf("%.1f statements per account refresh across both replicas, want at most 12", perRefresh)
+	}
+}

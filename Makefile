@@ -2,9 +2,9 @@
 GO      ?= go
 GOFILES := $(shell git ls-files '*.go' 2>/dev/null)
 
-.PHONY: check fmt vet test fuzz peers browser systemd bench bench-strict bench-quick gobench demo build release deb install uninstall install-test
+.PHONY: check fmt vet test pgtest fuzz peers browser systemd bench bench-strict bench-quick gobench demo build release deb install uninstall install-test
 
-## check: everything CI runs: formatting, vet, fuzz smoke, systemd unit, the .deb installed and run as the unit would, real peers, browser, then every go test with -race
+## check: everything CI runs: formatting, vet, fuzz smoke, systemd unit, the .deb installed and run as the unit would, real peers, browser, then every go test with -race (with a PostgreSQL for the shared token store's tests)
 check: fmt vet fuzz systemd install-test peers browser test
 
 build:
@@ -75,9 +75,14 @@ fmt:
 vet:
 	$(GO) vet ./...
 
-## test: unit tests (net.Pipe, transcripts) and in-process end-to-end tests against the fake Microsoft 365
+## test: unit tests (net.Pipe, transcripts) and in-process end-to-end tests against the fake Microsoft 365;
+## test/pg/run.sh starts a throwaway PostgreSQL (Debian's, installed as root if missing) for the shared-store tests
 test:
-	$(GO) test -race -count=1 -timeout 15m ./...
+	bash test/pg/run.sh $(GO) test -race -count=1 -timeout 15m ./...
+
+## pgtest: only the shared token store's tests, against a throwaway PostgreSQL (several replicas, leases, database down)
+pgtest:
+	bash test/pg/run.sh $(GO) test -race -count=1 -run 'PG' ./tokens/
 
 ## fuzz: a short run of every fuzz target (FUZZTIME=30s by default)
 FUZZTIME ?= 30s

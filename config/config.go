@@ -71,6 +71,7 @@ type Config struct {
 	SMTP      *SMTPBlock  `hcl:"smtp,block"`
 	TLS       *TLSBlock   `hcl:"tls,block"`
 	Admin     *AdminBlock `hcl:"admin,block"`
+	Store     *StoreBlock `hcl:"store,block"`
 	Providers []*Provider `hcl:"provider,block"`
 	Accounts  []*Account  `hcl:"account,block"`
 	Users     []*User     `hcl:"user,block"`

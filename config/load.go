@@ -377,6 +377,8 @@ func (c *Config) validate() hcl.Diagnostics {
 			"The imap, pop3 and smtp blocks all have empty listen and listen_tls lists, so the bridge would serve nothing. Remove a block to get its default loopback listener, or give it a listen address."))
 	}
 
+	c.validateStore(file, &diags)
+
 	// Admin listener.
 	if c.Admin == nil {
 		c.Admin = &AdminBlock{}

@@ -27,6 +27,10 @@ type AccountStatus struct {
 	LastError   string    `json:"last_error,omitempty"`
 	Fix         string    `json:"fix,omitempty"`
 	AADSTS      int       `json:"aadsts,omitempty"`
+	// LeaseHolder is the replica that holds the account's refresh lease in
+	// a shared token store, until LeaseUntil; empty when none does.
+	LeaseHolder string    `json:"lease_holder,omitempty"`
+	LeaseUntil  time.Time `json:"lease_until,omitzero"`
 
 	// Sending. SendVia is the configured send_via; SendPath the path in use
 	// now ("smtp" or "graph"; with send_via = "auto" it says why it is on

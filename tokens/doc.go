@@ -42,6 +42,17 @@
 // daemon polls the file and adopts sign-ins made by another process. If a
 // write fails, tokens keep serving from memory and Status shows the error.
 //
+// Shared store. With store type = "postgres" (sqlstore.go, pgstore.go,
+// lease.go) several bridges share one table, a row per account sealed with
+// the same key. One replica redeems a grant at a time: it takes the row's
+// lease (a conditional UPDATE on the database's clock, renewed by
+// heartbeat) and writes the result with a compare-and-swap on the row's
+// version, so a replica that stalled past its lease cannot overwrite a
+// newer refresh token. The others adopt the stored tokens by polling. With
+// the database down nothing is redeemed; cached access tokens serve until
+// they expire, and tokens obtained just before it went down are written
+// first when it is back.
+//
 // No token, refresh token, device code, authorization code or secret is
 // ever put in a log line, an error string or Status.
 package tokens

@@ -265,13 +265,28 @@ func (m *Manager) refreshGraph(a *account, done chan struct{}, gen uint64, ac *c
 		}
 		close(done)
 	}
+	// A shared store: take the grant's lease and the stored tokens first.
+	l, gen, fresh, herr := m.holdGrant(a, Graph, gen)
+	if herr != nil {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		defer finish()
+		if g := a.graphLocked(); a.gen == gen {
+			g.lastErr = graphError(ac, classify(ac, herr))
+			g.backoff = min(max(g.backoff*2, m.opts.RetryMin), m.opts.RetryMax)
+			g.nextTry = m.now().Add(g.backoff/2 + mrand.N(g.backoff/2+1))
+		}
+		return
+	}
+	defer l.end()
 	a.mu.Lock()
-	if a.gen != gen {
+	if a.gen != gen || fresh {
 		finish()
 		a.mu.Unlock()
 		return
 	}
 	rt := a.ent.RefreshToken
+	base := a.ent.Version // what a shared store's write compares against
 	a.mu.Unlock()
 
 	p := ac.Provider
@@ -317,6 +332,7 @@ func (m *Manager) refreshGraph(a *account, done chan struct{}, gen uint64, ac *c
 	}
 	ent := a.ent
 	a.mu.Unlock()
+	ent.Version = base
 	ent.GraphAccessToken = tr.AccessToken
 	ent.GraphIssued, ent.GraphExpiry = now, now.Add(tr.lifetime())
 	if tr.RefreshToken != "" {
@@ -347,6 +363,8 @@ func (m *Manager) refreshGraph(a *account, done chan struct{}, gen uint64, ac *c
 	if tr.RefreshToken != "" {
 		a.ent.RefreshToken, a.ent.LastRefresh = ent.RefreshToken, ent.LastRefresh
 	}
+	a.ent.Version = ent.Version
+	a.unsaved = serr != nil && m.store.shared() // written first when the store is back
 	g.lastErr, g.backoff, g.nextTry, g.logged = nil, 0, time.Time{}, ""
 	g.jitter = randJitter(min(m.opts.RefreshMargin, a.graphLifetime()/4))
 	a.log.Debug("tokens: Microsoft Graph access token refreshed", "expires", ent.GraphExpiry)

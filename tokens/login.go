@@ -283,6 +283,7 @@ func (m *Manager) finishLogin(a *account, ac *config.Account, tr *tokenResponse,
 
 	a.mu.Lock()
 	a.ent = ent
+	a.unsaved = serr != nil && m.store.shared() // written first when the store is back
 	a.gen++
 	a.lastErr, a.backoff, a.nextTry, a.logged = nil, 0, time.Time{}, ""
 	a.jitter = randJitter(min(m.opts.RefreshMargin, a.margin()))

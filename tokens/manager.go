@@ -93,7 +93,10 @@ type Manager struct {
 	opts  Options
 	log   *slog.Logger
 	now   func() time.Time
-	store *store
+	store tokenStore
+	// leaseHook, if set, is called at the steps of a shared store's lease
+	// ("claimed", "redeemed", "waiting"); tests freeze a replica there.
+	leaseHook func(step, account string, l *lease)
 	// sleep waits between device-code polls; tests replace it.
 	sleep func(ctx context.Context, d time.Duration) error
 
@@ -141,6 +144,7 @@ type account struct {
 	backoff  time.Duration
 	jitter   time.Duration // random extra refresh margin of the current token
 	logged   string        // the permanent error last logged at error level
+	unsaved  bool          // shared store: ent holds tokens the store has not taken yet
 
 	// grantMu serialises every redemption of the refresh token (Exchange
 	// and Graph): each uses the newest one and stores a rotated one before
@@ -163,6 +167,9 @@ func NewManager(cfg *config.Config, opts Options) (*Manager, error) {
 	opts.RetryMin = cmp.Or(opts.RetryMin, DefaultRetryMin)
 	opts.RetryMax = max(cmp.Or(opts.RetryMax, DefaultRetryMax), opts.RetryMin)
 	opts.FailingRetry = cmp.Or(opts.FailingRetry, DefaultFailingRetry)
+	if opts.StorePoll == 0 && cfg.Store.Shared() {
+		opts.StorePoll = cfg.Store.Poll
+	}
 	opts.StorePoll = cmp.Or(opts.StorePoll, DefaultStorePoll)
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -173,7 +180,7 @@ func NewManager(cfg *config.Config, opts Options) (*Manager, error) {
 	if opts.KeyFile == "" {
 		opts.KeyFile = credentialKeyFile()
 	}
-	st, disk, err := openStore(cfg.StateDir, opts.KeyFile)
+	st, disk, err := openTokenStore(cfg, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -435,8 +442,22 @@ func (m *Manager) refresh(a *account, done chan struct{}, gen uint64, ac *config
 	defer m.signal()
 	a.grantMu.Lock()
 	defer a.grantMu.Unlock()
+	// A shared store: take the grant's lease and the stored tokens first.
+	l, gen, fresh, herr := m.holdGrant(a, Outlook, gen)
+	if herr != nil {
+		m.refreshFailed(a, done, gen, ac, herr, m.now())
+		return
+	}
+	defer l.end()
 	a.mu.Lock()
+	if fresh { // another replica refreshed it: nothing to redeem
+		a.inflight = nil
+		close(done)
+		a.mu.Unlock()
+		return
+	}
 	rt = a.ent.RefreshToken // the newest: a Graph redemption may have rotated it
+	base := a.ent.Version   // what a shared store's write compares against
 	a.mu.Unlock()
 	p := ac.Provider
 	var form url.Values
@@ -452,6 +473,9 @@ func (m *Manager) refresh(a *account, done chan struct{}, gen uint64, ac *config
 		m.refreshFailed(a, done, gen, ac, err, now)
 		return
 	}
+	if m.leaseHook != nil {
+		m.leaseHook("redeemed", a.name, l)
+	}
 
 	a.mu.Lock()
 	if a.gen != gen { // a sign-in or reload replaced the tokens meanwhile
@@ -462,6 +486,7 @@ func (m *Manager) refresh(a *account, done chan struct{}, gen uint64, ac *config
 	}
 	ent := a.ent
 	a.mu.Unlock()
+	ent.Version = base
 	ent.AccessToken = tr.AccessToken
 	if tr.RefreshToken != "" {
 		ent.RefreshToken = tr.RefreshToken // Entra rotates refresh tokens on every use
@@ -490,6 +515,7 @@ func (m *Manager) refresh(a *account, done chan struct{}, gen uint64, ac *config
 		a.log.Info("tokens: token refresh works again")
 	}
 	a.ent = ent
+	a.unsaved = serr != nil && m.store.shared() // written first when the store is back
 	a.lastErr, a.backoff, a.nextTry, a.logged = nil, 0, time.Time{}, ""
 	a.jitter = randJitter(min(m.opts.RefreshMargin, a.margin()))
 	a.log.Debug("tokens: access token refreshed", "expires", ent.Expiry)
@@ -543,6 +569,11 @@ func (m *Manager) refreshFailed(a *account, done chan struct{}, gen uint64, ac *
 	if persist {
 		_, serr := m.store.update(map[string]*entry{a.name: &ent})
 		m.noteStoreErr(serr)
+		a.mu.Lock()
+		if serr == nil && a.gen == gen && a.ent.LoginID == ent.LoginID {
+			a.ent.Version = ent.Version
+		}
+		a.mu.Unlock()
 	}
 }
 
@@ -648,24 +679,19 @@ func (m *Manager) tick() time.Duration {
 	return next
 }
 
-// pollStore adopts sign-ins that another process wrote to the store.
+// pollStore adopts sign-ins that another process wrote to the store and,
+// in a shared store, other replicas' refreshes.
 func (m *Manager) pollStore() {
-	st := m.store.stamp()
-	m.store.mu.Lock()
-	changed := st != m.store.last
-	m.store.mu.Unlock()
-	if !changed {
-		return
-	}
-	disk, stamp, err := m.store.read()
-	if err != nil {
+	disk, err := m.store.poll()
+	if err != nil && !m.store.shared() {
 		m.log.Warn("tokens: cannot read the token store for new sign-ins", "error", err)
-		return
+	} // a shared store logs when it becomes unreachable and when it is back
+	if disk != nil {
+		m.adoptFrom(disk)
 	}
-	m.store.mu.Lock()
-	m.store.last = stamp
-	m.store.mu.Unlock()
-	m.adoptFrom(disk)
+	if err == nil {
+		m.flushUnsaved()
+	}
 }
 
 func (m *Manager) adoptFrom(disk map[string]*entry) {
@@ -677,8 +703,12 @@ func (m *Manager) adoptFrom(disk map[string]*entry) {
 			continue
 		}
 		a.mu.Lock()
-		if d.Binding == binding(a.cfg) && d.LoginID != "" && d.LoginAt.After(a.ent.LoginAt) {
+		switch {
+		case d.Binding != binding(a.cfg):
+		case d.LoginID != "" && d.LoginAt.After(a.ent.LoginAt):
 			m.adoptLocked(a, d, "a sign-in made by another oauthbridge process")
+		case m.store.shared() && d.LoginID == a.ent.LoginID && d.Version > a.ent.Version:
+			m.takeRowLocked(a, d) // another replica's refresh
 		}
 		a.mu.Unlock()
 	}
@@ -695,7 +725,10 @@ func (m *Manager) Reload(cfg *config.Config) error {
 	if cfg.StateDir != m.cfg.StateDir {
 		return fmt.Errorf("tokens: reload: state_dir changed from %s to %s; restart oauthbridge to use the new one", m.cfg.StateDir, cfg.StateDir)
 	}
-	disk, _, err := m.store.read()
+	if !sameStore(cfg.Store, m.cfg.Store) {
+		return errors.New("tokens: reload: the store block changed; restart oauthbridge to use the new token store")
+	}
+	disk, err := m.store.load()
 	if err != nil {
 		m.log.Warn("tokens: reload: cannot read the token store", "error", err)
 		disk = map[string]*entry{}
@@ -791,6 +824,7 @@ func (m *Manager) Status() []AccountStatus {
 	m.storeErrMu.Lock()
 	storeErr := m.storeErr
 	m.storeErrMu.Unlock()
+	leases := m.store.leases()
 	out := make([]AccountStatus, 0, len(accts))
 	for _, a := range accts {
 		a.mu.Lock()
@@ -811,9 +845,16 @@ func (m *Manager) Status() []AccountStatus {
 			st.LastError, st.Fix = e.Reason, e.Fix
 		}
 		m.graphStatusLocked(a, &st, now)
+		if herr := m.store.health(); herr != nil && st.LastError == "" {
+			st.LastError = herr.Error() + "; cached access tokens keep serving until they expire"
+			st.Fix = m.store.fix()
+		}
 		if storeErr != "" && st.LastError == "" {
 			st.LastError = "cannot save the token store: " + storeErr
-			st.Fix = "check free space and permissions of " + m.store.dir + "; tokens are kept in memory until then"
+			st.Fix = m.store.fix()
+		}
+		if li, ok := leases[a.name]; ok && li.Until.After(time.Now()) {
+			st.LeaseHolder, st.LeaseUntil = li.Holder, li.Until
 		}
 		a.mu.Unlock()
 		out = append(out, st)
@@ -831,6 +872,7 @@ func (m *Manager) Close() error {
 		m.runMu.Unlock()
 		m.cancel()
 		m.wg.Wait()
+		m.store.close()
 	})
 	return nil
 }

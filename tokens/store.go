@@ -39,6 +39,10 @@ const (
 // entry is what the store keeps per account. It holds tokens, so it is
 // never logged or shown; Status copies the harmless fields.
 type entry struct {
+	// Version is the row version in a shared store (compare-and-swap);
+	// the file store does not keep it.
+	Version int64 `json:"-"`
+
 	RefreshToken string    `json:"refresh_token,omitempty"`
 	AccessToken  string    `json:"access_token,omitempty"`
 	Expiry       time.Time `json:"expiry,omitzero"`

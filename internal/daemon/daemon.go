@@ -126,7 +126,10 @@ func (d *Daemon) readyErr() error {
 	if _, err := os.Stat(d.cfg.Load().StateDir); err != nil {
 		return fmt.Errorf("state_dir unreadable: %v", err)
 	}
-	return nil
+	// A shared token store (store type postgres) that does not answer:
+	// cached tokens still serve, but a load balancer should prefer a
+	// replica that can refresh.
+	return d.tokens.StoreHealth()
 }
 
 // Start binds every listener, then starts the token manager and serving.

@@ -23,9 +23,12 @@
 //     the final "." (or the LAST chunk) so a truncated message is never
 //     delivered, and the client
 //     gets a 4xx (552 for size) and keeps its copy. Temporary trouble (token
-//     endpoint, network, Exchange 4xx, the per-mailbox connection limit, and
-//     tenant settings an administrator must fix) is always a 4xx, never a
-//     bounce.
+//     endpoint, network, Exchange 4xx, Graph 429/5xx, the per-mailbox
+//     connection limit, and a missing sign-in or consent) is always a 4xx,
+//     never a bounce. Permanent refusals are 5xx, as Microsoft's own are:
+//     on the Graph path ErrorSendAsDenied (550 5.7.60), an application
+//     access policy ("Access to OData is disabled", 550 5.7.1) and
+//     MailboxNotEnabledForRESTAPI (550), each logged with its fix.
 //   - No open relay: MAIL is refused until AUTH succeeded, and the envelope
 //     sender must be the login's mailbox or one of its send_as addresses,
 //     checked before anything goes upstream.

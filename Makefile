@@ -2,10 +2,10 @@
 GO      ?= go
 GOFILES := $(shell git ls-files '*.go' 2>/dev/null)
 
-.PHONY: check fmt vet test pgtest fuzz peers browser systemd bench bench-strict bench-quick gobench demo build release deb install uninstall install-test
+.PHONY: check fmt vet test pgtest hatest fuzz peers browser systemd bench bench-strict bench-quick gobench demo build release deb install uninstall install-test
 
-## check: everything CI runs: formatting, vet, fuzz smoke, systemd unit, the .deb installed and run as the unit would, real peers, browser, then every go test with -race (with a PostgreSQL for the shared token store's tests)
-check: fmt vet fuzz systemd install-test peers browser test
+## check: everything CI runs: formatting, vet, fuzz smoke, systemd unit, the .deb installed and run as the unit would, real peers, browser, three bridges sharing one PostgreSQL (hatest), then every go test with -race (with a PostgreSQL for the shared token store's tests)
+check: fmt vet fuzz systemd install-test peers browser hatest test
 
 build:
 	$(GO) build -o bin/oauthbridge ./cmd/oauthbridge
@@ -83,6 +83,10 @@ test:
 ## pgtest: only the shared token store's tests, against a throwaway PostgreSQL (several replicas, leases, database down)
 pgtest:
 	bash test/pg/run.sh $(GO) test -race -count=1 -run 'PG' ./tokens/
+
+## hatest: three real bridges on one throwaway PostgreSQL, IMAP/SMTP logins throughout, the lease holder killed mid-refresh and another stopped past its lease; counts redemptions at the fake identity platform (about a minute; installs Debian packages as root)
+hatest:
+	@GO=$(GO) bash test/ha/run.sh
 
 ## fuzz: a short run of every fuzz target (FUZZTIME=30s by default)
 FUZZTIME ?= 30s

@@ -18,6 +18,9 @@
 //	POST /test/fault          grant=503|"" makes Dovecot's logins fail temporarily.
 //	POST /test/graph-fault    status=&count=&retry_after=&code= sets the fake Graph
 //	                          endpoint's fault (status="" clears it).
+//	GET  /test/refresh-stats  the refresh-token audit (refresh.go): refreshes per
+//	                          sign-in, re-presented and stale refresh tokens.
+//	POST /test/token-hold     ms=&count= holds the next count refresh answers.
 //
 // The fake's Microsoft Graph endpoint runs on its own HTTPS port:
 // -graph-url-file receives its base URL and -ca-file the CA that signed it.
@@ -187,7 +190,17 @@ func run(log *slog.Logger, listen, urlFile, envFile string, lifetime time.Durati
 		return fmt.Errorf("fakeidp: authority url: %w", err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/", httputil.NewSingleHostReverseProxy(target))
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	audit := newRefreshAudit(f.AuthorityURL)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if isToken(r) {
+			audit.serveToken(w, r)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	})
+	mux.HandleFunc("GET /test/refresh-stats", audit.stats)
+	mux.HandleFunc("POST /test/token-hold", audit.setHold)
 	mux.HandleFunc("POST /dovecot/grant", s.grant)
 	mux.HandleFunc("POST /dovecot/introspect", s.introspectHandler)
 	mux.HandleFunc("POST /test/approve", s.approve)

@@ -2,7 +2,7 @@
 GO      ?= go
 GOFILES := $(shell git ls-files '*.go' 2>/dev/null)
 
-.PHONY: check fmt vet test pgtest hatest fuzz peers browser systemd bench bench-strict bench-quick gobench demo build release deb install uninstall install-test
+.PHONY: check fmt vet test pgtest pgbench hatest fuzz peers browser systemd bench bench-strict bench-quick gobench demo build release deb install uninstall install-test
 
 ## check: everything CI runs: formatting, vet, fuzz smoke, systemd unit, the .deb installed and run as the unit would, real peers, browser, three bridges sharing one PostgreSQL (hatest), then every go test with -race (with a PostgreSQL for the shared token store's tests)
 check: fmt vet fuzz systemd install-test peers browser hatest test
@@ -83,6 +83,10 @@ test:
 ## pgtest: only the shared token store's tests, against a throwaway PostgreSQL (several replicas, leases, database down)
 pgtest:
 	bash test/pg/run.sh $(GO) test -race -count=1 -run 'PG' ./tokens/
+
+## pgbench: the token store's benchmarks (file and PostgreSQL): logins per second, statements per refresh, queries a minute at 100 accounts
+pgbench:
+	bash test/pg/run.sh $(GO) test -run '^$$' -bench 'LoginToken|PGRefresh' -benchmem ./tokens/
 
 ## hatest: three real bridges on one throwaway PostgreSQL, IMAP/SMTP logins throughout, the lease holder killed mid-refresh and another stopped past its lease; counts redemptions at the fake identity platform (about a minute; installs Debian packages as root)
 hatest:

@@ -781,6 +781,15 @@ user "legacy2" {
 		fail("%s after SIGCONT: %s", stopped.name, d)
 	}
 	stopped.down.Store(false)
+	// Fencing: the resumed replica found its lease gone, or its write of
+	// the tokens it got was refused by the version check.
+	lost := stopped.metric("oauthbridge_token_leases_lost_total", "", "")
+	conflicts := stopped.metric("oauthbridge_token_store_conflicts_total", "", "")
+	if lost+conflicts >= 1 {
+		pass("%s was fenced after SIGCONT: leases lost %.0f, writes refused by the version check %.0f", stopped.name, lost, conflicts)
+	} else {
+		fail("%s resumed past its lease but reports no lost lease and no refused write", stopped.name)
+	}
 
 	// Steady again: one more refresh of each grant with all three up.
 	st1 := stats()

@@ -718,7 +718,7 @@ user "legacy2" {
 	// midRefresh holds the next redemption's answer and waits until a
 	// replica is waiting for it; it returns the holder and the refresh count.
 	midRefresh := func(what string) (*replica, string, int) {
-		hold := *leaseDur * 3 / 2
+		hold := *leaseDur * 2
 		idpPost("/test/token-hold", url.Values{"ms": {strconv.Itoa(int(hold.Milliseconds()))}, "count": {"1"}})
 		var st refreshStats
 		if !eventually(2**lifetime, func() bool { st = stats(); return st.Holding > 0 }) {
@@ -737,6 +737,11 @@ user "legacy2" {
 	t0 := time.Now()
 	_ = victim.cmd.Process.Kill()
 	info("killed %s (SIGKILL) while it redeemed %s's refresh token", victim.name, acct)
+	if stats().Holding > 0 {
+		pass("%s killed in the middle of a refresh (the identity platform had redeemed the refresh token; its answer was not read yet)", victim.name)
+	} else {
+		fail("%s was killed only after its refresh ended (the machine is too slow for the held answer of %s)", victim.name, 2**leaseDur)
+	}
 	var survivors []*replica
 	for _, r := range rs {
 		if r != victim {
@@ -767,6 +772,9 @@ user "legacy2" {
 	t0 = time.Now()
 	_ = stopped.cmd.Process.Signal(syscall.SIGSTOP)
 	info("stopped %s (SIGSTOP) while it redeemed %s's refresh token", stopped.name, acct)
+	if stats().Holding == 0 {
+		fail("%s was stopped only after its refresh ended (the machine is too slow for the held answer of %s)", stopped.name, 2**leaseDur)
+	}
 	if eventually(*lifetime, func() bool { return stats().total() > n }) {
 		pass("SIGSTOP of the lease holder: another replica took the grant over %.1fs later (lease %s)", time.Since(t0).Seconds(), *leaseDur)
 	} else {

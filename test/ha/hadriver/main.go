@@ -19,6 +19,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
@@ -38,6 +39,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 const domain = "contoso.test"
@@ -258,11 +261,12 @@ type grantStats struct {
 }
 
 type refreshStats struct {
-	Grants  map[string]*grantStats `json:"grants"`
-	Order   []string               `json:"order"`
-	Unknown int                    `json:"unknown"`
-	Holding int                    `json:"holding"`
-	Held    int                    `json:"held"`
+	Grants       map[string]*grantStats `json:"grants"`
+	Order        []string               `json:"order"`
+	Unknown      int                    `json:"unknown"`
+	Holding      int                    `json:"holding"`
+	HoldingGrant string                 `json:"holding_grant"`
+	Held         int                    `json:"held"`
 }
 
 var idpURL string
@@ -690,17 +694,17 @@ user "legacy2" {
 	}
 
 	// holder finds the replica holding a lease now, asking the live ones.
-	holder := func(live []*replica) (*replica, string) {
+	holder := func(live []*replica, want string) (*replica, string) {
 		var h *replica
 		var acct string
-		eventually(*leaseDur, func() bool {
+		eventually(*leaseDur*3/2, func() bool {
 			for _, r := range live {
 				rows, err := r.accounts()
 				if err != nil {
 					continue
 				}
 				for _, a := range rows {
-					if a.LeaseHolder == "" {
+					if a.LeaseHolder == "" || a.Account != want {
 						continue
 					}
 					for _, x := range rs {
@@ -717,22 +721,42 @@ user "legacy2" {
 	}
 	// midRefresh holds the next redemption's answer and waits until a
 	// replica is waiting for it; it returns the holder and the refresh count.
-	midRefresh := func(what string) (*replica, string, int) {
+	midRefresh := func(what string) (*replica, string, func() bool) {
 		hold := *leaseDur * 2
+		held := stats().Held // an earlier hold may still run: its client was killed
 		idpPost("/test/token-hold", url.Values{"ms": {strconv.Itoa(int(hold.Milliseconds()))}, "count": {"1"}})
 		var st refreshStats
-		if !eventually(2**lifetime, func() bool { st = stats(); return st.Holding > 0 }) {
+		if !eventually(2**lifetime, func() bool { st = stats(); return st.Held > held && st.Holding > 0 }) {
 			fatal("%s: no refresh started within two lifetimes", what)
 		}
-		h, acct := holder(rs)
+		g := st.HoldingGrant
+		acct := map[string]string{"alice@" + domain: "helpdesk", "bob@" + domain: "bob"}[st.Grants[g].UPN]
+		h, _ := holder(rs, acct)
 		if h == nil {
-			fatal("%s: a redemption is under way, but no replica shows a lease_holder", what)
+			// Ask the table itself, and say what status showed.
+			owner := dbLeaseOwner(acct)
+			var shown []string
+			for _, r := range rs {
+				rows, err := r.accounts()
+				shown = append(shown, fmt.Sprintf("%s: %+v %v", r.name, rows, err))
+			}
+			fail("%s: %s's refresh is under way (lease_owner %q in the table), but no replica's status showed a lease_holder within %s: %s", what, acct, owner, *leaseDur*3/2, strings.Join(shown, "; "))
+			for _, x := range rs {
+				if strings.HasPrefix(owner, x.name+"/") {
+					h = x
+				}
+			}
+			if h == nil {
+				fatal("%s: no lease holder for %s's refresh", what, acct)
+			}
 		}
-		return h, acct, st.total()
+		n := st.Grants[g].Refreshes
+		// takenOver: the same sign-in was redeemed again (by another replica).
+		return h, acct, func() bool { return stats().Grants[g].Refreshes > n }
 	}
 
 	// kill -9 the holder in the middle of a refresh.
-	victim, acct, n := midRefresh("kill")
+	victim, acct, takenOver := midRefresh("kill")
 	victim.down.Store(true)
 	t0 := time.Now()
 	_ = victim.cmd.Process.Kill()
@@ -748,7 +772,7 @@ user "legacy2" {
 			survivors = append(survivors, r)
 		}
 	}
-	if eventually(*lifetime, func() bool { return stats().total() > n }) {
+	if eventually(*lifetime, takenOver) {
 		pass("kill -9 of the lease holder mid-refresh: another replica redeemed the grant %.1fs later", time.Since(t0).Seconds())
 	} else {
 		fail("kill -9 of the lease holder: no other replica redeemed the grant within a lifetime")
@@ -767,7 +791,7 @@ user "legacy2" {
 	victim.down.Store(false)
 
 	// SIGSTOP the holder past its lease, then SIGCONT it.
-	stopped, acct, n := midRefresh("stop")
+	stopped, acct, takenOver := midRefresh("stop")
 	stopped.down.Store(true)
 	t0 = time.Now()
 	_ = stopped.cmd.Process.Signal(syscall.SIGSTOP)
@@ -775,7 +799,7 @@ user "legacy2" {
 	if stats().Holding == 0 {
 		fail("%s was stopped only after its refresh ended (the machine is too slow for the held answer of %s)", stopped.name, 2**leaseDur)
 	}
-	if eventually(*lifetime, func() bool { return stats().total() > n }) {
+	if eventually(*lifetime, takenOver) {
 		pass("SIGSTOP of the lease holder: another replica took the grant over %.1fs later (lease %s)", time.Since(t0).Seconds(), *leaseDur)
 	} else {
 		fail("SIGSTOP of the lease holder: no other replica redeemed the grant within a lifetime")
@@ -913,6 +937,22 @@ user "legacy2" {
 	}
 	info("took %.0fs", time.Since(start).Seconds())
 	finish()
+}
+
+// dbLeaseOwner reads account's lease owner from the shared table.
+func dbLeaseOwner(account string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, os.Getenv("OAUTHBRIDGE_TEST_PG_DSN"))
+	if err != nil {
+		return "(" + err.Error() + ")"
+	}
+	defer conn.Close(ctx)
+	var owner string
+	if err := conn.QueryRow(ctx, "SELECT lease_owner FROM oauthbridge_tokens WHERE id = $1 AND lease_until > now()", account).Scan(&owner); err != nil {
+		return "(" + err.Error() + ")"
+	}
+	return owner
 }
 
 func must(err error) {

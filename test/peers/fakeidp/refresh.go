@@ -43,8 +43,10 @@ type refreshAudit struct {
 	holdFor  time.Duration
 	holdLeft int
 	holding  int
-	held     int
-	signins  map[string]int // UPN -> sign-ins so far
+	// holdingGrant is the sign-in whose answer was held last.
+	holdingGrant string
+	held         int
+	signins      map[string]int // UPN -> sign-ins so far
 }
 
 type rtInfo struct {
@@ -110,8 +112,8 @@ func (a *refreshAudit) serveToken(w http.ResponseWriter, r *http.Request) {
 		} else if tr.RefreshToken != "" && (grantType == "device_code" || grantType == "urn:ietf:params:oauth:grant-type:device_code" || grantType == "authorization_code") {
 			a.signedIn(a.upnOf(tr.AccessToken), tr.RefreshToken)
 		}
-		if grantType == "refresh_token" {
-			a.hold()
+		if grantType == "refresh_token" && parent != nil {
+			a.hold(parent.grant)
 		}
 	}
 	for k, v := range resp.Header {
@@ -180,7 +182,7 @@ func (a *refreshAudit) upnOf(tok string) string {
 	return norm(r.Username)
 }
 
-func (a *refreshAudit) hold() {
+func (a *refreshAudit) hold(grant string) {
 	a.mu.Lock()
 	if a.holdLeft <= 0 {
 		a.mu.Unlock()
@@ -189,6 +191,7 @@ func (a *refreshAudit) hold() {
 	a.holdLeft--
 	d := a.holdFor
 	a.holding++
+	a.holdingGrant = grant
 	a.held++
 	a.mu.Unlock()
 	time.Sleep(d)
@@ -215,17 +218,18 @@ func (a *refreshAudit) setHold(w http.ResponseWriter, r *http.Request) {
 
 // RefreshStats is the body of GET /test/refresh-stats.
 type RefreshStats struct {
-	Grants  map[string]*grantStats `json:"grants"`
-	Order   []string               `json:"order"`
-	Unknown int                    `json:"unknown"` // refresh tokens presented that were never issued
-	Holding int                    `json:"holding"` // answers held back now
-	Held    int                    `json:"held"`
+	Grants       map[string]*grantStats `json:"grants"`
+	Order        []string               `json:"order"`
+	Unknown      int                    `json:"unknown"` // refresh tokens presented that were never issued
+	Holding      int                    `json:"holding"` // answers held back now
+	HoldingGrant string                 `json:"holding_grant"`
+	Held         int                    `json:"held"`
 }
 
 func (a *refreshAudit) stats(w http.ResponseWriter, _ *http.Request) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	st := RefreshStats{Grants: map[string]*grantStats{}, Order: append([]string(nil), a.order...), Unknown: a.unknown, Holding: a.holding, Held: a.held}
+	st := RefreshStats{Grants: map[string]*grantStats{}, Order: append([]string(nil), a.order...), Unknown: a.unknown, Holding: a.holding, HoldingGrant: a.holdingGrant, Held: a.held}
 	for k, g := range a.grants {
 		c := *g
 		c.Times = append([]time.Time(nil), g.Times...)

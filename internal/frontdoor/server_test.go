@@ -140,7 +140,9 @@ func pipe(t *testing.T, s *Server) *lineClient {
 }
 
 func TestTransient(t *testing.T) {
-	op := func(err error) error { return &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", err)} }
+	op := func(err error) error {
+		return &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", err)}
+	}
 	for _, tc := range []struct {
 		err  error
 		want bool

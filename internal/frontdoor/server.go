@@ -516,3 +516,7 @@ func SessionOf(c net.Conn) *Session {
 	}
 	return nil
 }
+
+// Context is cancelled when Shutdown stops waiting and cuts every session;
+// logins and upstream dials should use it.
+func (s *Server) Context() context.Context { return s.cut }

@@ -415,6 +415,9 @@ type bridgeOpts struct {
 	noTLS        bool   // no tls block (no STARTTLS)
 	remote       net.Addr
 	tokens       tokens.Source
+	// wrapConfig, if set, wraps the Options.Config function (to block in
+	// it at a chosen moment).
+	wrapConfig func(func() *config.Config) func() *config.Config
 }
 
 type bridge struct {
@@ -514,8 +517,12 @@ func startBridge(t testing.TB, upstreamAddr string, o bridgeOpts) *bridge {
 	if testing.Verbose() {
 		logw = io.MultiWriter(b.logs, os.Stderr)
 	}
+	current := func() *config.Config { return cfg }
+	if o.wrapConfig != nil {
+		current = o.wrapConfig(current)
+	}
 	b.srv = New(Options{
-		Config:  func() *config.Config { return cfg },
+		Config:  current,
 		Auth:    localauth.New(cfg, localauth.Options{}),
 		Tokens:  src,
 		Limiter: &limiter.Limiter{},

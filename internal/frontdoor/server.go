@@ -395,6 +395,9 @@ type Session struct {
 	Log *slog.Logger
 	// Snapshot is Limits.Snapshot at accept time.
 	Snapshot any
+	// Value is the proxy's own per-connection state (set in Options.Serve),
+	// for code that finds the session again through SessionOf.
+	Value any
 
 	srv      *Server
 	raw      *trackedConn

@@ -163,6 +163,11 @@ func (d *Daemon) Start(ctx context.Context) error {
 		d.adminLn, err = net.Listen("tcp", cfg.Admin.Listen)
 		if err != nil {
 			err = fmt.Errorf("daemon: admin listen %s: %w", cfg.Admin.Listen, err)
+		} else if cfg.Admin.UseTLS {
+			// Off loopback (or with admin tls = true) the admin listener
+			// serves TLS with the tls block's certificate, read per
+			// handshake so a reload's certificate applies.
+			d.adminLn = tls.NewListener(d.adminLn, &tls.Config{GetConfigForClient: d.adminTLS, MinVersion: tls.VersionTLS12})
 		}
 	}
 	if err != nil {
@@ -202,6 +207,13 @@ func (d *Daemon) Start(ctx context.Context) error {
 	d.log.Info("listening", "proto", "admin", "addr", d.adminLn.Addr().String(), "public_url", cfg.Admin.PublicURL)
 	d.ready.Store(true)
 	return nil
+}
+
+func (d *Daemon) adminTLS(*tls.ClientHelloInfo) (*tls.Config, error) {
+	if c := d.cfg.Load().LocalTLS; c != nil {
+		return c, nil
+	}
+	return nil, errors.New("daemon: the admin listener serves TLS but no tls block is configured")
 }
 
 // listenerFailed handles a listener that stopped while the daemon runs (the

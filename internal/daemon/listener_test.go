@@ -1,7 +1,21 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -55,4 +69,83 @@ func TestListenerDeathExitsRun(t *testing.T) {
 	if logs := e.logs.String(); !strings.Contains(logs, "listener stopped") || !strings.Contains(logs, addr) {
 		t.Errorf("no log line names the stopped listener:\n%s", logs)
 	}
+}
+
+// With admin tls = true (the default off loopback) the admin listener
+// speaks TLS with the tls block's certificate: a plain HTTP client gets
+// nothing useful, an HTTPS client gets /healthz.
+func TestAdminListenerTLS(t *testing.T) {
+	e := newEnv(t)
+	e.writeConfig(t, map[string]string{"otrs": "pw-otrs-4"}, "")
+	certFile, keyFile, pool := writeLocalCert(t, e.dir)
+	src, err := os.ReadFile(e.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src = bytes.Replace(src, []byte(`admin { listen = "127.0.0.1:0" }`), []byte(fmt.Sprintf(
+		"admin {\n  listen = \"127.0.0.1:0\"\n  tls = true\n}\ntls {\n  cert_file = %q\n  key_file = %q\n}\n", certFile, keyFile)), 1)
+	if err := os.WriteFile(e.cfgPath, src, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(e.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Admin.UseTLS || !strings.HasPrefix(cfg.Admin.PublicURL, "https://") {
+		t.Fatalf("admin UseTLS = %v, public_url = %q; want TLS and https", cfg.Admin.UseTLS, cfg.Admin.PublicURL)
+	}
+	d, err := New(cfg, Options{Logger: e.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Shutdown(context.Background())
+	addr := d.Addr("admin")
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	resp, err := client.Get("https://" + addr + "/healthz")
+	if err != nil {
+		t.Fatalf("GET https://%s/healthz = %v", addr, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("/healthz over TLS = %d, want 200", resp.StatusCode)
+	}
+	plain := &http.Client{Timeout: 10 * time.Second}
+	if resp, err := plain.Get("http://" + addr + "/healthz"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == 200 {
+			t.Errorf("plain HTTP to the TLS admin listener got 200")
+		}
+	}
+}
+
+func writeLocalCert(t *testing.T, dir string) (certFile, keyFile string, pool *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "local.pem"), filepath.Join(dir, "local.key")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	pool = x509.NewCertPool()
+	pool.AddCert(leaf)
+	return certFile, keyFile, pool
 }

@@ -2,13 +2,72 @@
 GO      ?= go
 GOFILES := $(shell git ls-files '*.go' 2>/dev/null)
 
-.PHONY: check fmt vet test fuzz peers browser systemd bench bench-quick gobench demo build
+.PHONY: check fmt vet test fuzz peers browser systemd bench bench-strict bench-quick gobench demo build release deb install uninstall install-test
 
-## check: everything CI runs: formatting, vet, fuzz smoke, systemd unit, real peers, browser, then every go test with -race
-check: fmt vet fuzz systemd peers browser test
+## check: everything CI runs: formatting, vet, fuzz smoke, systemd unit, the .deb installed and run as the unit would, real peers, browser, then every go test with -race
+check: fmt vet fuzz systemd install-test peers browser test
 
 build:
 	$(GO) build -o bin/oauthbridge ./cmd/oauthbridge
+
+# ---- release build, Debian package, install from source ----
+# VERSION: see packaging/version.sh (git describe, Debian-compatible; override with VERSION=...).
+VERSION := $(shell sh packaging/version.sh)
+ARCH    ?= $(shell $(GO) env GOARCH)
+LDFLAGS := -s -w -X github.com/oauthbridge/oauthbridge/internal/cli.buildVersion=$(VERSION)
+
+## release: a static, reproducible binary with the version stamped in (build/oauthbridge)
+release:
+	@mkdir -p build
+	CGO_ENABLED=0 GOARCH=$(ARCH) $(GO) build -trimpath -buildvcs=false -ldflags "$(LDFLAGS)" -o build/oauthbridge ./cmd/oauthbridge
+	gzip -9nc packaging/oauthbridge.8 >build/oauthbridge.8.gz
+
+## deb: the Debian package build/oauthbridge_VERSION_ARCH.deb (nfpm, pinned in packaging/tools/go.mod)
+deb: release
+	@rm -f build/oauthbridge_*.deb
+	$(GO) -C packaging/tools build -o $(CURDIR)/build/nfpm github.com/goreleaser/nfpm/v2/cmd/nfpm
+	VERSION=$(VERSION) ARCH=$(ARCH) build/nfpm package --config packaging/nfpm.yaml --packager deb --target build/
+	@ls build/oauthbridge_*.deb
+
+## install: from source, for those not using the package (PREFIX=/usr/local, DESTDIR for staging)
+PREFIX      ?= /usr/local
+DESTDIR     ?=
+BINDIR      ?= $(PREFIX)/bin
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+MANDIR      ?= $(PREFIX)/share/man
+SYSCONFDIR  ?= /etc
+install: release
+	install -D -m 0755 build/oauthbridge $(DESTDIR)$(BINDIR)/oauthbridge
+	install -d -m 0755 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(MANDIR)/man8
+	sed 's#/usr/bin/oauthbridge#$(BINDIR)/oauthbridge#g' systemd/oauthbridge.service >$(DESTDIR)$(UNITDIR)/oauthbridge.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/oauthbridge.service
+	install -m 0644 packaging/sysusers.conf $(DESTDIR)$(SYSUSERSDIR)/oauthbridge.conf
+	install -m 0644 build/oauthbridge.8.gz $(DESTDIR)$(MANDIR)/man8/oauthbridge.8.gz
+	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/oauthbridge
+	install -d -m 0700 $(DESTDIR)$(SYSCONFDIR)/oauthbridge/credentials
+	@# An existing configuration is never overwritten.
+	[ -e $(DESTDIR)$(SYSCONFDIR)/oauthbridge/config.hcl ] || install -m 0640 config.hcl.example $(DESTDIR)$(SYSCONFDIR)/oauthbridge/config.hcl
+	@# Installing into the live system (no DESTDIR) as root: the service user and the config's group, as the package does.
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then \
+		getent passwd oauthbridge >/dev/null || systemd-sysusers $(SYSUSERSDIR)/oauthbridge.conf 2>/dev/null || \
+			{ getent group oauthbridge >/dev/null || groupadd --system oauthbridge; \
+			  useradd --system --gid oauthbridge --home-dir /var/lib/oauthbridge --no-create-home --shell /usr/sbin/nologin oauthbridge; }; \
+		chown root:oauthbridge $(SYSCONFDIR)/oauthbridge/config.hcl; \
+		if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
+		echo "installed; edit $(SYSCONFDIR)/oauthbridge/config.hcl, then: systemctl enable --now oauthbridge"; \
+	else \
+		echo "staged in $(DESTDIR); on the target: systemd-sysusers, chown root:oauthbridge $(SYSCONFDIR)/oauthbridge/config.hcl"; \
+	fi
+
+## uninstall: remove what install put in place (keeps the configuration, credentials and token store)
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/oauthbridge $(DESTDIR)$(UNITDIR)/oauthbridge.service \
+		$(DESTDIR)$(SYSUSERSDIR)/oauthbridge.conf $(DESTDIR)$(MANDIR)/man8/oauthbridge.8.gz
+
+## install-test: build the .deb, install it with dpkg, run the packaged binary exactly as the unit would (as root; installs Debian packages)
+install-test:
+	@bash test/install/run.sh
 
 fmt:
 	@out=$$(gofmt -l $(GOFILES)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -45,7 +104,11 @@ browser:
 bench:
 	$(GO) run ./cmd/oauthbridge-bench
 
-## bench-quick: the same, CI-sized (well under a minute)
+## bench-strict: the full run, exiting 1 when a target is missed (for a quiet machine, not CI)
+bench-strict:
+	$(GO) run ./cmd/oauthbridge-bench -strict
+
+## bench-quick: a CI-sized run (well under a minute); a missed target does not fail it
 bench-quick:
 	$(GO) run ./cmd/oauthbridge-bench -quick -markdown=false
 

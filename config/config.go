@@ -45,6 +45,14 @@ const (
 	DefaultAccountSMTPConnections = 3 // Exchange: "up to three concurrent connections" per mailbox
 	DefaultAccountConnections     = 10
 
+	// Graph path (send_via = "graph" or "auto"): Microsoft Graph allows 4
+	// concurrent requests per app and mailbox. An account on send_via =
+	// "auto" that switched to Graph after "535 5.7.139" tries SMTP again
+	// after this interval.
+	DefaultGraphConcurrency = 4
+	DefaultAutoSMTPRecheck  = 6 * time.Hour
+	DefaultGraphURL         = "https://graph.microsoft.com"
+
 	DefaultShutdownTimeout = 30 * time.Second
 	DefaultAdminListen     = "127.0.0.1:8025"
 )
@@ -68,9 +76,18 @@ type Config struct {
 	Users     []*User     `hcl:"user,block"`
 
 	ShutdownTimeoutRange hcl.Range `hcl:"shutdown_timeout,attr_range"`
+	StateDirRange        hcl.Range `hcl:"state_dir,attr_range"`
+	LogFormatRange       hcl.Range `hcl:"log_format,attr_range"`
+	LogLevelRange        hcl.Range `hcl:"log_level,attr_range"`
 
 	// Derived.
 	Path               string
+	CredentialsDir     string // where credential("name") read from
+	Warnings           hcl.Diagnostics
+	deferred           hcl.Diagnostics // secrets that could not be read (Options.DeferSecrets)
+	files              map[string]*hcl.File
+	inProcess          bool // Options.InProcess
+	deferSecrets       bool // Options.DeferSecrets
 	Shutdown           time.Duration
 	LocalTLS           *tls.Config // nil when there is no tls block
 	ProviderByName     map[string]*Provider
@@ -107,6 +124,9 @@ type IMAPBlock struct {
 	IdleTimeoutRange    hcl.Range `hcl:"idle_timeout,attr_range"`
 	UpstreamRange       hcl.Range `hcl:"upstream_timeout,attr_range"`
 	WaitRange           hcl.Range `hcl:"connection_wait,attr_range"`
+	MaxConnRange        hcl.Range `hcl:"max_connections,attr_range"`
+	MaxLineRange        hcl.Range `hcl:"max_line_bytes,attr_range"`
+	MaxLiteralRange     hcl.Range `hcl:"max_literal_bytes,attr_range"`
 
 	Limits ProxyLimits // derived
 }
@@ -130,6 +150,8 @@ type POP3Block struct {
 	IdleTimeoutRange    hcl.Range `hcl:"idle_timeout,attr_range"`
 	UpstreamRange       hcl.Range `hcl:"upstream_timeout,attr_range"`
 	WaitRange           hcl.Range `hcl:"connection_wait,attr_range"`
+	MaxConnRange        hcl.Range `hcl:"max_connections,attr_range"`
+	MaxLineRange        hcl.Range `hcl:"max_line_bytes,attr_range"`
 
 	Limits ProxyLimits // derived
 }
@@ -147,14 +169,19 @@ type SMTPBlock struct {
 	WriteTimeout      string   `hcl:"write_timeout,optional"`
 	UpstreamTimeout   string   `hcl:"upstream_timeout,optional"`
 	ConnectionWait    string   `hcl:"connection_wait,optional"`
+	AutoSMTPRecheck   string   `hcl:"auto_smtp_recheck,optional"` // send_via = "auto": retry SMTP after this long on Graph
 
 	DefRange          hcl.Range `hcl:",def_range"`
 	ListenRange       hcl.Range `hcl:"listen,attr_range"`
 	ListenTLSRange    hcl.Range `hcl:"listen_tls,attr_range"`
+	RecheckRange      hcl.Range `hcl:"auto_smtp_recheck,attr_range"`
 	ReadTimeoutRange  hcl.Range `hcl:"read_timeout,attr_range"`
 	WriteTimeoutRange hcl.Range `hcl:"write_timeout,attr_range"`
 	UpstreamRange     hcl.Range `hcl:"upstream_timeout,attr_range"`
 	WaitRange         hcl.Range `hcl:"connection_wait,attr_range"`
+	MaxConnRange      hcl.Range `hcl:"max_connections,attr_range"`
+	MaxMessageRange   hcl.Range `hcl:"max_message_bytes,attr_range"`
+	MaxRcptRange      hcl.Range `hcl:"max_recipients,attr_range"`
 
 	Limits SMTPLimits // derived
 }
@@ -179,6 +206,7 @@ type SMTPLimits struct {
 	UpstreamTimeout time.Duration
 	ConnectionWait  time.Duration
 	MaxConnections  int
+	AutoSMTPRecheck time.Duration
 }
 
 // TLSBlock is the local side's certificate.
@@ -228,9 +256,11 @@ type Provider struct {
 	IMAPServer   string `hcl:"imap_server,optional"`
 	POP3Server   string `hcl:"pop3_server,optional"`
 	SMTPServer   string `hcl:"smtp_server,optional"`
+	GraphURL     string `hcl:"graph_url,optional"`
 	CAFile       string `hcl:"ca_file,optional"`
 
 	DefRange       hcl.Range `hcl:",def_range"`
+	SecretRange    hcl.Range `hcl:"client_secret,attr_range"`
 	TypeRange      hcl.Range `hcl:"type,attr_range"`
 	CloudRange     hcl.Range `hcl:"cloud,attr_range"`
 	TenantRange    hcl.Range `hcl:"tenant,attr_range"`
@@ -239,11 +269,20 @@ type Provider struct {
 	IMAPRange      hcl.Range `hcl:"imap_server,attr_range"`
 	POP3Range      hcl.Range `hcl:"pop3_server,attr_range"`
 	SMTPRange      hcl.Range `hcl:"smtp_server,attr_range"`
+	GraphRange     hcl.Range `hcl:"graph_url,attr_range"`
 
 	// Derived from the cloud preset and the overrides.
-	ScopePrefix string         // e.g. "https://outlook.office.com/"
-	AppScope    string         // e.g. "https://outlook.office365.com/.default"
-	RootCAs     *x509.CertPool // system roots plus ca_file; nil = system roots only
+	ScopePrefix string // e.g. "https://outlook.office.com/"
+	AppScope    string // e.g. "https://outlook.office365.com/.default"
+	// GraphResource is the cloud's Microsoft Graph resource, the prefix of
+	// Graph scopes and the audience of Graph tokens, e.g.
+	// "https://graph.microsoft.com". It follows cloud, never graph_url: a
+	// local fake at graph_url still checks the real audience.
+	GraphResource string
+	// UsesGraph: some account of this provider has send_via "graph" or
+	// "auto", so consent and sign-in include the Graph permissions.
+	UsesGraph bool
+	RootCAs   *x509.CertPool // system roots plus ca_file; nil = system roots only
 }
 
 // Account is one upstream mailbox and how its token is obtained.
@@ -254,6 +293,7 @@ type Account struct {
 	Flow               string   `hcl:"flow,optional"`
 	Delegate           string   `hcl:"delegate,optional"`
 	SendAs             []string `hcl:"send_as,optional"`
+	SendVia            string   `hcl:"send_via,optional"` // smtp | graph | auto
 	MaxConnections     int      `hcl:"max_connections,optional"`
 	SMTPMaxConnections int      `hcl:"smtp_max_connections,optional"`
 
@@ -263,6 +303,9 @@ type Account struct {
 	FlowRange     hcl.Range `hcl:"flow,attr_range"`
 	DelegateRange hcl.Range `hcl:"delegate,attr_range"`
 	SendAsRange   hcl.Range `hcl:"send_as,attr_range"`
+	MaxConnRange  hcl.Range `hcl:"max_connections,attr_range"`
+	SMTPConnRange hcl.Range `hcl:"smtp_max_connections,attr_range"`
+	SendViaRange  hcl.Range `hcl:"send_via,attr_range"`
 
 	Provider *Provider // resolved
 }
@@ -272,6 +315,16 @@ const (
 	FlowDelegated = "delegated"
 	FlowApp       = "app"
 )
+
+// Send paths of an account (send_via).
+const (
+	SendViaSMTP  = "smtp"  // SMTP submission with XOAUTH2 (the default)
+	SendViaGraph = "graph" // Microsoft Graph sendMail
+	SendViaAuto  = "auto"  // SMTP; Graph while SMTP AUTH is disabled (535 5.7.139)
+)
+
+// UsesGraph reports whether the account may send through Microsoft Graph.
+func (a *Account) UsesGraph() bool { return a.SendVia == SendViaGraph || a.SendVia == SendViaAuto }
 
 // User is a local credential used by a legacy system.
 type User struct {

@@ -51,8 +51,10 @@ func TestExampleDecodes(t *testing.T) {
 	if !a.SenderAllowed("SUPPORT@contoso.com") || !a.SenderAllowed("helpdesk@CONTOSO.com") || a.SenderAllowed("ceo@contoso.com") {
 		t.Error("SenderAllowed is wrong")
 	}
-	if cfg.UserByName["otrs"].Account != a {
-		t.Error("user otrs not mapped to helpdesk")
+	// A fresh install (the package ships this file) must accept no login:
+	// the example's user block is commented out.
+	if len(cfg.UserByName) != 0 {
+		t.Errorf("config.hcl.example defines users %v; a packaged default must accept no login", cfg.UserByName)
 	}
 	p := a.Provider
 	if p.IMAPServer != "outlook.office365.com:993" || p.SMTPServer != "smtp.office365.com:587" || p.ScopePrefix != "https://outlook.office.com/" {
@@ -124,6 +126,10 @@ func TestDiagnostics(t *testing.T) {
 		{"bad flow", "account \"c\" {\n  provider = \"p\"\n  mailbox = \"c@contoso.com\"\n  flow = \"magic\"\n}\n", []string{"Invalid flow", "line 17"}},
 		{"unknown cloud", "provider \"q\" {\n  tenant = \"t\"\n  client_id = \"c\"\n  cloud = \"mars\"\n}\n", []string{"Unknown cloud"}},
 		{"http authority off loopback", "provider \"q\" {\n  tenant = \"t\"\n  client_id = \"c\"\n  authority = \"http://login.example.com\"\n}\n", []string{"Insecure authority"}},
+		{"bad send_via", "account \"c\" {\n  provider = \"p\"\n  mailbox = \"c@contoso.com\"\n  send_via = \"ews\"\n}\n", []string{"Invalid send_via", "line 17", `"smtp"`, `"graph"`, `"auto"`}},
+		{"graph_url with path", "provider \"q\" {\n  tenant = \"t\"\n  client_id = \"c\"\n  graph_url = \"https://graph.microsoft.com/v1.0\"\n}\n", []string{"Invalid graph_url", "line 17", "without a path"}},
+		{"http graph_url off loopback", "provider \"q\" {\n  tenant = \"t\"\n  client_id = \"c\"\n  graph_url = \"http://graph.example.com\"\n}\n", []string{"Insecure graph_url", "line 17"}},
+		{"bad auto_smtp_recheck", "smtp {\n  auto_smtp_recheck = \"often\"\n}\n", []string{"Invalid duration", "auto_smtp_recheck", "line 15"}},
 		{"admin off loopback unprotected", "admin {\n  listen = \"0.0.0.0:8025\"\n}\n", []string{"Unprotected admin listener"}},
 		{"admin off loopback tls off", fmt.Sprintf("admin {\n  listen = \"0.0.0.0:8025\"\n  password_hash = %q\n  tls = false\n}\n", hash), []string{"Admin listener without TLS", "line 17"}},
 		{"admin off loopback without tls block", fmt.Sprintf("admin {\n  listen = \"0.0.0.0:8025\"\n  password_hash = %q\n}\n", hash), []string{"Admin listener needs a tls block", "line 15"}},
@@ -218,14 +224,19 @@ func TestLoopbackAndInsecure(t *testing.T) {
 }
 
 func TestCloudPresets(t *testing.T) {
-	for cloud, imap := range map[string]string{"usgov": "outlook.office365.us:993", "usgov-dod": "outlook-dod.office365.us:993", "china": "partner.outlook.cn:993"} {
+	for cloud, want := range map[string][2]string{
+		"usgov":     {"outlook.office365.us:993", "https://graph.microsoft.us"},
+		"usgov-dod": {"outlook-dod.office365.us:993", "https://dod-graph.microsoft.us"},
+		"china":     {"partner.outlook.cn:993", "https://microsoftgraph.chinacloudapi.cn"},
+	} {
 		src := base(t) + fmt.Sprintf("provider \"c\" {\n  tenant = \"t\"\n  client_id = \"c\"\n  cloud = %q\n}\n", cloud)
 		cfg, err := Parse("ok.hcl", []byte(src))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := cfg.ProviderByName["c"].IMAPServer; got != imap {
-			t.Errorf("cloud %s imap = %q, want %q", cloud, got, imap)
+		p := cfg.ProviderByName["c"]
+		if p.IMAPServer != want[0] || p.GraphURL != want[1] || p.GraphResource != want[1] {
+			t.Errorf("cloud %s: imap %q graph_url %q resource %q, want %q", cloud, p.IMAPServer, p.GraphURL, p.GraphResource, want)
 		}
 	}
 }
@@ -277,4 +288,299 @@ func writeTestCert(t *testing.T, dir string) (certFile, keyFile string) {
 	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
 	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
 	return certFile, keyFile
+}
+
+// strictDiag parses src the way serve and check do (no InProcess) and
+// returns the rendered diagnostics; it fails the test when src is accepted.
+func strictDiag(t *testing.T, src string) string {
+	t.Helper()
+	_, err := ParseWith("bad.hcl", []byte(src), Options{})
+	if err == nil {
+		t.Fatalf("ParseWith accepted:\n%s", src)
+	}
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("ParseWith() error %T %v, want *Error", err, err)
+	}
+	var b bytes.Buffer
+	ce.WriteTo(&b)
+	return b.String()
+}
+
+// TestServeWouldMisuse: everything serve would reject at bind time or
+// silently misuse is a diagnostic with the file and line.
+func TestServeWouldMisuse(t *testing.T) {
+	cases := []struct {
+		name  string
+		extra string
+		want  []string
+	}{
+		{"port above 65535", "imap {\n  listen = [\"127.0.0.1:99999\"]\n}\n", []string{"Invalid port", "line 15", "1 to 65535"}},
+		{"port 0", "pop3 {\n  listen = [\"127.0.0.1:0\"]\n}\n", []string{"Invalid port", "line 15", "port 0"}},
+		{"port not a number", "smtp {\n  listen_tls = [\"127.0.0.1:smtps\"]\n}\ntls {\n  cert_file = \"/nonexistent\"\n  key_file = \"/nonexistent\"\n}\n", []string{"Invalid port", "line 15"}},
+		{"admin port 0", "admin {\n  listen = \"127.0.0.1:0\"\n}\n", []string{"Invalid port", "admin listen", "line 15"}},
+		{"upstream port", "provider \"q\" {\n  tenant = \"t\"\n  client_id = \"c\"\n  imap_server = \"outlook.office365.com:70000\"\n}\n", []string{"Invalid port", "line 17"}},
+		{"imap and pop3 on one address", "imap {\n  listen = [\"127.0.0.1:1143\"]\n}\npop3 {\n  listen = [\"127.0.0.1:1143\"]\n}\n", []string{"Address used twice", "line 18", "imap listen at bad.hcl:15"}},
+		{"listen and listen_tls", "imap {\n  listen = [\"127.0.0.1:1143\"]\n  listen_tls = [\"127.0.0.1:1143\"]\n}\n", []string{"Address used twice", "imap listen_tls", "line 16"}},
+		{"wildcard against loopback", "smtp {\n  listen = [\"0.0.0.0:1110\"]\n  allow_insecure_auth = true\n}\n", []string{"Address used twice", "pop3 listen", "smtp listen"}},
+		{"admin on a mail port", "admin {\n  listen = \"localhost:1587\"\n}\n", []string{"Address used twice", "admin listen", "smtp listen"}},
+		{"twice in one list", "imap {\n  listen = [\"127.0.0.1:2143\", \"127.0.0.1:2143\"]\n}\n", []string{"Address used twice"}},
+		{"relative state_dir", "", []string{"Relative state_dir", "line 1", "absolute"}},
+		{"no mail listener", "imap {\n  listen = []\n}\npop3 {\n  listen = []\n}\nsmtp {\n  listen = []\n}\n", []string{"No mail listener"}},
+		{"zero max_connections", "imap {\n  max_connections = 0\n}\n", []string{"Invalid max_connections", "line 15", "default (1000)"}},
+		{"negative account limit", "account \"b\" {\n  provider = \"p\"\n  mailbox = \"b@contoso.com\"\n  smtp_max_connections = -1\n}\n", []string{"Invalid smtp_max_connections", "line 17"}},
+		{"negative message size", "smtp {\n  max_message_bytes = -5\n}\n", []string{"Invalid max_message_bytes", "line 15"}},
+		{"log_level", "log_level = \"loud\"\n", []string{"Invalid log_level", "line 14"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			src := base(t) + tc.extra
+			if tc.name == "relative state_dir" {
+				src = strings.Replace(src, "state_dir = \"/", "state_dir = \"", 1)
+			}
+			out := strictDiag(t, src)
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("diagnostics lack %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+}
+
+// TestServesNothing: an empty file, or one without an account, is refused
+// by serve and check; in-process loads (tests) may have no account.
+func TestServesNothing(t *testing.T) {
+	for name, src := range map[string]string{
+		"empty file": "",
+		"no account": fmt.Sprintf("state_dir = %q\nprovider \"p\" {\n  tenant = \"t\"\n  client_id = \"c\"\n}\n", t.TempDir()),
+	} {
+		t.Run(name, func(t *testing.T) {
+			if out := strictDiag(t, src); !strings.Contains(out, "No account") || !strings.Contains(out, "serve nothing") {
+				t.Errorf("diagnostics:\n%s", out)
+			}
+		})
+	}
+	if _, err := Parse("t.hcl", []byte(fmt.Sprintf("state_dir = %q\n", t.TempDir()))); err != nil {
+		t.Errorf("in-process Parse of a config without accounts = %v", err)
+	}
+	// Port 0 and the same port 0 twice are fine in-process.
+	if _, err := Parse("t.hcl", []byte(base(t)+"imap {\n  listen = [\"127.0.0.1:0\"]\n}\npop3 {\n  listen = [\"127.0.0.1:0\"]\n}\nadmin {\n  listen = \"127.0.0.1:0\"\n}\n")); err != nil {
+		t.Errorf("in-process Parse with port 0 = %v", err)
+	}
+}
+
+func TestWarnings(t *testing.T) {
+	src := base(t) + "account \"lonely\" {\n  provider = \"p\"\n  mailbox = \"l@contoso.com\"\n}\n"
+	cfg, err := ParseWith("w.hcl", []byte(src), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := cfg.WarningsError()
+	if w == nil {
+		t.Fatal("no warning for an account without a user")
+	}
+	var b bytes.Buffer
+	w.WriteTo(&b)
+	if !strings.Contains(b.String(), "Account without a user") || !strings.Contains(b.String(), "line 14") || strings.Contains(b.String(), `"a"`) {
+		t.Errorf("warnings:\n%s", b.String())
+	}
+}
+
+// TestCredentialsDir: credential() reads -credentials, else
+// $CREDENTIALS_DIRECTORY, else /etc/oauthbridge/credentials, and a missing
+// one names the directory and the unit's LoadCredential= line.
+func TestCredentialsDir(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "client-secret"), []byte("s3cret\n"), 0o600)
+	src := base(t) + "provider \"q\" {\n  tenant = \"t\"\n  client_id = \"c\"\n  client_secret = credential(\"client-secret\")\n}\n"
+	t.Setenv("CREDENTIALS_DIRECTORY", "")
+	os.Unsetenv("CREDENTIALS_DIRECTORY")
+	cfg, err := ParseWith("c.hcl", []byte(src), Options{CredentialsDir: dir})
+	if err != nil {
+		t.Fatalf("ParseWith(-credentials) = %v", err)
+	}
+	if cfg.ProviderByName["q"].ClientSecret.Reveal() != "s3cret" || cfg.CredentialsDir != dir {
+		t.Errorf("secret or dir wrong: dir %q", cfg.CredentialsDir)
+	}
+	if d, _ := ResolveCredentialsDir(""); d != DefaultCredentialsDir {
+		t.Errorf("default dir = %q", d)
+	}
+	t.Setenv("CREDENTIALS_DIRECTORY", dir)
+	if _, err := ParseWith("c.hcl", []byte(src), Options{}); err != nil {
+		t.Errorf("ParseWith($CREDENTIALS_DIRECTORY) = %v", err)
+	}
+	empty := t.TempDir()
+	_, err = ParseWith("c.hcl", []byte(src), Options{CredentialsDir: empty})
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("missing credential: %v", err)
+	}
+	var b bytes.Buffer
+	ce.WriteTo(&b)
+	for _, want := range []string{"line 17", filepath.Join(empty, "client-secret") + " does not exist", "LoadCredential=client-secret:/etc/oauthbridge/credentials/client-secret", "-credentials"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("missing-credential diagnostic lacks %q:\n%s", want, b.String())
+		}
+	}
+	// env() explains the EnvironmentFile trap.
+	out := diagFor(t, base(t)+"provider \"q\" {\n  tenant = \"t\"\n  client_id = \"c\"\n  client_secret = env(\"OAUTHBRIDGE_TEST_UNSET\")\n}\n")
+	for _, want := range []string{"EnvironmentFile", "set -a; . /etc/default/oauthbridge; set +a", "credential("} {
+		if !strings.Contains(out, want) {
+			t.Errorf("env() diagnostic lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// TestDeferSecrets: commands that only talk to the daemon load a
+// configuration whose secrets they cannot read, and learn about them only
+// when they ask.
+func TestDeferSecrets(t *testing.T) {
+	empty := t.TempDir()
+	src := base(t) + `provider "q" {
+  tenant = "t"
+  client_id = "c"
+  client_secret = credential("client-secret")
+}
+account "app" {
+  provider = "q"
+  mailbox = "app@contoso.com"
+  flow = "app"
+}
+admin {
+  password_hash = file("/nonexistent/admin.hash")
+}
+user "v" {
+  password_hash = env("OAUTHBRIDGE_TEST_UNSET_HASH")
+  account = "app"
+}
+`
+	if _, err := ParseWith("d.hcl", []byte(src), Options{CredentialsDir: empty}); err == nil {
+		t.Fatal("a strict load accepted unreadable secrets")
+	}
+	cfg, err := ParseWith("d.hcl", []byte(src), Options{CredentialsDir: empty, DeferSecrets: true})
+	if err != nil {
+		t.Fatalf("deferred load = %v", err)
+	}
+	if cfg.Admin.Username != "admin" || !cfg.Admin.PasswordHash.Unresolved() || !cfg.ProviderByName["q"].ClientSecret.Unresolved() {
+		t.Error("unresolved secrets not marked, or the admin user not defaulted")
+	}
+	if s := fmt.Sprintf("%v %s", cfg.ProviderByName["q"].ClientSecret, cfg.Admin.PasswordHash); strings.Contains(s, "unresolved") {
+		t.Errorf("a placeholder prints: %q", s)
+	}
+	err = cfg.SecretsError()
+	var ce *Error
+	if !errors.As(err, &ce) || len(ce.Diags) != 3 {
+		t.Fatalf("SecretsError() = %v, want 3 diagnostics", err)
+	}
+	var b bytes.Buffer
+	ce.WriteTo(&b)
+	for _, want := range []string{"line 17", "line 25", "line 28", "Secret not available", "client-secret"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("SecretsError lacks %q:\n%s", want, b.String())
+		}
+	}
+	// A failing function outside a secret attribute is still an error.
+	bad := base(t) + "provider \"q\" {\n  tenant = env(\"OAUTHBRIDGE_TEST_UNSET\")\n  client_id = \"c\"\n}\n"
+	if _, err := ParseWith("e.hcl", []byte(bad), Options{DeferSecrets: true}); err == nil || !strings.Contains(err.Error(), "OAUTHBRIDGE_TEST_UNSET") {
+		t.Errorf("deferred load with env() in tenant = %v, want the env error", err)
+	}
+}
+
+// TestCredentialPath: credential_path() names a file in the same
+// credentials directory as credential(); an admin command that only talks
+// to the daemon does not need the TLS key.
+func TestCredentialPath(t *testing.T) {
+	dir := t.TempDir()
+	src := base(t) + "tls {\n  cert_file = credential_path(\"tls-cert\")\n  key_file  = credential_path(\"tls-key\")\n}\n"
+	_, err := ParseWith("t.hcl", []byte(src), Options{CredentialsDir: dir})
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("missing TLS credential = %v", err)
+	}
+	var b bytes.Buffer
+	ce.WriteTo(&b)
+	if !strings.Contains(b.String(), "LoadCredential=tls-cert:/etc/oauthbridge/credentials/tls-cert") || !strings.Contains(b.String(), "line 15") {
+		t.Errorf("missing TLS credential:\n%s", b.String())
+	}
+	cfg, err := ParseWith("t.hcl", []byte(src), Options{CredentialsDir: dir, DeferSecrets: true})
+	if err != nil {
+		t.Fatalf("deferred load without the TLS key = %v", err)
+	}
+	if cfg.TLS.KeyFile != filepath.Join(dir, "tls-key") || cfg.SecretsError() == nil || !strings.Contains(cfg.SecretsError().Error(), "Unusable TLS certificate") {
+		t.Errorf("key_file %q, SecretsError %v", cfg.TLS.KeyFile, cfg.SecretsError())
+	}
+	if out := strictDiag(t, base(t)+"tls {\n  cert_file = credential_path(\"../x\")\n  key_file  = \"k\"\n}\n"); !strings.Contains(out, "not a plain file name") {
+		t.Errorf("path trick:\n%s", out)
+	}
+}
+
+func TestStateDirAndPublicURL(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(f, nil, 0o600)
+	src := strings.Replace(base(t), "state_dir = \"", "state_dir = \""+f+"\"\n# ", 1)
+	if out := strictDiag(t, src); !strings.Contains(out, "state_dir is not a directory") || !strings.Contains(out, "line 1") {
+		t.Errorf("state_dir file:\n%s", out)
+	}
+	// An http public_url for another host (a reverse proxy in front of the
+	// loopback admin listener) is a warning; with the admin listener itself
+	// off loopback it is an error (TestDiagnostics).
+	cfg, err := ParseWith("w.hcl", []byte(base(t)+"admin {\n  public_url = \"http://bridge.example.com\"\n}\n"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	if w := cfg.WarningsError(); w != nil {
+		w.WriteTo(&b)
+	}
+	if !strings.Contains(b.String(), "https public_url") || !strings.Contains(b.String(), "http://bridge.example.com/oauth/callback") {
+		t.Errorf("no warning for an http public_url off loopback:\n%s", b.String())
+	}
+	cfg, err = ParseWith("w.hcl", []byte(base(t)), Options{})
+	if err != nil || cfg.WarningsError() != nil {
+		t.Errorf("loopback admin: %v, warnings %v", err, cfg.WarningsError())
+	}
+}
+
+func TestSendVia(t *testing.T) {
+	src := base(t) + `provider "f" {
+  tenant    = "t"
+  client_id = "c"
+  graph_url = "http://127.0.0.1:8443/"
+}
+account "g" {
+  provider = "f"
+  mailbox  = "g@contoso.com"
+  send_via = "graph"
+}
+account "h" {
+  provider = "f"
+  mailbox  = "h@contoso.com"
+  send_via = "auto"
+}
+smtp {
+  auto_smtp_recheck = "30m"
+}
+`
+	cfg, err := Parse("ok.hcl", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := cfg.AccountByName["a"]; a.SendVia != SendViaSMTP || a.UsesGraph() || a.Provider.UsesGraph {
+		t.Errorf("default send_via: %q uses graph %v, provider %v", a.SendVia, a.UsesGraph(), a.Provider.UsesGraph)
+	}
+	if a := cfg.AccountByName["a"].Provider; a.GraphURL != DefaultGraphURL || a.GraphResource != DefaultGraphURL {
+		t.Errorf("default graph_url %q resource %q", a.GraphURL, a.GraphResource)
+	}
+	g, h := cfg.AccountByName["g"], cfg.AccountByName["h"]
+	if g.SendVia != SendViaGraph || h.SendVia != SendViaAuto || !g.UsesGraph() || !h.UsesGraph() || !g.Provider.UsesGraph {
+		t.Errorf("send_via: g %q h %q provider uses graph %v", g.SendVia, h.SendVia, g.Provider.UsesGraph)
+	}
+	// A local fake at graph_url; tokens are still for the cloud's Graph resource.
+	if g.Provider.GraphURL != "http://127.0.0.1:8443" || g.Provider.GraphResource != "https://graph.microsoft.com" {
+		t.Errorf("graph_url %q resource %q", g.Provider.GraphURL, g.Provider.GraphResource)
+	}
+	if cfg.SMTP.Limits.AutoSMTPRecheck != 30*time.Minute {
+		t.Errorf("auto_smtp_recheck = %v", cfg.SMTP.Limits.AutoSMTPRecheck)
+	}
 }

@@ -5,7 +5,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"time"
 
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
@@ -18,11 +17,6 @@ import (
 // Named defaults of this package (the configurable limits live in
 // config.ProxyLimits).
 const (
-	// DefaultFailureDelay is how long a wrong local password waits before its
-	// NO, so guessing over one connection is slow (imapserver-style ~1 s).
-	DefaultFailureDelay = time.Second
-	// MaxAuthFailures wrong passwords end the connection with BYE.
-	MaxAuthFailures = 3
 	// MaxBadCommands BAD answers before login end the connection with BYE.
 	MaxBadCommands = 3
 	// MaxPreauthCommands bounds how long a client can stay unauthenticated
@@ -42,9 +36,10 @@ type Options struct {
 	Limiter *limiter.Limiter         // shared with POP3: key "mail:"+account
 	Logger  *slog.Logger             // nil: discard
 
-	// FailureDelay overrides DefaultFailureDelay; negative means no delay
-	// (tests).
-	FailureDelay time.Duration
+	// Failures is the per-connection failure policy shared with POP3 and
+	// SMTP (delay before each failed login's reply, BYE after a few); zero
+	// values take frontdoor's defaults.
+	Failures frontdoor.Policy
 	// IsLoopback decides whether a remote address is local enough to accept
 	// a plaintext password without TLS. nil uses localauth.IsLoopback.
 	IsLoopback func(net.Addr) bool
@@ -63,9 +58,7 @@ func New(opts Options) *Server {
 	if opts.Logger == nil {
 		opts.Logger = logging.Discard
 	}
-	if opts.FailureDelay == 0 {
-		opts.FailureDelay = DefaultFailureDelay
-	}
+	opts.Failures = opts.Failures.Resolved()
 	if opts.IsLoopback == nil {
 		opts.IsLoopback = localauth.IsLoopback
 	}
@@ -122,7 +115,7 @@ func (s *Server) serveSession(fs *frontdoor.Session) {
 	conn := fs.Conn()
 	sess := &session{
 		srv: s, fs: fs, cfg: cfg, lim: cfg.IMAP.Limits, raw: conn, conn: conn, isTLS: fs.TLS(),
-		log: fs.Log, auditLog: s.log.With("conn", fs.ID),
+		log: fs.Log, auditLog: s.log.With("conn", fs.ID), fails: s.opts.Failures.Conn(),
 	}
 	sess.run()
 }

@@ -22,6 +22,8 @@ import (
 // Client-facing texts. The sysadmin gets the detail in the log line.
 const (
 	replyInvalidCreds   = "NO [AUTHENTICATIONFAILED] Invalid credentials"
+	replyThrottled      = "NO [UNAVAILABLE] Too many login attempts for this user right now; password not checked, try again shortly"
+	replyBusy           = "NO [UNAVAILABLE] Bridge busy checking passwords; password not checked, try again shortly"
 	replyNeedsLogin     = "NO [UNAVAILABLE] mailbox needs re-authorisation: run 'oauthbridge login %s'"
 	replyFailing        = "NO [UNAVAILABLE] mailbox unavailable: bridge configuration problem, see the bridge log"
 	replyTemporary      = "NO [UNAVAILABLE] mailbox temporarily unavailable; try again later"
@@ -45,15 +47,15 @@ type session struct {
 
 	conn net.Conn // raw, or the TLS conn over it
 
-	isTLS     bool
-	loopback  bool
-	remoteIP  string
-	br        *bufio.Reader
-	bw        *bufio.Writer
-	rd        cmdReader
-	bad       int
-	authFails int
-	commands  int // commands read before login
+	isTLS    bool
+	loopback bool
+	remoteIP string
+	br       *bufio.Reader
+	bw       *bufio.Writer
+	rd       cmdReader
+	bad      int
+	fails    *frontdoor.Conn // per-connection failure policy
+	commands int             // commands read before login
 }
 
 // canAuth mirrors imapserver: passwords only over TLS, unless the client is
@@ -358,23 +360,29 @@ func (c *session) authenticate(cmd *command) bool {
 	return c.reply(tag, "NO Unsupported authentication mechanism") != nil
 }
 
-// authFailed answers a failed local login after the failure delay and ends
-// the connection after MaxAuthFailures.
-func (c *session) authFailed(tag, text string) bool {
-	if d := c.srv.opts.FailureDelay; d > 0 {
-		t := time.NewTimer(d)
-		select {
-		case <-t.C:
-		case <-c.srv.ctx.Done():
-			t.Stop()
-			return true
-		}
+// failureReply is the one mapping from a failed local login to IMAP's
+// wire text: only a checked wrong password is AUTHENTICATIONFAILED.
+func failureReply(k frontdoor.Kind) string {
+	switch k {
+	case frontdoor.BadCredentials:
+		return replyInvalidCreds
+	case frontdoor.Throttled:
+		return replyThrottled
 	}
-	c.authFails++
+	return replyBusy
+}
+
+// authFailed answers a failed local login after the shared per-connection
+// failure delay and ends the connection after the policy's limit.
+func (c *session) authFailed(tag, text string) bool {
+	hangUp, err := c.fails.Failed(c.srv.ctx)
+	if err != nil {
+		return true
+	}
 	if c.reply(tag, text) != nil {
 		return true
 	}
-	if c.authFails >= MaxAuthFailures {
+	if hangUp {
 		_ = c.send("* BYE Too many authentication failures")
 		return true
 	}
@@ -397,12 +405,10 @@ func (c *session) login(tag, user, pass string) bool {
 		if ctx.Err() != nil {
 			return aborted(err)
 		}
-		a.Result, a.Err = localauth.ResultBadCredentials, err
-		if errors.Is(err, localauth.ErrThrottled) {
-			a.Result = localauth.ResultThrottled
-		}
+		f := frontdoor.Classify(err)
+		a.Result, a.Err = f.Kind.String(), err
 		localauth.Audit(c.auditLog, a)
-		return c.authFailed(tag, replyInvalidCreds)
+		return c.authFailed(tag, failureReply(f.Kind))
 	}
 	acct := u.Account
 	if acct == nil || acct.Provider == nil { // config validation prevents this; never panic on it

@@ -169,7 +169,8 @@ func (e *env) directive(t *testing.T, f []string, line int) {
 		}
 		e.cfg.IMAP.Limits.PreauthTimeout = d
 	case "throttle":
-		e.authOpt = localauth.Options{RemoteThreshold: 1, BaseDelay: time.Hour}
+		// One check per hour for the user, the first one spent at once.
+		e.authOpt = localauth.Options{Burst: 1, CheckInterval: time.Hour, ThrottledHold: time.Millisecond, MaxQueueWait: time.Second}
 	default:
 		t.Fatalf("line %d: unknown directive %q", line, f[0])
 	}

@@ -29,6 +29,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/tokens"
@@ -295,25 +296,26 @@ type env struct {
 
 type envOptions struct {
 	tokens   tokens.Source
-	loopback *bool // nil: localauth.IsLoopback
+	loopback *bool             // nil: localauth.IsLoopback
+	auth     localauth.Options // zero: localauth's defaults
 }
 
 func newEnv(t testing.TB, tc testConfig, eo envOptions) *env {
 	t.Helper()
 	cfg := parseConfig(t, tc)
 	e := &env{t: t, cfg: cfg, lim: &limiter.Limiter{}, logs: &logRecorder{}}
-	e.auth = localauth.New(cfg, localauth.Options{})
+	e.auth = localauth.New(cfg, eo.auth)
 	src := eo.tokens
 	if src == nil {
 		src = tokens.StaticSource{"acct": goodToken}
 	}
 	opts := Options{
-		Config:       func() *config.Config { return cfg },
-		Auth:         e.auth,
-		Tokens:       src,
-		Limiter:      e.lim,
-		Logger:       e.logs.logger(),
-		FailureDelay: 5 * time.Millisecond,
+		Config:   func() *config.Config { return cfg },
+		Auth:     e.auth,
+		Tokens:   src,
+		Limiter:  e.lim,
+		Logger:   e.logs.logger(),
+		Failures: frontdoor.Policy{FailureDelay: 5 * time.Millisecond},
 	}
 	if eo.loopback != nil {
 		lb := *eo.loopback

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/internal/metrics"
@@ -33,19 +34,18 @@ func (c *session) login(ctx context.Context, user, pass string) bool {
 		if ctx.Err() != nil {
 			return true
 		}
-		at.Result = localauth.ResultBadCredentials
-		if errors.Is(err, localauth.ErrThrottled) {
-			at.Result = localauth.ResultThrottled
-		}
-		at.Err = err
+		f := frontdoor.Classify(err)
+		at.Result, at.Err = f.Kind.String(), err
 		localauth.Audit(c.audit, at)
-		c.failures++
-		sleep(ctx, c.srv.opts.FailureDelay)
-		if c.failures >= MaxAuthFailures {
-			c.closeWith(replyInvalidCreds)
+		hangUp, werr := c.fails.Failed(ctx)
+		if werr != nil {
 			return true
 		}
-		return c.reply(replyInvalidCreds) != nil
+		if hangUp {
+			c.closeWith(failureReply(f.Kind))
+			return true
+		}
+		return c.reply(failureReply(f.Kind)) != nil
 	}
 
 	acct := u.Account
@@ -86,11 +86,28 @@ func (c *session) login(ctx context.Context, user, pass string) bool {
 		up.conn.Close()
 		return true
 	}
-	st := splice.Run(ctx, c.conn, c.br, up.conn, up.br, c.lim.IdleTimeout)
+	// Hand the readers to the splice and drop every other reference to the
+	// pre-auth buffers, as imapproxy does: once the splice has forwarded
+	// what they hold, an idle session keeps none of them.
+	cbr, ubr := c.br, up.br
+	c.br, up.br = nil, nil
+	st := splice.Run(ctx, c.conn, cbr, up.conn, ubr, c.lim.IdleTimeout)
 	metrics.BytesRelayed.WithLabelValues("pop3", "up").Add(float64(st.Up))
 	metrics.BytesRelayed.WithLabelValues("pop3", "down").Add(float64(st.Down))
 	log.Info("session closed", "bytes_in", st.Up, "bytes_out", st.Down, "duration", time.Since(c.start).Round(time.Millisecond).String())
 	return true
+}
+
+// failureReply is the one mapping from a failed local login to POP3's
+// wire text: only a checked wrong password is [AUTH].
+func failureReply(k frontdoor.Kind) string {
+	switch k {
+	case frontdoor.BadCredentials:
+		return replyInvalidCreds
+	case frontdoor.Throttled:
+		return replyThrottled
+	}
+	return replyBusy
 }
 
 // failure maps a token or upstream error to the client's reply and fills

@@ -19,11 +19,6 @@ import (
 // configurable ones (timeouts, line length, connection counts) come from
 // config.ProxyLimits.
 const (
-	// DefaultFailureDelay is how long a wrong local password waits before
-	// its -ERR, so guessing over one connection is slow.
-	DefaultFailureDelay = time.Second
-	// MaxAuthFailures wrong passwords close the connection.
-	MaxAuthFailures = 3
 	// MaxBadCommands unknown or malformed commands close the connection
 	// (a cross-protocol defence, as go-imap's imapserver does for IMAP).
 	MaxBadCommands = 3
@@ -52,9 +47,10 @@ type Options struct {
 	// Logger receives connection and audit lines; nil discards them.
 	Logger *slog.Logger
 
-	// FailureDelay overrides DefaultFailureDelay, the wait before the
-	// -ERR for a wrong local password; negative means no delay (tests).
-	FailureDelay time.Duration
+	// Failures is the per-connection failure policy shared with IMAP and
+	// SMTP (delay before each failed login's -ERR, close after a few); zero
+	// values take frontdoor's defaults.
+	Failures frontdoor.Policy
 	// IsLoopback decides whether a peer is on this host, where a password may
 	// cross without TLS. nil uses localauth.IsLoopback.
 	IsLoopback func(net.Addr) bool
@@ -74,9 +70,7 @@ func New(opts Options) *Server {
 	if opts.Logger == nil {
 		opts.Logger = logging.Discard
 	}
-	if opts.FailureDelay == 0 {
-		opts.FailureDelay = DefaultFailureDelay
-	}
+	opts.Failures = opts.Failures.Resolved()
 	if opts.IsLoopback == nil {
 		opts.IsLoopback = localauth.IsLoopback
 	}

@@ -25,6 +25,8 @@ const (
 	replyGreeting     = "+OK oauthbridge POP3 ready"
 	replyBye          = "+OK oauthbridge POP3 signing off"
 	replyInvalidCreds = "-ERR [AUTH] Invalid credentials"
+	replyThrottled    = "-ERR [SYS/TEMP] too many login attempts for this user right now; password not checked, try again shortly"
+	replyBusy         = "-ERR [SYS/TEMP] bridge busy checking passwords; password not checked, try again shortly"
 	replyAutologout   = "-ERR [SYS/TEMP] autologout"
 	replyShutdown     = "-ERR [SYS/TEMP] bridge shutting down, try again later"
 	replyLineTooLong  = "-ERR line too long"
@@ -68,7 +70,7 @@ type session struct {
 
 	user     string // from USER, until PASS
 	bad      int
-	failures int
+	fails    *frontdoor.Conn // per-connection failure policy
 	commands int
 }
 
@@ -88,6 +90,7 @@ func newSession(s *Server, fs *frontdoor.Session) *session {
 		br:     bufio.NewReader(conn),
 		tls:    fs.TLS(),
 		remote: localauth.RemoteIP(conn.RemoteAddr()),
+		fails:  s.opts.Failures.Conn(),
 	}
 }
 
@@ -400,16 +403,3 @@ func (c *session) authenticate(ctx context.Context, arg string) bool {
 }
 
 var errBadBase64 = errors.New("pop3proxy: invalid base64")
-
-// sleep waits d or until ctx is done.
-func sleep(ctx context.Context, d time.Duration) {
-	if d <= 0 {
-		return
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
-}

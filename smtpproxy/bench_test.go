@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"io"
 	"runtime"
+	"runtime/metrics"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -43,7 +44,9 @@ func (g *bodyGen) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// heapPeak samples HeapAlloc until stopped and returns the peak.
+// heapPeak samples the live heap until stopped and returns the peak. It
+// reads runtime/metrics, which does not stop the world as
+// runtime.ReadMemStats does (every 2 ms that would dominate a CPU profile).
 func heapPeak() (stop func() uint64) {
 	var peak atomic.Uint64
 	done := make(chan struct{})
@@ -51,13 +54,13 @@ func heapPeak() (stop func() uint64) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		var ms runtime.MemStats
+		sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
 		t := time.NewTicker(2 * time.Millisecond)
 		defer t.Stop()
 		for {
-			runtime.ReadMemStats(&ms)
-			if ms.HeapAlloc > peak.Load() {
-				peak.Store(ms.HeapAlloc)
+			metrics.Read(sample)
+			if v := sample[0].Value.Uint64(); v > peak.Load() {
+				peak.Store(v)
 			}
 			select {
 			case <-done:
@@ -85,8 +88,8 @@ func BenchmarkRelay50MB(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		runtime.GC()
-		var before runtime.MemStats
-		runtime.ReadMemStats(&before)
+		before := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+		metrics.Read(before)
 		stop := heapPeak()
 		if err := c.Mail("helpdesk@contoso.com", nil); err != nil {
 			b.Fatal(err)
@@ -105,8 +108,8 @@ func BenchmarkRelay50MB(b *testing.B) {
 			b.Fatal(err)
 		}
 		peak := stop()
-		if peak > before.HeapAlloc && peak-before.HeapAlloc > worst {
-			worst = peak - before.HeapAlloc
+		if b := before[0].Value.Uint64(); peak > b && peak-b > worst {
+			worst = peak - b
 		}
 	}
 	b.StopTimer()

@@ -28,6 +28,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/tokens"
@@ -415,6 +416,12 @@ type bridgeOpts struct {
 	noTLS        bool   // no tls block (no STARTTLS)
 	remote       net.Addr
 	tokens       tokens.Source
+	auth         localauth.Options // zero: localauth's defaults
+	failures     *frontdoor.Policy // nil: 10 ms failure delay, default limit
+	noBDAT       bool              // send DATA upstream even where CHUNKING is offered
+	// The Graph path (graph_test.go).
+	providerExtra string // inside provider "ms" { }
+	graphTokens   tokens.Source
 	// wrapConfig, if set, wraps the Options.Config function (to block in
 	// it at a chosen moment).
 	wrapConfig func(func() *config.Config) func() *config.Config
@@ -472,6 +479,7 @@ provider "ms" {
   client_id   = "00000000-0000-0000-0000-000000000001"
   smtp_server = %q
   ca_file     = %q
+  %s
 }
 account "helpdesk" {
   provider = "ms"
@@ -491,7 +499,7 @@ user "boss" {
   password_hash = %q
   account       = "ceo"
 }
-`, t.TempDir(), o.smtpExtra, tlsBlock, upstreamAddr, ca, o.accountExtra, testHash(), testHash())
+`, t.TempDir(), o.smtpExtra, tlsBlock, upstreamAddr, ca, o.providerExtra, o.accountExtra, testHash(), testHash())
 	cfg, err := config.Parse("t.hcl", []byte(hcl))
 	if err != nil {
 		var ce *config.Error
@@ -521,13 +529,20 @@ func startBridge(t testing.TB, upstreamAddr string, o bridgeOpts) *bridge {
 	if o.wrapConfig != nil {
 		current = o.wrapConfig(current)
 	}
+	failures := frontdoor.Policy{FailureDelay: 10 * time.Millisecond}
+	if o.failures != nil {
+		failures = *o.failures
+	}
 	b.srv = New(Options{
-		Config:  current,
-		Auth:    localauth.New(cfg, localauth.Options{}),
-		Tokens:  src,
-		Limiter: &limiter.Limiter{},
-		Logger:  slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Config:      current,
+		Auth:        localauth.New(cfg, o.auth),
+		Tokens:      src,
+		Limiter:     &limiter.Limiter{},
+		GraphTokens: o.graphTokens,
+		Logger:      slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Failures:    failures,
 	})
+	b.srv.noBDAT = o.noBDAT
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("net.Listen() = %v", err)

@@ -8,8 +8,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -43,6 +45,18 @@ type Options struct {
 	Tokens  tokens.Source    // AccessToken(ctx, account) / Rejected(account, tok)
 	Limiter *limiter.Limiter // key "smtp:"+account; nil = a private limiter
 	Logger  *slog.Logger     // nil = discard
+
+	// Failures is the per-connection failure policy shared with IMAP and
+	// POP3 (delay before each failed AUTH's reply, disconnect after a few);
+	// zero values take frontdoor's defaults.
+	Failures frontdoor.Policy
+	// GraphTokens serves Microsoft Graph tokens for accounts with send_via
+	// "graph" or "auto". Nil: Tokens.For(tokens.Graph) when Tokens is a
+	// *tokens.Manager.
+	GraphTokens tokens.Source
+	// GraphHTTP talks to Microsoft Graph and its upload URLs. Nil: a client
+	// per provider trusting the system roots plus the provider's ca_file.
+	GraphHTTP *http.Client
 }
 
 // Server is the SMTP submission proxy. One Server may serve several
@@ -59,6 +73,9 @@ type Server struct {
 
 	mu sync.Mutex
 	gs *smtp.Server // created by the first Serve
+
+	noBDAT bool         // tests: send DATA upstream even where CHUNKING is offered
+	gb     graphBackend // the Graph path (graph.go)
 }
 
 // New returns a Server; call Serve for each listener.
@@ -69,17 +86,19 @@ func New(opts Options) *Server {
 	if opts.Limiter == nil {
 		opts.Limiter = &limiter.Limiter{}
 	}
+	opts.Failures = opts.Failures.Resolved()
 	s := &Server{
 		opts:    opts,
 		log:     opts.Logger.With("proto", "smtp"),
 		handoff: frontdoor.NewHandoff(nil),
 	}
 	s.fd = frontdoor.New(frontdoor.Options{
-		Proto:  "smtp",
-		Logger: opts.Logger,
-		Limits: s.limits,
-		Serve:  s.serveConn,
-		Refuse: refuse,
+		Proto:    "smtp",
+		Logger:   opts.Logger,
+		Limits:   s.limits,
+		WrapConn: s.wrapConn,
+		Serve:    s.serveConn,
+		Refuse:   refuse,
 	})
 	s.ctx = s.fd.Context()
 	return s
@@ -185,10 +204,17 @@ func (s *Server) localTLS(*tls.ClientHelloInfo) (*tls.Config, error) {
 	return nil, errors.New("smtpproxy: no tls block configured")
 }
 
+// wrapConn puts smtpproxy's per-connection state under TLS, where go-smtp's
+// reads and writes pass through it.
+func (s *Server) wrapConn(fs *frontdoor.Session, c net.Conn) net.Conn {
+	tc := &trackedConn{Conn: c, fs: fs, id: fs.ID, log: fs.Log, fails: s.opts.Failures.Conn()}
+	fs.Value = tc
+	return tc
+}
+
 // serveConn runs while go-smtp serves one admitted connection.
 func (s *Server) serveConn(fs *frontdoor.Session) {
-	tc := &trackedConn{fs: fs, id: fs.ID, log: fs.Log}
-	fs.Value = tc
+	tc := fs.Value.(*trackedConn)
 	tc.log.Debug("connection accepted")
 	s.handoff.Serve(fs)
 	tc.setSession(nil)
@@ -206,17 +232,82 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // ActiveSessions reports the number of open client connections.
 func (s *Server) ActiveSessions() int { return s.fd.ActiveSessions() }
 
-// trackedConn is smtpproxy's state for one front-door connection: the
-// per-connection logger, the drain hold for a message body, and the abort
-// of the current session's upstream connection when Shutdown cuts.
+// trackedConn is the client connection under TLS (when there is TLS), as
+// the front door accepted it. It carries the per-connection logger, the
+// failed-AUTH state, the drain hold for a message body, the abort of the
+// current session's upstream connection when Shutdown cuts, and a
+// read-ahead buffer while a body is received.
 type trackedConn struct {
+	net.Conn
 	fs  *frontdoor.Session
 	id  string
 	log *slog.Logger
 
+	// fails is the connection's failed-AUTH state; it outlives go-smtp's
+	// sessions (a new one after STARTTLS). hangUp closes the connection
+	// right after the next reply is written (the limit was reached).
+	fails  *frontdoor.Conn
+	hangUp atomic.Bool
+
 	mu        sync.Mutex
-	release   func()      // set while a message body is being received
+	inData    bool        // a message body is being received
+	release   func()      // the front door's drain hold while inData
 	stopAbort func() bool // unregisters the abort of the current session
+
+	// Read-ahead while a body is received; only the connection's reading
+	// goroutine touches these.
+	ra     *[]byte
+	raRest []byte // read ahead, not yet returned
+}
+
+// ClientReadAhead is the read-ahead buffer a client connection gets while
+// it sends a message body. go-smtp reads its connection 4 KiB at a time,
+// a system call each; with the read-ahead it is one call per up to 64 KiB.
+// The buffer goes back to a pool as soon as it is drained after the body,
+// so idle connections hold none.
+const ClientReadAhead = 64 << 10
+
+var readAheadPool = sync.Pool{New: func() any { b := make([]byte, ClientReadAhead); return &b }}
+
+func (c *trackedConn) Read(p []byte) (int, error) {
+	if len(c.raRest) > 0 {
+		n := copy(p, c.raRest)
+		c.raRest = c.raRest[n:]
+		return n, nil
+	}
+	c.mu.Lock()
+	inData := c.inData
+	c.mu.Unlock()
+	if !inData || len(p) >= ClientReadAhead {
+		if c.ra != nil {
+			readAheadPool.Put(c.ra)
+			c.ra, c.raRest = nil, nil
+		}
+		return c.Conn.Read(p)
+	}
+	if c.ra == nil {
+		c.ra = readAheadPool.Get().(*[]byte)
+	}
+	n, err := c.Conn.Read(*c.ra)
+	m := copy(p, (*c.ra)[:n])
+	c.raRest = (*c.ra)[m:n]
+	if len(c.raRest) > 0 {
+		// The bytes come first; a failed connection fails again on the
+		// next read.
+		return m, nil
+	}
+	return m, err
+}
+
+// Write writes to the client and, once the failure limit was reached,
+// closes the connection after the reply that reports it.
+func (c *trackedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if c.hangUp.Load() {
+		c.log.Info("closing connection: too many failed AUTH attempts")
+		c.Close()
+	}
+	return n, err
 }
 
 // setInData marks the start or end of a message body. The front door's
@@ -226,6 +317,7 @@ type trackedConn struct {
 func (c *trackedConn) setInData(v bool, readTimeout time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.inData = v
 	if !v {
 		if c.release != nil {
 			c.release()
@@ -275,11 +367,12 @@ func (s *session) refuseDuringDrain(user string, acct *config.Account) error {
 // connOf finds the trackedConn under a go-smtp connection (which may have
 // been upgraded to TLS by STARTTLS or the implicit-TLS listener).
 func connOf(c *smtp.Conn) *trackedConn {
-	if fs := frontdoor.SessionOf(c.Conn()); fs != nil {
-		tc, _ := fs.Value.(*trackedConn)
-		return tc
+	nc := c.Conn()
+	if t, ok := nc.(*tls.Conn); ok {
+		nc = t.NetConn()
 	}
-	return nil
+	tc, _ := nc.(*trackedConn)
+	return tc
 }
 
 // errorLog adapts go-smtp's Printf logger to slog. go-smtp reports

@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/internal/metrics"
 )
@@ -38,11 +39,17 @@ type session struct {
 
 	user    string
 	account *config.Account
+	fails   *frontdoor.Conn // failed AUTHs when there is no trackedConn (tests)
 
 	// Transaction state.
 	from  string
 	rcpts []string
-	inTx  bool // the upstream accepted MAIL and the transaction is open there
+	inTx  bool     // the upstream accepted MAIL and the transaction is open there
+	gtx   *graphTx // the transaction goes through Microsoft Graph (graph.go)
+
+	// smtpAuthOff is the upstream's "535 5.7.139" (SMTP AUTH disabled)
+	// from the last dial, for send_via = "auto".
+	smtpAuthOff *smtp.SMTPError
 
 	// Statistics for the closing log line.
 	messages int
@@ -76,6 +83,7 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 		cancel: cancel,
 		start:  time.Now(),
 		cfg:    s.opts.Config(),
+		fails:  s.opts.Failures.Conn(),
 	}
 	if tc != nil {
 		tc.setSession(sess)
@@ -131,7 +139,7 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 			if identity != "" && identity != user {
 				s.audit(localauth.Attempt{User: user, Result: localauth.ResultBadCredentials,
 					Err: errors.New("smtpproxy: PLAIN authorization identity differs from the user name")})
-				return errBadCreds
+				return s.authFailed(frontdoor.BadCredentials)
 			}
 			return s.login(user, pass)
 		})}, nil
@@ -171,22 +179,49 @@ func (s *session) audit(a localauth.Attempt) {
 	localauth.Audit(log, a)
 }
 
+// failureReply is the one mapping from a failed local login to SMTP's
+// reply: only a checked wrong password is 535 5.7.8.
+func failureReply(k frontdoor.Kind) *smtp.SMTPError {
+	switch k {
+	case frontdoor.BadCredentials:
+		return errBadCreds
+	case frontdoor.Throttled:
+		return errThrottled
+	}
+	return errBusy
+}
+
+// authFailed applies the shared per-connection failure policy to a failed
+// AUTH (the delay before the reply; after the limit the connection is
+// closed once the reply is written) and returns the reply.
+func (s *session) authFailed(k frontdoor.Kind) error {
+	fails := s.fails
+	if s.tc != nil {
+		fails = s.tc.fails
+	}
+	hangUp, err := fails.Failed(s.ctx)
+	if err != nil {
+		return errLocalTemp
+	}
+	if hangUp && s.tc != nil {
+		s.tc.hangUp.Store(true)
+	}
+	return failureReply(k)
+}
+
 // login checks local credentials. Every outcome writes one audit line.
 func (s *session) login(user, pass string) error {
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
 	u, err := s.srv.opts.Auth.Check(s.ctx, user, pass, localauth.RemoteIP(s.remote))
-	switch {
-	case err == nil:
-	case errors.Is(err, localauth.ErrInvalid):
-		s.audit(localauth.Attempt{User: user, Result: localauth.ResultBadCredentials, Err: err})
-		return errBadCreds
-	case errors.Is(err, localauth.ErrThrottled):
-		s.audit(localauth.Attempt{User: user, Result: localauth.ResultThrottled, Err: err})
-		return errBadCreds
-	default:
-		s.audit(localauth.Attempt{User: user, Result: localauth.ResultError, Err: err})
-		return errLocalTemp
+	if err != nil {
+		if s.ctx.Err() != nil { // shutdown gave up on this connection
+			s.audit(localauth.Attempt{User: user, Result: localauth.ResultError, Err: err})
+			return errLocalTemp
+		}
+		f := frontdoor.Classify(err)
+		s.audit(localauth.Attempt{User: user, Result: f.Kind.String(), Err: err})
+		return s.authFailed(f.Kind)
 	}
 	// Resolve the account in the newest configuration, so a reload that
 	// moved the user to another account takes effect at the next login.
@@ -222,6 +257,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		// MAIL inside an open transaction: start over upstream too.
 		s.resetUpstream()
 	}
+	s.gtx = nil
 	s.from, s.rcpts = from, nil
 	if !s.account.SenderAllowed(from) {
 		s.log.Warn("sender refused by policy", "from", from)
@@ -232,8 +268,19 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		metrics.SMTPMessages.WithLabelValues("refused").Inc()
 		return smtp.ErrDataTooLarge
 	}
+	if ok, why := s.srv.useGraph(s.account); ok {
+		metrics.SetSendPath(s.account.Name, "graph")
+		return s.graphMail(why)
+	}
 	for attempt := 0; ; attempt++ {
+		s.smtpAuthOff = nil
 		up, fresh, werr := s.ensureUpstream()
+		if werr != nil && s.smtpAuthOff != nil && s.account.SendVia == config.SendViaAuto {
+			// SMTP AUTH is disabled for the tenant or mailbox: this
+			// transaction and the next ones go through Graph.
+			s.srv.switchToGraph(s, s.smtpAuthOff)
+			return s.graphMail(autoWhy)
+		}
 		if werr != nil {
 			metrics.SMTPMessages.WithLabelValues("failed").Inc()
 			return werr
@@ -246,6 +293,8 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		err := up.c.Mail(from, upstreamMailOptions(opts))
 		if err == nil {
 			s.inTx = true
+			s.srv.smtpWorks(s)
+			metrics.SetSendPath(s.account.Name, "smtp")
 			return nil
 		}
 		se, isSMTP := asSMTP(err)
@@ -295,6 +344,9 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if s.account == nil {
 		return errAuthRequired
 	}
+	if s.gtx != nil {
+		return s.graphRcpt(to)
+	}
 	up := s.current()
 	if up == nil || !s.inTx {
 		return errUpstreamLost
@@ -326,6 +378,9 @@ func (s *session) Data(r io.Reader) error {
 	if s.account == nil {
 		return errAuthRequired
 	}
+	if s.gtx != nil {
+		return s.graphData(r)
+	}
 	up := s.current()
 	if up == nil || !s.inTx {
 		return errUpstreamLost
@@ -336,77 +391,74 @@ func (s *session) Data(r io.Reader) error {
 		defer s.tc.setInData(false, 0)
 	}
 	start := time.Now()
-	w, err := up.c.Data()
-	if err != nil {
-		if se, ok := asSMTP(err); ok {
-			// The transaction stays open upstream; Reset sends RSET.
-			s.log.Info("upstream refused DATA", "error", codeString(se))
-			countRefusal(se)
-			return se
-		}
-		metrics.UpstreamErrors.WithLabelValues("smtp", errorClass(err)).Inc()
-		metrics.SMTPMessages.WithLabelValues("failed").Inc()
-		s.log.Warn("upstream connection lost at DATA", "upstream", up.addr, "error", err.Error())
-		s.dropUpstream(up)
-		s.inTx = false
-		return errUpstreamLost
-	}
-
 	norm := newCRLFReader(r)
+	defer norm.release()
 	src := &bodyReader{r: norm, limit: lim.MaxMessageBytes}
-	dst := &deadlineWriter{w: w, conn: up.conn, timeout: lim.UpstreamTimeout}
-	n, err := io.Copy(dst, src)
+	reply, err := up.sendMessage(src, lim.UpstreamTimeout)
+	n := src.n
 	s.bytesIn += n
 	metrics.BytesRelayed.WithLabelValues("smtp", "up").Add(float64(n))
 	if err != nil {
-		// Never close w: that writes the final "." and the upstream would
-		// deliver a truncated message. Dropping the connection aborts the
-		// transaction.
-		s.dropUpstream(up)
-		s.inTx = false
-		metrics.SMTPMessages.WithLabelValues("failed").Inc()
-		switch {
-		case errors.Is(src.err, smtp.ErrDataTooLarge):
-			s.log.Warn("message too large, not delivered", "from", s.from, "bytes_in", n, "limit", lim.MaxMessageBytes)
-			return smtp.ErrDataTooLarge
-		case src.err != nil:
-			s.log.Warn("client stopped sending the message, not delivered", "from", s.from, "bytes_in", n, "error", src.err.Error())
-			return errClientGone
-		default:
-			metrics.UpstreamErrors.WithLabelValues("smtp", errorClass(err)).Inc()
-			s.log.Warn("upstream connection lost during DATA, message not delivered", "upstream", up.addr, "from", s.from, "bytes_in", n, "error", err.Error())
-			return errUpstreamLost
-		}
+		return s.relayFailed(up, src, err)
 	}
+	s.inTx = false
 	if norm.fixed > 0 {
 		s.log.Info("bare CR or LF in the message normalised to CRLF", "from", s.from, "count", norm.fixed)
 	}
-	dst.arm()
-	resp, err := w.CloseWithResponse()
-	s.inTx = false
-	if err != nil {
-		if se, ok := asSMTP(err); ok {
-			s.log.Info("upstream refused the message", "from", s.from, "rcpts", len(s.rcpts), "bytes_in", n, "error", codeString(se))
-			countRefusal(se)
-			return se
-		}
-		// The final "." went out but no reply came back: the message may
-		// have been delivered. A 4xx makes the client retry, which at worst
-		// duplicates it; losing it is worse.
-		metrics.UpstreamErrors.WithLabelValues("smtp", errorClass(err)).Inc()
-		metrics.SMTPMessages.WithLabelValues("failed").Inc()
-		s.log.Warn("no upstream reply after the end of DATA; the client will retry (possible duplicate)", "upstream", up.addr, "from", s.from, "bytes_in", n, "error", err.Error())
-		s.dropUpstream(up)
-		return errUpstreamLost
-	}
 	s.messages++
 	metrics.SMTPMessages.WithLabelValues("relayed").Inc()
-	ok := replyError(250, resp.StatusText)
+	ok := replyError(250, reply)
 	s.log.Info("message relayed", "from", s.from, "rcpts", len(s.rcpts), "bytes_in", n,
 		"duration", time.Since(start).Round(time.Millisecond).String(), "upstream_reply", codeString(ok))
 	// Returning a 250 "error" makes go-smtp relay the upstream's own 250
 	// text (queue id) instead of its generic "OK: queued".
 	return ok
+}
+
+// relayFailed logs why a message was not relayed and returns the client's
+// reply. An upstream refusal keeps the connection (Reset sends RSET);
+// anything else drops it, so an unfinished message is never completed.
+func (s *session) relayFailed(up *upstream, src *bodyReader, err error) error {
+	n := src.n
+	re := &relayError{stage: stageBody, err: err}
+	errors.As(err, &re)
+	if se, ok := asSMTP(re.err); ok {
+		switch re.stage {
+		case stageStart:
+			s.log.Info("upstream refused DATA", "error", codeString(se))
+		case stageBody:
+			s.log.Info("upstream refused the message during the transfer", "from", s.from, "rcpts", len(s.rcpts), "bytes_in", n, "error", codeString(se))
+		default:
+			s.inTx = false
+			s.log.Info("upstream refused the message", "from", s.from, "rcpts", len(s.rcpts), "bytes_in", n, "error", codeString(se))
+		}
+		countRefusal(se)
+		return se // bare: go-smtp type-asserts *smtp.SMTPError
+	}
+	s.dropUpstream(up)
+	s.inTx = false
+	metrics.SMTPMessages.WithLabelValues("failed").Inc()
+	switch {
+	case errors.Is(src.err, smtp.ErrDataTooLarge):
+		s.log.Warn("message too large, not delivered", "from", s.from, "bytes_in", n, "limit", src.limit)
+		return smtp.ErrDataTooLarge
+	case src.err != nil:
+		s.log.Warn("client stopped sending the message, not delivered", "from", s.from, "bytes_in", n, "error", src.err.Error())
+		return errClientGone
+	}
+	metrics.UpstreamErrors.WithLabelValues("smtp", errorClass(re.err)).Inc()
+	switch re.stage {
+	case stageStart:
+		s.log.Warn("upstream connection lost at DATA", "upstream", up.addr, "error", re.err.Error())
+	case stageBody:
+		s.log.Warn("upstream connection lost during DATA, message not delivered", "upstream", up.addr, "from", s.from, "bytes_in", n, "error", re.err.Error())
+	default:
+		// The end of the message went out but no reply came back: the
+		// message may have been delivered. A 4xx makes the client retry,
+		// which at worst duplicates it; losing it is worse.
+		s.log.Warn("no upstream reply after the end of DATA; the client will retry (possible duplicate)", "upstream", up.addr, "from", s.from, "bytes_in", n, "error", re.err.Error())
+	}
+	return errUpstreamLost
 }
 
 // Reset implements smtp.Session. go-smtp calls it after every DATA, on RSET
@@ -416,6 +468,7 @@ func (s *session) Reset() {
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
 	s.from, s.rcpts = "", nil
+	s.gtx = nil
 	if s.inTx {
 		s.resetUpstream()
 	}

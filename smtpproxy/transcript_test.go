@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"crypto/tls"
 	"encoding/base64"
+	"fmt"
 	"net"
 	"os"
 	"path"
@@ -19,6 +20,9 @@ import (
 // sends an empty line; "S: pattern" must match the next reply line
 // (path.Match); "S~ pattern" skips reply lines until one matches.
 // {USER64}, {PASS64} and {PLAIN64} expand to the test credentials.
+// Files named graph_*.txt run against an account with send_via = "graph"
+// and a Graph stand-in; there "G: status code retry-after message" queues
+// a Graph error answer.
 func TestTranscripts(t *testing.T) {
 	files, _ := filepath.Glob("testdata/*.txt")
 	if len(files) == 0 {
@@ -36,9 +40,15 @@ func TestTranscripts(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ms := startStubMS(t)
-			br := startBridge(t, ms.addr, bridgeOpts{})
-			br.tokens.set("helpdesk", ms.issue("helpdesk@contoso.com"))
+			var br *bridge
+			var g *stubGraph
+			if strings.HasPrefix(filepath.Base(file), "graph_") {
+				br, g, _, _ = graphBridge(t, "graph")
+			} else {
+				ms := startStubMS(t)
+				br = startBridge(t, ms.addr, bridgeOpts{})
+				br.tokens.set("helpdesk", ms.issue("helpdesk@contoso.com"))
+			}
 			conn, err := net.Dial("tcp", br.addr)
 			if err != nil {
 				t.Fatal(err)
@@ -51,6 +61,15 @@ func TestTranscripts(t *testing.T) {
 				n := i + 1
 				switch {
 				case line == "" || strings.HasPrefix(line, "#"):
+				case strings.HasPrefix(line, "G: ") && g != nil:
+					var f fault
+					parts := strings.SplitN(line[3:], " ", 4)
+					if len(parts) != 4 {
+						t.Fatalf("%s:%d: bad G: line", file, n)
+					}
+					fmt.Sscan(parts[0], &f.status)
+					f.code, f.retryAt, f.msg = parts[1], strings.Trim(parts[2], "-"), parts[3]
+					g.set(func(g *stubGraph) { g.faults = append(g.faults, f) })
 				case strings.HasPrefix(line, "C+ "):
 					queued.WriteString(repl.Replace(line[3:]) + "\r\n")
 				case line == "C:" || strings.HasPrefix(line, "C: "):

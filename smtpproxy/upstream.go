@@ -1,10 +1,13 @@
 package smtpproxy
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/textproto"
@@ -14,6 +17,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
@@ -24,6 +28,9 @@ type upstream struct {
 	conn    net.Conn // the TLS connection under c
 	addr    string
 	release func() // frees the per-account limiter slot
+
+	chunking   bool // send bodies with BDAT (the upstream offers CHUNKING)
+	pipelining bool // the upstream offers PIPELINING: a BDAT chunk need not wait for the previous chunk's reply
 
 	closeOnce sync.Once
 }
@@ -90,6 +97,12 @@ func (s *session) dial() (*upstream, *smtp.SMTPError) {
 			return nil, werr
 		}
 		up, err = s.connect(addr, tok, lim.UpstreamTimeout)
+	}
+	if se, rejected := authRejected(err); rejected && isSMTPAuthDisabled(se) && acct.SendVia == config.SendViaAuto {
+		// send_via = "auto": Mail switches this account to Graph.
+		s.smtpAuthOff = se
+		metrics.UpstreamErrors.WithLabelValues("smtp", "auth").Inc()
+		return nil, errUpstreamRefusedAuth
 	}
 	if err != nil {
 		return nil, s.connectFailure(log, err)
@@ -192,7 +205,11 @@ func (s *session) connect(addr, tok string, timeout time.Duration) (*upstream, e
 	if err := c.Auth(tokens.NewXOAUTH2Client(s.account.Mailbox, tok)); err != nil {
 		return fail("auth", err)
 	}
-	return &upstream{c: c, conn: tc, addr: addr}, nil
+	up := &upstream{c: c, conn: tc, addr: addr}
+	up.chunking, _ = c.Extension("CHUNKING")
+	up.chunking = up.chunking && !s.srv.noBDAT
+	up.pipelining, _ = c.Extension("PIPELINING")
+	return up, nil
 }
 
 // readReply reads one reply; a code other than want comes back as an
@@ -300,4 +317,261 @@ func explainAuthRejection(se *smtp.SMTPError, mailbox string) string {
 		"(or, for an app-only account, that the Exchange service principal exists and has FullAccess/SendAs on the mailbox: New-ServicePrincipal, Add-MailboxPermission), "+
 		"that the signed-in user may send as the mailbox, and that SMTP AUTH is enabled for it (Set-CASMailbox -Identity %s -SmtpClientAuthenticationDisabled $false). "+
 		"Permission changes can take up to an hour. Clients are told to retry (454) until then", mailbox, mailbox)
+}
+
+// Named sizes of the message-body path.
+const (
+	// DataWriteBuffer sits between a DATA body and the upstream TLS
+	// connection, so the body leaves in full TLS records rather than in the
+	// 4 KiB pieces of go-smtp's writer.
+	DataWriteBuffer = 64 << 10
+	// BDATChunkBytes is the largest BDAT chunk sent upstream when the
+	// upstream offers CHUNKING; one chunk per message in transit is held in
+	// memory. A message smaller than this goes up as one "BDAT n LAST".
+	BDATChunkBytes = 256 << 10
+)
+
+var (
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, DataWriteBuffer) }}
+	chunkPool  = sync.Pool{New: func() any { b := make([]byte, BDATChunkBytes); return &b }}
+)
+
+// relayStage says how far sendMessage got when it failed.
+type relayStage int
+
+const (
+	// stageStart: DATA was refused or failed; no body byte went upstream.
+	stageStart relayStage = iota
+	// stageBody: failed while the body was being read or sent; the
+	// upstream never saw the end of the message.
+	stageBody
+	// stageEnd: the end of the message was sent; the error is the
+	// upstream's refusal, or no reply came (the message may be delivered).
+	stageEnd
+)
+
+// relayError is sendMessage's error. err is an *smtp.SMTPError when the
+// upstream refused, otherwise a transport error or the body reader's error.
+type relayError struct {
+	stage relayStage
+	err   error
+}
+
+func (e *relayError) Error() string { return "smtpproxy: relaying the message: " + e.err.Error() }
+func (e *relayError) Unwrap() error { return e.err }
+
+// sendMessage sends the body from src in the open transaction and returns
+// the upstream's final 2xx reply text. src must yield CRLF-normalised bytes
+// (crlfReader). With CHUNKING the body goes up in BDAT chunks, otherwise as
+// dot-stuffed DATA. Either way the end of the message (the LAST chunk, the
+// final ".") is sent only after src returned io.EOF: a body that fails
+// half-way is never completed upstream; the caller drops the connection.
+func (u *upstream) sendMessage(src io.Reader, writeTimeout time.Duration) (string, error) {
+	dw := &deadlineWriter{w: u.conn, conn: u.conn, timeout: writeTimeout}
+	bw := writerPool.Get().(*bufio.Writer)
+	bw.Reset(dw)
+	defer func() {
+		bw.Reset(nil)
+		writerPool.Put(bw)
+	}()
+	if u.chunking {
+		return u.sendBDAT(src, bw)
+	}
+	return u.sendData(src, bw, dw)
+}
+
+// sendData sends DATA with go-smtp's client and writes the body itself,
+// dot-stuffed, through bw. The last CRLF of the body is written through
+// go-smtp's DATA writer, which then ends the message with ".\r\n" and reads
+// the reply.
+func (u *upstream) sendData(src io.Reader, bw *bufio.Writer, dw *deadlineWriter) (string, error) {
+	dc, err := u.c.Data()
+	if err != nil {
+		return "", &relayError{stageStart, err}
+	}
+	bp := chunkPool.Get().(*[]byte)
+	defer chunkPool.Put(bp)
+	buf := (*bp)[:DataWriteBuffer/2]
+	st := dotStuffer{w: bw, bol: true}
+	for {
+		n, rerr := src.Read(buf)
+		st.write(buf[:n])
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return "", &relayError{stageBody, rerr}
+		}
+		if st.err != nil {
+			return "", &relayError{stageBody, st.err}
+		}
+	}
+	crlf := st.np == 2 && st.pending == [2]byte{'\r', '\n'}
+	if !crlf {
+		// Only a BDAT body from the client can end without CRLF; DATA
+		// needs one before the final dot, as go-smtp's writer would add.
+		st.emit(st.pending[:st.np])
+	}
+	if st.err == nil {
+		st.err = bw.Flush()
+	}
+	if st.err != nil {
+		return "", &relayError{stageBody, st.err}
+	}
+	dw.arm()
+	if st.total > 0 {
+		// go-smtp's writer is at the start of its state machine: "\r\n"
+		// leaves it at the start of a line, so Close adds only ".\r\n".
+		if _, err := dc.Write([]byte("\r\n")); err != nil {
+			return "", &relayError{stageBody, err}
+		}
+	}
+	resp, err := dc.CloseWithResponse()
+	if err != nil {
+		return "", &relayError{stageEnd, err}
+	}
+	return resp.StatusText, nil
+}
+
+// dotStuffer writes a CRLF-normalised body with a "." added in front of
+// every line that starts with "." (RFC 5321 section 4.5.2). It keeps the
+// last two bytes of the body back so the caller can end the message
+// exactly.
+type dotStuffer struct {
+	w       *bufio.Writer
+	bol     bool // the next byte written starts a line
+	pending [2]byte
+	np      int
+	total   int64
+	err     error
+}
+
+func (d *dotStuffer) write(b []byte) {
+	d.total += int64(len(b))
+	switch {
+	case len(b) >= 2:
+		d.emit(d.pending[:d.np])
+		d.emit(b[:len(b)-2])
+		d.np = copy(d.pending[:], b[len(b)-2:])
+	case len(b) == 1 && d.np == 2:
+		d.emit(d.pending[:1])
+		d.pending = [2]byte{d.pending[1], b[0]}
+	case len(b) == 1:
+		d.pending[d.np] = b[0]
+		d.np++
+	}
+}
+
+func (d *dotStuffer) emit(b []byte) {
+	for len(b) > 0 && d.err == nil {
+		if d.bol && b[0] == '.' {
+			d.err = d.w.WriteByte('.')
+		}
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			_, d.err = d.w.Write(b)
+			d.bol = false
+			return
+		}
+		_, d.err = d.w.Write(b[:i+1])
+		b = b[i+1:]
+		d.bol = true
+	}
+}
+
+// sendBDAT sends the body as BDAT chunks of up to BDATChunkBytes (RFC
+// 3030), the last one marked LAST only after src returned io.EOF. With
+// PIPELINING the next chunk is read from the client while the upstream
+// answers the previous one; without, each chunk waits for its reply.
+func (u *upstream) sendBDAT(src io.Reader, bw *bufio.Writer) (string, error) {
+	bp := chunkPool.Get().(*[]byte)
+	defer chunkPool.Put(bp)
+	buf := *bp
+	rr := textproto.NewReader(bufio.NewReaderSize(oneByteReader{u.conn}, 16))
+	awaiting := false // a chunk's reply is still to be read
+	for {
+		n, rerr := fill(src, buf)
+		if rerr != nil && rerr != io.EOF {
+			return "", &relayError{stageBody, rerr}
+		}
+		last := rerr == io.EOF
+		if awaiting {
+			if _, err := u.bdatReply(rr, false); err != nil {
+				return "", &relayError{stageBody, err}
+			}
+			awaiting = false
+		}
+		if last {
+			fmt.Fprintf(bw, "BDAT %d LAST\r\n", n)
+		} else {
+			fmt.Fprintf(bw, "BDAT %d\r\n", n)
+		}
+		_, _ = bw.Write(buf[:n])
+		if err := bw.Flush(); err != nil {
+			if last {
+				// Perhaps all of it went out: treat like a lost reply.
+				return "", &relayError{stageEnd, err}
+			}
+			return "", &relayError{stageBody, err}
+		}
+		if last {
+			msg, err := u.bdatReply(rr, true)
+			if err != nil {
+				return "", &relayError{stageEnd, err}
+			}
+			return msg, nil
+		}
+		awaiting = true
+		if !u.pipelining {
+			if _, err := u.bdatReply(rr, false); err != nil {
+				return "", &relayError{stageBody, err}
+			}
+			awaiting = false
+		}
+	}
+}
+
+// bdatReply reads the reply to one BDAT command within go-smtp's command
+// timeout, or its submission timeout after the LAST chunk.
+func (u *upstream) bdatReply(rr *textproto.Reader, last bool) (string, error) {
+	timeout := u.c.CommandTimeout
+	if last {
+		timeout = u.c.SubmissionTimeout
+	}
+	_ = u.conn.SetReadDeadline(time.Now().Add(timeout))
+	defer u.conn.SetReadDeadline(time.Time{})
+	_, msg, err := rr.ReadResponse(250)
+	var pe *textproto.Error
+	if errors.As(err, &pe) {
+		return "", replyError(pe.Code, pe.Msg)
+	}
+	return msg, err
+}
+
+// fill reads from r until buf is full or r fails; io.EOF is returned only
+// at the real end of r (io.ReadFull would turn a source's own
+// io.ErrUnexpectedEOF, a client gone mid-DATA, into an ambiguity).
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// oneByteReader makes the BDAT reply reader read no further than the end
+// of a reply: the rest of the stream belongs to go-smtp's client, whose
+// own buffered reader is empty between commands. tls.Conn serves these
+// small reads from the record it already decrypted.
+type oneByteReader struct{ r io.Reader }
+
+func (o oneByteReader) Read(p []byte) (int, error) {
+	if len(p) > 1 {
+		p = p[:1]
+	}
+	return o.r.Read(p)
 }

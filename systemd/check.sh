@@ -3,7 +3,7 @@
 #   1. systemd-analyze verify: the unit parses, with no warnings (unknown keys,
 #      bad values and typos are only warnings to systemd, so any output fails);
 #   2. systemd-analyze security --offline=yes: the exposure score is 2.0 or lower.
-# The unit's ExecStart names /usr/local/bin/oauthbridge, which need not exist
+# The unit's ExecStart names /usr/bin/oauthbridge, which need not exist
 # here, so the checks run on a temporary copy whose ExecStart points at a
 # stand-in executable. Exits 0 with "skipped: ..." when systemd-analyze is
 # missing (CI containers without systemd).
@@ -29,7 +29,7 @@ trap 'rm -rf "$tmp"' EXIT INT TERM
 # A stand-in binary: verify only checks that ExecStart is executable.
 printf '#!/bin/sh\nexit 0\n' >"$tmp/oauthbridge"
 chmod 0755 "$tmp/oauthbridge"
-sed "s#/usr/local/bin/oauthbridge#$tmp/oauthbridge#g" "$unit" >"$tmp/oauthbridge.service"
+sed "s#/usr/bin/oauthbridge#$tmp/oauthbridge#g" "$unit" >"$tmp/oauthbridge.service"
 
 fail=0
 

@@ -10,7 +10,7 @@ const (
 	StateOK         State = "ok"          // a valid or refreshable token
 	StateNeedsLogin State = "needs_login" // a person must run `oauthbridge login ACCOUNT`
 	StateFailing    State = "failing"     // configuration/app registration problem, or refresh failing for a while
-	StateUnknown    State = "unknown"     // never logged in yet (delegated) or not yet tried (app)
+	StateUnknown    State = "unknown"     // app flow: no token requested yet (a delegated account without a sign-in is needs_login)
 )
 
 // AccountStatus is one row of `oauthbridge status`, the admin page and
@@ -27,6 +27,18 @@ type AccountStatus struct {
 	LastError   string    `json:"last_error,omitempty"`
 	Fix         string    `json:"fix,omitempty"`
 	AADSTS      int       `json:"aadsts,omitempty"`
+
+	// Sending. SendVia is the configured send_via; SendPath the path in use
+	// now ("smtp" or "graph"; with send_via = "auto" it says why it is on
+	// Graph in SendPathReason). The Graph* fields describe the Microsoft
+	// Graph token of an account that sends through Graph.
+	SendVia        string    `json:"send_via,omitempty"`
+	SendPath       string    `json:"send_path,omitempty"`
+	SendPathReason string    `json:"send_path_reason,omitempty"`
+	SendPathSince  time.Time `json:"send_path_since,omitzero"`
+	GraphExpiry    time.Time `json:"graph_token_expiry,omitzero"`
+	GraphError     string    `json:"graph_error,omitempty"`
+	GraphFix       string    `json:"graph_fix,omitempty"`
 }
 
 // DeviceLogin is a started device-code login: what the person must open and

@@ -24,6 +24,14 @@
 // x/oauth2 still builds the authorize URL and the PKCE verifier, and its
 // RetrieveError carries endpoint errors.
 //
+// Resources. One sign-in serves Exchange Online (IMAP, POP3, SMTP) and,
+// for accounts with send_via = "graph" or "auto", Microsoft Graph: the
+// sign-in asks consent for both, the refresh token is redeemed separately
+// per resource (never mixing scopes of two resources in one request), and
+// each resource has its own cached, proactively refreshed access token
+// (graph.go; For(Graph) is the Graph Source). All redemptions of one grant
+// are serialised, so each uses the newest (rotated) refresh token.
+//
 // Store. state_dir/tokens.enc is XChaCha20-Poly1305 encrypted under a
 // 32-byte key (state_dir/key, created 0600, or a systemd credential). Its
 // header carries a key fingerprint, so a wrong key and a damaged file give

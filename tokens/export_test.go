@@ -4,6 +4,8 @@ import (
 	"context"
 	"os"
 	"time"
+
+	"github.com/oauthbridge/oauthbridge/config"
 )
 
 // Test hooks for the external tests (package tokens_test), which cannot
@@ -56,3 +58,26 @@ func StoredEntryForTest(dir, account string) (*StoredForTest, error) {
 
 // SleepCtx is sleepCtx.
 var SleepCtx = sleepCtx
+
+// SeedStoreForTest writes a signed-in entry for account (refresh token rt,
+// signed in as who) into cfg's store, as a sign-in would.
+func SeedStoreForTest(cfg *config.Config, account, rt, who string) error {
+	ac := cfg.AccountByName[account]
+	st, _, err := openStore(cfg.StateDir, "")
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	_, err = st.update(map[string]*entry{account: {RefreshToken: rt, SignedInAs: who, State: StateOK,
+		LoginID: randomID(12), LoginAt: now, LastRefresh: now, Binding: binding(ac)}})
+	return err
+}
+
+// StoredRefreshTokenForTest is the refresh token in the store of dir.
+func StoredRefreshTokenForTest(dir, account string) string {
+	e, err := StoredEntryForTest(dir, account)
+	if err != nil || e == nil {
+		return ""
+	}
+	return e.RefreshToken
+}

@@ -54,7 +54,9 @@ func (m *Manager) StartDeviceLogin(ctx context.Context, name string) (*DeviceLog
 		return nil, nil, err
 	}
 	p := ac.Provider
-	form := url.Values{"client_id": {p.ClientID}, "scope": {strings.Join(DelegatedScopes(p), " ")}}
+	// The device-code leg may cover several resources (consent for Graph
+	// too); the token it yields is for the first, Exchange.
+	form := url.Values{"client_id": {p.ClientID}, "scope": {strings.Join(LoginScopes(ac), " ")}}
 	var dr deviceResponse
 	if err := m.postForm(ctx, p, Endpoints(p).DeviceAuthURL, form, &dr); err != nil {
 		return nil, nil, m.loginError(ac, "device-code request", err)
@@ -176,7 +178,7 @@ func (m *Manager) oauthConfig(ac *config.Account, redirectURI string) *oauth2.Co
 		ClientID:    ac.Provider.ClientID,
 		Endpoint:    Endpoints(ac.Provider),
 		RedirectURL: redirectURI,
-		Scopes:      DelegatedScopes(ac.Provider),
+		Scopes:      LoginScopes(ac), // the authorize leg consents to Graph too; the code is redeemed for Exchange
 	}
 }
 

@@ -107,6 +107,9 @@ type Manager struct {
 	pendMu  sync.Mutex
 	pending map[string]*pendingLogin
 
+	pathMu sync.Mutex
+	paths  map[string]sendPath // account -> the send path the SMTP proxy reports
+
 	storeErrMu  sync.Mutex
 	storeErr    string
 	storeLogged string
@@ -138,6 +141,12 @@ type account struct {
 	backoff  time.Duration
 	jitter   time.Duration // random extra refresh margin of the current token
 	logged   string        // the permanent error last logged at error level
+
+	// grantMu serialises every redemption of the refresh token (Exchange
+	// and Graph): each uses the newest one and stores a rotated one before
+	// the next can start.
+	grantMu sync.Mutex
+	graph   graphState // the Graph token's refresh state (graph.go)
 }
 
 // NewManager opens (or creates) the token store in cfg.StateDir and builds
@@ -424,6 +433,11 @@ func (m *Manager) spawn(f func()) bool {
 // no sign-in, adoption or binding change happened meanwhile (gen).
 func (m *Manager) refresh(a *account, done chan struct{}, gen uint64, ac *config.Account, rt string) {
 	defer m.signal()
+	a.grantMu.Lock()
+	defer a.grantMu.Unlock()
+	a.mu.Lock()
+	rt = a.ent.RefreshToken // the newest: a Graph redemption may have rotated it
+	a.mu.Unlock()
 	p := ac.Provider
 	var form url.Values
 	if ac.Flow == config.FlowApp {
@@ -621,6 +635,13 @@ func (m *Manager) tick() time.Duration {
 				next = min(next, due.Sub(now))
 			}
 		}
+		if gdue := m.graphDue(a, now); !gdue.IsZero() { // the Graph token (graph.go)
+			if !gdue.After(now) {
+				m.startGraphRefresh(a)
+			} else {
+				next = min(next, gdue.Sub(now))
+			}
+		}
 		m.publishMetricsLocked(a)
 		a.mu.Unlock()
 	}
@@ -735,7 +756,7 @@ func (m *Manager) state(a *account, now time.Time) State {
 	case a.lastErr != nil && a.lastErr.Kind == Failing:
 		return StateFailing
 	case a.cfg.Flow != config.FlowApp && a.ent.RefreshToken == "":
-		return StateUnknown
+		return StateNeedsLogin // nobody has signed in yet: the first day's most common problem
 	case a.lastErr != nil && a.lastErr.Kind == Temporary && !m.usable(a, now):
 		return StateFailing // refresh failing and no valid token left
 	case a.cfg.Flow == config.FlowApp && a.ent.AccessToken == "" && a.lastErr == nil:
@@ -789,6 +810,7 @@ func (m *Manager) Status() []AccountStatus {
 		} else if e := m.blocked(a, now); e != nil {
 			st.LastError, st.Fix = e.Reason, e.Fix
 		}
+		m.graphStatusLocked(a, &st, now)
 		if storeErr != "" && st.LastError == "" {
 			st.LastError = "cannot save the token store: " + storeErr
 			st.Fix = "check free space and permissions of " + m.store.dir + "; tokens are kept in memory until then"

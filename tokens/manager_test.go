@@ -216,8 +216,11 @@ func TestDeviceLoginCacheRotationRestart(t *testing.T) {
 	if _, err := e.m.AccessToken(context.Background(), helpdesk); KindOf(err) != NeedsLogin || !strings.Contains(err.Error(), "oauthbridge login helpdesk") {
 		t.Fatalf("AccessToken() before login = %v, want needs_login naming the login command", err)
 	}
-	if s := statusOf(e.m, helpdesk); s.State != StateUnknown {
-		t.Fatalf("state before login = %s, want unknown", s.State)
+	if s := statusOf(e.m, helpdesk); s.State != StateNeedsLogin || !strings.Contains(s.Fix, "oauthbridge login helpdesk") {
+		t.Fatalf("status before login = %+v, want needs_login with the login command as fix", s)
+	}
+	if v := testutil.ToFloat64(metrics.AccountState.WithLabelValues(helpdesk, "needs_login")); v != 1 {
+		t.Fatalf("needs_login gauge before login = %v, want 1", v)
 	}
 	if err := e.deviceLogin(e.m, helpdesk, alice); err != nil {
 		t.Fatalf("device login = %v", err)
@@ -846,7 +849,7 @@ func TestReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := e.m.Status()
-	if len(st) != 2 || st[0].Account != scanner || st[1].Account != "shared" || st[1].State != StateUnknown {
+	if len(st) != 2 || st[0].Account != scanner || st[1].Account != "shared" || st[1].State != StateNeedsLogin {
 		t.Fatalf("Status after reload = %+v", st)
 	}
 	if _, err := e.m.AccessToken(context.Background(), helpdesk); KindOf(err) != Failing {

@@ -50,15 +50,21 @@ func DelegatedScopes(p *config.Provider) []string {
 // {authority}/{tenant}/v2.0/adminconsent?client_id=..&redirect_uri=..&scope=..
 // The scope is the Exchange resource's .default, which consents to every
 // Exchange permission the registration lists (delegated and application).
-// Microsoft says not to use /common for admin consent, so common and
-// consumers become organizations.
+// When an account of p sends through Microsoft Graph (send_via "graph" or
+// "auto"), Graph's .default is added, so the same consent covers the
+// Graph permissions of the registration. Microsoft says not to use
+// /common for admin consent, so common and consumers become organizations.
 func ConsentURL(p *config.Provider, redirectURI string) string {
 	tenant := p.Tenant
 	switch strings.ToLower(tenant) {
 	case "common", "consumers":
 		tenant = "organizations"
 	}
-	q := url.Values{"client_id": {p.ClientID}, "scope": {p.AppScope}}
+	scope := p.AppScope
+	if p.UsesGraph {
+		scope += " " + graphResource(p) + "/.default"
+	}
+	q := url.Values{"client_id": {p.ClientID}, "scope": {scope}}
 	if redirectURI != "" {
 		q.Set("redirect_uri", redirectURI)
 	}

@@ -55,6 +55,11 @@ type entry struct {
 	// Binding names the app registration, flow and person the tokens belong
 	// to; an entry whose binding differs from the configuration is ignored.
 	Binding string `json:"binding"`
+
+	// The Microsoft Graph access token, from the same refresh token.
+	GraphAccessToken string    `json:"graph_access_token,omitempty"`
+	GraphExpiry      time.Time `json:"graph_expiry,omitzero"`
+	GraphIssued      time.Time `json:"graph_issued,omitzero"`
 }
 
 type storeFile struct {

@@ -1,15 +1,18 @@
 // Command oauthbridge-bench measures what the bridge costs a client. It
 // starts the fake Microsoft 365 upstream and a bridge configured against it
 // (loopback only), runs each workload directly (TLS + XOAUTH2) and through
-// the bridge in alternating rounds, and prints a table and its markdown.
+// the bridge (TLS + password to the bridge) in alternating rounds, and
+// prints a table and its markdown.
 //
-//	go run ./cmd/oauthbridge-bench          # full run, a few minutes
-//	go run ./cmd/oauthbridge-bench -quick   # CI-sized, well under a minute
+//	go run ./cmd/oauthbridge-bench           # full run, a few minutes
+//	go run ./cmd/oauthbridge-bench -quick    # CI-sized, well under a minute
+//	go run ./cmd/oauthbridge-bench -strict   # exit 1 when a target is missed
+//	go run ./cmd/oauthbridge-bench -idle N   # hold N IDLE sessions
 //
-// The IDLE and large-message workloads measure the bridge's RSS, so they run
-// the bridge as a separate `oauthbridge serve` process; the command builds
-// that binary with `go build` unless -bridge-bin names one (-bridge-bin=none
-// skips those workloads).
+// The IDLE, large-message and CPU-per-MB workloads measure the bridge's RSS
+// and CPU time, so they run the bridge as a separate `oauthbridge serve`
+// process; the command builds that binary with `go build` unless
+// -bridge-bin names one (-bridge-bin=none skips those workloads).
 package main
 
 import (
@@ -95,6 +98,11 @@ func main() {
 	}
 	if *strict && !rep.Met() {
 		pprof.StopCPUProfile()
+		for _, r := range rep.Rows {
+			if r.OK != nil && !*r.OK {
+				fmt.Fprintf(os.Stderr, "oauthbridge-bench: target missed: %s, %s: %s (target %s)\n", r.Workload, r.Metric, r.Ratio, r.Target)
+			}
+		}
 		os.Exit(1)
 	}
 }

@@ -3,10 +3,12 @@ package admin
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -189,6 +191,13 @@ func (h *handler) healthz(w http.ResponseWriter, _ *http.Request) {
 	w.Write([]byte("ok\n"))
 }
 
+// readyz answers 200 "ready" when the daemon is serving and no delegated
+// account needs a sign-in. A configured account nobody has signed in yet
+// (or whose grant was revoked) cannot serve its legacy clients, and nothing
+// but a person fixes that, so the bridge is not ready: 503 with one line
+// per account naming the command that fixes it. Accounts whose refreshes
+// fail for a while (failing) do not change readiness: retrying is the
+// bridge's job, and their state is on the status page and in the metrics.
 func (h *handler) readyz(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if h.opts.Ready != nil {
@@ -197,6 +206,18 @@ func (h *handler) readyz(w http.ResponseWriter, _ *http.Request) {
 			w.Write([]byte("not ready: " + err.Error() + "\n"))
 			return
 		}
+	}
+	var reasons []string
+	for _, s := range h.opts.Tokens.Status() {
+		if s.State == tokens.StateNeedsLogin {
+			reasons = append(reasons, fmt.Sprintf("not ready: account %s needs login: run 'oauthbridge login %s'", s.Account, s.Account))
+		}
+	}
+	if len(reasons) > 0 {
+		sort.Strings(reasons)
+		w.WriteHeader(http.StatusServiceUnavailable)
+		w.Write([]byte(strings.Join(reasons, "\n") + "\n"))
+		return
 	}
 	w.Write([]byte("ready\n"))
 }

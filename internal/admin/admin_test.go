@@ -80,7 +80,9 @@ func newFake() *fakeTokens {
 				Expiry: testNow.Add(52 * time.Minute), LastRefresh: testNow.Add(-8 * time.Minute), SignedInAs: "alice@contoso.com"},
 			{Account: "sales", Mailbox: "sales@contoso.com", Flow: "delegated", State: tokens.StateNeedsLogin,
 				LastError: `refresh refused <script>alert("x")</script>`, Fix: "run 'oauthbridge login sales' & retry", AADSTS: 70008},
-			{Account: "robot", Mailbox: "robot@contoso.com", Flow: "app", State: tokens.StateUnknown},
+			{Account: "robot", Mailbox: "robot@contoso.com", Flow: "app", State: tokens.StateUnknown,
+				SendVia: "auto", SendPath: "graph", SendPathReason: "SMTP AUTH is disabled: 535 5.7.139 <x>",
+				GraphError: "no consent for Mail.Send", GraphFix: "add Mail.Send & consent"},
 		},
 		deviceCh: make(chan error, 1),
 		complete: func(state, code string) (string, error) {
@@ -127,7 +129,7 @@ func newEnv(t *testing.T, withAuth bool) *env {
 		Version: "1.2.3-test",
 		Logger:  testLogger(t),
 		Now:     func() time.Time { return testNow },
-		Auth:    localauth.Options{BaseDelay: time.Minute},
+		Auth:    localauth.Options{CheckInterval: time.Minute, ThrottledHold: time.Millisecond, MaxQueueWait: time.Millisecond},
 	})
 	return e
 }
@@ -191,9 +193,23 @@ func TestHealthz(t *testing.T) {
 func TestReadyz(t *testing.T) {
 	e := newEnv(t, true)
 	auth := basic("admin", adminPass)
-	wantStatus(t, e.do("GET", "/readyz", nil, auth), 200)
-	e.ready = errors.New("imap listener 127.0.0.1:1143 not bound")
+	// The fake's "sales" account needs a sign-in: not ready, with the fix.
 	body := wantStatus(t, e.do("GET", "/readyz", nil, auth), 503)
+	if want := "account sales needs login: run 'oauthbridge login sales'"; !strings.Contains(body, want) {
+		t.Errorf("/readyz body = %q, want %q", body, want)
+	}
+	if strings.Contains(body, "helpdesk") || strings.Contains(body, "robot") {
+		t.Errorf("/readyz names accounts that need no login: %q", body)
+	}
+	// Signed in (and the app-flow account, which never needs a login): ready.
+	e.fake.mu.Lock()
+	e.fake.status[1].State = tokens.StateOK
+	e.fake.mu.Unlock()
+	if body := wantStatus(t, e.do("GET", "/readyz", nil, auth), 200); strings.TrimSpace(body) != "ready" {
+		t.Errorf("/readyz body = %q, want ready", body)
+	}
+	e.ready = errors.New("imap listener 127.0.0.1:1143 not bound")
+	body = wantStatus(t, e.do("GET", "/readyz", nil, auth), 503)
 	if !strings.Contains(body, "imap listener 127.0.0.1:1143 not bound") {
 		t.Errorf("/readyz body = %q, want the reason", body)
 	}
@@ -214,14 +230,22 @@ func TestMetrics(t *testing.T) {
 // With a password_hash, /metrics and /readyz need it, unless
 // metrics_public is set; without one they stay open (loopback only).
 func TestMonitoringEndpointsProtected(t *testing.T) {
+	ready := func(e *env) *env { // every account signed in: /readyz is 200
+		e.fake.mu.Lock()
+		for i := range e.fake.status {
+			e.fake.status[i].State = tokens.StateOK
+		}
+		e.fake.mu.Unlock()
+		return e
+	}
 	for _, path := range []string{"/metrics", "/readyz"} {
-		e := newEnv(t, true)
+		e := ready(newEnv(t, true))
 		wantStatus(t, e.do("GET", path, nil), 401)
 		wantStatus(t, e.do("GET", path, nil, basic("admin", "wrong")), 401)
 		wantStatus(t, e.do("GET", path, nil, basic("admin", adminPass)), 200)
 		e.cfg.Admin.MetricsPublic = true
 		wantStatus(t, e.do("GET", path, nil), 200)
-		wantStatus(t, newEnv(t, false).do("GET", path, nil), 200)
+		wantStatus(t, ready(newEnv(t, false)).do("GET", path, nil), 200)
 	}
 }
 
@@ -263,6 +287,9 @@ func TestStatusPage(t *testing.T) {
 		// Escaped, never raw.
 		`refresh refused &lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;`,
 		`Fix: run &#39;oauthbridge login sales&#39; &amp; retry`,
+		// The send path of each account, and a Graph token problem.
+		`sends via graph (send_via = auto): SMTP AUTH is disabled: 535 5.7.139 &lt;x&gt;`,
+		`Microsoft Graph: no consent for Mail.Send`, `Fix: add Mail.Send &amp; consent`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("status page lacks %q", want)
@@ -447,7 +474,7 @@ func TestCallback(t *testing.T) {
 func TestAuthRequired(t *testing.T) {
 	e := newEnv(t, true)
 	for i, p := range []string{"/", "/api/accounts", "/api/accounts/helpdesk", "/api/accounts/helpdesk/device-login"} {
-		ip := fromIP(fmt.Sprintf("192.0.2.%d", 10+i)) // stay under the failure threshold per address
+		ip := fromIP(fmt.Sprintf("192.0.2.%d", 10+i)) // "root" does not exist: its check budget is per address
 		resp := e.do("GET", p, nil, ip)
 		wantStatus(t, resp, http.StatusUnauthorized)
 		if !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Basic ") {
@@ -479,18 +506,20 @@ func TestAuthRequired(t *testing.T) {
 
 func TestAuthThrottled(t *testing.T) {
 	e := newEnv(t, true)
-	ip := fromIP("198.51.100.7")
-	for i := 0; i < localauth.DefaultRemoteThreshold; i++ {
+	ip := fromIP("127.0.0.1")
+	wantStatus(t, e.do("GET", "/api/accounts", nil, ip, basic("admin", adminPass)), 200)
+	for i := 0; i < localauth.DefaultBurst-1; i++ {
 		wantStatus(t, e.do("GET", "/api/accounts", nil, ip, basic("admin", fmt.Sprint("guess", i))), http.StatusUnauthorized)
 	}
-	// Now even the right password from that address is refused until the delay passes.
-	resp := e.do("GET", "/api/accounts", nil, ip, basic("admin", adminPass))
+	// The admin's password checks are used up: a new password is not
+	// checked, and the answer says so.
+	resp := e.do("GET", "/api/accounts", nil, ip, basic("admin", "one more guess"))
 	wantStatus(t, resp, http.StatusTooManyRequests)
 	if resp.Header.Get("Retry-After") == "" {
 		t.Errorf("429 without Retry-After")
 	}
-	// Another address is not affected.
-	wantStatus(t, e.do("GET", "/api/accounts", nil, fromIP("198.51.100.8"), basic("admin", adminPass)), 200)
+	// The right password, verified before, still gets in from the same address.
+	wantStatus(t, e.do("GET", "/api/accounts", nil, ip, basic("admin", adminPass)), 200)
 }
 
 func TestAuthReload(t *testing.T) {

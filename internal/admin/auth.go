@@ -80,7 +80,11 @@ func (h *handler) authorized(w http.ResponseWriter, r *http.Request, a *config.A
 	case errors.Is(err, localauth.ErrThrottled):
 		h.log.Warn("admin: login throttled", "remote", r.RemoteAddr, "user", clip(user, 64))
 		w.Header().Set("Retry-After", strconv.Itoa(retryAfterThrottled))
-		http.Error(w, "too many failed logins; wait and try again", http.StatusTooManyRequests)
+		http.Error(w, "too many login attempts for this user; password not checked, wait and try again", http.StatusTooManyRequests)
+	case errors.Is(err, localauth.ErrBusy):
+		h.log.Warn("admin: login not checked, bridge busy", "remote", r.RemoteAddr, "user", clip(user, 64), "error", err)
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfterThrottled))
+		http.Error(w, "bridge busy checking passwords; wait and try again", http.StatusServiceUnavailable)
 	case errors.Is(err, localauth.ErrInvalid):
 		h.log.Warn("admin: login failed", "remote", r.RemoteAddr, "user", clip(user, 64))
 		challenge(w)

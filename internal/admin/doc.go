@@ -2,7 +2,8 @@
 // mounts on admin.listen. It serves
 //
 //	GET  /healthz                          200 "ok" while the process runs (open)
-//	GET  /readyz                           200, or 503 with the reason (see below)
+//	GET  /readyz                           200, or 503 with the reason: not serving yet, or a
+//	                                       delegated account needs a sign-in (see below)
 //	GET  /metrics                          Prometheus metrics of internal/metrics (see below)
 //	GET  /                                 the status page: one row per account, Connect buttons
 //	POST /connect/{account}                starts a browser sign-in (303 to Entra)

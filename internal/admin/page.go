@@ -46,11 +46,11 @@ form{margin:0}
 {{range .Accounts}}<tr id="acct-{{.Account}}">
 <td class="account">{{.Account}}</td>
 <td class="mailbox">{{.Mailbox}}{{with .Delegate}}<br><small>delegate: {{.}}</small>{{end}}{{with .SignedInAs}}<br><small>signed in as: {{.}}</small>{{end}}</td>
-<td class="flow">{{.Flow}}</td>
+<td class="flow">{{.Flow}}{{with .SendPath}}<br><small class="sendpath">sends via {{.}}{{end}}{{if and .SendVia (ne .SendVia .SendPath)}} (send_via = {{.SendVia}}){{end}}{{with .SendPathReason}}: {{.}}{{end}}{{if .SendPath}}</small>{{end}}</td>
 <td class="state s-{{.State}}">{{.State}}</td>
 <td class="expiry">{{if .ExpiryAbs}}{{.ExpiryRel}}<br><small><time datetime="{{.ExpiryAbs}}">{{.ExpiryAbs}}</time></small>{{else}}-{{end}}</td>
 <td class="refresh">{{if .RefreshAbs}}{{.RefreshRel}}<br><small><time datetime="{{.RefreshAbs}}">{{.RefreshAbs}}</time></small>{{else}}-{{end}}</td>
-<td class="error">{{with .LastError}}<span class="lasterror">{{.}}</span>{{end}}{{with .AADSTS}} <small>(AADSTS{{.}})</small>{{end}}{{with .Fix}}<br><span class="fix">Fix: {{.}}</span>{{end}}</td>
+<td class="error">{{with .LastError}}<span class="lasterror">{{.}}</span>{{end}}{{with .AADSTS}} <small>(AADSTS{{.}})</small>{{end}}{{with .Fix}}<br><span class="fix">Fix: {{.}}</span>{{end}}{{with .GraphError}}<br><span class="grapherror">Microsoft Graph: {{.}}</span>{{end}}{{with .GraphFix}}<br><span class="fix">Fix: {{.}}</span>{{end}}</td>
 <td class="action">{{if .Button}}<form method="post" action="{{.ConnectPath}}"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button type="submit" id="connect-{{.Account}}">{{.Button}}</button></form>{{end}}</td>
 </tr>
 {{end}}</tbody>

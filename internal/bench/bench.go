@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"runtime"
@@ -13,6 +12,10 @@ import (
 
 	"github.com/oauthbridge/oauthbridge/internal/fakems"
 )
+
+// fdSlack is the descriptors a process needs besides the IDLE sessions'
+// sockets (listeners, the other workloads' idle connections, files).
+const fdSlack = 200
 
 // Which bench account each workload uses (SMTP uses the first SMTPConns).
 const (
@@ -25,15 +28,21 @@ const (
 
 // Options sizes the workloads. Full and Quick are the two presets.
 type Options struct {
-	Rounds        int   // alternating direct/bridge rounds (FETCH, SMTP)
-	FetchMessages int   // messages in the FETCH mailbox
-	FetchSize     int   // bytes per message
-	Logins        int   // login samples per path
-	IdleSessions  int   // concurrent IDLE sessions through the bridge process
-	SMTPMessages  int   // messages per SMTP round
-	SMTPConns     int   // concurrent SMTP connections (one mailbox each)
-	SMTPSize      int   // bytes per SMTP message
-	BigMessage    int64 // bytes of the single large SMTP message
+	Rounds        int // alternating direct/bridge rounds (FETCH, SMTP)
+	FetchMessages int // messages in the FETCH mailbox
+	FetchSize     int // bytes per message
+	Logins        int // login samples per path
+	IdleSessions  int // concurrent IDLE sessions through the bridge process
+	SMTPMessages  int // messages per SMTP round
+	SMTPConns     int // concurrent SMTP connections (one mailbox each)
+	SMTPSize      int // bytes per SMTP message
+	// BigMessages are the sizes of the single large SMTP messages, each
+	// sent BigRounds times directly and through the bridge process.
+	BigMessages []int64
+	BigRounds   int
+	// CPURounds is how often the bridge process relays the FETCH mailbox
+	// (IMAP FETCH, POP3 RETR) for the CPU-per-MB figures.
+	CPURounds int
 	// BridgeBinary is an oauthbridge binary to run as a separate process for
 	// the RSS workloads (IDLE, large message). Empty skips them.
 	BridgeBinary string
@@ -43,14 +52,14 @@ type Options struct {
 
 // Full is the complete run (a few minutes).
 func Full() Options {
-	return Options{Rounds: 6, FetchMessages: 200, FetchSize: 256 << 10, Logins: 400, IdleSessions: 5000,
-		SMTPMessages: 1000, SMTPConns: 20, SMTPSize: 20 << 10, BigMessage: 50 << 20}
+	return Options{Rounds: 6, FetchMessages: 200, FetchSize: 256 << 10, Logins: 400, IdleSessions: 10000,
+		SMTPMessages: 1000, SMTPConns: 20, SMTPSize: 20 << 10, BigMessages: []int64{25e6, 50 << 20}, BigRounds: 4, CPURounds: 3}
 }
 
 // Quick is a reduced run for CI (well under a minute).
 func Quick() Options {
 	return Options{Rounds: 2, FetchMessages: 40, FetchSize: 256 << 10, Logins: 100, IdleSessions: 500,
-		SMTPMessages: 200, SMTPConns: 20, SMTPSize: 20 << 10, BigMessage: 50 << 20}
+		SMTPMessages: 200, SMTPConns: 20, SMTPSize: 20 << 10, BigMessages: []int64{25e6}, BigRounds: 2, CPURounds: 1}
 }
 
 // Row is one line of the result table. OK is nil for figures without a
@@ -88,7 +97,10 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	rep := &Report{CPUs: runtime.NumCPU()}
 	if o.BridgeBinary != "" {
-		if err := raiseNoFile(uint64(2*o.IdleSessions + 1024)); err != nil {
+		// Each IDLE session costs two descriptors in the bridge process
+		// (client and upstream socket) and two in this one (the client
+		// and the fake's end); the bridge process inherits the limit.
+		if err := raiseNoFile(uint64(2*o.IdleSessions + fdSlack)); err != nil {
 			rep.Warnings = append(rep.Warnings, err.Error())
 		}
 	}
@@ -155,9 +167,14 @@ func (e *env) runProcess(ctx context.Context, o Options, rep *Report) error {
 		return err
 	}
 	defer p.stop()
-	// The large message first: the IDLE workload grows the heap, and a
-	// grown heap would hide the message's peak.
-	rows, err := e.runBig(ctx, o, p)
+	// The large messages first: the IDLE workload grows the heap, and a
+	// grown heap would hide a message's peak.
+	rows, big, err := e.runBig(ctx, o, p)
+	rep.Rows = append(rep.Rows, rows...)
+	if err != nil {
+		return err
+	}
+	rows, err = e.runCPU(o, p, big)
 	rep.Rows = append(rep.Rows, rows...)
 	if err != nil {
 		return err
@@ -167,7 +184,9 @@ func (e *env) runProcess(ctx context.Context, o Options, rep *Report) error {
 	return err
 }
 
-// raiseNoFile raises RLIMIT_NOFILE to at least n (up to the hard limit).
+// raiseNoFile raises RLIMIT_NOFILE to at least n: the hard limit too where
+// the process may (root, CAP_SYS_RESOURCE), else up to the hard limit. The
+// bridge process inherits it.
 func raiseNoFile(n uint64) error {
 	var rl syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
@@ -176,12 +195,18 @@ func raiseNoFile(n uint64) error {
 	if rl.Cur >= n {
 		return nil
 	}
+	if rl.Max < n {
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: n, Max: n}); err == nil {
+			return nil
+		}
+	}
 	rl.Cur = min(n, rl.Max)
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
 		return fmt.Errorf("bench: setrlimit: %w", err)
 	}
 	if rl.Cur < n {
-		return errors.New("bench: RLIMIT_NOFILE hard limit " + fmt.Sprint(rl.Max) + " is below the " + fmt.Sprint(n) + " descriptors the IDLE workload needs")
+		return fmt.Errorf("bench: RLIMIT_NOFILE hard limit %d (raising it needs CAP_SYS_RESOURCE) is below the %d descriptors the IDLE workload needs: "+
+			"2 per session in the bridge process and in the bench process, plus %d; at most %d sessions fit (-idle)", rl.Max, n, fdSlack, (int(rl.Max)-fdSlack)/2)
 	}
 	return nil
 }
@@ -213,6 +238,8 @@ func sizeName(n int64) string {
 		return fmt.Sprintf("%d MiB", n>>20)
 	case n >= 1<<10 && n%(1<<10) == 0:
 		return fmt.Sprintf("%d KiB", n>>10)
+	case n >= 1e6 && n%1e6 == 0:
+		return fmt.Sprintf("%d MB", n/1e6)
 	}
 	return fmt.Sprintf("%d B", n)
 }
@@ -267,7 +294,7 @@ func (r *Report) WriteMarkdown(w io.Writer) {
 
 func (r *Report) writeNotes(w io.Writer, bullet string) {
 	fmt.Fprintf(w, "%s%d CPU cores (runtime.NumCPU), %s, total %v.\n", bullet, r.CPUs, runtime.Version(), r.Elapsed.Round(time.Second))
-	fmt.Fprintf(w, "%sClient-perceived: the direct client speaks TLS + XOAUTH2 to the fake upstream; the bridged client speaks plaintext + password to the bridge on loopback, and the bridge speaks TLS + XOAUTH2 upstream. Direct and bridge rounds alternate in one run.\n", bullet)
+	fmt.Fprintf(w, "%sClient-perceived: the direct client speaks TLS + XOAUTH2 to the fake upstream; the bridged client speaks TLS + password to the bridge on loopback (IDLE sessions: plaintext, as local legacy clients do), and the bridge speaks TLS + XOAUTH2 upstream. Direct and bridge rounds alternate in one run; rates are from each path's median round. CPU per MB is the bridge process's user+system time (/proc/PID/stat) divided by the bytes it relayed.\n", bullet)
 	for _, row := range r.Rows {
 		if row.Note != "" {
 			fmt.Fprintf(w, "%s%s: %s\n", bullet, row.Workload, row.Note)

@@ -12,7 +12,7 @@ import (
 
 func tiny() Options {
 	return Options{Rounds: 2, FetchMessages: 3, FetchSize: 64 << 10, Logins: 5, IdleSessions: 20,
-		SMTPMessages: 20, SMTPConns: 4, SMTPSize: 4 << 10, BigMessage: 2 << 20}
+		SMTPMessages: 20, SMTPConns: 4, SMTPSize: 4 << 10, BigMessages: []int64{2 << 20}, BigRounds: 1, CPURounds: 1}
 }
 
 // TestTinyRun runs every workload in miniature, including the separate
@@ -35,7 +35,7 @@ func TestTinyRun(t *testing.T) {
 	}
 	want := []string{"IMAP FETCH", "IMAP login", "SMTP 20 x", "Token requests"}
 	if o.BridgeBinary != "" {
-		want = append(want, "SMTP one 2 MiB", "IMAP IDLE x 20")
+		want = append(want, "SMTP one 2 MiB", "IMAP IDLE x 20", "IMAP FETCH (bridge process", "POP3 RETR", "SMTP DATA (bridge process")
 	}
 	for _, w := range want {
 		found := false

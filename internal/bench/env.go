@@ -3,10 +3,18 @@ package bench
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -32,7 +40,7 @@ const (
 
 	// maxSessions is the per-account and per-protocol connection limit the
 	// bench configures: above the largest IDLE workload.
-	maxSessions = 6000
+	maxSessions = 12000
 	// bridgeMaxMessage is the bridge's SMTP size limit (above the 50 MB workload).
 	bridgeMaxMessage = 100 << 20
 	// startTimeout bounds waiting for sign-in and for a bridge process.
@@ -48,12 +56,16 @@ func mailboxName(i int) string { return fmt.Sprintf("mb%02d@%s", i, benchTenant)
 
 // env is the fake upstream plus the in-process bridge.
 type env struct {
-	f        *fakems.Fake
-	dir      string
-	caFile   string
-	accounts []account
-	d        *daemon.Daemon
-	progress io.Writer
+	f      *fakems.Fake
+	dir    string
+	caFile string
+	// The bridge's own certificate (tls block), so bridged clients speak
+	// TLS to the bridge as direct clients do to the fake.
+	certFile, keyFile string
+	bridgeCAs         *x509.CertPool
+	accounts          []account
+	d                 *daemon.Daemon
+	progress          io.Writer
 
 	tokenMu sync.Mutex
 	direct  map[string]string // mailbox -> access token issued for direct logins
@@ -82,6 +94,10 @@ func newEnv(ctx context.Context, n int, progress io.Writer) (*env, error) {
 		e.close()
 		return nil, err
 	}
+	if err := e.makeCert(); err != nil {
+		e.close()
+		return nil, err
+	}
 	f.AddApp(benchClientID, benchSecret)
 	f.AddUser(benchDelegate)
 	for i := range n {
@@ -90,7 +106,8 @@ func newEnv(ctx context.Context, n int, progress io.Writer) (*env, error) {
 		e.accounts = append(e.accounts, a)
 	}
 	cfgPath := filepath.Join(dir, "inproc.hcl")
-	if err := e.writeConfig(cfgPath, "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"); err != nil {
+	lo := "127.0.0.1:0"
+	if err := e.writeConfig(cfgPath, listenAddrs{lo, lo, lo, lo, lo}, lo); err != nil {
 		e.close()
 		return nil, err
 	}
@@ -157,17 +174,72 @@ func (e *env) signIn(ctx context.Context) error {
 	return nil
 }
 
+// listenAddrs are a bridge's client listeners: plaintext (STARTTLS) and
+// implicit TLS.
+type listenAddrs struct{ imap, imaps, pop3, pop3s, smtp string }
+
+// makeCert writes a certificate for 127.0.0.1 for the bridge's tls block
+// (ECDSA P-256, as the fake's).
+func (e *env) makeCert() error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "oauthbridge bench"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"},
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true, IsCA: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return err
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	e.certFile, e.keyFile = filepath.Join(e.dir, "bridge.crt"), filepath.Join(e.dir, "bridge.key")
+	if err := os.WriteFile(e.certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(e.keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		return err
+	}
+	e.bridgeCAs = x509.NewCertPool()
+	e.bridgeCAs.AddCert(cert)
+	return nil
+}
+
+// bridgeTLS is the bridged clients' TLS configuration.
+func (e *env) bridgeTLS() *tls.Config {
+	return &tls.Config{RootCAs: e.bridgeCAs, ServerName: "127.0.0.1"}
+}
+
 // writeConfig writes a bridge configuration for all accounts.
-func (e *env) writeConfig(path, imapAddr, pop3Addr, smtpAddr, adminAddr string) error {
+func (e *env) writeConfig(path string, l listenAddrs, adminAddr string) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, `state_dir = %q
 log_level = "info"
 log_format = "json"
+tls {
+  cert_file = %q
+  key_file  = %q
+}
 imap {
   listen          = [%q]
+  listen_tls      = [%q]
   max_connections = %d
 }
-pop3 { listen = [%q] }
+pop3 {
+  listen     = [%q]
+  listen_tls = [%q]
+}
 smtp {
   listen            = [%q]
   max_connections   = %d
@@ -184,7 +256,7 @@ provider "fake" {
   smtp_server   = %q
   ca_file       = %q
 }
-`, filepath.Join(e.dir, "state"), imapAddr, maxSessions, pop3Addr, smtpAddr, maxSessions, bridgeMaxMessage, adminAddr,
+`, filepath.Join(e.dir, "state"), e.certFile, e.keyFile, l.imap, l.imaps, maxSessions, l.pop3, l.pop3s, l.smtp, maxSessions, bridgeMaxMessage, adminAddr,
 		benchTenant, benchClientID, benchSecret, e.f.AuthorityURL, e.f.IMAPAddr, e.f.POP3Addr, e.f.SMTPAddr, e.caFile)
 	for _, a := range e.accounts {
 		h, err := bcrypt.GenerateFromPassword([]byte(a.password), bcrypt.MinCost)
@@ -226,6 +298,7 @@ func (e *env) close() {
 // bridgeProc is the bridge running as `oauthbridge serve` in its own process.
 type bridgeProc struct {
 	cmd       *exec.Cmd
+	addrs     listenAddrs
 	imap      string
 	smtp      string
 	stderr    *os.File
@@ -246,20 +319,21 @@ func freePort() (string, error) {
 // startProc starts binary as a separate bridge process sharing the
 // in-process bridge's token store (so it needs no sign-in of its own).
 func (e *env) startProc(binary string) (*bridgeProc, error) {
-	imapAddr, err := freePort()
-	if err != nil {
-		return nil, err
+	var l listenAddrs
+	for _, a := range []*string{&l.imap, &l.imaps, &l.pop3, &l.pop3s, &l.smtp} {
+		addr, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		*a = addr
 	}
-	smtpAddr, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	pop3Addr, err := freePort()
+	imapAddr := l.imap
+	adminAddr, err := freePort() // serve refuses port 0: a random port serves nobody
 	if err != nil {
 		return nil, err
 	}
 	cfgPath := filepath.Join(e.dir, "proc.hcl")
-	if err := e.writeConfig(cfgPath, imapAddr, pop3Addr, smtpAddr, "127.0.0.1:0"); err != nil {
+	if err := e.writeConfig(cfgPath, l, adminAddr); err != nil {
 		return nil, err
 	}
 	logPath := filepath.Join(e.dir, "bridge-process.log")
@@ -267,7 +341,7 @@ func (e *env) startProc(binary string) (*bridgeProc, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &bridgeProc{imap: imapAddr, smtp: smtpAddr, stderr: lf, waitErr: make(chan error, 1), stderrLog: logPath}
+	p := &bridgeProc{addrs: l, imap: l.imap, smtp: l.smtp, stderr: lf, waitErr: make(chan error, 1), stderrLog: logPath}
 	p.cmd = exec.Command(binary, "serve", "-config", cfgPath)
 	p.cmd.Stdout = lf
 	p.cmd.Stderr = lf
@@ -317,6 +391,31 @@ func (p *bridgeProc) status(field string) (int64, error) {
 }
 
 func (p *bridgeProc) rss() (int64, error) { return p.status("VmRSS") }
+
+// clockTicks is USER_HZ, the unit of utime and stime in /proc/PID/stat
+// (100 on every Linux architecture Go supports).
+const clockTicks = 100
+
+// cpu returns the process's user + system CPU time so far.
+func (p *bridgeProc) cpu() (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) is in parentheses and may hold spaces;
+	// utime and stime are fields 14 and 15.
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if i < 0 || len(f) < 13 {
+		return 0, errors.New("bench: unexpected /proc stat format")
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return time.Duration(ut+st) * time.Second / clockTicks, nil
+}
 
 func (p *bridgeProc) stop() {
 	_ = p.cmd.Process.Signal(os.Interrupt)

@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -37,10 +38,17 @@ func (e *env) dialSMTPDirect(mailbox string) (*smtp.Client, error) {
 	return c, nil
 }
 
-// dialSMTPBridge connects to a bridge in plaintext on loopback and
-// authenticates with the local password.
-func dialSMTPBridge(addr string, a account) (*smtp.Client, error) {
-	c, err := smtp.Dial(addr)
+// dialSMTPBridge connects to a bridge on loopback, with STARTTLS when tc
+// is set (as the direct client does to the upstream), and authenticates
+// with the local password.
+func dialSMTPBridge(addr string, a account, tc *tls.Config) (*smtp.Client, error) {
+	var c *smtp.Client
+	var err error
+	if tc != nil {
+		c, err = smtp.DialStartTLS(addr, tc)
+	} else {
+		c, err = smtp.Dial(addr)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("bench: dial bridge smtp: %w", err)
 	}
@@ -72,7 +80,7 @@ func (e *env) runSMTP(o Options) ([]Row, error) {
 			if direct {
 				clients[i], err = e.dialSMTPDirect(a.mailbox)
 			} else {
-				clients[i], err = dialSMTPBridge(e.d.Addr("smtp"), a)
+				clients[i], err = dialSMTPBridge(e.d.Addr("smtp"), a, e.bridgeTLS())
 			}
 			if err != nil {
 				return 0, err
@@ -101,7 +109,7 @@ func (e *env) runSMTP(o Options) ([]Row, error) {
 		}
 		return d, nil
 	}
-	var dt, bt time.Duration
+	var dt, bt []time.Duration
 	for i := range o.Rounds {
 		order := []bool{true, false}
 		if i%2 == 1 {
@@ -113,17 +121,20 @@ func (e *env) runSMTP(o Options) ([]Row, error) {
 				return nil, err
 			}
 			if direct {
-				dt += d
+				dt = append(dt, d)
 			} else {
-				bt += d
+				bt = append(bt, d)
 			}
 		}
 	}
-	total := float64(o.SMTPMessages * o.Rounds)
-	dr, br := total/dt.Seconds(), total/bt.Seconds()
+	// The median round of each path.
+	total := float64(o.SMTPMessages)
+	dr, br := total/percentile(dt, 50).Seconds(), total/percentile(bt, 50).Seconds()
 	e.logf("smtp: direct %.0f msg/s, bridge %.0f msg/s", dr, br)
 	name := fmt.Sprintf("SMTP %d x %s over %d conns", o.SMTPMessages, sizeName(int64(o.SMTPSize)), o.SMTPConns)
-	return []Row{ratioRow(name, "messages/s", dr, br, 0.90, "%.0f")}, nil
+	row := ratioRow(name, "messages/s", dr, br, 0.90, "%.0f")
+	row.Note = "both clients use STARTTLS (direct: XOAUTH2 to the fake; bridged: password to the bridge); each bridged MAIL and RCPT waits for the upstream's reply (relayed verbatim), so the bridged path has one more hop per command"
+	return []Row{row}, nil
 }
 
 // bodyGen produces an n-byte CRLF message body without holding it in memory.
@@ -155,88 +166,123 @@ func (g *bodyGen) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// runBig sends one o.BigMessage-byte message directly and through the bridge
-// process, and samples the bridge process's RSS while it relays.
-func (e *env) runBig(ctx context.Context, o Options, p *bridgeProc) ([]Row, error) {
+// bigResult is what runBig measured for one message size.
+type bigResult struct {
+	size           int64
+	direct, bridge []time.Duration // per round
+	rounds         int
+	peakGrowth     float64       // MiB, the worst round
+	cpu            time.Duration // bridge process CPU over the bridge rounds
+}
+
+// runBig sends one message of each of o.BigMessages bytes directly and
+// through the bridge process, alternating for o.BigRounds rounds, while it
+// samples the bridge process's RSS and reads its CPU time.
+func (e *env) runBig(ctx context.Context, o Options, p *bridgeProc) ([]Row, *bigResult, error) {
 	a := e.accounts[bigAccount]
-	one := func(c *smtp.Client) (time.Duration, error) {
+	one := func(c *smtp.Client, size int64) (time.Duration, error) {
 		defer c.Quit()
 		t0 := time.Now()
 		hdr := "From: " + a.mailbox + "\r\nTo: " + smtpRecipient + "\r\nSubject: big\r\n\r\n"
-		body := io.MultiReader(bytes.NewReader([]byte(hdr)), &bodyGen{left: o.BigMessage - int64(len(hdr))})
+		body := io.MultiReader(bytes.NewReader([]byte(hdr)), &bodyGen{left: size - int64(len(hdr))})
 		if err := c.SendMail(a.mailbox, []string{smtpRecipient}, body); err != nil {
 			return 0, fmt.Errorf("bench: big message: %w", err)
 		}
 		return time.Since(t0), nil
 	}
 	// Warm the bridge process with one small message on the same path.
-	wc, err := dialSMTPBridge(p.smtp, a)
+	wc, err := dialSMTPBridge(p.smtp, a, e.bridgeTLS())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := wc.SendMail(a.mailbox, []string{smtpRecipient}, bytes.NewReader(makeMessage(4096))); err != nil {
 		wc.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	_ = wc.Quit()
 	time.Sleep(500 * time.Millisecond)
 
-	dc, err := e.dialSMTPDirect(a.mailbox)
-	if err != nil {
-		return nil, err
-	}
-	dd, err := one(dc)
-	if err != nil {
-		return nil, err
-	}
-	before, err := p.rss()
-	if err != nil {
-		return nil, err
-	}
-	var peak atomic.Int64
-	peak.Store(before)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		t := time.NewTicker(2 * time.Millisecond)
-		defer t.Stop()
-		for {
-			if v, err := p.rss(); err == nil && v > peak.Load() {
-				peak.Store(v)
-			}
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-			}
+	viaBridge := func(size int64, r *bigResult) error {
+		before, err := p.rss()
+		if err != nil {
+			return err
 		}
-	})
-	bc, err := dialSMTPBridge(p.smtp, a)
-	if err == nil {
-		var bd time.Duration
-		bd, err = one(bc)
+		cpu0, err := p.cpu()
+		if err != nil {
+			return err
+		}
+		var peak atomic.Int64
+		peak.Store(before)
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			t := time.NewTicker(2 * time.Millisecond)
+			defer t.Stop()
+			for {
+				if v, err := p.rss(); err == nil && v > peak.Load() {
+					peak.Store(v)
+				}
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+				}
+			}
+		})
+		bc, err := dialSMTPBridge(p.smtp, a, e.bridgeTLS())
+		var d time.Duration
+		if err == nil {
+			d, err = one(bc, size)
+		}
 		close(stop)
 		wg.Wait()
 		if err != nil {
-			return nil, err
+			return err
 		}
-		// VmHWM (the kernel's exact peak) backs up the sampling; it is
-		// still the process's peak so far, as the IDLE workload runs later.
-		if hwm, herr := p.status("VmHWM"); herr == nil && hwm > peak.Load() {
-			peak.Store(hwm)
+		cpu1, err := p.cpu()
+		if err != nil {
+			return err
 		}
-		growth := float64(peak.Load()-before) / (1 << 20)
-		dr := float64(o.BigMessage) / dd.Seconds() / 1e6
-		br := float64(o.BigMessage) / bd.Seconds() / 1e6
-		e.logf("big: direct %v, bridge %v, bridge RSS %d MiB, peak growth %.1f MiB", dd, bd, before>>20, growth)
-		ok := growth <= 16
-		name := fmt.Sprintf("SMTP one %s message (bridge process)", sizeName(o.BigMessage))
-		return []Row{
-			{Workload: name, Metric: "bridge peak RSS growth MiB", Direct: "-", Bridge: fmt.Sprintf("%.1f", growth), Ratio: "-", Target: "<= 16 MiB", OK: &ok},
-			{Workload: name, Metric: "MB/s", Direct: fmt.Sprintf("%.0f", dr), Bridge: fmt.Sprintf("%.0f", br), Ratio: fmt.Sprintf("%.2f", br/dr), Target: "(reported)"},
-		}, nil
+		r.bridge = append(r.bridge, d)
+		r.cpu += cpu1 - cpu0
+		r.peakGrowth = max(r.peakGrowth, float64(peak.Load()-before)/(1<<20))
+		return nil
 	}
-	close(stop)
-	wg.Wait()
-	return nil, err
+	var rows []Row
+	total := &bigResult{}
+	for _, size := range o.BigMessages {
+		r := &bigResult{size: size, rounds: max(o.BigRounds, 1)}
+		for i := range r.rounds {
+			if ctx.Err() != nil {
+				return rows, nil, ctx.Err()
+			}
+			for _, direct := range []bool{i%2 == 0, i%2 == 1} {
+				if direct {
+					dc, err := e.dialSMTPDirect(a.mailbox)
+					if err != nil {
+						return rows, nil, err
+					}
+					d, err := one(dc, size)
+					if err != nil {
+						return rows, nil, err
+					}
+					r.direct = append(r.direct, d)
+				} else if err := viaBridge(size, r); err != nil {
+					return rows, nil, err
+				}
+			}
+		}
+		mb := float64(size) / 1e6
+		dr, br := mb/percentile(r.direct, 50).Seconds(), mb/percentile(r.bridge, 50).Seconds()
+		e.logf("big %s: direct %.0f MB/s, bridge %.0f MB/s, bridge peak RSS growth %.1f MiB, bridge CPU %v", sizeName(size), dr, br, r.peakGrowth, r.cpu)
+		name := fmt.Sprintf("SMTP one %s message x %d (bridge process)", sizeName(size), r.rounds)
+		ok := r.peakGrowth <= 16
+		rate := ratioRow(name, "MB/s (client-perceived)", dr, br, 0.95, "%.0f")
+		rate.Note = "both clients use STARTTLS (direct: to the fake, XOAUTH2, DATA; bridged: to the bridge, password, DATA); the bridge relays with BDAT where the upstream offers CHUNKING (the fake does, as Exchange Online does)"
+		rows = append(rows, rate,
+			Row{Workload: name, Metric: "bridge peak RSS growth MiB", Direct: "-", Bridge: fmt.Sprintf("%.1f", r.peakGrowth), Ratio: "-", Target: "<= 16 MiB", OK: &ok})
+		total.size += size * int64(r.rounds)
+		total.cpu += r.cpu
+	}
+	return rows, total, nil
 }

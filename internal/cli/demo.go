@@ -25,6 +25,10 @@ const (
 	demoDelegate = "alice@contoso.example"
 	demoMailbox  = "helpdesk@contoso.example"
 	demoUser     = "demo"
+	// A second account whose mailbox has SMTP AUTH disabled sends through
+	// Microsoft Graph (send_via = "graph").
+	demoGraphMailbox = "notices@contoso.example"
+	demoGraphUser    = "notices"
 )
 
 // DemoInfo describes a running demo (for tests and the printed banner).
@@ -33,16 +37,27 @@ type DemoInfo struct {
 	IMAP, POP3, SMTP     string
 	Admin                string
 	Mailbox, Delegate    string
+	GraphUser            string // sends through Microsoft Graph, same password
+	GraphMailbox         string
 	StateDir, ConfigPath string
 	Fake                 *fakems.Fake
 	Daemon               *daemon.Daemon
 }
 
 func runDemo(ctx context.Context, env Env, args []string) error {
-	fs := newFlags(env, "demo", "")
+	fs := newFlags(env, "demo", "", `
+Starts a fake Microsoft 365 (identity platform, IMAP, POP3, SMTP accepting
+only XOAUTH2) and a bridge in front of it, all on loopback, signs the demo
+account in with the device-code flow and prints a user, a password and curl
+commands to try. Nothing outside a temporary directory is touched; Ctrl-C
+stops it.`)
 	verbose := fs.Bool("v", false, "log the bridge's activity (JSON) to standard error")
-	if err := parse(fs, args); err != nil {
+	pos, err := fs.parse(args)
+	if err != nil {
 		return err
+	}
+	if len(pos) > 0 {
+		return usagef("demo takes no arguments")
 	}
 	info, stop, err := StartDemo(ctx, *verbose, env)
 	if err != nil {
@@ -85,6 +100,8 @@ func StartDemo(ctx context.Context, verbose bool, env Env) (*DemoInfo, func(), e
 	f.AddUser(demoDelegate)
 	f.AddMailbox(demoMailbox, demoDelegate)
 	f.AllowSendAs(demoMailbox, "support@contoso.example")
+	f.AddUser(demoGraphMailbox)
+	f.SetMailboxSMTPAuth(demoGraphMailbox, fakems.SMTPAuthDisabled)
 	_ = f.Deliver(demoMailbox, []byte("From: Contoso IT <it@contoso.example>\r\nTo: "+demoMailbox+"\r\nSubject: Welcome to the oauthbridge demo\r\nDate: "+time.Now().Format(time.RFC1123Z)+"\r\nMessage-ID: <demo-1@contoso.example>\r\n\r\nThis message sits in the fake Exchange mailbox "+demoMailbox+".\r\nYou read it through the bridge with a plain password; the bridge used XOAUTH2.\r\n"))
 
 	dir, err := os.MkdirTemp("", "oauthbridge-demo-")
@@ -120,6 +137,7 @@ provider "fake" {
   imap_server = %q
   pop3_server = %q
   smtp_server = %q
+  graph_url   = %q
   ca_file     = %q
 }
 account "helpdesk" {
@@ -128,12 +146,22 @@ account "helpdesk" {
   delegate = %q
   send_as  = ["support@contoso.example"]
 }
+account "notices" {               # SMTP AUTH is disabled for this mailbox
+  provider = "fake"
+  mailbox  = %q
+  send_via = "graph"
+}
 user %q {
   password_hash = %q
   account       = "helpdesk"
 }
+user %q {
+  password_hash = %q
+  account       = "notices"
+}
 `, filepath.Join(dir, "state"), freeAddr("127.0.0.1:1143"), freeAddr("127.0.0.1:1110"), freeAddr("127.0.0.1:1587"), freeAddr("127.0.0.1:8025"),
-		demoClientID, f.AuthorityURL, f.IMAPAddr, f.POP3Addr, f.SMTPAddr, caFile, demoMailbox, demoDelegate, demoUser, string(hash))
+		demoClientID, f.AuthorityURL, f.IMAPAddr, f.POP3Addr, f.SMTPAddr, f.GraphURL(), caFile, demoMailbox, demoDelegate, demoGraphMailbox,
+		demoUser, string(hash), demoGraphUser, string(hash))
 	if err := os.MkdirAll(filepath.Join(dir, "state"), 0o700); err != nil {
 		cleanup()
 		return nil, nil, err
@@ -164,31 +192,35 @@ user %q {
 		d.Shutdown(sctx)
 		cleanup()
 	}
-	// Sign the delegate in, exactly as `oauthbridge login helpdesk` would,
-	// with the fake standing in for the person who enters the code.
-	dl, done, err := d.Tokens().StartDeviceLogin(ctx, "helpdesk")
-	if err != nil {
-		stop()
-		return nil, nil, fmt.Errorf("demo: device login: %w", err)
-	}
-	fmt.Fprintf(env.Stderr, "Signing in %s for account helpdesk: device code %s at %s (the fake approves it for you)...\n", demoDelegate, dl.UserCode, dl.VerificationURI)
-	if err := f.ApproveDevice(dl.UserCode, demoDelegate); err != nil {
-		stop()
-		return nil, nil, err
-	}
-	select {
-	case err = <-done:
-	case <-time.After(30 * time.Second):
-		err = fmt.Errorf("demo: the device login did not complete in 30s")
-	}
-	if err != nil {
-		stop()
-		return nil, nil, err
+	// Sign each account in, exactly as `oauthbridge login ACCOUNT` would,
+	// with the fake standing in for the person who enters the code. The
+	// sign-in of "notices" also consents to its Microsoft Graph permissions.
+	for _, acct := range []struct{ name, who string }{{"helpdesk", demoDelegate}, {"notices", demoGraphMailbox}} {
+		dl, done, err := d.Tokens().StartDeviceLogin(ctx, acct.name)
+		if err != nil {
+			stop()
+			return nil, nil, fmt.Errorf("demo: device login: %w", err)
+		}
+		fmt.Fprintf(env.Stderr, "Signing in %s for account %s: device code %s at %s (the fake approves it for you)...\n", acct.who, acct.name, dl.UserCode, dl.VerificationURI)
+		if err := f.ApproveDevice(dl.UserCode, acct.who); err != nil {
+			stop()
+			return nil, nil, err
+		}
+		select {
+		case err = <-done:
+		case <-time.After(30 * time.Second):
+			err = fmt.Errorf("demo: the device login did not complete in 30s")
+		}
+		if err != nil {
+			stop()
+			return nil, nil, err
+		}
 	}
 	return &DemoInfo{
 		User: demoUser, Password: password,
 		IMAP: d.Addr("imap"), POP3: d.Addr("pop3"), SMTP: d.Addr("smtp"), Admin: d.Addr("admin"),
-		Mailbox: demoMailbox, Delegate: demoDelegate, StateDir: dir, ConfigPath: cfgPath, Fake: f, Daemon: d,
+		Mailbox: demoMailbox, Delegate: demoDelegate, GraphUser: demoGraphUser, GraphMailbox: demoGraphMailbox,
+		StateDir: dir, ConfigPath: cfgPath, Fake: f, Daemon: d,
 	}, stop, nil
 }
 
@@ -217,7 +249,11 @@ Try it from another terminal:
   printf 'From: %s\r\nTo: %s\r\nSubject: hello from the demo\r\n\r\nSent through oauthbridge.\r\n' |
     curl -s --user '%s:%s' --url 'smtp://%s' --mail-from '%s' --mail-rcpt '%s' -T -
 
-  go run ./cmd/oauthbridge status -config %s   # token state, from the running daemon
+  # user %s (same password) sends through Microsoft Graph: SMTP AUTH is disabled for %s
+  printf 'From: %s\r\nTo: %s\r\nSubject: sent through Graph\r\n\r\nSMTP in, Microsoft Graph out.\r\n' |
+    curl -s --user '%s:%s' --url 'smtp://%s' --mail-from '%s' --mail-rcpt '%s' -T -
+
+  go run ./cmd/oauthbridge status -config %s   # token state and send path, from the running daemon
 
 The configuration the bridge runs with is %s.
 Press Ctrl-C to stop.
@@ -225,5 +261,7 @@ Press Ctrl-C to stop.
 		i.User, i.Password, i.IMAP, i.User, i.Password, i.IMAP,
 		i.User, i.Password, i.POP3,
 		i.Mailbox, i.Mailbox, i.User, i.Password, i.SMTP, i.Mailbox, i.Mailbox,
+		i.GraphUser, i.GraphMailbox,
+		i.GraphMailbox, i.Mailbox, i.GraphUser, i.Password, i.SMTP, i.GraphMailbox, i.Mailbox,
 		i.ConfigPath, i.ConfigPath)
 }

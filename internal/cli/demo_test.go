@@ -112,6 +112,24 @@ func TestDemo(t *testing.T) {
 	expectOK("QUIT")
 	conn.Close()
 
+	// The second account sends through Microsoft Graph (its mailbox has
+	// SMTP AUTH disabled); the message lands in the helpdesk mailbox.
+	gc, err := smtp.Dial(info.SMTP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gc.Auth(sasl.NewPlainClient("", info.GraphUser, info.Password)); err != nil {
+		t.Fatalf("SMTP AUTH PLAIN as %s: %v", info.GraphUser, err)
+	}
+	gmsg := "From: " + info.GraphMailbox + "\r\nTo: " + info.Mailbox + "\r\nSubject: via Graph\r\n\r\nhello\r\n"
+	if err := gc.SendMail(info.GraphMailbox, []string{info.Mailbox}, strings.NewReader(gmsg)); err != nil {
+		t.Fatalf("SMTP send through Graph: %v", err)
+	}
+	gc.Quit()
+	if gs := info.Fake.GraphSent(); len(gs) != 1 || len(info.Fake.Messages(info.Mailbox)) != 3 {
+		t.Errorf("Graph sent %d, mailbox has %d messages; want 1 and 3", len(gs), len(info.Fake.Messages(info.Mailbox)))
+	}
+
 	// The printed curl commands work, when curl is installed.
 	if _, err := exec.LookPath("curl"); err == nil {
 		cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
@@ -130,7 +148,8 @@ func TestDemo(t *testing.T) {
 
 	// Token state is ok and nobody's secret reached the banner.
 	st := info.Daemon.Tokens().Status()
-	if len(st) != 1 || st[0].State != "ok" || !strings.EqualFold(st[0].SignedInAs, info.Delegate) {
+	if len(st) != 2 || st[0].State != "ok" || !strings.EqualFold(st[0].SignedInAs, info.Delegate) || st[0].SendPath != "smtp" ||
+		st[1].State != "ok" || st[1].SendPath != "graph" {
 		t.Errorf("status = %+v", st)
 	}
 }

@@ -17,10 +17,18 @@ import (
 const DefaultBcryptCost = 12
 
 func runHashPassword(_ context.Context, env Env, args []string) error {
-	fs := newFlags(env, "hash-password", "")
+	fs := newFlags(env, "hash-password", "", `
+Reads a password and prints its bcrypt hash, for the password_hash of a
+user block (what a legacy client logs in with) or of the admin block. On a
+terminal it asks twice without echo; otherwise it reads one line from
+standard input: printf '%s\n' "$PW" | oauthbridge hash-password`)
 	cost := fs.Int("cost", DefaultBcryptCost, "bcrypt cost (10-16)")
-	if err := parse(fs, args); err != nil {
+	pos, err := fs.parse(args)
+	if err != nil {
 		return err
+	}
+	if len(pos) > 0 {
+		return usagef("hash-password takes no arguments (it reads the password from the terminal or standard input)")
 	}
 	if *cost < 10 || *cost > 16 {
 		return usagef("-cost must be between 10 and 16")

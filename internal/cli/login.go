@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -22,7 +24,6 @@ import (
 
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/admin"
-	"github.com/oauthbridge/oauthbridge/internal/logging"
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
 
@@ -49,10 +50,10 @@ func newAdminClient(cfg *config.Config, env Env) *adminClient {
 	c := &adminClient{base: "http://" + cfg.Admin.Listen, hc: &http.Client{Timeout: AdminAPITimeout}}
 	if cfg.Admin.PasswordHash != "" {
 		c.user = cfg.Admin.Username
-		c.pw = os.Getenv("OAUTHBRIDGE_ADMIN_PASSWORD")
+		c.pw = os.Getenv(AdminPasswordEnv)
 		if c.pw == "" {
 			if f, ok := stdinFile(env); ok && term.IsTerminal(int(f.Fd())) {
-				fmt.Fprintf(env.Stderr, "Admin password for %s (or set OAUTHBRIDGE_ADMIN_PASSWORD): ", c.base)
+				fmt.Fprintf(env.Stderr, "Admin password for %s (or set %s): ", c.base, AdminPasswordEnv)
 				b, _ := term.ReadPassword(int(f.Fd()))
 				fmt.Fprintln(env.Stderr)
 				c.pw = string(b)
@@ -85,24 +86,57 @@ func (c *adminClient) do(ctx context.Context, method, path string, out any) erro
 		if errors.As(err, &oe) && oe.Op == "dial" {
 			return errNoDaemon
 		}
-		return fmt.Errorf("admin API %s: %w", c.base, err)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// The url.Error repeats the method and URL; say it once, plainly.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return &adminAPIError{fmt.Sprintf("the daemon's admin API at %s did not answer %s %s: %v", c.base, method, path, err)}
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if resp.StatusCode == http.StatusUnauthorized {
-		return errors.New("the daemon's admin API refused the admin password (set OAUTHBRIDGE_ADMIN_PASSWORD)")
+		if c.user == "" {
+			return &adminAPIError{fmt.Sprintf("the daemon's admin API at %s asks for a password, but the admin block of this configuration has no password_hash: is -config the file the service runs with?", c.base)}
+		}
+		how := "set " + AdminPasswordEnv
+		if c.pw != "" {
+			how = "check " + AdminPasswordEnv
+		}
+		return &adminAPIError{fmt.Sprintf("the daemon's admin API at %s refused the admin password of user %q (%s)", c.base, c.user, how)}
 	}
 	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("admin API %s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(bytes.TrimSpace(body))))
+		// Every API error is {"error": "..."}; show the message, not the JSON.
+		var ae struct {
+			Error string `json:"error"`
+		}
+		msg := strings.TrimSpace(string(bytes.TrimSpace(body)))
+		if json.Unmarshal(body, &ae) == nil && ae.Error != "" {
+			msg = ae.Error
+		} else if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") || len(msg) > 300 {
+			msg = "(no error message)"
+		}
+		return &adminAPIError{fmt.Sprintf("the daemon at %s answered %s to %s %s: %s", c.base, resp.Status, method, path, msg)}
 	}
 	if out != nil {
-		return json.Unmarshal(body, out)
+		if err := json.Unmarshal(body, out); err != nil {
+			return &adminAPIError{fmt.Sprintf("the daemon at %s answered %s %s with something that is not oauthbridge's API (%v): is admin.listen another program's address?", c.base, method, path, err)}
+		}
 	}
 	return nil
 }
 
-func loadAccount(path, name string) (*config.Config, *config.Account, error) {
-	cfg, err := config.Load(path)
+// adminAPIError is a failure to talk to a running daemon (other than "no
+// daemon"): status exits 3 on it.
+type adminAPIError struct{ msg string }
+
+func (e *adminAPIError) Error() string { return e.msg }
+
+func loadAccount(cf configFlags, name string) (*config.Config, *config.Account, error) {
+	cfg, err := cf.load(true)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -113,24 +147,35 @@ func loadAccount(path, name string) (*config.Config, *config.Account, error) {
 			names = append(names, n)
 		}
 		sort.Strings(names)
-		return nil, nil, usagef("no account %q in %s (accounts: %s)", name, path, strings.Join(names, ", "))
+		return nil, nil, usagef("no account %q in %s (accounts: %s)", name, *cf.path, strings.Join(names, ", "))
 	}
 	return cfg, a, nil
 }
 
 func runLogin(ctx context.Context, env Env, args []string) error {
-	fs := newFlags(env, "login", "ACCOUNT")
-	path := configFlag(fs)
+	fs := newFlags(env, "login", "ACCOUNT", `
+Signs in a delegated account: prints a URL and a code; open the URL on any
+device, enter the code and sign in as the account's delegate (or mailbox).
+Someone else signing in is refused ("user mismatch") and nothing is stored.
+
+When the daemon runs (its admin API answers on admin.listen), the sign-in
+happens inside it and needs no secret here; with an admin password_hash,
+set OAUTHBRIDGE_ADMIN_PASSWORD (or type it when asked on a terminal).
+When no daemon answers, login writes the token store in state_dir itself
+(it then needs the configuration's secrets, e.g. credential("name") from
+-credentials) and the daemon picks the token up when it starts.
+An app-flow (client credentials) account needs no sign-in.`)
+	cf := addConfigFlags(fs)
 	browser := fs.Bool("browser", false, "use the browser (authorization code + PKCE) flow instead of a device code")
 	local := fs.Bool("local", false, "do not ask a running daemon; write the token store directly (the daemon picks it up)")
-	if err := parse(fs, args); err != nil {
+	pos, err := fs.parse(args)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		fs.Usage()
-		return usagef("login takes exactly one ACCOUNT")
+	if len(pos) != 1 {
+		return usagef("login takes exactly one ACCOUNT, got %d argument(s)", len(pos))
 	}
-	cfg, acct, err := loadAccount(*path, fs.Arg(0))
+	cfg, acct, err := loadAccount(cf, pos[0])
 	if err != nil {
 		return err
 	}
@@ -146,14 +191,17 @@ func runLogin(ctx context.Context, env Env, args []string) error {
 		var dl tokens.DeviceLogin
 		err := ac.do(ctx, http.MethodPost, "/api/accounts/"+url.PathEscape(acct.Name)+"/device-login", &dl)
 		if err == nil {
-			return waitDaemonLogin(ctx, env, ac, acct, &dl)
+			return waitDaemonLogin(ctx, env, cfg, ac, acct, &dl)
 		}
 		if !errors.Is(err, errNoDaemon) {
-			return err
+			return fmt.Errorf("could not start the sign-in: %w", err)
 		}
 		fmt.Fprintf(env.Stderr, "No daemon answers on %s; signing in directly into the token store in %s.\n", cfg.Admin.Listen, cfg.StateDir)
 	}
-	m, err := tokens.NewManager(cfg, tokens.Options{Logger: logging.Discard})
+	if err := cfg.SecretsError(); err != nil {
+		return err
+	}
+	m, err := tokens.NewManager(cfg, tokenOptions(cfg))
 	if err != nil {
 		return err
 	}
@@ -214,7 +262,7 @@ func countdown(env Env, expires time.Time) (stop func()) {
 	return func() { once.Do(func() { close(done) }) }
 }
 
-func waitDaemonLogin(ctx context.Context, env Env, ac *adminClient, acct *config.Account, dl *tokens.DeviceLogin) error {
+func waitDaemonLogin(ctx context.Context, env Env, cfg *config.Config, ac *adminClient, acct *config.Account, dl *tokens.DeviceLogin) error {
 	printDevice(env, acct, dl)
 	stop := countdown(env, dl.Expires)
 	defer stop()
@@ -229,7 +277,10 @@ func waitDaemonLogin(ctx context.Context, env Env, ac *adminClient, acct *config
 			Error string `json:"error"`
 		}
 		if err := ac.do(ctx, http.MethodGet, "/api/accounts/"+url.PathEscape(acct.Name)+"/device-login", &st); err != nil {
-			return err
+			if errors.Is(err, errNoDaemon) {
+				return fmt.Errorf("the daemon at %s stopped during the sign-in; run the login again", cfg.Admin.Listen)
+			}
+			return fmt.Errorf("waiting for the sign-in: %w", err)
 		}
 		if !st.Done {
 			continue
@@ -275,7 +326,10 @@ func browserLogin(ctx context.Context, env Env, cfg *config.Config, acct *config
 			return err
 		}
 	}
-	m, err := tokens.NewManager(cfg, tokens.Options{Logger: logging.Discard})
+	if err := cfg.SecretsError(); err != nil {
+		return err
+	}
+	m, err := tokens.NewManager(cfg, tokenOptions(cfg))
 	if err != nil {
 		return err
 	}
@@ -330,38 +384,95 @@ func browserLogin(ctx context.Context, env Env, cfg *config.Config, acct *config
 }
 
 func runStatus(ctx context.Context, env Env, args []string) error {
-	fs := newFlags(env, "status", "")
-	path := configFlag(fs)
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parse(fs, args); err != nil {
+	fs := newFlags(env, "status", "", `
+Shows every account's token state (ok, needs_login, failing, unknown), the
+access token's expiry, the last refresh and the last error with its fix.
+
+It asks the running daemon's admin API (admin.listen), which needs no
+secret here; with an admin password_hash, set OAUTHBRIDGE_ADMIN_PASSWORD
+(or type it when asked on a terminal). When no daemon answers, it shows the
+token store in state_dir instead, and exits 3.
+
+For monitoring (Nagios, cron): exit 0 only when every account is ok.`)
+	cf := addConfigFlags(fs)
+	asJSON := fs.Bool("json", false, "print the accounts as JSON (the admin API's /api/accounts)")
+	fs.exitCodes = `Exit codes:
+  0  every account is ok
+  1  some account is not ok (needs_login, failing, or unknown: an app-flow account not tried yet)
+  2  usage or configuration error
+  3  no daemon answers on admin.listen (the table then shows the token store), or its admin API failed`
+	pos, err := fs.parse(args)
+	if err != nil {
 		return err
 	}
-	cfg, err := config.Load(*path)
+	if len(pos) > 0 {
+		return usagef("status takes no arguments")
+	}
+	cfg, err := cf.load(true)
 	if err != nil {
 		return err
 	}
 	var rows []tokens.AccountStatus
 	source := "daemon at " + cfg.Admin.Listen
 	err = newAdminClient(cfg, env).do(ctx, http.MethodGet, "/api/accounts", &rows)
-	if errors.Is(err, errNoDaemon) {
-		source = "token store in " + cfg.StateDir + " (daemon not running)"
-		m, err := tokens.NewManager(cfg, tokens.Options{Logger: logging.Discard})
-		if err != nil {
-			return err
+	daemonDown := errors.Is(err, errNoDaemon)
+	if daemonDown {
+		source = "token store in " + cfg.StateDir + " (no daemon answers on " + cfg.Admin.Listen + ")"
+		if rows, err = storeStatus(cfg); err != nil {
+			return &exitError{ExitUnavailable, fmt.Errorf("no daemon answers on %s, and the token store cannot be read: %w", cfg.Admin.Listen, err)}
 		}
-		rows = m.Status()
-		m.Close()
 	} else if err != nil {
-		return err
+		return &exitError{ExitUnavailable, err}
 	}
 	if *asJSON {
 		enc := json.NewEncoder(env.Stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(rows)
+		if err := enc.Encode(rows); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(env.Stdout, "Source: %s\n\n", source)
+		writeStatusTable(env.Stdout, rows, time.Now())
 	}
-	fmt.Fprintf(env.Stdout, "Source: %s\n\n", source)
-	writeStatusTable(env.Stdout, rows, time.Now())
+	if daemonDown {
+		return &exitError{ExitUnavailable, fmt.Errorf("no daemon answers on %s: the bridge is not running (systemctl status oauthbridge); the states shown are the token store's", cfg.Admin.Listen)}
+	}
+	var bad []string
+	for _, r := range rows {
+		if r.State != tokens.StateOK {
+			bad = append(bad, fmt.Sprintf("%s is %s", r.Account, r.State))
+		}
+	}
+	if len(bad) > 0 {
+		return &exitError{ExitStatusNotOK, fmt.Errorf("%d of %d account(s) not ok: %s", len(bad), len(rows), strings.Join(bad, ", "))}
+	}
 	return nil
+}
+
+// storeStatus is status without a daemon: the token store's view. It
+// creates nothing: without a store file (nobody signed in yet) every
+// delegated account needs a login and app-flow accounts are not tried yet.
+func storeStatus(cfg *config.Config) ([]tokens.AccountStatus, error) {
+	if _, err := os.Stat(filepath.Join(cfg.StateDir, tokens.StoreFileName)); errors.Is(err, fs.ErrNotExist) {
+		var rows []tokens.AccountStatus
+		for _, a := range cfg.Accounts {
+			r := tokens.AccountStatus{Account: a.Name, Mailbox: a.Mailbox, Flow: a.Flow, Delegate: a.Delegate, State: tokens.StateNeedsLogin,
+				LastError: "nobody has signed in for this account yet",
+				Fix:       fmt.Sprintf("run 'oauthbridge login %s' and sign in as %s", a.Name, a.LoginHint())}
+			if a.Flow == config.FlowApp {
+				r.State, r.LastError, r.Fix = tokens.StateUnknown, "no token requested yet", "start the service; it requests the token itself"
+			}
+			rows = append(rows, r)
+		}
+		sort.Slice(rows, func(i, j int) bool { return rows[i].Account < rows[j].Account })
+		return rows, nil
+	}
+	m, err := tokens.NewManager(cfg, tokenOptions(cfg))
+	if err != nil {
+		return nil, err
+	}
+	defer m.Close()
+	return m.Status(), nil
 }
 
 func writeStatusTable(w io.Writer, rows []tokens.AccountStatus, now time.Time) {
@@ -392,22 +503,30 @@ func writeStatusTable(w io.Writer, rows []tokens.AccountStatus, now time.Time) {
 }
 
 func runConsentURL(_ context.Context, env Env, args []string) error {
-	fs := newFlags(env, "consent-url", "PROVIDER")
-	path := configFlag(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		fs.Usage()
-		return usagef("consent-url takes exactly one PROVIDER")
-	}
-	cfg, err := config.Load(*path)
+	fs := newFlags(env, "consent-url", "PROVIDER", `
+Prints the URL a tenant administrator opens to grant the app registration of
+provider PROVIDER (a provider block's label) admin consent for the whole
+tenant. Needs no secret.`)
+	cf := addConfigFlags(fs)
+	pos, err := fs.parse(args)
 	if err != nil {
 		return err
 	}
-	p := cfg.ProviderByName[fs.Arg(0)]
+	if len(pos) != 1 {
+		return usagef("consent-url takes exactly one PROVIDER, got %d argument(s)", len(pos))
+	}
+	cfg, err := cf.load(true)
+	if err != nil {
+		return err
+	}
+	p := cfg.ProviderByName[pos[0]]
 	if p == nil {
-		return usagef("no provider %q in %s", fs.Arg(0), *path)
+		var names []string
+		for n := range cfg.ProviderByName {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		return usagef("no provider %q in %s (providers: %s)", pos[0], *cf.path, strings.Join(names, ", "))
 	}
 	fmt.Fprintf(env.Stdout, "A tenant administrator opens this URL to approve app %s for the whole tenant:\n\n    %s\n", p.ClientID, tokens.ConsentURL(p, cfg.Admin.PublicURL+"/oauth/callback"))
 	return nil

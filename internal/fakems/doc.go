@@ -3,11 +3,19 @@
 // device-code, authorize and admin-consent endpoints) and Exchange Online's
 // IMAP (implicit TLS, like outlook.office365.com:993), POP3 (implicit TLS,
 // like :995) and SMTP submission (STARTTLS, like smtp.office365.com:587)
-// servers, which accept only SASL XOAUTH2 with tokens the fake issued.
+// servers, which accept only SASL XOAUTH2 with tokens the fake issued, and
+// Microsoft Graph's mail-sending API (see graph.go and GRAPH.md).
 //
-// Everything listens on 127.0.0.1 with ephemeral ports. The HTTP endpoints
-// are plain HTTP; the mail servers use a certificate signed by a CA the fake
-// generates at Start (see CAPEM, WriteCAFile and ClientTLS).
+// Tokens carry their resource: Outlook scopes (https://outlook.office.com/...)
+// give tokens for IMAP, POP3 and SMTP; Graph scopes
+// (https://graph.microsoft.com/...) give tokens only the Graph endpoint
+// accepts. One sign-in may consent to both; the refresh token is redeemed
+// per resource, and a scope never consented to gets AADSTS65001.
+//
+// Everything listens on 127.0.0.1 with ephemeral ports. The identity
+// platform is plain HTTP; the mail servers and Graph (GraphURL) use a
+// certificate signed by a CA the fake generates at Start (see CAPEM,
+// WriteCAFile and ClientTLS).
 //
 // The fake reproduces Microsoft's wire behaviour where oauthbridge depends
 // on it (see shared/reference/microsoft-365.md): Entra's error JSON with
@@ -20,6 +28,6 @@
 // Mailbox storage: each mailbox is an imapmemserver.User; the fake keeps the
 // raw bytes of every message it stored by (folder, UID), and the current
 // INBOX contents are whatever UIDs the IMAP mailbox still holds. Deliver,
-// SMTP delivery, IMAP APPEND/COPY/MOVE/EXPUNGE, Messages and POP3 DELE+QUIT
-// therefore all see the same mailbox.
+// SMTP delivery, Graph sending, IMAP APPEND/COPY/MOVE/EXPUNGE, Messages and
+// POP3 DELE+QUIT therefore all see the same mailbox.
 package fakems

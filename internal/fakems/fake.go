@@ -65,10 +65,12 @@ type Fake struct {
 	wg      sync.WaitGroup // serve loops and POP3 connection handlers
 	conns   *tracker
 
-	httpSrv *http.Server
-	imapSrv *imapserver.Server
-	smtpSrv *smtp.Server
-	popLn   net.Listener
+	httpSrv  *http.Server
+	graphSrv *http.Server
+	graphURL string
+	imapSrv  *imapserver.Server
+	smtpSrv  *smtp.Server
+	popLn    net.Listener
 	// rawLns are closed by Close too: imapserver's and go-smtp's Close only
 	// see a listener once Serve has registered it, so a Close right after
 	// Start could otherwise leave a Serve blocked in Accept forever.
@@ -93,6 +95,12 @@ type Fake struct {
 	smtpDropInData   bool
 	sent             []SentMessage
 	smtpAuthConns    map[string]int
+	consent          map[string]map[string]bool // consentKey -> consented scopes
+	withheld         map[string]map[string]bool // client ID -> scopes users cannot consent to
+	appRoles         map[string][]string        // client ID -> Graph application roles
+	smtpAuthTenant   bool                       // Set-TransportConfig -SmtpClientAuthenticationDisabled
+	sendFromAlias    bool                       // Set-OrganizationConfig -SendFromAliasEnabled
+	graph            graphState                 // guarded by mu
 
 	// storeMu serialises changes to the message store (imapmemserver
 	// mailboxes plus the raw-bytes index) so that UID bookkeeping is exact.
@@ -116,7 +124,15 @@ type mailbox struct {
 	user      *imapmemserver.User
 	delegates map[string]bool // UPNs with FullAccess
 	apps      map[string]bool // client IDs with app-only FullAccess
-	sendAs    map[string]bool // extra envelope senders
+	sendAs    map[string]bool // extra envelope senders; for Graph: mailboxes this one has Send As on
+	onBehalf  map[string]bool // UPNs with Send on Behalf on this mailbox
+	aliases   map[string]bool // proxy addresses other than the primary one
+
+	// Graph and SMTP AUTH knobs (guarded by Fake.mu).
+	restDisabled bool            // Graph: 404 MailboxNotEnabledForRESTAPI
+	appDenied    map[string]bool // client IDs an application access policy denies
+	maxSendSize  int64           // bytes; 0 = DefaultMaxSendSize
+	smtpAuth     SMTPAuthSetting // Set-CASMailbox -SmtpClientAuthenticationDisabled
 
 	// raw holds message bytes by folder and UID, guarded by Fake.storeMu.
 	// It may hold UIDs the mailbox no longer has; the mailbox is the truth.
@@ -170,7 +186,12 @@ func Start(opts Options) (*Fake, error) {
 		revokedAt:        make(map[string]time.Time),
 		tokenReqsByGrant: make(map[string]int),
 		smtpAuthConns:    make(map[string]int),
+		consent:          make(map[string]map[string]bool),
+		withheld:         make(map[string]map[string]bool),
+		appRoles:         make(map[string][]string),
+		graph:            newGraphState(),
 	}
+	f.graph.released = sync.NewCond(&f.mu)
 	if err := f.start(); err != nil {
 		_ = f.Close()
 		return nil, err
@@ -230,6 +251,20 @@ func (f *Fake) start() error {
 	f.SMTPAddr = sln.Addr().String()
 	f.smtpSrv = f.newSMTPServer(serverTLS)
 	f.goServe("smtp", func() error { return f.smtpSrv.Serve(&trackedListener{Listener: sln, t: f.conns}) })
+
+	// Microsoft Graph, HTTPS (like https://graph.microsoft.com).
+	gln, err := listen()
+	if err != nil {
+		return err
+	}
+	f.graphURL = "https://" + gln.Addr().String()
+	f.graphSrv = &http.Server{
+		Handler:           f.graphHandler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(f.log.Handler(), slog.LevelDebug),
+	}
+	gTLS := tls.NewListener(gln, serverTLS)
+	f.goServe("graph", func() error { return f.graphSrv.Serve(gTLS) })
 	return nil
 }
 
@@ -256,6 +291,9 @@ func (f *Fake) Close() error {
 		close(f.done)
 		if f.httpSrv != nil {
 			err = errors.Join(err, f.httpSrv.Close())
+		}
+		if f.graphSrv != nil {
+			err = errors.Join(err, f.graphSrv.Close())
 		}
 		if f.imapSrv != nil {
 			if e := f.imapSrv.Close(); e != nil && !errors.Is(e, net.ErrClosed) {
@@ -349,6 +387,9 @@ func (f *Fake) mailboxLocked(addr string) *mailbox {
 		delegates: make(map[string]bool),
 		apps:      make(map[string]bool),
 		sendAs:    make(map[string]bool),
+		onBehalf:  make(map[string]bool),
+		aliases:   make(map[string]bool),
+		appDenied: make(map[string]bool),
 		raw:       make(map[string]map[imap.UID][]byte),
 	}
 	for _, name := range defaultFolders {
@@ -552,6 +593,10 @@ func (f *Fake) checkBearer(scope, user, token string) bearerCheck {
 	var res bearerCheck
 	at := f.access[token]
 	if at == nil || at.expired || !f.now().Before(at.expires) {
+		return res
+	}
+	if at.aud != audOutlook {
+		// A Graph token is refused by Exchange's IMAP, POP and SMTP.
 		return res
 	}
 	if at.app {

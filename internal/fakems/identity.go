@@ -53,7 +53,9 @@ type accessToken struct {
 	upn      string // delegated tokens
 	clientID string
 	app      bool
-	scopes   []string
+	aud      string   // resource: audOutlook or audGraph
+	scopes   []string // delegated permissions (full scope URIs), or the app's .default
+	roles    []string // application permissions (Graph app tokens)
 	expires  time.Time
 	expired  bool // ExpireAccessToken
 }
@@ -93,20 +95,35 @@ type deviceAuth struct {
 	upn                  string
 }
 
-// scopeSet is a parsed delegated scope parameter.
+// scopeSet is a parsed delegated scope parameter. It may name scopes of
+// two resources (Outlook and Graph): /authorize and /devicecode accept that
+// for consent; a token is always for one resource, the first one named.
 type scopeSet struct {
 	mail                            []string // canonical outlook.office.com scopes, in canonical order
+	graph                           []string // canonical graph.microsoft.com scopes, in canonical order
+	graphDefault                    bool     // https://graph.microsoft.com/.default was asked for
+	first                           string   // resource of the first resource scope: audOutlook or audGraph
 	offline, openid, profile, email bool
 }
 
-func (s scopeSet) String() string { return strings.Join(s.mail, " ") }
+// forResource returns the scopes of one resource.
+func (s scopeSet) forResource(aud string) []string {
+	if aud == audGraph {
+		return s.graph
+	}
+	return s.mail
+}
+
+// all returns the resource scopes of both resources.
+func (s scopeSet) all() []string { return append(slices.Clone(s.mail), s.graph...) }
 
 // aadError is an error answer of the token endpoint in Entra's shape.
 type aadError struct {
-	status int
-	code   string
-	aadsts int
-	desc   string
+	status   int
+	code     string
+	aadsts   int
+	desc     string
+	suberror string // e.g. "consent_required" with AADSTS65001
 }
 
 func (e *aadError) Error() string { return fmt.Sprintf("%s AADSTS%d: %s", e.code, e.aadsts, e.desc) }
@@ -118,9 +135,48 @@ func newAADError(status int, code string, aadsts int, format string, args ...any
 // Canonical mail scopes in the order responses list them.
 var mailScopes = []string{scopeIMAP, scopePOP, scopeSMTP}
 
-// parseScopes parses a delegated scope parameter. Scopes must be from the
-// Outlook resource (full https://outlook.office.com/ prefix), plus the OIDC
-// scopes and offline_access.
+// Resources (token audiences) the fake issues tokens for.
+const (
+	audOutlook = "https://outlook.office.com"
+	audGraph   = "https://graph.microsoft.com"
+)
+
+// Microsoft Graph delegated permissions the fake knows, as full scope URIs.
+// Other Graph permissions are refused as invalid scopes (AADSTS70011): the
+// fake does not model them.
+const (
+	ScopeGraphMailSend            = "https://graph.microsoft.com/Mail.Send"
+	ScopeGraphMailSendShared      = "https://graph.microsoft.com/Mail.Send.Shared"
+	ScopeGraphMailReadWrite       = "https://graph.microsoft.com/Mail.ReadWrite"
+	ScopeGraphMailReadWriteShared = "https://graph.microsoft.com/Mail.ReadWrite.Shared"
+	// ScopeGraphDefault is the Graph resource's .default: the app flow asks
+	// for it (roles come from SetAppRoles); delegated, it means every
+	// consented Graph permission.
+	ScopeGraphDefault = "https://graph.microsoft.com/.default"
+	// ScopeOutlookAppDefault is the Exchange app-only scope for IMAP, POP
+	// and SMTP.
+	ScopeOutlookAppDefault = scopeApp
+)
+
+// Outlook delegated scopes, exported for tests of other packages.
+const (
+	ScopeIMAP = scopeIMAP
+	ScopePOP  = scopePOP
+	ScopeSMTP = scopeSMTP
+)
+
+// Canonical Graph scopes in the order responses list them.
+var graphScopes = []string{ScopeGraphMailSend, ScopeGraphMailSendShared, ScopeGraphMailReadWrite, ScopeGraphMailReadWriteShared}
+
+// Application permissions (roles) of the Graph resource.
+const (
+	RoleMailSend      = "Mail.Send"
+	RoleMailReadWrite = "Mail.ReadWrite"
+)
+
+// parseScopes parses a delegated scope parameter. Resource scopes must have
+// their full resource prefix (https://outlook.office.com/ or
+// https://graph.microsoft.com/); OIDC scopes and offline_access may be added.
 func parseScopes(s string) (scopeSet, *aadError) {
 	var set scopeSet
 	fields := strings.Fields(s)
@@ -128,6 +184,11 @@ func parseScopes(s string) (scopeSet, *aadError) {
 		return set, newAADError(400, "invalid_request", 900144, "The request body must contain the following parameter: 'scope'.")
 	}
 	want := map[string]bool{}
+	note := func(aud string) {
+		if set.first == "" {
+			set.first = aud
+		}
+	}
 	for _, f := range fields {
 		switch l := strings.ToLower(f); l {
 		case "offline_access":
@@ -139,7 +200,14 @@ func parseScopes(s string) (scopeSet, *aadError) {
 		case "email":
 			set.email = true
 		case "https://outlook.office.com/.default":
+			note(audOutlook)
 			for _, m := range mailScopes {
+				want[m] = true
+			}
+		case strings.ToLower(ScopeGraphDefault):
+			note(audGraph)
+			set.graphDefault = true
+			for _, m := range graphScopes {
 				want[m] = true
 			}
 		default:
@@ -147,6 +215,13 @@ func parseScopes(s string) (scopeSet, *aadError) {
 			for _, m := range mailScopes {
 				if l == strings.ToLower(m) {
 					want[m], found = true, true
+					note(audOutlook)
+				}
+			}
+			for _, m := range graphScopes {
+				if l == strings.ToLower(m) {
+					want[m], found = true, true
+					note(audGraph)
 				}
 			}
 			if !found {
@@ -159,8 +234,13 @@ func parseScopes(s string) (scopeSet, *aadError) {
 			set.mail = append(set.mail, m)
 		}
 	}
-	if len(set.mail) == 0 {
-		return set, newAADError(400, "invalid_scope", 70011, "The provided value for the input parameter 'scope' is not valid. The scope '%s' does not contain a scope of the Office 365 Exchange Online resource (https://outlook.office.com/).", s)
+	for _, m := range graphScopes {
+		if want[m] {
+			set.graph = append(set.graph, m)
+		}
+	}
+	if len(set.mail) == 0 && len(set.graph) == 0 {
+		return set, newAADError(400, "invalid_scope", 70011, "The provided value for the input parameter 'scope' is not valid. The scope '%s' does not contain a scope of the Office 365 Exchange Online resource (https://outlook.office.com/) or of Microsoft Graph (https://graph.microsoft.com/).", s)
 	}
 	return set, nil
 }
@@ -217,6 +297,9 @@ func (f *Fake) writeAADError(w http.ResponseWriter, e *aadError) {
 		desc = fmt.Sprintf("AADSTS%d: %s", e.aadsts, e.desc)
 		body["error_codes"] = []int{e.aadsts}
 		body["error_uri"] = f.AuthorityURL + "/error?code=" + strconv.Itoa(e.aadsts)
+	}
+	if e.suberror != "" {
+		body["suberror"] = e.suberror
 	}
 	body["error_description"] = fmt.Sprintf("%s Trace ID: %s Correlation ID: %s Timestamp: %s", desc, trace, corr, ts)
 	status := e.status
@@ -345,16 +428,38 @@ func (f *Fake) grantClientCredentials(a *app, form url.Values) (*tokenResponse, 
 	if a.secret == "" {
 		return nil, newAADError(401, "invalid_client", 7000218, "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.")
 	}
-	scope := form.Get("scope")
-	if !strings.EqualFold(strings.TrimSpace(scope), scopeApp) {
-		return nil, newAADError(400, "invalid_scope", 1002012, "The provided value for scope %s is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI); for Exchange use %s.", scope, scopeApp)
+	scope := strings.TrimSpace(form.Get("scope"))
+	fields := strings.Fields(scope)
+	// "Including scopes for multiple resources will result in an error."
+	resources := map[string]bool{}
+	for _, fl := range fields {
+		l := strings.ToLower(fl)
+		switch {
+		case strings.HasPrefix(l, "https://graph.microsoft.com/"):
+			resources[audGraph] = true
+		case strings.HasPrefix(l, "https://outlook.office365.com/"), strings.HasPrefix(l, "https://outlook.office.com/"):
+			resources[audOutlook] = true
+		}
+	}
+	if len(resources) > 1 {
+		return nil, newAADError(400, "invalid_scope", 700022, "The provided value for the input parameter scope is not valid because it contains more than one resource. Scope %s is not valid.", scope)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	tok := f.mintLocked(&accessToken{clientID: a.id, app: true, scopes: []string{scopeApp}})
+	var tok string
+	switch {
+	case len(fields) == 1 && strings.EqualFold(fields[0], scopeApp):
+		scope = scopeApp
+		tok = f.mintLocked(&accessToken{clientID: a.id, app: true, aud: audOutlook, scopes: []string{scopeApp}})
+	case len(fields) == 1 && strings.EqualFold(fields[0], ScopeGraphDefault):
+		scope = ScopeGraphDefault
+		tok = f.mintLocked(&accessToken{clientID: a.id, app: true, aud: audGraph, scopes: []string{ScopeGraphDefault}, roles: slices.Clone(f.appRoles[a.id])})
+	default:
+		return nil, newAADError(400, "invalid_scope", 1002012, "The provided value for scope %s is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI); for Exchange use %s, for Microsoft Graph %s.", scope, scopeApp, ScopeGraphDefault)
+	}
 	return &tokenResponse{
 		TokenType:    "Bearer",
-		Scope:        scopeApp,
+		Scope:        scope,
 		ExpiresIn:    f.lifetimeSeconds(),
 		ExtExpiresIn: f.lifetimeSeconds(),
 		AccessToken:  tok,
@@ -385,17 +490,14 @@ func (f *Fake) grantRefresh(a *app, form url.Values) (*tokenResponse, *aadError)
 		if aerr != nil {
 			return nil, aerr
 		}
-		for _, m := range req.mail {
-			if !slices.Contains(rec.scopes.mail, m) {
-				return nil, newAADError(400, "invalid_grant", 65001, "The user or administrator has not consented to use the application with ID '%s' named 'Fake'. Send an interactive authorization request for this user and resource.", a.id)
-			}
-		}
 		req.offline = rec.scopes.offline
 		scopes = req
 	}
 	// Rotation: a new refresh token every time; the old one stays valid,
-	// as Microsoft's does ("doesn't revoke old refresh tokens").
-	return f.issueDelegatedLocked(rec.upn, a.id, scopes), nil
+	// as Microsoft's does ("doesn't revoke old refresh tokens"). Refresh
+	// tokens "aren't tied to a resource": the same one is redeemed for
+	// Outlook and for Graph, limited by what the user consented to.
+	return f.issueDelegatedLocked(rec.upn, a.id, scopes)
 }
 
 func (f *Fake) grantAuthCode(a *app, form url.Values) (*tokenResponse, *aadError) {
@@ -433,7 +535,16 @@ func (f *Fake) grantAuthCode(a *app, form url.Values) (*tokenResponse, *aadError
 		}
 	}
 	c.used = true
-	return f.issueDelegatedLocked(c.upn, a.id, c.scopes), nil
+	scopes := c.scopes
+	if s := form.Get("scope"); s != "" {
+		req, aerr := parseScopes(s)
+		if aerr != nil {
+			return nil, aerr
+		}
+		req.offline = req.offline || c.scopes.offline
+		scopes = req
+	}
+	return f.issueDelegatedLocked(c.upn, a.id, scopes)
 }
 
 func (f *Fake) grantDeviceCode(a *app, form url.Values) (*tokenResponse, *aadError) {
@@ -464,7 +575,7 @@ func (f *Fake) grantDeviceCode(a *app, form url.Values) (*tokenResponse, *aadErr
 		return nil, newAADError(400, "authorization_declined", 65004, "User declined to consent to access the app.")
 	}
 	d.state = deviceRedeemed
-	return f.issueDelegatedLocked(d.upn, a.id, d.scopes), nil
+	return f.issueDelegatedLocked(d.upn, a.id, d.scopes)
 }
 
 func (f *Fake) lifetimeSeconds() int {
@@ -479,15 +590,40 @@ func (f *Fake) mintLocked(at *accessToken) string {
 	return tok
 }
 
-// issueDelegatedLocked issues an access token for upn, a refresh token if
-// offline_access was granted, and an id_token if openid was requested.
-func (f *Fake) issueDelegatedLocked(upn, clientID string, scopes scopeSet) *tokenResponse {
+// issueDelegatedLocked issues an access token for upn for the resource of
+// the first scope in scopes ("If the scopes specified in this request span
+// multiple resource server, then the Microsoft identity platform returns a
+// token for the resource specified in the first scope"), a refresh token if
+// offline_access was granted, and an id_token if openid was requested. Every
+// scope of that resource must have been consented to by upn for clientID,
+// else AADSTS65001 (consent_required). For Graph's .default the token gets
+// the consented Graph scopes.
+func (f *Fake) issueDelegatedLocked(upn, clientID string, scopes scopeSet) (*tokenResponse, *aadError) {
+	aud := scopes.first
+	if aud == "" {
+		aud = audOutlook
+	}
+	consented := f.consent[consentKey(clientID, upn)]
+	var granted []string
+	for _, sc := range scopes.forResource(aud) {
+		switch {
+		case consented[sc]:
+			granted = append(granted, sc)
+		case aud == audGraph && scopes.graphDefault:
+			// .default: only what was consented.
+		default:
+			return nil, f.consentRequired(clientID, sc)
+		}
+	}
+	if len(granted) == 0 {
+		return nil, f.consentRequired(clientID, aud+"/.default")
+	}
 	resp := &tokenResponse{
 		TokenType:    "Bearer",
-		Scope:        scopes.String(),
+		Scope:        strings.Join(granted, " "),
 		ExpiresIn:    f.lifetimeSeconds(),
 		ExtExpiresIn: f.lifetimeSeconds(),
-		AccessToken:  f.mintLocked(&accessToken{upn: upn, clientID: clientID, scopes: slices.Clone(scopes.mail)}),
+		AccessToken:  f.mintLocked(&accessToken{upn: upn, clientID: clientID, aud: aud, scopes: granted}),
 	}
 	if scopes.offline {
 		rt := "1.AQ" + randomToken(96)
@@ -497,7 +633,35 @@ func (f *Fake) issueDelegatedLocked(upn, clientID string, scopes scopeSet) *toke
 	if scopes.openid {
 		resp.IDToken = f.idToken(upn, clientID)
 	}
-	return resp
+	return resp, nil
+}
+
+// consentRequired is Entra's answer to a token request for a permission the
+// user (or an admin) never consented to. Entra's text does not name the
+// permission; the fake logs it.
+func (f *Fake) consentRequired(clientID, scope string) *aadError {
+	f.log.Debug("fakems: token refused: no consent", "client_id", clientID, "scope", scope)
+	e := newAADError(400, "invalid_grant", 65001, "The user or administrator has not consented to use the application with ID '%s' named 'Fake'. Send an interactive authorization request for this user and resource.", clientID)
+	e.suberror = "consent_required"
+	return e
+}
+
+func consentKey(clientID, upn string) string { return clientID + "\x00" + norm(upn) }
+
+// grantConsentLocked records that upn consented to scopes for clientID at a
+// sign-in, except the scopes WithholdConsent blocks for that app.
+func (f *Fake) grantConsentLocked(clientID, upn string, scopes []string) {
+	k := consentKey(clientID, upn)
+	m := f.consent[k]
+	if m == nil {
+		m = make(map[string]bool)
+		f.consent[k] = m
+	}
+	for _, sc := range scopes {
+		if !f.withheld[clientID][sc] {
+			m[sc] = true
+		}
+	}
 }
 
 // idToken returns an HS256 JWT (key private to the fake) with the claims
@@ -609,6 +773,7 @@ func (f *Fake) decideDevice(userCode, upn string, approve bool) error {
 		return fmt.Errorf("fakems: device login: AADSTS50034: the user account %q does not exist", upn)
 	}
 	d.upn, d.state = norm(upn), deviceApproved
+	f.grantConsentLocked(d.clientID, d.upn, d.scopes.all())
 	return nil
 }
 
@@ -644,6 +809,10 @@ func (f *Fake) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 			"scope":      strings.Join(at.scopes, " "),
 			"token_type": "Bearer",
 			"exp":        at.expires.Unix(),
+			"aud":        at.aud,
+		}
+		if len(at.roles) > 0 {
+			body["roles"] = at.roles
 		}
 		if at.app {
 			body["sub"] = at.clientID
@@ -660,19 +829,91 @@ func (f *Fake) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 
 // ---- Test hooks ----
 
-// IssueAccessToken mints a delegated token for upn with all three mail
-// scopes, without any token request.
+// IssueAccessToken mints a delegated Outlook token for upn with all three
+// mail scopes, without any token request.
 func (f *Fake) IssueAccessToken(upn string) string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.mintLocked(&accessToken{upn: norm(upn), scopes: slices.Clone(mailScopes)})
+	return f.mintLocked(&accessToken{upn: norm(upn), aud: audOutlook, scopes: slices.Clone(mailScopes)})
 }
 
-// IssueAppToken mints an app-only token for clientID.
+// IssueAppToken mints an app-only Outlook token for clientID.
 func (f *Fake) IssueAppToken(clientID string) string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.mintLocked(&accessToken{clientID: clientID, app: true, scopes: []string{scopeApp}})
+	return f.mintLocked(&accessToken{clientID: clientID, app: true, aud: audOutlook, scopes: []string{scopeApp}})
+}
+
+// IssueGraphToken mints a delegated Microsoft Graph token for upn with the
+// given scopes (full URIs such as ScopeGraphMailSend), without any token
+// request or consent check. No scopes means Mail.Send, Mail.Send.Shared
+// and Mail.ReadWrite.
+func (f *Fake) IssueGraphToken(upn string, scopes ...string) string {
+	if len(scopes) == 0 {
+		scopes = []string{ScopeGraphMailSend, ScopeGraphMailSendShared, ScopeGraphMailReadWrite}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.mintLocked(&accessToken{upn: norm(upn), aud: audGraph, scopes: slices.Clone(scopes)})
+}
+
+// IssueGraphAppToken mints an app-only Microsoft Graph token for clientID
+// with the roles SetAppRoles gave it.
+func (f *Fake) IssueGraphAppToken(clientID string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.mintLocked(&accessToken{clientID: clientID, app: true, aud: audGraph, scopes: []string{ScopeGraphDefault}, roles: slices.Clone(f.appRoles[clientID])})
+}
+
+// SetAppRoles sets the application permissions (RoleMailSend,
+// RoleMailReadWrite) of clientID on Microsoft Graph, as an admin granting
+// them with admin consent. Client-credentials tokens for
+// https://graph.microsoft.com/.default minted afterwards carry them.
+func (f *Fake) SetAppRoles(clientID string, roles ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.appRoles[clientID] = slices.Clone(roles)
+}
+
+// GrantConsent records that upn (or an admin on upn's behalf) consented to
+// scopes (full URIs) for clientID, as a sign-in asking for them does.
+func (f *Fake) GrantConsent(clientID, upn string, scopes ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	k := consentKey(clientID, upn)
+	if f.consent[k] == nil {
+		f.consent[k] = make(map[string]bool)
+	}
+	for _, sc := range scopes {
+		f.consent[k][sc] = true
+	}
+}
+
+// RevokeConsent withdraws upn's consent to scopes for clientID. Token
+// requests that need one of them then fail with AADSTS65001.
+func (f *Fake) RevokeConsent(clientID, upn string, scopes ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, sc := range scopes {
+		delete(f.consent[consentKey(clientID, upn)], sc)
+	}
+}
+
+// WithholdConsent makes sign-ins for clientID stop granting scopes, like a
+// tenant where users may not consent to these permissions and no admin has.
+// Simplification: the sign-in itself still succeeds for the other scopes
+// (real Entra would show "Need admin approval"); a later token request for
+// a withheld scope fails with AADSTS65001 consent_required. nil scopes lifts
+// nothing; use GrantConsent to consent for one user anyway.
+func (f *Fake) WithholdConsent(clientID string, scopes ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.withheld[clientID] == nil {
+		f.withheld[clientID] = make(map[string]bool)
+	}
+	for _, sc := range scopes {
+		f.withheld[clientID][sc] = true
+	}
 }
 
 // ExpireAccessToken makes tok invalid from now on.

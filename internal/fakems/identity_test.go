@@ -16,6 +16,8 @@ import (
 
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
+
+	"github.com/oauthbridge/oauthbridge/tokens"
 )
 
 func TestClientCredentials(t *testing.T) {
@@ -556,5 +558,113 @@ func TestCA(t *testing.T) {
 	}
 	if _, err := tls.Dial("tcp", f.IMAPAddr, &tls.Config{ServerName: "127.0.0.1"}); err == nil {
 		t.Errorf("TLS without the fake CA succeeded")
+	}
+}
+
+// TestMultiResourceConsent signs in once for Outlook and Graph scopes and
+// redeems the same refresh token per resource, as Entra allows.
+func TestMultiResourceConsent(t *testing.T) {
+	t.Parallel()
+	f := newFake(t, Options{})
+	both := scopeIMAP + " " + scopeSMTP + " " + ScopeGraphMailSend + " " + ScopeGraphMailReadWrite + " offline_access openid"
+	f.WithholdConsent(pubApp, ScopeGraphMailSendShared)
+	first := deviceLogin(t, f, alice, both+" "+ScopeGraphMailSendShared)
+	// The token is for the first scope's resource.
+	if first["scope"] != scopeIMAP+" "+scopeSMTP {
+		t.Errorf("first token scope = %v, want the Outlook scopes", first["scope"])
+	}
+	rt := first["refresh_token"].(string)
+	refresh := func(scope string) (int, map[string]any) {
+		st, body, _ := post(t, tokenURL(f), url.Values{"grant_type": {GrantRefreshToken}, "client_id": {pubApp}, "refresh_token": {rt}, "scope": {scope}})
+		return st, body
+	}
+	st, g := refresh(ScopeGraphMailSend + " " + ScopeGraphMailReadWrite + " offline_access")
+	if st != 200 || g["scope"] != ScopeGraphMailSend+" "+ScopeGraphMailReadWrite {
+		t.Fatalf("refresh for Graph = %d %v", st, g)
+	}
+	graphTok := g["access_token"].(string)
+	if st, body := sendMIME(t, f, "me", graphTok, graphMsg); st != 202 {
+		t.Errorf("sendMail with the refreshed Graph token = %d %v", st, body)
+	}
+	// The Graph token does not open IMAP; the Outlook one does not work on Graph.
+	if res := f.checkBearer(scopeIMAP, alice, graphTok); res.tokenOK {
+		t.Error("Graph token accepted by IMAP")
+	}
+	st, body := sendMIME(t, f, "me", first["access_token"].(string), graphMsg)
+	wantGraphError(t, st, body, 401, "InvalidAuthenticationToken", "Access token validation failure. Invalid audience.")
+
+	// Two resources in a refresh: the first scope's resource wins.
+	st, o := refresh(scopeSMTP + " " + ScopeGraphMailSend)
+	if st != 200 || o["scope"] != scopeSMTP {
+		t.Errorf("mixed refresh = %d %v, want an Outlook token", st, o)
+	}
+	// The withheld permission: consent_required, in Entra's shape.
+	st, body = refresh(ScopeGraphMailSend + " " + ScopeGraphMailSendShared)
+	wantAADError(t, st, body, 400, "invalid_grant", 65001)
+	if body["suberror"] != "consent_required" {
+		t.Errorf("suberror = %v", body["suberror"])
+	}
+	// .default gives the consented Graph scopes.
+	st, d := refresh(ScopeGraphDefault)
+	if st != 200 || d["scope"] != ScopeGraphMailSend+" "+ScopeGraphMailReadWrite {
+		t.Errorf(".default = %d %v", st, d)
+	}
+	// An admin grants it for alice; revoking takes it away again.
+	f.GrantConsent(pubApp, alice, ScopeGraphMailSendShared)
+	if st, body := refresh(ScopeGraphMailSendShared); st != 200 {
+		t.Errorf("after GrantConsent = %d %v", st, body)
+	}
+	f.RevokeConsent(pubApp, alice, ScopeGraphMailSend)
+	st, body = refresh(ScopeGraphMailSend)
+	wantAADError(t, st, body, 400, "invalid_grant", 65001)
+
+	// An Outlook-only sign-in has no Graph consent.
+	bobTok := deviceLogin(t, f, bob, scopeSMTP+" offline_access")
+	st, body, _ = post(t, tokenURL(f), url.Values{"grant_type": {GrantRefreshToken}, "client_id": {pubApp}, "refresh_token": {bobTok["refresh_token"].(string)}, "scope": {ScopeGraphMailSend}})
+	wantAADError(t, st, body, 400, "invalid_grant", 65001)
+
+	// Unknown Graph permissions are invalid scopes for the fake.
+	st, body, _ = post(t, f.AuthorityURL+"/"+tenant+"/oauth2/v2.0/devicecode", url.Values{"client_id": {pubApp}, "scope": {"https://graph.microsoft.com/Calendars.Read"}})
+	wantAADError(t, st, body, 400, "invalid_scope", 70011)
+}
+
+// TestAuthCodeBothResources: the /authorize leg may ask for both
+// resources; the code redeems for the first one.
+func TestAuthCodeBothResources(t *testing.T) {
+	t.Parallel()
+	f := newFake(t, Options{})
+	redirect := "http://localhost:8400/callback"
+	cfg := &oauth2.Config{ClientID: pubApp, Endpoint: f.Endpoint(tenant), RedirectURL: redirect,
+		Scopes: []string{ScopeGraphMailSend, scopeSMTP, "offline_access"}}
+	verifier := oauth2.GenerateVerifier()
+	authURL := cfg.AuthCodeURL("st", oauth2.S256ChallengeOption(verifier), oauth2.SetAuthURLParam("login_hint", alice))
+	u, _ := url.Parse(authURL)
+	form := u.Query()
+	form.Set("login", alice)
+	form.Set("action", "signin")
+	resp, err := noRedirect.PostForm(f.AuthorityURL+u.Path, form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc, _ := url.Parse(resp.Header.Get("Location"))
+	code := loc.Query().Get("code")
+	if code == "" {
+		t.Fatalf("no code in %v", loc)
+	}
+	tok, err := cfg.Exchange(t.Context(), code, oauth2.VerifierOption(verifier))
+	if err != nil {
+		t.Fatalf("Exchange() = %v", err)
+	}
+	if tok.Extra("scope") != ScopeGraphMailSend {
+		t.Errorf("code token scope = %v, want Graph (the first scope)", tok.Extra("scope"))
+	}
+	st, o, _ := post(t, tokenURL(f), url.Values{"grant_type": {GrantRefreshToken}, "client_id": {pubApp}, "refresh_token": {tok.RefreshToken}, "scope": {scopeSMTP}})
+	if st != 200 || o["scope"] != scopeSMTP {
+		t.Errorf("refresh for Outlook = %d %v", st, o)
+	}
+	c := dialSMTP(t, f)
+	if err := c.Auth(tokens.NewXOAUTH2Client(alice, o["access_token"].(string))); err != nil {
+		t.Errorf("SMTP AUTH with the Outlook token = %v", err)
 	}
 }

@@ -159,6 +159,7 @@ func (f *Fake) handleAuthorizeSignIn(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	c.expires = f.now().Add(authCodeLifetime)
 	f.codes[codeVal] = c
+	f.grantConsentLocked(c.clientID, upn, scopes.all())
 	f.mu.Unlock()
 	redirectWith(w, r, ru, url.Values{"code": {codeVal}, "state": {state}, "session_state": {newGUID()}})
 }

@@ -34,7 +34,41 @@ var (
 	errSMTPSendAs     = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 60}, Message: "SMTP; Client does not have permissions to send as this sender"}
 	errSMTPConnLimit  = &smtp.SMTPError{Code: 432, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Concurrent connections limit exceeded."}
 	errSMTPUnknown    = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "User unknown"}
+
+	// SMTP AUTH switched off (microsoft-365.md §3.4, §6.2); it blocks
+	// OAuth too.
+	errSMTPAuthDisabledTenant  = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 139}, Message: "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant. Visit https://aka.ms/smtp_auth_disabled for more information."}
+	errSMTPAuthDisabledMailbox = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 139}, Message: "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox. Visit https://aka.ms/smtp_auth_disabled for more information."}
 )
+
+// SMTPAuthSetting is a mailbox's SmtpClientAuthenticationDisabled
+// (Set-CASMailbox): follow the tenant ($null), or override it.
+type SMTPAuthSetting int
+
+const (
+	SMTPAuthFollowTenant SMTPAuthSetting = iota // $null: the tenant setting applies
+	SMTPAuthEnabled                             // $false: enabled whatever the tenant says
+	SMTPAuthDisabled                            // $true: disabled for this mailbox
+)
+
+// SetTenantSMTPAuthDisabled models Set-TransportConfig
+// -SmtpClientAuthenticationDisabled: while true, AUTH on the fake's SMTP
+// server answers "535 5.7.139 ... disabled for the Tenant" for mailboxes
+// that follow the tenant setting.
+func (f *Fake) SetTenantSMTPAuthDisabled(disabled bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.smtpAuthTenant = disabled
+}
+
+// SetMailboxSMTPAuth models Set-CASMailbox -SmtpClientAuthenticationDisabled
+// for mailbox (the mailbox setting wins over the tenant's). A disabled
+// mailbox gets "535 5.7.139 ... disabled for the Mailbox".
+func (f *Fake) SetMailboxSMTPAuth(mailbox string, s SMTPAuthSetting) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.mailboxLocked(mailbox).smtpAuth = s
+}
 
 // SetSMTPDropInData: while true, the SMTP server closes the connection in the
 // middle of reading DATA, and nothing is delivered.
@@ -100,6 +134,16 @@ func (s *smtpSession) checkXOAUTH2(user, token string, perr error) error {
 	}
 	addr := res.mailbox.addr
 	s.f.mu.Lock()
+	switch {
+	case res.mailbox.smtpAuth == SMTPAuthDisabled:
+		s.f.mu.Unlock()
+		s.log.Info("fakems: smtp auth disabled for the mailbox", "mailbox", addr)
+		return errSMTPAuthDisabledMailbox
+	case res.mailbox.smtpAuth == SMTPAuthFollowTenant && s.f.smtpAuthTenant:
+		s.f.mu.Unlock()
+		s.log.Info("fakems: smtp auth disabled for the tenant", "mailbox", addr)
+		return errSMTPAuthDisabledTenant
+	}
 	if s.f.smtpAuthConns[addr] >= smtpMaxAuthConns {
 		s.f.mu.Unlock()
 		s.log.Info("fakems: smtp concurrent connection limit", "mailbox", addr)

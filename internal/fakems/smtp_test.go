@@ -214,3 +214,29 @@ func TestSMTPTranscript(t *testing.T) {
 		"BAD":   tokens.XOAUTH2Base64(alice, "EwBbogus"),
 	})
 }
+
+func TestSMTPAuthDisabled(t *testing.T) {
+	t.Parallel()
+	f := newFake(t, Options{})
+	auth := func(mb string) error {
+		c := dialSMTP(t, f)
+		return c.Auth(tokens.NewXOAUTH2Client(mb, f.IssueAccessToken(mb)))
+	}
+	tenantText := "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant. Visit https://aka.ms/smtp_auth_disabled for more information."
+	mailboxText := "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox. Visit https://aka.ms/smtp_auth_disabled for more information."
+
+	f.SetTenantSMTPAuthDisabled(true)
+	wantSMTPError(t, auth(alice), 535, smtp.EnhancedCode{5, 7, 139}, tenantText)
+	// The mailbox setting wins over the tenant's.
+	f.SetMailboxSMTPAuth(bob, SMTPAuthEnabled)
+	if err := auth(bob); err != nil {
+		t.Errorf("AUTH for an enabled mailbox in a disabled tenant = %v", err)
+	}
+	f.SetTenantSMTPAuthDisabled(false)
+	f.SetMailboxSMTPAuth(alice, SMTPAuthDisabled)
+	wantSMTPError(t, auth(alice), 535, smtp.EnhancedCode{5, 7, 139}, mailboxText)
+	f.SetMailboxSMTPAuth(alice, SMTPAuthFollowTenant)
+	if err := auth(alice); err != nil {
+		t.Errorf("AUTH after re-enabling = %v", err)
+	}
+}

@@ -84,6 +84,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Limits returns the limits for a new connection.
 	Limits func() Limits
+	// WrapConn, if set, wraps each accepted connection below TLS (smtpproxy
+	// keeps its per-connection state there). The wrapper must pass
+	// deadlines and Close through to c.
+	WrapConn func(s *Session, c net.Conn) net.Conn
 	// Serve runs one admitted session and returns when it is over; the
 	// front door then closes the connection. A panic in Serve is recovered
 	// and logged.
@@ -255,7 +259,7 @@ func (s *Server) ServeConn(nc net.Conn, implicitTLS bool) {
 		if d <= 0 {
 			d = DefaultHandshakeTimeout
 		}
-		tc := tls.Server(sess.raw, lim.TLS)
+		tc := tls.Server(sess.conn, lim.TLS)
 		_ = tc.SetDeadline(time.Now().Add(d))
 		if err := tc.HandshakeContext(s.cut); err != nil {
 			sess.Log.Info("tls handshake failed", "error", err)
@@ -263,6 +267,7 @@ func (s *Server) ServeConn(nc net.Conn, implicitTLS bool) {
 		}
 		_ = tc.SetDeadline(time.Time{})
 		sess.conn = tc
+		sess.tls = true
 	}
 
 	if why := s.admit(sess, lim.MaxConnections); why != 0 {
@@ -300,6 +305,9 @@ func (s *Server) track(nc net.Conn, lim Limits) *Session {
 	}
 	sess.raw = &trackedConn{Conn: nc, sess: sess, closed: make(chan struct{})}
 	sess.conn = sess.raw
+	if s.opts.WrapConn != nil {
+		sess.conn = s.opts.WrapConn(sess, sess.raw)
+	}
 	s.mu.Lock()
 	s.sessions[sess] = struct{}{}
 	s.mu.Unlock()
@@ -401,7 +409,8 @@ type Session struct {
 
 	srv      *Server
 	raw      *trackedConn
-	conn     net.Conn // raw, or the implicit-TLS connection over it
+	conn     net.Conn // raw (wrapped by WrapConn), or the implicit-TLS connection over it
+	tls      bool
 	start    time.Time
 	admitted bool
 
@@ -415,7 +424,7 @@ type Session struct {
 func (s *Session) Conn() net.Conn { return s.conn }
 
 // TLS reports whether the connection came through an implicit-TLS handshake.
-func (s *Session) TLS() bool { return s.conn != net.Conn(s.raw) }
+func (s *Session) TLS() bool { return s.tls }
 
 // Context is cancelled when Shutdown stops waiting and cuts every session.
 func (s *Session) Context() context.Context { return s.srv.cut }

@@ -12,7 +12,8 @@ import (
 const (
 	ResultOK               = "ok"
 	ResultBadCredentials   = "bad_credentials"
-	ResultThrottled        = "throttled"
+	ResultThrottled        = "throttled"         // not checked: this name's password checks are rate-limited
+	ResultBusy             = "busy"              // not checked: every password-check slot stayed in use
 	ResultNeedsLogin       = "needs_login"       // the account's token needs a person
 	ResultFailing          = "failing"           // app registration/config problem
 	ResultTemporary        = "temporary"         // token endpoint or upstream temporarily unavailable

@@ -1,21 +1,41 @@
 // Package localauth checks the local credentials that legacy clients present
 // (LOGIN, USER/PASS, AUTH PLAIN/LOGIN) against the bcrypt hashes in the
-// configuration. It is shared by the IMAP, POP3 and SMTP proxies.
+// configuration. It is shared by the IMAP, POP3 and SMTP proxies and the
+// admin API.
 //
-// Three mechanisms keep bcrypt affordable and guessing expensive:
+// In the real deployment every legacy client (helpdesk, cron scripts,
+// scanners) reaches the bridge from 127.0.0.1, so the remote address tells
+// clients apart only for names that do not exist. Throttling is therefore
+// keyed by user name:
 //
-//   - Successful verifications are cached in memory for CacheTTL, keyed by an
-//     HMAC (with a per-process random key) of user, password and hash, so a
-//     helpdesk that polls every minute pays bcrypt once per TTL and a
-//     password change invalidates the entry by itself.
-//   - Failures are counted per remote address and per user. Past a threshold
-//     each further attempt is refused without running bcrypt until a growing
-//     delay has passed. A remote address that recently logged in as a user
-//     is exempt from that user's counter, so a distributed guessing attack on
-//     "otrs" does not lock out the OTRS server itself.
+//   - Successful verifications are cached in memory until CacheTTL after
+//     their last use, keyed by an HMAC (with a per-process random key) of
+//     user, password and hash, so a helpdesk that polls every few minutes
+//     pays bcrypt once after a start and a password change (a reload)
+//     invalidates the entry by itself.
+//   - Identical credentials presented at the same time share one check (a
+//     cold start with 100 helpdesk workers runs one bcrypt per user).
+//   - Each user name has a token bucket of password checks (bcrypt): Burst
+//     at once, then one per CheckInterval, whoever asks and from wherever.
+//     Names that do not exist share one bucket per remote address. A user
+//     whose bucket is empty is "throttled": that slows only that user.
+//   - While a user is throttled, every new password presented for it is held
+//     for ThrottledHold before it is decided, and at most MaxPending
+//     different passwords per user are held at once (more are refused at
+//     once, without looking at them). After the hold, the right password
+//     known from the cache is accepted; any other waits for the user's next
+//     check slot (at most MaxQueueWait) and is then checked with bcrypt. So
+//     the helpdesk's right password gets in within ThrottledHold (+ the
+//     queue when it is not cached) while a guesser learns at most
+//     MaxPending/ThrottledHold + 1/CheckInterval answers per second for
+//     that user: a hit in the cache can never be told from a miss faster
+//     than the hold.
 //   - At most MaxConcurrentBcrypt comparisons run at once (default: half the
-//     cores); attempts beyond that queue briefly and are then refused, so a
-//     flood cannot use more CPU than that.
+//     cores); attempts beyond that queue up to BcryptQueueWait and are then
+//     refused as busy, so a flood cannot use more CPU than that.
+//
+// Refusals without a check are ErrThrottled or ErrBusy, never ErrInvalid:
+// only a checked wrong password (or unknown name) is ErrInvalid.
 package localauth
 
 import (
@@ -23,74 +43,106 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"runtime"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/sync/singleflight"
+	"golang.org/x/time/rate"
 
 	"github.com/oauthbridge/oauthbridge/config"
 )
 
 // Named defaults.
 const (
-	DefaultCacheTTL        = 10 * time.Minute
-	DefaultRemoteThreshold = 5  // failures from one address before delays start
-	DefaultUserThreshold   = 10 // failures for one user (from unknown addresses) before delays start
-	DefaultBaseDelay       = time.Second
-	DefaultMaxDelay        = 5 * time.Minute
-	DefaultForgetAfter     = 15 * time.Minute // a failure counter resets after this long without failures
-	DefaultKnownRemoteTTL  = 24 * time.Hour   // how long a successful address stays exempt from the user counter
-	DefaultBcryptQueueWait = 2 * time.Second
-	// MaxTrackedKeys bounds each failure table (remote addresses, user names)
-	// and the known-address table: about 100 bytes an entry.
+	DefaultCacheTTL = 10 * time.Minute
+	// DefaultBurst password checks per user (or per address for unknown
+	// names) run at once; after that one per DefaultCheckInterval.
+	DefaultBurst         = 5
+	DefaultCheckInterval = time.Second
+	// DefaultThrottledHold is how long a password presented for a throttled
+	// user waits before it is decided (accepted from the cache, or queued for
+	// a check).
+	DefaultThrottledHold = 5 * time.Second
+	// DefaultMaxPending different passwords per throttled user are held at
+	// once; further ones are refused as throttled without being looked at.
+	DefaultMaxPending = 32
+	// DefaultMaxQueueWait bounds the wait for the user's next check slot
+	// after the hold; an attempt that would wait longer is refused as
+	// throttled.
+	DefaultMaxQueueWait = 8 * time.Second
+	// DefaultBcryptQueueWait bounds the wait for a free bcrypt slot (all
+	// users together); past it the attempt is refused as busy.
+	DefaultBcryptQueueWait = 10 * time.Second
+	// MaxTrackedKeys bounds the table of per-address buckets for unknown
+	// names: about 200 bytes an entry.
 	MaxTrackedKeys = 100_000
 )
 
-// Errors returned by Check. Proxies must answer the client with the same
-// generic "invalid credentials" text for all of them, so a client cannot tell
-// an unknown user from a wrong password, and log the distinction.
+// Errors returned by Check. Only ErrInvalid means a password was checked
+// and found wrong (or the name does not exist); the proxies answer it with
+// their "invalid credentials" reply. ErrThrottled and ErrBusy mean nothing
+// was checked and are answered as temporary failures. Both are returned
+// wrapped with the detail for the log; test with errors.Is.
 var (
 	ErrInvalid   = errors.New("localauth: invalid credentials")
-	ErrThrottled = errors.New("localauth: too many failed logins, throttled")
+	ErrThrottled = errors.New("localauth: throttled: too many password checks for this user name right now, not checked")
+	ErrBusy      = errors.New("localauth: busy: every password-check slot stayed in use, not checked")
 )
 
 // Options tune an Authenticator; zero values take the defaults above.
 type Options struct {
 	CacheTTL            time.Duration
-	RemoteThreshold     int
-	UserThreshold       int
-	BaseDelay           time.Duration
-	MaxDelay            time.Duration
+	Burst               int
+	CheckInterval       time.Duration
+	ThrottledHold       time.Duration
+	MaxPending          int
+	MaxQueueWait        time.Duration
 	MaxConcurrentBcrypt int
-	Now                 func() time.Time // for tests
+	BcryptQueueWait     time.Duration
+
+	// Now and After replace the wall clock (tests). After must return a
+	// channel that receives once d has passed on the same clock as Now.
+	Now   func() time.Time
+	After func(d time.Duration) <-chan time.Time
 }
 
 // Authenticator verifies local credentials. It is safe for concurrent use;
 // SetUsers swaps the user table on reload.
 type Authenticator struct {
-	opts      Options
-	users     atomic.Pointer[map[string]*config.User]
-	key       [32]byte
-	sem       chan struct{}
-	dummy     []byte // a bcrypt hash compared against for unknown users (under mu)
-	dummyCost int
+	opts    Options
+	users   atomic.Pointer[userTable]
+	key     [32]byte
+	sem     chan struct{}
+	flight  singleflight.Group
+	bcrypts atomic.Int64
 
-	mu       sync.Mutex
-	cache    map[[32]byte]time.Time
-	remotes  map[string]*failures
-	userFail map[string]*failures
-	known    map[string]time.Time // user + "\x00" + remote ip -> expiry
-	bcrypts  atomic.Int64
+	mu      sync.Mutex
+	cache   map[[32]byte]time.Time
+	buckets map[string]*bucket
+	dummies map[int][]byte // bcrypt cost -> hash compared for unknown names
+	gcAt    int
 }
 
-type failures struct {
-	count   int
-	last    time.Time
-	blocked time.Time // attempts before this instant are refused without bcrypt
+// userTable is one configuration's users.
+type userTable struct {
+	byName map[string]*config.User
+	// dummies holds one hash per configured user (sorted by name), at that
+	// user's cost: an unknown name is compared against the one its HMAC
+	// picks, so it costs what some real user's check costs.
+	dummies [][]byte
+}
+
+type bucket struct {
+	lim     *rate.Limiter
+	pending int // distinct passwords held in the throttled path
 }
 
 // New returns an Authenticator for the users of cfg.
@@ -98,34 +150,43 @@ func New(cfg *config.Config, opts Options) *Authenticator {
 	if opts.CacheTTL <= 0 {
 		opts.CacheTTL = DefaultCacheTTL
 	}
-	if opts.RemoteThreshold <= 0 {
-		opts.RemoteThreshold = DefaultRemoteThreshold
+	if opts.Burst <= 0 {
+		opts.Burst = DefaultBurst
 	}
-	if opts.UserThreshold <= 0 {
-		opts.UserThreshold = DefaultUserThreshold
+	if opts.CheckInterval <= 0 {
+		opts.CheckInterval = DefaultCheckInterval
 	}
-	if opts.BaseDelay <= 0 {
-		opts.BaseDelay = DefaultBaseDelay
+	if opts.ThrottledHold <= 0 {
+		opts.ThrottledHold = DefaultThrottledHold
 	}
-	if opts.MaxDelay <= 0 {
-		opts.MaxDelay = DefaultMaxDelay
+	if opts.MaxPending <= 0 {
+		opts.MaxPending = DefaultMaxPending
+	}
+	if opts.MaxQueueWait <= 0 {
+		opts.MaxQueueWait = DefaultMaxQueueWait
+	}
+	if opts.BcryptQueueWait <= 0 {
+		opts.BcryptQueueWait = DefaultBcryptQueueWait
 	}
 	if opts.MaxConcurrentBcrypt <= 0 {
 		// Half the cores: a spray of guesses (or of unknown user names from
-		// many addresses, which no per-key counter catches) can then use at
+		// many addresses, which no per-key bucket catches) can then use at
 		// most half the CPU, and spliced sessions keep the rest.
 		opts.MaxConcurrentBcrypt = max(1, runtime.GOMAXPROCS(0)/2)
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.After == nil {
+		opts.After = time.After
+	}
 	a := &Authenticator{
-		opts:     opts,
-		sem:      make(chan struct{}, opts.MaxConcurrentBcrypt),
-		cache:    map[[32]byte]time.Time{},
-		remotes:  map[string]*failures{},
-		userFail: map[string]*failures{},
-		known:    map[string]time.Time{},
+		opts:    opts,
+		sem:     make(chan struct{}, opts.MaxConcurrentBcrypt),
+		cache:   map[[32]byte]time.Time{},
+		buckets: map[string]*bucket{},
+		dummies: map[int][]byte{},
+		gcAt:    1024,
 	}
 	if _, err := rand.Read(a.key[:]); err != nil {
 		panic("localauth: no randomness: " + err.Error())
@@ -134,38 +195,47 @@ func New(cfg *config.Config, opts Options) *Authenticator {
 	return a
 }
 
-// usersCost is the bcrypt cost of the first user's hash, or the default.
-func usersCost(cfg *config.Config) int {
-	if cfg != nil {
-		for _, u := range cfg.Users {
-			if c, err := bcrypt.Cost([]byte(u.PasswordHash.Reveal())); err == nil {
-				return c
-			}
-		}
-	}
-	return bcrypt.DefaultCost
-}
-
 // SetUsers replaces the user table (on reload). Cached verifications of
 // users whose hash changed stop matching by construction.
 func (a *Authenticator) SetUsers(cfg *config.Config) {
-	// The hash compared for unknown users follows the users' cost, so that
-	// after a re-hash at another cost unknown names still take as long as
-	// real ones.
-	cost := usersCost(cfg)
-	a.mu.Lock()
-	if a.dummy == nil || a.dummyCost != cost {
-		a.dummy, _ = bcrypt.GenerateFromPassword([]byte("oauthbridge-dummy-password"), cost)
-		a.dummyCost = cost
-	}
-	a.mu.Unlock()
-	m := map[string]*config.User{}
+	t := &userTable{byName: map[string]*config.User{}}
+	var names []string
 	if cfg != nil {
 		for _, u := range cfg.Users {
-			m[u.Name] = u
+			t.byName[u.Name] = u
+			names = append(names, u.Name)
 		}
 	}
-	a.users.Store(&m)
+	sort.Strings(names)
+	for _, n := range names {
+		cost, err := bcrypt.Cost([]byte(t.byName[n].PasswordHash.Reveal()))
+		if err != nil {
+			cost = bcrypt.DefaultCost // config validation rejects such hashes
+		}
+		t.dummies = append(t.dummies, a.dummy(cost))
+	}
+	if len(t.dummies) == 0 {
+		t.dummies = [][]byte{a.dummy(bcrypt.DefaultCost)}
+	}
+	a.users.Store(t)
+}
+
+// dummy returns a hash of a fixed password at cost, made once per cost.
+func (a *Authenticator) dummy(cost int) []byte {
+	a.mu.Lock()
+	h := a.dummies[cost]
+	a.mu.Unlock()
+	if h != nil {
+		return h
+	}
+	h, err := bcrypt.GenerateFromPassword([]byte("oauthbridge-dummy-password"), cost)
+	if err != nil {
+		panic("localauth: dummy hash: " + err.Error())
+	}
+	a.mu.Lock()
+	a.dummies[cost] = h
+	a.mu.Unlock()
+	return h
 }
 
 // BcryptCount reports how many bcrypt comparisons have run (for tests and
@@ -209,130 +279,198 @@ func IsLoopback(addr net.Addr) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
+// attempt is one distinct credential being decided.
+type attempt struct {
+	user, password, hash string
+	u                    *config.User
+	key                  [32]byte
+	bkey                 string // bucket: the user name, or the address for unknown names
+	dummy                []byte
+}
+
 // Check verifies user and password presented from remote (an IP, see
-// RemoteIP). It returns the configured user on success, ErrInvalid for an
-// unknown user or a wrong password, ErrThrottled when the attempt was
-// refused without checking, or the context's error.
+// RemoteIP). It returns the configured user on success; ErrInvalid for an
+// unknown user or a wrong password; ErrThrottled or ErrBusy (wrapped) when
+// the password was not checked; or the context's error.
 func (a *Authenticator) Check(ctx context.Context, user, password, remote string) (*config.User, error) {
-	now := a.opts.Now()
-	users := *a.users.Load()
-	u := users[user]
+	t := a.users.Load()
+	at := &attempt{user: user, password: password, u: t.byName[user]}
+	if at.u != nil {
+		at.hash = at.u.PasswordHash.Reveal()
+		at.bkey = "u\x00" + user
+	} else {
+		at.bkey = "r\x00" + remote
+		at.dummy = t.dummies[a.pick(user, len(t.dummies))]
+	}
+	at.key = a.cacheKey(user, password, at.hash)
 
-	var hash string
-	if u != nil {
-		hash = u.PasswordHash.Reveal()
-	}
-	key := a.cacheKey(user, password, hash)
-
-	// Throttling is checked before the cache: otherwise a blocked guesser
-	// could test passwords at HMAC speed against a cached success.
-	a.mu.Lock()
-	if f := a.remotes[remote]; f != nil && now.Before(f.blocked) {
+	// Fast path: the right password of a user who is not throttled.
+	if at.u != nil {
+		now := a.opts.Now()
+		a.mu.Lock()
+		exp, hit := a.cache[at.key]
+		b := a.buckets[at.bkey]
+		fast := hit && now.Before(exp) && (b == nil || b.lim.TokensAt(now) >= 1)
+		if fast {
+			a.cache[at.key] = now.Add(a.opts.CacheTTL) // kept while in use
+		}
 		a.mu.Unlock()
-		return nil, ErrThrottled
-	}
-	knownRemote := now.Before(a.known[user+"\x00"+remote])
-	if f := a.userFail[user]; f != nil && !knownRemote && now.Before(f.blocked) {
-		a.mu.Unlock()
-		return nil, ErrThrottled
-	}
-	if u != nil {
-		if exp, ok := a.cache[key]; ok && now.Before(exp) {
-			a.mu.Unlock()
-			return u, nil
+		if fast {
+			return at.u, nil
 		}
 	}
-	a.mu.Unlock()
 
-	// Bound CPU: at most MaxConcurrentBcrypt comparisons at once.
-	wait := time.NewTimer(DefaultBcryptQueueWait)
-	defer wait.Stop()
+	// Everything else is decided once per distinct credential: concurrent
+	// identical attempts share the decision and its one bcrypt.
+	ch := a.flight.DoChan(string(at.key[:]), func() (any, error) { return a.decide(at) })
 	select {
-	case a.sem <- struct{}{}:
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return at.u, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
-	case <-wait.C:
-		return nil, ErrThrottled
+	}
+}
+
+// decide runs the throttle, the hold, the queue and bcrypt for one
+// credential. Its waits are bounded (ThrottledHold + MaxQueueWait +
+// BcryptQueueWait), so it needs no context: callers that give up stop
+// waiting for it, and the shared result stays right for the others.
+func (a *Authenticator) decide(at *attempt) (any, error) {
+	now := a.opts.Now()
+	a.mu.Lock()
+	b := a.bucketLocked(at.bkey, now)
+	exp, hit := a.cache[at.key]
+	hit = hit && at.u != nil && now.Before(exp)
+	if b.lim.TokensAt(now) >= 1 {
+		if hit {
+			a.mu.Unlock()
+			return nil, nil
+		}
+		b.lim.ReserveN(now, 1) // available now: no wait
+		a.mu.Unlock()
+		return a.bcrypt(at)
+	}
+
+	// Throttled.
+	if b.pending >= a.opts.MaxPending {
+		a.mu.Unlock()
+		return nil, fmt.Errorf("%w (%d other passwords for this name are already waiting)", ErrThrottled, b.pending)
+	}
+	b.pending++
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		b.pending--
+		a.mu.Unlock()
+	}()
+	<-a.opts.After(a.opts.ThrottledHold)
+	if hit {
+		a.mu.Lock()
+		a.cache[at.key] = a.opts.Now().Add(a.opts.CacheTTL)
+		a.mu.Unlock()
+		return nil, nil
+	}
+	now = a.opts.Now()
+	a.mu.Lock()
+	r := b.lim.ReserveN(now, 1)
+	wait := r.DelayFrom(now)
+	if wait > a.opts.MaxQueueWait {
+		r.CancelAt(now)
+		a.mu.Unlock()
+		return nil, fmt.Errorf("%w (next check slot for this name in %s, over the %s queue limit)", ErrThrottled, wait.Round(time.Second), a.opts.MaxQueueWait)
+	}
+	a.mu.Unlock()
+	if wait > 0 {
+		<-a.opts.After(wait)
+	}
+	return a.bcrypt(at)
+}
+
+// bcrypt compares under the global concurrency bound and caches a success.
+func (a *Authenticator) bcrypt(at *attempt) (any, error) {
+	select {
+	case a.sem <- struct{}{}:
+	default:
+		select {
+		case a.sem <- struct{}{}:
+		case <-a.opts.After(a.opts.BcryptQueueWait):
+			return nil, fmt.Errorf("%w (%d checks running, none finished within %s)", ErrBusy, cap(a.sem), a.opts.BcryptQueueWait)
+		}
 	}
 	a.bcrypts.Add(1)
 	var ok bool
-	if u != nil {
-		ok = bcrypt.CompareHashAndPassword([]byte(hash), []byte(password)) == nil
+	if at.u != nil {
+		ok = bcrypt.CompareHashAndPassword([]byte(at.hash), []byte(at.password)) == nil
 	} else {
-		// Same cost as a real check, so timing does not reveal which users exist.
-		a.mu.Lock()
-		dummy := a.dummy
-		a.mu.Unlock()
-		_ = bcrypt.CompareHashAndPassword(dummy, []byte(password))
+		// Same cost as some real user's check, so timing does not reveal
+		// which names exist.
+		_ = bcrypt.CompareHashAndPassword(at.dummy, []byte(at.password))
 	}
 	<-a.sem
-
-	now = a.opts.Now()
+	if !ok {
+		return nil, ErrInvalid
+	}
+	now := a.opts.Now()
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.gc(now)
-	if ok {
-		a.cache[key] = now.Add(a.opts.CacheTTL)
-		delete(a.remotes, remote)
-		a.known[user+"\x00"+remote] = now.Add(DefaultKnownRemoteTTL)
-		return u, nil
-	}
-	a.fail(a.remotes, remote, a.opts.RemoteThreshold, now)
-	// Only real users get a per-user counter: counting typed names that do
-	// not exist protects nothing and would let a client grow the map with
-	// names of its choosing.
-	if !knownRemote && u != nil {
-		a.fail(a.userFail, user, a.opts.UserThreshold, now)
-	}
-	return nil, ErrInvalid
+	a.gcLocked(now)
+	a.cache[at.key] = now.Add(a.opts.CacheTTL)
+	a.mu.Unlock()
+	return nil, nil
 }
 
-func (a *Authenticator) fail(m map[string]*failures, k string, threshold int, now time.Time) {
-	f := m[k]
-	if f == nil && len(m) >= MaxTrackedKeys {
-		// Full (addresses rotated faster than DefaultForgetAfter): stop
-		// tracking new keys rather than grow without bound; the bcrypt
-		// concurrency cap still bounds the CPU such a flood can use.
-		return
+// bucketLocked returns the bucket for key, creating it; with mu held.
+func (a *Authenticator) bucketLocked(key string, now time.Time) *bucket {
+	if b := a.buckets[key]; b != nil {
+		return b
 	}
-	if f == nil || now.Sub(f.last) > DefaultForgetAfter {
-		f = &failures{}
-		m[k] = f
+	if len(a.buckets) >= a.gcAt {
+		a.gcBucketsLocked(now)
 	}
-	f.count++
-	f.last = now
-	if over := f.count - threshold; over >= 0 {
-		d := a.opts.BaseDelay << min(over, 20)
-		if d > a.opts.MaxDelay || d <= 0 {
-			d = a.opts.MaxDelay
+	if len(a.buckets) >= MaxTrackedKeys {
+		// Addresses rotate faster than buckets refill: they share one
+		// bucket rather than grow the table without bound.
+		key = "overflow"
+		if b := a.buckets[key]; b != nil {
+			return b
 		}
-		f.blocked = now.Add(d)
 	}
+	b := &bucket{lim: rate.NewLimiter(rate.Every(a.opts.CheckInterval), a.opts.Burst)}
+	a.buckets[key] = b
+	return b
 }
 
-// gc drops expired entries; called with mu held on every checked attempt, so
-// the maps stay bounded by the attempts of the last few minutes.
-func (a *Authenticator) gc(now time.Time) {
-	if len(a.cache)+len(a.remotes)+len(a.userFail)+len(a.known) < 1024 {
+// gcBucketsLocked drops full, idle buckets (they behave like new ones).
+func (a *Authenticator) gcBucketsLocked(now time.Time) {
+	for k, b := range a.buckets {
+		if b.pending == 0 && b.lim.TokensAt(now) >= float64(a.opts.Burst) {
+			delete(a.buckets, k)
+		}
+	}
+	a.gcAt = max(1024, 2*len(a.buckets))
+}
+
+// gcLocked drops expired cache entries once the cache is large.
+func (a *Authenticator) gcLocked(now time.Time) {
+	if len(a.cache) < 1024 {
 		return
 	}
 	for k, exp := range a.cache {
-		if now.After(exp) {
+		if !now.Before(exp) {
 			delete(a.cache, k)
 		}
 	}
-	for _, m := range []map[string]*failures{a.remotes, a.userFail} {
-		for k, f := range m {
-			if now.Sub(f.last) > DefaultForgetAfter && now.After(f.blocked) {
-				delete(m, k)
-			}
-		}
-	}
-	for k, exp := range a.known {
-		if now.After(exp) {
-			delete(a.known, k)
-		}
-	}
+}
+
+// pick maps an unknown name to one of n dummy hashes, the same one every
+// time within this process.
+func (a *Authenticator) pick(name string, n int) int {
+	m := hmac.New(sha256.New, a.key[:])
+	m.Write([]byte("dummy\x00"))
+	m.Write([]byte(name))
+	return int(binary.BigEndian.Uint64(m.Sum(nil)) % uint64(n))
 }
 
 func (a *Authenticator) cacheKey(user, password, hash string) [32]byte {

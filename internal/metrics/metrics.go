@@ -20,7 +20,7 @@ var (
 		Name: "oauthbridge_sessions_total", Help: "Local client sessions accepted, per protocol.",
 	}, []string{"proto"})
 	Logins = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "oauthbridge_logins_total", Help: "Login attempts by protocol and result (ok, bad_credentials, throttled, needs_login, temporary, upstream_rejected, unavailable, error).",
+		Name: "oauthbridge_logins_total", Help: "Login attempts by protocol and result (ok, bad_credentials, throttled, busy, needs_login, temporary, upstream_rejected, unavailable, error).",
 	}, []string{"proto", "result"})
 	UpstreamErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "oauthbridge_upstream_errors_total", Help: "Upstream failures by protocol and class (dial, tls, auth, protocol, limit, timeout).",
@@ -40,7 +40,30 @@ var (
 	SMTPMessages = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "oauthbridge_smtp_messages_total", Help: "SMTP messages by result (relayed, refused, failed).",
 	}, []string{"result"})
+	GraphMessages = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "oauthbridge_graph_messages_total", Help: "Messages submitted through Microsoft Graph by method (sendmail, upload) and result (sent, refused, failed).",
+	}, []string{"method", "result"})
+	GraphTokenRefreshes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "oauthbridge_graph_token_refreshes_total", Help: "Microsoft Graph token requests by account and result (ok, temporary, needs_login, failing).",
+	}, []string{"account", "result"})
+	SendPath = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "oauthbridge_send_path", Help: "1 for the path (smtp, graph) an account's messages take now, 0 for the other.",
+	}, []string{"account", "path"})
+	SendPathSwitches = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "oauthbridge_send_path_switches_total", Help: "Switches of send_via = \"auto\" accounts between SMTP and Graph, by account and new path.",
+	}, []string{"account", "to"})
 )
+
+// SetSendPath sets the account's send-path gauge to 1 for path, 0 for the other.
+func SetSendPath(account, path string) {
+	for _, p := range []string{"smtp", "graph"} {
+		v := 0.0
+		if p == path {
+			v = 1
+		}
+		SendPath.WithLabelValues(account, p).Set(v)
+	}
+}
 
 // AccountStates are the values of the state label of AccountState.
 var AccountStates = []string{"ok", "needs_login", "failing", "unknown"}
@@ -62,5 +85,6 @@ func init() {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		SessionsActive, SessionsTotal, Logins, UpstreamErrors, TokenRefreshes,
 		TokenExpiry, AccountState, BytesRelayed, SMTPMessages,
+		GraphMessages, GraphTokenRefreshes, SendPath, SendPathSwitches,
 	)
 }

@@ -116,7 +116,8 @@ export CA_FILE="$T/ca/ca.pem" LMTP_SOCKET="$T/dovecot/run/lmtp" PEERS_DIR="$HERE
 # name:mailbox-localpart:delegate-localpart(or -):send_as localparts (comma)
 ACCOUNTS="helpdesk:helpdesk:alice:support,ceo pop:pop:-: curl:curl:-: php:php:alice: perl:perl:alice: fm:fm:-: swaks:swaks:-:swaks-alias rv:rv:-:"
 # Local users: user=account (passwords pw-<user>)
-USERS="py=helpdesk pop=pop curl=curl php=php perl=perl fm=fm swaks=swaks rv=rv appuser=app"
+# otrs and cron share the helpdesk mailbox (the stale-client scenario).
+USERS="py=helpdesk pop=pop curl=curl php=php perl=perl fm=fm swaks=swaks rv=rv appuser=app otrs=helpdesk cron=helpdesk"
 # One more account uses the app flow (client credentials) through a
 # confidential client of its own; Dovecot lets the app's token open it.
 APP_ID=bridge-daemon
@@ -309,6 +310,8 @@ swaks_scenarios
 special_password_scenarios
 peers_log "local TLS"
 tls_scenarios
+peers_log "stale client beside the helpdesk"
+stale_client_scenario
 peers_log "failure paths"
 upstream_tempfail_scenario
 upstream_restart_scenario

@@ -389,3 +389,72 @@ print("OK")' 2>&1) || true
 		--from "curl@$DOMAIN" --to "curl@$DOMAIN" --quit-after AUTH 2>&1) && rc=0 || rc=$?
 	if [ "$rc" = 0 ]; then pass swaks special-password; else fail swaks special-password "rc=$rc $(grep '^<\*\*\|^\*\*\*' <<<"$out" | tail -2)"; fi
 }
+
+# ---- a stale-password client beside the helpdesk ----
+# Everything reaches the bridge from 127.0.0.1, as on a real host. Real
+# clients with a stale password loop (curl over IMAP and POP3, swaks over
+# SMTP) while real clients log in as otrs with the right password on all
+# three protocols: first the stale client is another user of the same
+# mailbox (cron), then otrs itself. Every right login must succeed; no stale
+# one may; the bridge log must show the stale user's checked failures from
+# 127.0.0.1 and never "too many failed logins".
+stale_client_scenario() {
+	stale_round cron other-user
+	stale_round otrs same-user
+	if grep -q 'too many failed logins' "$T/bridge/bridge.log"; then
+		fail bridge stale-client-log "the log says 'too many failed logins': $(grep -m1 'too many failed logins' "$T/bridge/bridge.log")"
+	else
+		pass bridge stale-client-log
+	fi
+}
+
+# stale_loop PROTO USER STOPFILE LOG: one stale client, until STOPFILE exists.
+stale_loop() {
+	local proto=$1 user=$2 stop=$3 log=$4 rc
+	while [ ! -e "$stop" ]; do
+		case $proto in
+		imap) curl -s --max-time 60 --user "$user:stale-$RANDOM" "imap://127.0.0.1:$B_IMAP/INBOX" -X NOOP >/dev/null 2>&1 && rc=0 || rc=$? ;;
+		pop3) curl -s --max-time 60 --user "$user:stale-$RANDOM" "pop3://127.0.0.1:$B_POP3/" >/dev/null 2>&1 && rc=0 || rc=$? ;;
+		smtp) swaks --server "127.0.0.1:$B_SMTP" --auth PLAIN --auth-user "$user" --auth-password "stale-$RANDOM" \
+			--quit-after AUTH --timeout 60 >/dev/null 2>&1 && rc=0 || rc=$? ;;
+		esac
+		echo "$proto $rc" >>"$log"
+	done
+}
+
+# stale_round STALE_USER NAME
+stale_round() {
+	local user=$1 name=$2 stop="$T/stale-$1.stop" log="$T/stale-$1.log" pids=() p i out rc
+	local bad_imap="" bad_pop3="" bad_smtp=""
+	: >"$log"
+	# Four loops: more than one check a second, so with otrs as the stale
+	# user its checks run dry and it is throttled.
+	for p in imap imap pop3 smtp; do
+		stale_loop "$p" "$user" "$stop" "$log" &
+		pids+=($!)
+	done
+	sleep 2
+	for i in 1 2 3; do
+		out=$(timeout 90 python3 "$HERE/clients.py" imap-login otrs "$PW_otrs" 2>&1) || true
+		[ "$out" = OK ] || bad_imap="$bad_imap login $i: $out;"
+		out=$(timeout 90 python3 "$HERE/clients.py" pop3-login otrs "$PW_otrs" 2>&1) || true
+		[ "$out" = OK ] || bad_pop3="$bad_pop3 login $i: $out;"
+		out=$(swaks --server "127.0.0.1:$B_SMTP" --auth PLAIN --auth-user otrs --auth-password "$PW_otrs" \
+			--quit-after AUTH --timeout 60 2>&1) && rc=0 || rc=$?
+		[ "$rc" = 0 ] || bad_smtp="$bad_smtp login $i: rc=$rc $(grep '^<' <<<"$out" | tail -1);"
+	done
+	touch "$stop"
+	wait "${pids[@]}" || true
+	local n ok checked
+	n=$(wc -l <"$log")
+	ok=$(grep -c ' 0$' "$log" || true)
+	checked=$(grep -c "\"user\":\"$user\",\"remote\":\"127.0.0.1\",\"result\":\"bad_credentials\"" "$T/bridge/bridge.log" || true)
+	if [ -z "$bad_imap" ]; then pass python-imaplib "stale-$name-beside-helpdesk"; else fail python-imaplib "stale-$name-beside-helpdesk" "$bad_imap"; fi
+	if [ -z "$bad_pop3" ]; then pass python-poplib "stale-$name-beside-helpdesk"; else fail python-poplib "stale-$name-beside-helpdesk" "$bad_pop3"; fi
+	if [ -z "$bad_smtp" ]; then pass swaks "stale-$name-beside-helpdesk"; else fail swaks "stale-$name-beside-helpdesk" "$bad_smtp"; fi
+	if [ "$n" -ge 4 ] && [ "$ok" = 0 ] && [ "$checked" -ge 1 ]; then
+		pass curl+swaks "stale-$name-client-refused"
+	else
+		fail curl+swaks "stale-$name-client-refused" "$n stale attempts, $ok accepted (want 0), $checked checked failures from 127.0.0.1 in the log"
+	fi
+}

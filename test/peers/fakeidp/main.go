@@ -16,6 +16,18 @@
 //	POST /test/revoke         upn= revokes upn's refresh tokens.
 //	POST /test/token          upn= mints an access token (direct checks).
 //	POST /test/fault          grant=503|"" makes Dovecot's logins fail temporarily.
+//	POST /test/graph-fault    status=&count=&retry_after=&code= sets the fake Graph
+//	                          endpoint's fault (status="" clears it).
+//
+// The fake's Microsoft Graph endpoint runs on its own HTTPS port:
+// -graph-url-file receives its base URL and -ca-file the CA that signed it.
+// Only Outlook tokens (not Graph ones) pass /dovecot/grant, as Exchange's
+// IMAP refuses a token for another resource.
+//
+// With -env-file it also writes the fake's own upstream servers as shell
+// variables (FAKE_IMAP, FAKE_POP3, FAKE_SMTP, FAKE_CA_FILE, the CA written
+// beside it), for suites that use the fake's IMAP/POP3/SMTP instead of
+// Dovecot and Postfix (test/install/run.sh).
 //
 // Dovecot's oauth2 passdb cannot express delegation: introspection never
 // sees the login name, so /dovecot/grant does the check itself.
@@ -45,6 +57,9 @@ import (
 // introspectTimeout bounds one call to the fake's introspection endpoint.
 const introspectTimeout = 5 * time.Second
 
+// outlookAudience is the resource of tokens Exchange's IMAP accepts.
+const outlookAudience = "https://outlook.office.com"
+
 type listFlag []string
 
 func (l *listFlag) String() string     { return strings.Join(*l, ",") }
@@ -61,15 +76,20 @@ type idp struct {
 }
 
 func main() {
-	var apps, users, mailboxes, grants listFlag
+	var apps, users, mailboxes, grants, roles, sendAs listFlag
 	listen := flag.String("listen", "127.0.0.1:0", "address for the combined HTTP server")
 	urlFile := flag.String("url-file", "", "write the base URL here once listening")
 	lifetime := flag.Duration("token-lifetime", time.Hour, "access token lifetime")
 	logFile := flag.String("log", "", "log file (default stderr)")
+	envFile := flag.String("env-file", "", "write the fake's IMAP/POP3/SMTP addresses and CA file as shell variables here once listening")
 	flag.Var(&apps, "app", "CLIENT_ID[:SECRET] (repeatable; no secret = public client)")
 	flag.Var(&users, "user", "UPN (repeatable)")
 	flag.Var(&mailboxes, "mailbox", "ADDR[=DELEGATE,DELEGATE...] (repeatable)")
 	flag.Var(&grants, "grant-app", "CLIENT_ID=MAILBOX: app-only access (repeatable)")
+	flag.Var(&roles, "app-role", "CLIENT_ID=ROLE: Microsoft Graph application permission, Mail.Send or Mail.ReadWrite (repeatable)")
+	flag.Var(&sendAs, "send-as", "MAILBOX=TRUSTEE: TRUSTEE has Send As on MAILBOX (repeatable)")
+	graphURLFile := flag.String("graph-url-file", "", "write the fake Graph endpoint's base URL here once listening")
+	caFile := flag.String("ca-file", "", "write the PEM of the CA that signed the Graph endpoint's certificate here")
 	flag.Parse()
 
 	out := io.Writer(os.Stderr)
@@ -82,13 +102,28 @@ func main() {
 		out = f
 	}
 	log := slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	if err := run(log, *listen, *urlFile, *lifetime, apps, users, mailboxes, grants); err != nil {
+	extra := graphSetup{urlFile: *graphURLFile, caFile: *caFile, roles: roles, sendAs: sendAs}
+	if err := run(log, *listen, *urlFile, *envFile, *lifetime, apps, users, mailboxes, grants, extra); err != nil {
 		log.Error("fakeidp: exiting", "error", err)
 		os.Exit(1)
 	}
 }
 
-func run(log *slog.Logger, listen, urlFile string, lifetime time.Duration, apps, users, mailboxes, grants []string) error {
+// graphSetup holds the Graph-related flags.
+type graphSetup struct {
+	urlFile, caFile string
+	roles, sendAs   []string
+}
+
+// writeFileAtomic writes data to path through a temporary file.
+func writeFileAtomic(path string, data []byte) error {
+	if err := os.WriteFile(path+".tmp", data, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(path+".tmp", path)
+}
+
+func run(log *slog.Logger, listen, urlFile, envFile string, lifetime time.Duration, apps, users, mailboxes, grants []string, g graphSetup) error {
 	f, err := fakems.Start(fakems.Options{Logger: log.With("component", "fakems"), AccessTokenLifetime: lifetime})
 	if err != nil {
 		return fmt.Errorf("fakeidp: start fake: %w", err)
@@ -124,6 +159,29 @@ func run(log *slog.Logger, listen, urlFile string, lifetime time.Duration, apps,
 		s.appGrants[norm(mb)][id] = true
 	}
 
+	appRoles := map[string][]string{}
+	for _, r := range g.roles {
+		id, role, _ := strings.Cut(r, "=")
+		appRoles[id] = append(appRoles[id], role)
+	}
+	for id, rs := range appRoles {
+		f.SetAppRoles(id, rs...)
+	}
+	for _, sa := range g.sendAs {
+		mb, trustee, _ := strings.Cut(sa, "=")
+		f.GrantSendAs(mb, trustee)
+	}
+	if g.caFile != "" {
+		if err := f.WriteCAFile(g.caFile); err != nil {
+			return fmt.Errorf("fakeidp: %w", err)
+		}
+	}
+	if g.urlFile != "" {
+		if err := writeFileAtomic(g.urlFile, []byte(f.GraphURL()+"\n")); err != nil {
+			return fmt.Errorf("fakeidp: graph url file: %w", err)
+		}
+	}
+
 	target, err := url.Parse(f.AuthorityURL)
 	if err != nil {
 		return fmt.Errorf("fakeidp: authority url: %w", err)
@@ -136,6 +194,7 @@ func run(log *slog.Logger, listen, urlFile string, lifetime time.Duration, apps,
 	mux.HandleFunc("POST /test/revoke", s.revoke)
 	mux.HandleFunc("POST /test/token", s.token)
 	mux.HandleFunc("POST /test/fault", s.setFault)
+	mux.HandleFunc("POST /test/graph-fault", s.setGraphFault)
 
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
@@ -143,11 +202,13 @@ func run(log *slog.Logger, listen, urlFile string, lifetime time.Duration, apps,
 	}
 	base := "http://" + ln.Addr().String()
 	if urlFile != "" {
-		if err := os.WriteFile(urlFile+".tmp", []byte(base+"\n"), 0o644); err != nil {
+		if err := writeFileAtomic(urlFile, []byte(base+"\n")); err != nil {
 			return fmt.Errorf("fakeidp: url file: %w", err)
 		}
-		if err := os.Rename(urlFile+".tmp", urlFile); err != nil {
-			return fmt.Errorf("fakeidp: url file: %w", err)
+	}
+	if envFile != "" {
+		if err := writeEnvFile(f, envFile); err != nil {
+			return err
 		}
 	}
 	log.Info("fakeidp: listening", "url", base, "fake", f.AuthorityURL)
@@ -157,6 +218,23 @@ func run(log *slog.Logger, listen, urlFile string, lifetime time.Duration, apps,
 	go func() { <-sig; srv.Close() }()
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("fakeidp: serve: %w", err)
+	}
+	return nil
+}
+
+// writeEnvFile writes the fake's upstream servers and its CA (beside path,
+// as path.ca.pem) for a shell to source.
+func writeEnvFile(f *fakems.Fake, path string) error {
+	ca := path + ".ca.pem"
+	if err := f.WriteCAFile(ca); err != nil {
+		return fmt.Errorf("fakeidp: env file: %w", err)
+	}
+	env := fmt.Sprintf("FAKE_IMAP=%s\nFAKE_POP3=%s\nFAKE_SMTP=%s\nFAKE_CA_FILE=%s\n", f.IMAPAddr, f.POP3Addr, f.SMTPAddr, ca)
+	if err := os.WriteFile(path+".tmp", []byte(env), 0o644); err != nil {
+		return fmt.Errorf("fakeidp: env file: %w", err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		return fmt.Errorf("fakeidp: env file: %w", err)
 	}
 	return nil
 }
@@ -181,9 +259,14 @@ func (s *idp) introspect(token string) (user string, app, ok bool, err error) {
 		Active   bool   `json:"active"`
 		Username string `json:"username"`
 		Sub      string `json:"sub"`
+		Aud      string `json:"aud"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
 		return "", false, false, fmt.Errorf("fakeidp: introspect: %s: %w", resp.Status, err)
+	}
+	if r.Active && r.Aud != outlookAudience {
+		// A Graph token: Exchange's IMAP would refuse it.
+		return "", false, false, nil
 	}
 	if r.Active && r.Username == "" && r.Sub != "" {
 		return r.Sub, true, true, nil
@@ -285,5 +368,21 @@ func (s *idp) setFault(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.grantCode = code
 	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
+}
+
+func (s *idp) setGraphFault(w http.ResponseWriter, r *http.Request) {
+	var fault fakems.GraphFault
+	for name, dst := range map[string]*int{"status": &fault.Status, "count": &fault.Count, "retry_after": &fault.RetryAfter} {
+		if v := r.FormValue(name); v != "" {
+			if _, err := fmt.Sscan(v, dst); err != nil {
+				writeJSON(w, http.StatusBadRequest, map[string]any{"error": name + ": not a number"})
+				return
+			}
+		}
+	}
+	fault.Code, fault.Message = r.FormValue("code"), r.FormValue("message")
+	s.fake.SetGraphFault(fault)
+	s.log.Info("graph fault set", "status", fault.Status, "count", fault.Count)
 	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
 }

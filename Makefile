@@ -2,7 +2,7 @@
 GO      ?= go
 GOFILES := $(shell git ls-files '*.go' 2>/dev/null)
 
-.PHONY: check fmt vet test pgtest pgbench hatest fuzz peers browser systemd bench bench-strict bench-quick gobench demo build release deb install uninstall install-test
+.PHONY: check fmt vet test pgtest pgbench hatest fuzz fuzz-long peers browser systemd bench bench-strict bench-quick gobench demo build release deb install uninstall install-test
 
 ## check: everything CI runs: formatting, vet, fuzz smoke, systemd unit, the .deb installed and run as the unit would, real peers, browser, three bridges sharing one PostgreSQL (hatest), then every go test with -race (with a PostgreSQL for the shared token store's tests)
 check: fmt vet fuzz systemd install-test peers browser hatest test
@@ -92,10 +92,15 @@ pgbench:
 hatest:
 	@GO=$(GO) bash test/ha/run.sh
 
-## fuzz: a short run of every fuzz target (FUZZTIME=30s by default)
-FUZZTIME ?= 30s
+## fuzz: a smoke run of every fuzz target in make check (FUZZTIME=10s by default; the corpora in testdata/fuzz also run in go test)
+FUZZTIME ?= 10s
 fuzz:
 	@bash scripts/fuzz.sh $(FUZZTIME)
+
+## fuzz-long: every fuzz target for FUZZLONG (5m by default), outside CI
+FUZZLONG ?= 5m
+fuzz-long:
+	@bash scripts/fuzz.sh $(FUZZLONG)
 
 ## systemd: systemd-analyze verify + security score of systemd/oauthbridge.service (skipped without systemd-analyze)
 systemd:

@@ -2,9 +2,16 @@ package config
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -124,6 +131,10 @@ func TestDiagnostics(t *testing.T) {
 		{"http graph_url off loopback", "provider \"q\" {\n  tenant = \"t\"\n  client_id = \"c\"\n  graph_url = \"http://graph.example.com\"\n}\n", []string{"Insecure graph_url", "line 17"}},
 		{"bad auto_smtp_recheck", "smtp {\n  auto_smtp_recheck = \"often\"\n}\n", []string{"Invalid duration", "auto_smtp_recheck", "line 15"}},
 		{"admin off loopback unprotected", "admin {\n  listen = \"0.0.0.0:8025\"\n}\n", []string{"Unprotected admin listener"}},
+		{"admin off loopback tls off", fmt.Sprintf("admin {\n  listen = \"0.0.0.0:8025\"\n  password_hash = %q\n  tls = false\n}\n", hash), []string{"Admin listener without TLS", "line 17"}},
+		{"admin off loopback without tls block", fmt.Sprintf("admin {\n  listen = \"0.0.0.0:8025\"\n  password_hash = %q\n}\n", hash), []string{"Admin listener needs a tls block", "line 15"}},
+		{"admin tls on loopback without tls block", "admin {\n  tls = true\n}\n", []string{"Admin listener needs a tls block"}},
+		{"admin off loopback http public_url", fmt.Sprintf("admin {\n  listen = \"0.0.0.0:8025\"\n  password_hash = %q\n  public_url = \"http://bridge.example.com\"\n}\n", hash), []string{"Insecure public_url", "line 17"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -228,6 +239,55 @@ func TestCloudPresets(t *testing.T) {
 			t.Errorf("cloud %s: imap %q graph_url %q resource %q, want %q", cloud, p.IMAPServer, p.GraphURL, p.GraphResource, want)
 		}
 	}
+}
+
+// Off loopback the admin listener serves TLS with the tls block, and its
+// default public_url is https; on loopback both stay plain unless asked.
+func TestAdminTLS(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := writeTestCert(t, dir)
+	tlsBlock := fmt.Sprintf("tls {\n  cert_file = %q\n  key_file = %q\n}\n", certFile, keyFile)
+	for _, tc := range []struct {
+		admin   string
+		useTLS  bool
+		public  string
+		metrics bool
+	}{
+		{"", false, "http://127.0.0.1:8025", false},
+		{fmt.Sprintf("admin {\n  listen = \"0.0.0.0:8025\"\n  password_hash = %q\n}\n", testHash(t)), true, "https://0.0.0.0:8025", false},
+		{"admin {\n  tls = true\n  metrics_public = true\n}\n", true, "https://127.0.0.1:8025", true},
+	} {
+		c, err := Parse("t.hcl", []byte(base(t)+tlsBlock+tc.admin))
+		if err != nil {
+			t.Fatalf("Parse(%q) = %v", tc.admin, err)
+		}
+		if c.Admin.UseTLS != tc.useTLS || c.Admin.PublicURL != tc.public || c.Admin.MetricsPublic != tc.metrics {
+			t.Errorf("admin %q: UseTLS=%v PublicURL=%q MetricsPublic=%v, want %v %q %v",
+				tc.admin, c.Admin.UseTLS, c.Admin.PublicURL, c.Admin.MetricsPublic, tc.useTLS, tc.public, tc.metrics)
+		}
+	}
+}
+
+func writeTestCert(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "bridge.test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"bridge.test"}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	return certFile, keyFile
 }
 
 // strictDiag parses src the way serve and check do (no InProcess) and
@@ -462,7 +522,10 @@ func TestStateDirAndPublicURL(t *testing.T) {
 	if out := strictDiag(t, src); !strings.Contains(out, "state_dir is not a directory") || !strings.Contains(out, "line 1") {
 		t.Errorf("state_dir file:\n%s", out)
 	}
-	cfg, err := ParseWith("w.hcl", []byte(base(t)+"admin {\n  listen = \"0.0.0.0:8025\"\n  password_hash = \""+testHash(t)+"\"\n}\n"), Options{})
+	// An http public_url for another host (a reverse proxy in front of the
+	// loopback admin listener) is a warning; with the admin listener itself
+	// off loopback it is an error (TestDiagnostics).
+	cfg, err := ParseWith("w.hcl", []byte(base(t)+"admin {\n  public_url = \"http://bridge.example.com\"\n}\n"), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -470,7 +533,7 @@ func TestStateDirAndPublicURL(t *testing.T) {
 	if w := cfg.WarningsError(); w != nil {
 		w.WriteTo(&b)
 	}
-	if !strings.Contains(b.String(), "https public_url") || !strings.Contains(b.String(), "http://0.0.0.0:8025/oauth/callback") {
+	if !strings.Contains(b.String(), "https public_url") || !strings.Contains(b.String(), "http://bridge.example.com/oauth/callback") {
 		t.Errorf("no warning for an http public_url off loopback:\n%s", b.String())
 	}
 	cfg, err = ParseWith("w.hcl", []byte(base(t)), Options{})

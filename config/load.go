@@ -388,11 +388,35 @@ func (c *Config) validate() hcl.Diagnostics {
 	}
 	c.checkAddr(&diags, "admin listen", c.Admin.Listen, c.Admin.ListenRange, orRange(c.Admin.DefRange, file), "127.0.0.1:8025", c.inProcess)
 	c.checkAddressClashes(&diags, file)
+	adminOffLoopback := !isLoopbackHostPort(c.Admin.Listen)
+	c.Admin.UseTLS = adminOffLoopback
+	if c.Admin.TLS != nil {
+		c.Admin.UseTLS = *c.Admin.TLS
+	}
+	switch {
+	case adminOffLoopback && !c.Admin.UseTLS:
+		diags = append(diags, diagAt(c.Admin.TLSRange, orRange(c.Admin.DefRange, file), "Admin listener without TLS",
+			"The admin listener is not on a loopback address, so it must use TLS: the admin password and the status page would cross the network in clear. Remove tls = false (the admin listener then uses the tls block), or listen on 127.0.0.1 behind a reverse proxy."))
+	case c.Admin.UseTLS && c.TLS == nil:
+		why := "admin tls = true"
+		if adminOffLoopback {
+			why = "The admin listener is not on a loopback address, so it"
+		}
+		diags = append(diags, diagAt(c.Admin.ListenRange, orRange(c.Admin.DefRange, file), "Admin listener needs a tls block",
+			why+" serves TLS with the certificate of the tls block; add a tls block (cert_file, key_file), or listen on 127.0.0.1."))
+	}
 	if c.Admin.PublicURL == "" {
-		c.Admin.PublicURL = "http://" + c.Admin.Listen
+		scheme := "http://"
+		if c.Admin.UseTLS {
+			scheme = "https://"
+		}
+		c.Admin.PublicURL = scheme + c.Admin.Listen
 	} else if u, err := url.Parse(c.Admin.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		diags = append(diags, diagAt(c.Admin.PublicURLRange, c.Admin.DefRange, "Invalid public_url",
 			"public_url must be an absolute http(s) URL such as \"https://bridge.example.com\"; the OAuth redirect URI is public_url + \"/oauth/callback\"."))
+	} else if u.Scheme != "https" && adminOffLoopback {
+		diags = append(diags, diagAt(c.Admin.PublicURLRange, c.Admin.DefRange, "Insecure public_url",
+			"The admin listener is not on a loopback address, so public_url must be https: browsers send the admin password and the OAuth code to it."))
 	}
 	c.Admin.PublicURL = strings.TrimSuffix(c.Admin.PublicURL, "/")
 	if u, err := url.Parse(c.Admin.PublicURL); err == nil && u.Scheme == "http" && !isLoopbackHostPort(hostPortOf(u)) {

@@ -92,7 +92,7 @@ func FuzzDecodeSASL(f *testing.F) {
 }
 
 // panicFlag is a slog handler that only notes whether a session panicked
-// (ServeConn recovers and logs "panic in imap session").
+// (the front door recovers and logs "panic in session").
 type panicFlag struct{ hit *atomic.Value }
 
 func (h panicFlag) Enabled(context.Context, slog.Level) bool { return true }

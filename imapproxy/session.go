@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"sync"
 	"time"
 
 	"github.com/oauthbridge/oauthbridge/config"
@@ -33,20 +32,20 @@ const (
 	replyTooMany        = "NO [UNAVAILABLE] too many connections for this mailbox (max %d); try again later"
 	replyPrivacy        = "NO [PRIVACYREQUIRED] Plaintext passwords are not allowed on this connection; use TLS"
 	replyPrivacySTARTTL = "NO [PRIVACYREQUIRED] Plaintext passwords are not allowed on this connection; use STARTTLS first"
+	replyShuttingDown   = "NO [UNAVAILABLE] Server shutting down; try again later"
 )
 
 // session is one client connection.
 type session struct {
 	srv      *Server
+	fs       *frontdoor.Session
 	cfg      *config.Config
 	lim      config.ProxyLimits
 	raw      net.Conn // as accepted
 	log      *slog.Logger
 	auditLog *slog.Logger
 
-	mu      sync.Mutex // guards conn and spliced against interruptPreauth
-	conn    net.Conn   // raw, or the TLS conn over it
-	spliced bool
+	conn net.Conn // raw, or the TLS conn over it
 
 	isTLS    bool
 	loopback bool
@@ -57,23 +56,6 @@ type session struct {
 	bad      int
 	fails    *frontdoor.Conn // per-connection failure policy
 	commands int             // commands read before login
-}
-
-func (c *session) setConn(conn net.Conn) {
-	c.mu.Lock()
-	c.conn = conn
-	c.mu.Unlock()
-}
-
-// interruptPreauth makes a pending pre-auth read return at once, so the
-// session notices the shutdown and says BYE. A spliced session is left
-// alone: nothing may touch a running splice.
-func (c *session) interruptPreauth() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.spliced {
-		_ = c.conn.SetReadDeadline(time.Now())
-	}
 }
 
 // canAuth mirrors imapserver: passwords only over TLS, unless the client is
@@ -133,10 +115,10 @@ func (c *session) run() {
 // step reads and answers one command; it reports whether the connection is
 // finished (closed by the caller, or already spliced and over).
 func (c *session) step() (done bool) {
-	// Set the deadline before looking at draining: Shutdown sets draining and
-	// then moves the deadline to now, so one of the two always wins.
+	// During a drain the front door turns this deadline into one in the
+	// past, so the read below fails at once if the check here misses it.
 	_ = c.conn.SetReadDeadline(time.Now().Add(c.lim.PreauthTimeout))
-	if c.srv.draining.Load() {
+	if c.fs.Draining() {
 		_ = c.send("* BYE Server shutting down")
 		return true
 	}
@@ -216,7 +198,7 @@ func (c *session) fatalReadError(tag string, err error) bool {
 		_ = c.reply(tag, fmt.Sprintf("BAD Literal too large (max %d bytes)", lt.max))
 		_ = c.send("* BYE Literal too large")
 	case errors.As(err, &ne) && ne.Timeout():
-		if c.srv.draining.Load() {
+		if c.fs.Draining() {
 			_ = c.send("* BYE Server shutting down")
 		} else {
 			c.log.Debug("pre-auth timeout", "preauth_timeout", c.lim.PreauthTimeout)
@@ -277,7 +259,7 @@ func (c *session) startTLS(tag string) bool {
 		c.log.Info("starttls handshake failed", "error", err)
 		return true
 	}
-	c.setConn(tc)
+	c.conn = tc
 	c.isTLS = true
 	c.br.Reset(tc)
 	c.bw.Reset(tc)
@@ -463,6 +445,16 @@ func (c *session) login(tag, user, pass string) bool {
 		return c.reply(tag, f.reply) != nil
 	}
 	defer release()
+	// A login that completes during a drain is refused like in every proxy:
+	// a temporary error, and the client retries against the next process.
+	if err := c.fs.BeginSplice(); err != nil {
+		up.conn.Close()
+		a.Result, a.Err = localauth.ResultTemporary, fmt.Errorf("imapproxy: login completed during shutdown: %w", err)
+		localauth.Audit(c.auditLog, a)
+		_ = c.reply(tag, replyShuttingDown)
+		_ = c.send("* BYE Server shutting down")
+		return true
+	}
 	a.Result = localauth.ResultOK
 	localauth.Audit(c.auditLog, a)
 
@@ -472,9 +464,6 @@ func (c *session) login(tag, user, pass string) bool {
 		log.Info("client went away during login", "error", err)
 		return true
 	}
-	c.mu.Lock()
-	c.spliced = true
-	c.mu.Unlock()
 	start := time.Now()
 	// Hand the readers to the splice and drop every other reference to the
 	// pre-auth buffers: once the splice has forwarded what they hold, an

@@ -54,7 +54,7 @@ func FuzzReadLine(f *testing.F) {
 	})
 }
 
-// panicFlag notes a recovered session panic ("panic in pop3 session").
+// panicFlag notes a recovered session panic ("panic in session", logged by the front door).
 type panicFlag struct{ hit *atomic.Value }
 
 func (h panicFlag) Enabled(context.Context, slog.Level) bool { return true }

@@ -18,7 +18,6 @@ import (
 // splices until the session ends. It writes exactly one audit line and
 // reports whether the connection is finished.
 func (c *session) login(ctx context.Context, user, pass string) bool {
-	c.endPreauth()
 	at := localauth.Attempt{Proto: "pop3", User: user, Remote: c.remote}
 
 	u, err := c.srv.opts.Auth.Check(ctx, user, pass, c.remote)
@@ -72,9 +71,10 @@ func (c *session) login(ctx context.Context, user, pass string) bool {
 		c.closeWith(reply)
 		return true
 	}
-	if c.srv.closing.Load() {
+	// A login that completes during a drain is refused like in every proxy.
+	if err := c.fs.BeginSplice(); err != nil {
 		up.conn.Close()
-		at.Result, at.Err = localauth.ResultTemporary, errShuttingDown
+		at.Result, at.Err = localauth.ResultTemporary, fmt.Errorf("pop3proxy: login completed during shutdown: %w", err)
 		localauth.Audit(c.audit, at)
 		c.closeWith(replyShutdown)
 		return true

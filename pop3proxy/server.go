@@ -2,13 +2,9 @@ package pop3proxy
 
 import (
 	"context"
-	"crypto/tls"
-	"errors"
+	"io"
 	"log/slog"
 	"net"
-	"runtime/debug"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/oauthbridge/oauthbridge/config"
@@ -16,7 +12,6 @@ import (
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/internal/logging"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
 
@@ -65,16 +60,8 @@ type Options struct {
 // account's Microsoft 365 mailbox.
 type Server struct {
 	opts Options
-
-	base   context.Context // cancelled when Shutdown gives up waiting
-	cancel context.CancelFunc
-
-	mu        sync.Mutex
-	closing   atomic.Bool
-	listeners map[net.Listener]struct{}
-	sessions  map[*session]struct{}
-	wg        sync.WaitGroup
-	active    atomic.Int64
+	fd   *frontdoor.Server
+	base context.Context // cancelled when Shutdown gives up waiting
 }
 
 // New returns a Server; call Serve or ServeConn to use it. A nil Limiter
@@ -90,131 +77,55 @@ func New(opts Options) *Server {
 	if opts.Limiter == nil {
 		opts.Limiter = &limiter.Limiter{}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{
-		opts:      opts,
-		base:      ctx,
-		cancel:    cancel,
-		listeners: map[net.Listener]struct{}{},
-		sessions:  map[*session]struct{}{},
+	s := &Server{opts: opts}
+	s.fd = frontdoor.New(frontdoor.Options{
+		Proto:  "pop3",
+		Logger: opts.Logger,
+		Limits: func() frontdoor.Limits {
+			cfg := s.opts.Config()
+			return frontdoor.Limits{
+				MaxConnections:   cfg.POP3.Limits.MaxConnections,
+				HandshakeTimeout: cfg.POP3.Limits.PreauthTimeout,
+				TLS:              cfg.LocalTLS,
+				Snapshot:         cfg,
+			}
+		},
+		Serve:  s.serveSession,
+		Refuse: refuse,
+	})
+	s.base = s.fd.Context()
+	return s
+}
+
+// refuse is the last line of a connection refused before its greeting.
+func refuse(w io.Writer, why frontdoor.Reason) {
+	switch why {
+	case frontdoor.TooManyConnections:
+		_, _ = io.WriteString(w, "-ERR [SYS/TEMP] too many connections, try again later\r\n")
+	default:
+		_, _ = io.WriteString(w, replyShutdown+"\r\n")
 	}
 }
 
 // Serve accepts connections on ln until Shutdown, handling each in its own
-// goroutine. With implicitTLS every connection starts with a TLS handshake
-// using the LocalTLS of the configuration current at accept time. It
-// returns nil after Shutdown (as imapproxy does), or the listener's error.
+// goroutine (see frontdoor.Server.Serve for the accept policy). With
+// implicitTLS every connection starts with a TLS handshake using the
+// LocalTLS of the configuration current at accept time. It returns nil
+// after Shutdown, or a *frontdoor.ListenerError when the listener fails for
+// good.
 func (s *Server) Serve(ln net.Listener, implicitTLS bool) error {
-	s.mu.Lock()
-	if s.closing.Load() {
-		s.mu.Unlock()
-		ln.Close()
-		return nil
-	}
-	s.listeners[ln] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, ln)
-		s.mu.Unlock()
-	}()
-
-	var backoff time.Duration
-	for {
-		conn, err := ln.Accept()
-		if err != nil {
-			if s.closing.Load() {
-				return nil
-			}
-			if errors.Is(err, net.ErrClosed) {
-				return err
-			}
-			// Out of file descriptors and the like: back off as net/http
-			// and imapserver do, 5 ms doubling up to 1 s.
-			if backoff == 0 {
-				backoff = 5 * time.Millisecond
-			} else {
-				backoff = min(2*backoff, time.Second)
-			}
-			s.opts.Logger.Warn("pop3 accept failed; retrying", "proto", "pop3", "error", err, "retry_in", backoff)
-			select {
-			case <-time.After(backoff):
-			case <-s.base.Done():
-				return nil
-			}
-			continue
-		}
-		backoff = 0
-		go s.ServeConn(conn, implicitTLS)
-	}
+	return s.fd.Serve(ln, implicitTLS)
 }
 
 // ServeConn handles one client connection and returns when it is closed.
-// With implicitTLS it first runs a TLS handshake (unless conn already is a
-// *tls.Conn).
+// With implicitTLS it first runs a TLS handshake.
 func (s *Server) ServeConn(conn net.Conn, implicitTLS bool) {
-	cfg := s.opts.Config()
-	c := newSession(s, cfg, conn)
+	s.fd.ServeConn(conn, implicitTLS)
+}
 
-	s.mu.Lock()
-	if s.closing.Load() {
-		s.mu.Unlock()
-		if !implicitTLS {
-			c.closeWith(replyShutdown)
-		}
-		conn.Close()
-		return
-	}
-	s.wg.Add(1)
-	s.sessions[c] = struct{}{}
-	s.mu.Unlock()
-	n := s.active.Add(1)
-	metrics.SessionsActive.WithLabelValues("pop3").Inc()
-	metrics.SessionsTotal.WithLabelValues("pop3").Inc()
-	defer func() {
-		s.mu.Lock()
-		delete(s.sessions, c)
-		s.mu.Unlock()
-		s.active.Add(-1)
-		metrics.SessionsActive.WithLabelValues("pop3").Dec()
-		s.wg.Done()
-	}()
+func (s *Server) serveSession(fs *frontdoor.Session) {
+	c := newSession(s, fs)
 	defer func() { c.conn.Close() }() // c.conn changes with STLS
-	// A hard shutdown closes the client connection wherever the session is.
-	stop := context.AfterFunc(s.base, func() { conn.Close() })
-	defer stop()
-	defer func() {
-		if v := recover(); v != nil {
-			c.log.Error("panic in pop3 session", "error", v, "stack", string(debug.Stack()))
-		}
-	}()
-
-	if implicitTLS {
-		if _, ok := conn.(*tls.Conn); !ok {
-			if cfg.LocalTLS == nil {
-				c.log.Error("implicit-TLS listener without a tls block; closing connection")
-				return
-			}
-			tc := tls.Server(conn, cfg.LocalTLS)
-			if err := c.armRead(); err != nil {
-				return
-			}
-			_ = conn.SetWriteDeadline(time.Now().Add(c.lim.PreauthTimeout))
-			if err := tc.HandshakeContext(s.base); err != nil {
-				c.log.Info("tls handshake failed", "error", err)
-				return
-			}
-			c.setConn(tc, true)
-		}
-	}
-	if _, ok := c.conn.(*tls.Conn); ok {
-		c.tls = true
-	}
-	if max := c.lim.MaxConnections; max > 0 && n > int64(max) {
-		c.log.Warn("too many pop3 connections; refusing", "max_connections", max)
-		c.closeWith("-ERR [SYS/TEMP] too many connections, try again later")
-		return
-	}
 	c.run(s.base)
 }
 
@@ -222,32 +133,7 @@ func (s *Server) ServeConn(conn net.Conn, implicitTLS bool) {
 // in yet that the bridge is going away, and waits for logged-in sessions to
 // end. When ctx expires first it closes them and returns ctx's error.
 // Nothing is ever written into a spliced session.
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.closing.Store(true)
-	for ln := range s.listeners {
-		ln.Close()
-	}
-	for c := range s.sessions {
-		c.kick()
-	}
-	s.mu.Unlock()
-
-	done := make(chan struct{})
-	go func() {
-		s.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		s.cancel()
-		return nil
-	case <-ctx.Done():
-		s.cancel() // closes spliced sessions and aborts logins in progress
-		<-done
-		return ctx.Err()
-	}
-}
+func (s *Server) Shutdown(ctx context.Context) error { return s.fd.Shutdown(ctx) }
 
 // ActiveSessions reports the connections being served, logged in or not.
-func (s *Server) ActiveSessions() int { return int(s.active.Load()) }
+func (s *Server) ActiveSessions() int { return s.fd.ActiveSessions() }

@@ -12,13 +12,11 @@ import (
 	"net"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
-	"github.com/oauthbridge/oauthbridge/internal/logging"
 )
 
 // Replies. Response codes follow RFC 2449 (SYS/TEMP, SYS/PERM, IN-USE) and
@@ -57,13 +55,14 @@ var (
 // session is one client connection.
 type session struct {
 	srv   *Server
+	fs    *frontdoor.Session
 	cfg   *config.Config
 	lim   config.ProxyLimits
 	log   *slog.Logger
 	audit *slog.Logger
 	start time.Time
 
-	raw    net.Conn // the accepted connection; deadlines are set here
+	raw    net.Conn // the accepted connection (after implicit TLS); deadlines are set here
 	conn   net.Conn // raw, or the TLS connection over it
 	br     *bufio.Reader
 	tls    bool
@@ -73,30 +72,25 @@ type session struct {
 	bad      int
 	fails    *frontdoor.Conn // per-connection failure policy
 	commands int
-
-	mu      sync.Mutex // guards preauth and read deadlines against kick
-	preauth bool
 }
 
-func newSession(s *Server, cfg *config.Config, conn net.Conn) *session {
-	id := logging.ConnID()
-	remote := "unknown"
-	if a := conn.RemoteAddr(); a != nil {
-		remote = a.String()
-	}
+func newSession(s *Server, fs *frontdoor.Session) *session {
+	cfg := fs.Snapshot.(*config.Config)
+	conn := fs.Conn()
 	return &session{
-		srv:     s,
-		cfg:     cfg,
-		lim:     cfg.POP3.Limits,
-		log:     s.opts.Logger.With("proto", "pop3", "conn", id, "remote", remote),
-		audit:   s.opts.Logger.With("conn", id),
-		start:   time.Now(),
-		raw:     conn,
-		conn:    conn,
-		br:      bufio.NewReader(conn),
-		remote:  localauth.RemoteIP(conn.RemoteAddr()),
-		preauth: true,
-		fails:   s.opts.Failures.Conn(),
+		srv:    s,
+		fs:     fs,
+		cfg:    cfg,
+		lim:    cfg.POP3.Limits,
+		log:    fs.Log,
+		audit:  s.opts.Logger.With("conn", fs.ID),
+		start:  time.Now(),
+		raw:    conn,
+		conn:   conn,
+		br:     bufio.NewReader(conn),
+		tls:    fs.TLS(),
+		remote: localauth.RemoteIP(conn.RemoteAddr()),
+		fails:  s.opts.Failures.Conn(),
 	}
 }
 
@@ -106,32 +100,14 @@ func (c *session) setConn(conn net.Conn, isTLS bool) {
 	c.tls = isTLS
 }
 
-// kick makes a pending pre-auth read return at once; called by Shutdown
-// after it set srv.closing.
-func (c *session) kick() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.preauth {
-		_ = c.raw.SetReadDeadline(time.Now().Add(-time.Second))
-	}
-}
-
 // armRead sets the pre-auth read deadline, or reports that the server is
-// shutting down. Holding mu makes it atomic with respect to kick.
+// shutting down. During a drain the front door also moves any deadline set
+// here into the past, so a read cannot slip through.
 func (c *session) armRead() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.srv.closing.Load() {
+	if c.fs.Draining() {
 		return errShuttingDown
 	}
-	c.preauth = true
 	return c.raw.SetReadDeadline(time.Now().Add(c.lim.PreauthTimeout))
-}
-
-func (c *session) endPreauth() {
-	c.mu.Lock()
-	c.preauth = false
-	c.mu.Unlock()
 }
 
 // reply writes one line (or several, joined with CRLF) to the client.
@@ -279,7 +255,7 @@ func (c *session) readFailed(err error) {
 		c.log.Warn("command line too long; closing", "max_line_bytes", c.lim.MaxLineBytes)
 		c.closeWith(replyLineTooLong)
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		if c.srv.closing.Load() {
+		if c.fs.Draining() {
 			c.closeWith(replyShutdown)
 		} else {
 			c.log.Info("pre-auth timeout; closing", "timeout", c.lim.PreauthTimeout)

@@ -422,6 +422,9 @@ type bridgeOpts struct {
 	// The Graph path (graph_test.go).
 	providerExtra string // inside provider "ms" { }
 	graphTokens   tokens.Source
+	// wrapConfig, if set, wraps the Options.Config function (to block in
+	// it at a chosen moment).
+	wrapConfig func(func() *config.Config) func() *config.Config
 }
 
 type bridge struct {
@@ -522,12 +525,16 @@ func startBridge(t testing.TB, upstreamAddr string, o bridgeOpts) *bridge {
 	if testing.Verbose() {
 		logw = io.MultiWriter(b.logs, os.Stderr)
 	}
+	current := func() *config.Config { return cfg }
+	if o.wrapConfig != nil {
+		current = o.wrapConfig(current)
+	}
 	failures := frontdoor.Policy{FailureDelay: 10 * time.Millisecond}
 	if o.failures != nil {
 		failures = *o.failures
 	}
 	b.srv = New(Options{
-		Config:      func() *config.Config { return cfg },
+		Config:      current,
 		Auth:        localauth.New(cfg, o.auth),
 		Tokens:      src,
 		Limiter:     &limiter.Limiter{},

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -20,7 +21,6 @@ import (
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/internal/logging"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
 
@@ -36,14 +36,6 @@ const (
 	// 5321's 10 minutes plus a margin). Exchange scans large messages before
 	// answering.
 	DefaultSubmissionTimeout = 12 * time.Minute
-	// shutdownPoll is how often Shutdown nudges idle connections to close.
-	shutdownPoll = 50 * time.Millisecond
-	// rejectWriteTimeout bounds writing the 421 to a connection over the
-	// max_connections limit.
-	rejectWriteTimeout = time.Second
-	// abortWait is how long Shutdown waits for connection goroutines after
-	// closing their sockets once its context expired.
-	abortWait = 2 * time.Second
 )
 
 // Options configure a Server. Config, Auth and Tokens are required.
@@ -68,19 +60,19 @@ type Options struct {
 }
 
 // Server is the SMTP submission proxy. One Server may serve several
-// listeners.
+// listeners. go-smtp owns the SMTP dialogue, the front door (accept policy,
+// max_connections after TLS, drain) owns the connections: it hands each
+// admitted one to go-smtp through a frontdoor.Handoff.
 type Server struct {
 	opts Options
 	log  *slog.Logger
 
-	ctx    context.Context // cancelled when Shutdown gives up waiting
-	cancel context.CancelFunc
+	fd      *frontdoor.Server
+	handoff *frontdoor.Handoff
+	ctx     context.Context // cancelled when Shutdown gives up waiting
 
-	mu      sync.Mutex
-	closing bool
-	servers []*smtp.Server
-	conns   map[*trackedConn]struct{}
-	wg      sync.WaitGroup // Serve calls
+	mu sync.Mutex
+	gs *smtp.Server // created by the first Serve
 
 	noBDAT bool         // tests: send DATA upstream even where CHUNKING is offered
 	gb     graphBackend // the Graph path (graph.go)
@@ -95,13 +87,42 @@ func New(opts Options) *Server {
 		opts.Limiter = &limiter.Limiter{}
 	}
 	opts.Failures = opts.Failures.Resolved()
-	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{
-		opts:   opts,
-		log:    opts.Logger.With("proto", "smtp"),
-		ctx:    ctx,
-		cancel: cancel,
-		conns:  map[*trackedConn]struct{}{},
+	s := &Server{
+		opts:    opts,
+		log:     opts.Logger.With("proto", "smtp"),
+		handoff: frontdoor.NewHandoff(nil),
+	}
+	s.fd = frontdoor.New(frontdoor.Options{
+		Proto:    "smtp",
+		Logger:   opts.Logger,
+		Limits:   s.limits,
+		WrapConn: s.wrapConn,
+		Serve:    s.serveConn,
+		Refuse:   refuse,
+	})
+	s.ctx = s.fd.Context()
+	return s
+}
+
+func (s *Server) limits() frontdoor.Limits {
+	lim := frontdoor.Limits{MaxConnections: config.DefaultMaxConnections}
+	if cfg := s.opts.Config(); cfg != nil {
+		lim.TLS = cfg.LocalTLS
+		if cfg.SMTP != nil && cfg.SMTP.Limits.MaxConnections > 0 {
+			lim.MaxConnections = cfg.SMTP.Limits.MaxConnections
+		}
+	}
+	return lim
+}
+
+// refuse is the only line of a connection refused before its greeting
+// (RFC 5321 section 3.8: 421, then close).
+func refuse(w io.Writer, why frontdoor.Reason) {
+	switch why {
+	case frontdoor.TooManyConnections:
+		_, _ = io.WriteString(w, "421 4.3.2 Too many connections, try again later\r\n")
+	default:
+		_, _ = io.WriteString(w, "421 4.3.2 Server shutting down, try again later\r\n")
 	}
 }
 
@@ -113,18 +134,44 @@ var ErrServerClosed = fmt.Errorf("smtpproxy: server closed: %w", net.ErrClosed)
 // Serve accepts connections on ln until Shutdown. With implicitTLS every
 // connection starts with a TLS handshake using Config().LocalTLS (the "465"
 // style); otherwise STARTTLS is offered when a tls block is configured.
-// Listener-level limits are taken from the configuration current now.
+// The SMTP settings (domain, sizes, timeouts) are those of the configuration
+// current at the first Serve. It returns ErrServerClosed after Shutdown, or
+// an error wrapping a *frontdoor.ListenerError when the listener fails.
 func (s *Server) Serve(ln net.Listener, implicitTLS bool) error {
 	if s.opts.Config == nil || s.opts.Auth == nil || s.opts.Tokens == nil {
 		return errors.New("smtpproxy: Options.Config, Auth and Tokens are required")
 	}
 	cfg := s.opts.Config()
-	sm := cfg.SMTP
-	if sm == nil {
+	if cfg.SMTP == nil {
 		return errors.New("smtpproxy: configuration has no smtp block")
 	}
-	lim := sm.Limits
+	if implicitTLS && cfg.LocalTLS == nil {
+		return errors.New("smtpproxy: an implicit-TLS listener needs a tls block")
+	}
 
+	s.mu.Lock()
+	if s.fd.Draining() {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	if s.gs == nil {
+		s.gs = s.newSMTPServer(cfg)
+		go s.gs.Serve(s.handoff) // returns when Shutdown closes the handoff
+	}
+	starttls := s.gs.TLSConfig != nil
+	s.mu.Unlock()
+
+	s.log.Info("smtp listener started", "listen", ln.Addr().String(), "implicit_tls", implicitTLS, "starttls", !implicitTLS && starttls)
+	if err := s.fd.Serve(ln, implicitTLS); err != nil {
+		return fmt.Errorf("smtpproxy: serve %s: %w", ln.Addr(), err)
+	}
+	return ErrServerClosed
+}
+
+func (s *Server) newSMTPServer(cfg *config.Config) *smtp.Server {
+	sm := cfg.SMTP
+	lim := sm.Limits
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = sm.Domain
 	srv.MaxMessageBytes = lim.MaxMessageBytes
@@ -141,40 +188,13 @@ func (s *Server) Serve(ln net.Listener, implicitTLS bool) error {
 	srv.EnableSMTPUTF8 = true
 	srv.EnableDSN = true
 	srv.ErrorLog = errorLog{s.log}
-
-	var tlsCfg *tls.Config
 	if cfg.LocalTLS != nil {
-		// Read the certificate per handshake so a reload's new certificate
-		// is used by the next client.
-		tlsCfg = &tls.Config{GetConfigForClient: s.localTLS, MinVersion: tls.VersionTLS12}
+		// STARTTLS. Read the certificate per handshake so a reload's new
+		// certificate is used by the next client. (Implicit TLS is done by
+		// the front door, which reads it per connection too.)
+		srv.TLSConfig = &tls.Config{GetConfigForClient: s.localTLS, MinVersion: tls.VersionTLS12}
 	}
-	if implicitTLS && tlsCfg == nil {
-		return errors.New("smtpproxy: an implicit-TLS listener needs a tls block")
-	}
-	srv.TLSConfig = tlsCfg
-
-	var l net.Listener = &trackingListener{Listener: ln, srv: s, plain: !implicitTLS}
-	if implicitTLS {
-		l = tls.NewListener(l, tlsCfg)
-	}
-
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		ln.Close()
-		return ErrServerClosed
-	}
-	s.servers = append(s.servers, srv)
-	s.wg.Add(1)
-	s.mu.Unlock()
-	defer s.wg.Done()
-
-	s.log.Info("smtp listener started", "listen", ln.Addr().String(), "implicit_tls", implicitTLS, "starttls", !implicitTLS && tlsCfg != nil)
-	err := srv.Serve(l)
-	if err == nil {
-		return ErrServerClosed
-	}
-	return fmt.Errorf("smtpproxy: serve %s: %w", ln.Addr(), err)
+	return srv
 }
 
 func (s *Server) localTLS(*tls.ClientHelloInfo) (*tls.Config, error) {
@@ -184,177 +204,44 @@ func (s *Server) localTLS(*tls.ClientHelloInfo) (*tls.Config, error) {
 	return nil, errors.New("smtpproxy: no tls block configured")
 }
 
-// Shutdown stops accepting, lets messages whose DATA is in progress finish
-// until ctx is done, closes idle connections with a 421, and then closes
-// whatever is left (an unfinished DATA is never completed upstream).
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.closing = true
-	servers := append([]*smtp.Server(nil), s.servers...)
-	s.mu.Unlock()
-
-	done := make(chan struct{})
-	var swg sync.WaitGroup
-	for _, srv := range servers {
-		swg.Add(1)
-		go func() {
-			defer swg.Done()
-			_ = srv.Shutdown(ctx) // closes the listener, waits for the conns or ctx
-		}()
-	}
-	go func() { swg.Wait(); close(done) }()
-
-	tick := time.NewTicker(shutdownPoll)
-	defer tick.Stop()
-	for {
-		s.nudgeIdle()
-		select {
-		case <-done:
-			if ctx.Err() == nil {
-				s.wg.Wait()
-				return nil
-			}
-			// go-smtp's Shutdown also returns when ctx ends, so done and
-			// ctx.Done() can be ready together: the sessions still open
-			// must be aborted either way.
-			s.abortAll()
-			return ctx.Err()
-		case <-ctx.Done():
-			s.abortAll()
-			select {
-			case <-done:
-			case <-time.After(abortWait):
-			}
-			return ctx.Err()
-		case <-tick.C:
-		}
-	}
-}
-
-// nudgeIdle sets a read deadline in the past on every connection that is
-// not receiving a message body: go-smtp then answers "421 4.4.2 Idle
-// timeout" and closes it. A command being processed gets its reply first;
-// the next poll catches the connection when it waits again.
-func (s *Server) nudgeIdle() {
-	s.mu.Lock()
-	conns := make([]*trackedConn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
-	past := time.Now().Add(-time.Second)
-	for _, c := range conns {
-		c.mu.Lock()
-		if !c.inData {
-			_ = c.Conn.SetReadDeadline(past)
-		}
-		c.mu.Unlock()
-	}
-}
-
-// abortAll closes every connection and its upstream connection; used when
-// the shutdown grace period is over. go-smtp's Close cannot be used after
-// its Shutdown (it returns ErrServerClosed without closing anything).
-func (s *Server) abortAll() {
-	s.cancel()
-	s.mu.Lock()
-	conns := make([]*trackedConn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
-	for _, c := range conns {
-		c.mu.Lock()
-		sess := c.sess
-		c.mu.Unlock()
-		if sess != nil {
-			sess.abortUpstream()
-		}
-		c.Close()
-	}
-}
-
-// ActiveSessions reports the number of open client connections.
-func (s *Server) ActiveSessions() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.conns)
-}
-
-// track registers an accepted connection, or returns nil when it must be
-// refused (max_connections reached or shutting down).
-func (s *Server) track(c net.Conn) *trackedConn {
-	max := config.DefaultMaxConnections
-	if cfg := s.opts.Config(); cfg != nil && cfg.SMTP != nil && cfg.SMTP.Limits.MaxConnections > 0 {
-		max = cfg.SMTP.Limits.MaxConnections
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closing || len(s.conns) >= max {
-		return nil
-	}
-	id := logging.ConnID()
-	tc := &trackedConn{
-		Conn:  c,
-		srv:   s,
-		id:    id,
-		start: time.Now(),
-		log:   s.log.With("conn", id, "remote", c.RemoteAddr().String()),
-		fails: s.opts.Failures.Conn(),
-	}
-	s.conns[tc] = struct{}{}
-	metrics.SessionsActive.WithLabelValues("smtp").Inc()
-	metrics.SessionsTotal.WithLabelValues("smtp").Inc()
+// wrapConn puts smtpproxy's per-connection state under TLS, where go-smtp's
+// reads and writes pass through it.
+func (s *Server) wrapConn(fs *frontdoor.Session, c net.Conn) net.Conn {
+	tc := &trackedConn{Conn: c, fs: fs, id: fs.ID, log: fs.Log, fails: s.opts.Failures.Conn()}
+	fs.Value = tc
 	return tc
 }
 
-func (s *Server) forget(c *trackedConn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
-	metrics.SessionsActive.WithLabelValues("smtp").Dec()
+// serveConn runs while go-smtp serves one admitted connection.
+func (s *Server) serveConn(fs *frontdoor.Session) {
+	tc := fs.Value.(*trackedConn)
+	tc.log.Debug("connection accepted")
+	s.handoff.Serve(fs)
+	tc.setSession(nil)
 }
 
-// trackingListener counts connections against smtp max_connections and
-// wraps each one in a trackedConn.
-type trackingListener struct {
-	net.Listener
-	srv   *Server
-	plain bool
+// Shutdown stops accepting, lets messages whose DATA is in progress finish
+// until ctx is done, ends the other connections with a 421, and then closes
+// whatever is left (an unfinished DATA is never completed upstream).
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.fd.Shutdown(ctx)
+	s.handoff.Close() // go-smtp's loop ends
+	return err
 }
 
-func (l *trackingListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		if tc := l.srv.track(c); tc != nil {
-			tc.log.Debug("connection accepted")
-			return tc, nil
-		}
-		l.srv.log.Warn("connection refused: smtp max_connections reached or shutting down", "remote", c.RemoteAddr().String())
-		go func() {
-			if l.plain {
-				_ = c.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
-				_, _ = c.Write([]byte("421 4.3.2 Too many connections, try again later\r\n"))
-			}
-			c.Close()
-		}()
-	}
-}
+// ActiveSessions reports the number of open client connections.
+func (s *Server) ActiveSessions() int { return s.fd.ActiveSessions() }
 
-// trackedConn is the raw client connection (under TLS when there is TLS).
-// It carries the per-connection logger and lets Shutdown find connections
-// that are idle versus receiving a message body.
+// trackedConn is the client connection under TLS (when there is TLS), as
+// the front door accepted it. It carries the per-connection logger, the
+// failed-AUTH state, the drain hold for a message body, the abort of the
+// current session's upstream connection when Shutdown cuts, and a
+// read-ahead buffer while a body is received.
 type trackedConn struct {
 	net.Conn
-	srv   *Server
-	id    string
-	start time.Time
-	log   *slog.Logger
-
-	closeOnce sync.Once
+	fs  *frontdoor.Session
+	id  string
+	log *slog.Logger
 
 	// fails is the connection's failed-AUTH state; it outlives go-smtp's
 	// sessions (a new one after STARTTLS). hangUp closes the connection
@@ -362,9 +249,10 @@ type trackedConn struct {
 	fails  *frontdoor.Conn
 	hangUp atomic.Bool
 
-	mu     sync.Mutex
-	inData bool     // a message body is being received: Shutdown waits for it
-	sess   *session // current session, for aborting its upstream
+	mu        sync.Mutex
+	inData    bool        // a message body is being received
+	release   func()      // the front door's drain hold while inData
+	stopAbort func() bool // unregisters the abort of the current session
 
 	// Read-ahead while a body is received; only the connection's reading
 	// goroutine touches these.
@@ -422,31 +310,58 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
-func (c *trackedConn) Close() error {
-	err := c.Conn.Close()
-	c.closeOnce.Do(func() {
-		c.srv.forget(c)
-		c.log.Debug("connection closed", "duration", time.Since(c.start).Round(time.Millisecond).String())
-	})
-	return err
-}
-
-// setInData marks the start or end of a message body. At the start it also
-// re-arms the read deadline, undoing a shutdown nudge that raced with the
-// DATA command: the body gets the full read timeout.
+// setInData marks the start or end of a message body. The front door's
+// drain waits for a body in progress (Hold). At the start it also re-arms
+// the read deadline, undoing a drain interrupt that raced with the DATA
+// command: the body gets the full read timeout.
 func (c *trackedConn) setInData(v bool, readTimeout time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.inData = v
-	if v && readTimeout > 0 {
-		_ = c.Conn.SetReadDeadline(time.Now().Add(readTimeout))
+	if !v {
+		if c.release != nil {
+			c.release()
+			c.release = nil
+		}
+		return
+	}
+	if c.release == nil {
+		c.release = c.fs.Hold()
+	}
+	if readTimeout > 0 {
+		_ = c.fs.Conn().SetReadDeadline(time.Now().Add(readTimeout))
 	}
 }
 
+// setSession makes Shutdown's cut abort sess's upstream connection (nil:
+// the session ended).
 func (c *trackedConn) setSession(sess *session) {
 	c.mu.Lock()
-	c.sess = sess
-	c.mu.Unlock()
+	defer c.mu.Unlock()
+	if c.stopAbort != nil {
+		c.stopAbort()
+		c.stopAbort = nil
+	}
+	if sess != nil {
+		c.stopAbort = context.AfterFunc(c.fs.Context(), sess.abortUpstream)
+	}
+}
+
+// errShuttingDown answers an AUTH that succeeds while the server drains
+// (RFC 5321 section 4.2.5: 421 may answer any command when the service must
+// shut down).
+var errShuttingDown = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Server shutting down, try again later"}
+
+// refuseDuringDrain refuses a login that completes while the server drains,
+// as the IMAP and POP3 proxies do, and writes its audit line; it returns
+// nil when the server is not draining.
+func (s *session) refuseDuringDrain(user string, acct *config.Account) error {
+	if s.tc == nil || !s.tc.fs.Draining() {
+		return nil
+	}
+	s.audit(localauth.Attempt{User: user, Result: localauth.ResultTemporary, Account: acct.Name, Mailbox: acct.Mailbox,
+		Err: fmt.Errorf("smtpproxy: login completed during shutdown: %w", frontdoor.ErrShuttingDown)})
+	return errShuttingDown
 }
 
 // connOf finds the trackedConn under a go-smtp connection (which may have

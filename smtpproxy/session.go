@@ -234,6 +234,9 @@ func (s *session) login(user, pass string) error {
 		s.audit(localauth.Attempt{User: user, Result: localauth.ResultError, Err: errors.New("smtpproxy: user has no account")})
 		return errLocalTemp
 	}
+	if err := s.refuseDuringDrain(user, acct); err != nil {
+		return err
+	}
 	s.cfg = cfg
 	s.user = u.Name
 	s.account = acct

@@ -539,7 +539,6 @@ func TestShutdownLetsDataFinish(t *testing.T) {
 	waitFor(t, "idle session closed", func() bool { return br.srv.ActiveSessions() == 1 })
 	wantCode(t, "idle.Noop()", idle.Noop(), 421, smtp.EnhancedCode{4, 4, 2})
 
-	time.Sleep(3 * shutdownPoll) // several nudges while the body is still arriving
 	w.Write([]byte("second half\r\n"))
 	if err := w.Close(); err != nil {
 		t.Fatalf("DATA during shutdown = %v, want 250", err)

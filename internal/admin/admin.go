@@ -117,9 +117,11 @@ func New(opts Options) http.Handler {
 	open := func(pattern string, f http.HandlerFunc) { h.mux.Handle(pattern, f) }
 	protected := func(pattern string, f http.HandlerFunc) { h.mux.Handle(pattern, h.protect(f)) }
 
+	monitored := func(pattern string, f http.HandlerFunc) { h.mux.Handle(pattern, h.monitored(f)) }
+
 	open("GET /healthz", h.healthz)
-	open("GET /readyz", h.readyz)
-	open("GET /metrics", promhttp.HandlerFor(metrics.Registry, promhttp.HandlerOpts{}).ServeHTTP)
+	monitored("GET /readyz", h.readyz)
+	monitored("GET /metrics", promhttp.HandlerFor(metrics.Registry, promhttp.HandlerOpts{}).ServeHTTP)
 	open("GET "+CallbackPath, h.callback)
 	protected("GET /{$}", h.statusPage)
 	protected("POST /connect/{account}", h.connect)

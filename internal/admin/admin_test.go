@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -191,8 +192,9 @@ func TestHealthz(t *testing.T) {
 
 func TestReadyz(t *testing.T) {
 	e := newEnv(t, true)
+	auth := basic("admin", adminPass)
 	// The fake's "sales" account needs a sign-in: not ready, with the fix.
-	body := wantStatus(t, e.do("GET", "/readyz", nil), 503)
+	body := wantStatus(t, e.do("GET", "/readyz", nil, auth), 503)
 	if want := "account sales needs login: run 'oauthbridge login sales'"; !strings.Contains(body, want) {
 		t.Errorf("/readyz body = %q, want %q", body, want)
 	}
@@ -203,11 +205,11 @@ func TestReadyz(t *testing.T) {
 	e.fake.mu.Lock()
 	e.fake.status[1].State = tokens.StateOK
 	e.fake.mu.Unlock()
-	if body := wantStatus(t, e.do("GET", "/readyz", nil), 200); strings.TrimSpace(body) != "ready" {
+	if body := wantStatus(t, e.do("GET", "/readyz", nil, auth), 200); strings.TrimSpace(body) != "ready" {
 		t.Errorf("/readyz body = %q, want ready", body)
 	}
 	e.ready = errors.New("imap listener 127.0.0.1:1143 not bound")
-	body = wantStatus(t, e.do("GET", "/readyz", nil), 503)
+	body = wantStatus(t, e.do("GET", "/readyz", nil, auth), 503)
 	if !strings.Contains(body, "imap listener 127.0.0.1:1143 not bound") {
 		t.Errorf("/readyz body = %q, want the reason", body)
 	}
@@ -216,12 +218,34 @@ func TestReadyz(t *testing.T) {
 func TestMetrics(t *testing.T) {
 	e := newEnv(t, true)
 	metrics.SetAccountState("helpdesk", "ok")
-	body := wantStatus(t, e.do("GET", "/metrics", nil), 200) // open even with auth
+	body := wantStatus(t, e.do("GET", "/metrics", nil, basic("admin", adminPass)), 200)
 	if !strings.Contains(body, `oauthbridge_account_state{account="helpdesk",state="ok"} 1`) {
 		t.Errorf("/metrics lacks oauthbridge_account_state:\n%s", clip(body, 2000))
 	}
 	if !strings.Contains(body, "go_goroutines") {
 		t.Errorf("/metrics lacks the Go collector")
+	}
+}
+
+// With a password_hash, /metrics and /readyz need it, unless
+// metrics_public is set; without one they stay open (loopback only).
+func TestMonitoringEndpointsProtected(t *testing.T) {
+	ready := func(e *env) *env { // every account signed in: /readyz is 200
+		e.fake.mu.Lock()
+		for i := range e.fake.status {
+			e.fake.status[i].State = tokens.StateOK
+		}
+		e.fake.mu.Unlock()
+		return e
+	}
+	for _, path := range []string{"/metrics", "/readyz"} {
+		e := ready(newEnv(t, true))
+		wantStatus(t, e.do("GET", path, nil), 401)
+		wantStatus(t, e.do("GET", path, nil, basic("admin", "wrong")), 401)
+		wantStatus(t, e.do("GET", path, nil, basic("admin", adminPass)), 200)
+		e.cfg.Admin.MetricsPublic = true
+		wantStatus(t, e.do("GET", path, nil), 200)
+		wantStatus(t, ready(newEnv(t, false)).do("GET", path, nil), 200)
 	}
 }
 
@@ -291,6 +315,30 @@ func TestStatusPage(t *testing.T) {
 	}
 	if c == nil || !c.HttpOnly || c.SameSite != http.SameSiteLaxMode {
 		t.Errorf("CSRF cookie = %+v, want HttpOnly SameSite=Lax", c)
+	}
+}
+
+// The CSRF cookie is Secure when the page is served over TLS (the admin
+// listener off loopback, or tls = true), and not over plain loopback HTTP,
+// where a Secure cookie would never come back.
+func TestCSRFCookieSecureOverTLS(t *testing.T) {
+	for _, overTLS := range []bool{false, true} {
+		e := newEnv(t, false)
+		resp := e.do("GET", "/", nil, func(r *http.Request) {
+			if overTLS {
+				r.TLS = &tls.ConnectionState{HandshakeComplete: true}
+			}
+		})
+		wantStatus(t, resp, 200)
+		var c *http.Cookie
+		for _, ck := range resp.Cookies() {
+			if ck.Name == csrfCookie {
+				c = ck
+			}
+		}
+		if c == nil || c.Secure != overTLS {
+			t.Errorf("over TLS %v: CSRF cookie = %+v, want Secure = %v", overTLS, c, overTLS)
+		}
 	}
 }
 

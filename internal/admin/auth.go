@@ -52,6 +52,19 @@ func (h *handler) protect(next http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
+// monitored wraps /readyz and /metrics. They name accounts and show token
+// state, so with a password_hash they need it too, unless the admin block
+// sets metrics_public (Prometheus and most probes can send Basic auth).
+func (h *handler) monitored(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		a := h.config().Admin
+		if a.PasswordHash != "" && !a.MetricsPublic && !h.authorized(w, r, a) {
+			return
+		}
+		next(w, r)
+	}
+}
+
 // authorized checks Basic credentials and answers 401/429 itself when they
 // do not pass.
 func (h *handler) authorized(w http.ResponseWriter, r *http.Request, a *config.AdminBlock) bool {

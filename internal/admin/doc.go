@@ -3,8 +3,8 @@
 //
 //	GET  /healthz                          200 "ok" while the process runs (open)
 //	GET  /readyz                           200, or 503 with the reason: not serving yet, or a
-//	                                       delegated account needs a sign-in (open)
-//	GET  /metrics                          Prometheus metrics of internal/metrics (open)
+//	                                       delegated account needs a sign-in (see below)
+//	GET  /metrics                          Prometheus metrics of internal/metrics (see below)
 //	GET  /                                 the status page: one row per account, Connect buttons
 //	POST /connect/{account}                starts a browser sign-in (303 to Entra)
 //	GET  /oauth/callback                   Entra's redirect back; protected by the OAuth state
@@ -13,8 +13,9 @@
 //	POST /api/accounts/{name}/device-login starts a device-code login, returns tokens.DeviceLogin
 //	GET  /api/accounts/{name}/device-login {"done":bool,"error":"..."} of the last one started
 //
-// When the admin block has a password_hash, the status page, /connect and
-// /api require HTTP Basic authentication, checked through internal/localauth
+// When the admin block has a password_hash, the status page, /connect,
+// /api, /readyz and /metrics (the last two unless metrics_public = true)
+// require HTTP Basic authentication, checked through internal/localauth
 // (bcrypt, cached successes, throttled failures). Without one (the config
 // allows that only on loopback) everything is open, and requests must name a
 // loopback host or the public_url host, so a DNS-rebinding page cannot reach

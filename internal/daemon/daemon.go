@@ -71,6 +71,10 @@ type Daemon struct {
 	ready     atomic.Bool
 	serveWG   sync.WaitGroup
 	cancel    context.CancelFunc
+
+	stopping atomic.Bool           // Shutdown has started
+	failed   atomic.Pointer[error] // a listener died: not ready, Run exits non-zero
+	fatal    chan error            // the first listener death, for Run
 }
 
 type boundListener struct {
@@ -85,7 +89,7 @@ func New(cfg *config.Config, opts Options) (*Daemon, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	d := &Daemon{log: log, mail: &limiter.Limiter{}, smtpL: &limiter.Limiter{}}
+	d := &Daemon{log: log, mail: &limiter.Limiter{}, smtpL: &limiter.Limiter{}, fatal: make(chan error, 1)}
 	d.cfg.Store(cfg)
 	to := opts.TokenOptions
 	if to.Logger == nil {
@@ -120,6 +124,9 @@ func (d *Daemon) Tokens() *tokens.Manager { return d.tokens }
 func (d *Daemon) Config() *config.Config { return d.cfg.Load() }
 
 func (d *Daemon) readyErr() error {
+	if err := d.failed.Load(); err != nil {
+		return *err
+	}
 	if !d.ready.Load() {
 		return errors.New("listeners are not bound yet")
 	}
@@ -159,6 +166,11 @@ func (d *Daemon) Start(ctx context.Context) error {
 		d.adminLn, err = net.Listen("tcp", cfg.Admin.Listen)
 		if err != nil {
 			err = fmt.Errorf("daemon: admin listen %s: %w", cfg.Admin.Listen, err)
+		} else if cfg.Admin.UseTLS {
+			// Off loopback (or with admin tls = true) the admin listener
+			// serves TLS with the tls block's certificate, read per
+			// handshake so a reload's certificate applies.
+			d.adminLn = tls.NewListener(d.adminLn, &tls.Config{GetConfigForClient: d.adminTLS, MinVersion: tls.VersionTLS12})
 		}
 	}
 	if err != nil {
@@ -182,8 +194,8 @@ func (d *Daemon) Start(ctx context.Context) error {
 			case "smtp":
 				err = d.smtp.Serve(l.ln, l.implicitTLS)
 			}
-			if err != nil && !errors.Is(err, net.ErrClosed) {
-				d.log.Error("listener stopped", "proto", l.proto, "addr", l.ln.Addr().String(), "error", err)
+			if err != nil && !errors.Is(err, smtpproxy.ErrServerClosed) && !d.stopping.Load() {
+				d.listenerFailed(l, err)
 			}
 		}()
 		d.log.Info("listening", "proto", l.proto, "addr", l.ln.Addr().String(), "tls", l.implicitTLS)
@@ -198,6 +210,33 @@ func (d *Daemon) Start(ctx context.Context) error {
 	d.log.Info("listening", "proto", "admin", "addr", d.adminLn.Addr().String(), "public_url", cfg.Admin.PublicURL)
 	d.ready.Store(true)
 	return nil
+}
+
+func (d *Daemon) adminTLS(*tls.ClientHelloInfo) (*tls.Config, error) {
+	if c := d.cfg.Load().LocalTLS; c != nil {
+		return c, nil
+	}
+	return nil, errors.New("daemon: the admin listener serves TLS but no tls block is configured")
+}
+
+// listenerFailed handles a listener that stopped while the daemon runs (the
+// front door retries every transient accept error, so this one is for
+// good): /readyz fails from now on, and Run drains and returns an error, so
+// the process exits non-zero and systemd restarts it instead of running
+// without the listener.
+func (d *Daemon) listenerFailed(l boundListener, err error) {
+	name := l.proto
+	if l.implicitTLS {
+		name += " (implicit TLS)"
+	}
+	err = fmt.Errorf("daemon: %s listener %s stopped: %w", name, l.ln.Addr(), err)
+	d.failed.CompareAndSwap(nil, &err)
+	d.log.Error("listener stopped; the bridge is no longer ready and exits so the service manager restarts it",
+		"proto", l.proto, "addr", l.ln.Addr().String(), "implicit_tls", l.implicitTLS, "error", err)
+	select {
+	case d.fatal <- err:
+	default:
+	}
 }
 
 // Addr returns the bound address of the first listener of proto ("imap",
@@ -254,6 +293,7 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 // Shutdown stops accepting, lets sessions finish until ctx is done, then
 // closes what is left and stops the token manager.
 func (d *Daemon) Shutdown(ctx context.Context) error {
+	d.stopping.Store(true)
 	d.ready.Store(false)
 	var wg sync.WaitGroup
 	errs := make([]error, 4)
@@ -293,10 +333,12 @@ func Run(ctx context.Context, d *Daemon, load func() (*config.Config, error)) er
 	sdnotify.Status("serving")
 	for {
 		var sig os.Signal
+		var failure error
 		select {
 		case sig = <-sigs:
 		case <-ctx.Done():
 			sig = syscall.SIGTERM
+		case failure = <-d.fatal:
 		}
 		if sig == syscall.SIGHUP {
 			sdnotify.Reloading()
@@ -316,7 +358,13 @@ func Run(ctx context.Context, d *Daemon, load func() (*config.Config, error)) er
 		}
 		sdnotify.Stopping()
 		timeout := d.cfg.Load().Shutdown
-		d.log.Info("shutting down; a second SIGTERM or SIGINT exits at once", "signal", sig.String(), "timeout", timeout.String())
+		if failure != nil {
+			// The sessions on the other listeners drain as for SIGTERM;
+			// then Run returns the failure, so the process exits non-zero.
+			d.log.Error("shutting down because a listener stopped; a SIGTERM or SIGINT exits at once", "error", failure, "timeout", timeout.String())
+		} else {
+			d.log.Info("shutting down; a second SIGTERM or SIGINT exits at once", "signal", sig.String(), "timeout", timeout.String())
+		}
 		sctx, cancel := context.WithTimeout(context.Background(), timeout)
 		done := make(chan error, 1)
 		go func() { done <- d.Shutdown(sctx) }()
@@ -325,6 +373,9 @@ func Run(ctx context.Context, d *Daemon, load func() (*config.Config, error)) er
 			case err := <-done:
 				cancel()
 				d.log.Info("stopped")
+				if failure != nil {
+					return errors.Join(failure, err)
+				}
 				return err
 			case sig2 := <-sigs:
 				if sig2 == syscall.SIGHUP {
@@ -335,7 +386,7 @@ func Run(ctx context.Context, d *Daemon, load func() (*config.Config, error)) er
 				}
 				cancel()
 				d.log.Warn("second signal: exiting at once", "signal", sig2.String())
-				return errors.New("daemon: forced exit on second signal")
+				return errors.Join(failure, errors.New("daemon: forced exit on second signal"))
 			}
 		}
 	}

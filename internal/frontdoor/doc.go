@@ -1,10 +1,18 @@
 // Package frontdoor holds what the IMAP, POP3 and SMTP proxies share in
-// front of a login: today the kinds of login failure (failure.go) and the
-// per-connection failure policy (policy.go). Each proxy keeps one switch
-// from Kind to its wire text; everything else about a failed login is
-// decided here once.
+// front of a login:
 //
-// It is the seed of the shared front door (accept loop, limits, plaintext
-// rule, account resolution) described in the architecture notes; those
-// parts still live in the proxies.
+//   - the server loop (server.go): one accept policy that backs off and
+//     retries every transient error (EMFILE, ENFILE, ENOBUFS, ...) and
+//     reports a listener that dies for good; connection tracking,
+//     max_connections checked after the implicit-TLS handshake, panic
+//     recovery, and one drain (pre-auth sessions end with the protocol's
+//     text, spliced ones run until the shutdown context ends, a login that
+//     completes during the drain is refused). Where a library owns the
+//     loop (go-smtp), Handoff feeds it the admitted connections;
+//   - the kinds of login failure (failure.go) and the per-connection
+//     failure policy (policy.go). Each proxy keeps one switch from Kind to
+//     its wire text.
+//
+// The plaintext rule, account resolution and the token-error mapping still
+// live in the proxies.
 package frontdoor

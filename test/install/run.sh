@@ -329,7 +329,7 @@ expect "purged: the system user stays (Debian policy)" getent passwd oauthbridge
 build_rootfs() {
 	local mirror
 	[ -e "$ROOTFS/.complete" ] && return 0
-	mirror=$(sed -n 's/^URIs: *\(http[^ ]*debian\/*\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
+	mirror=$(sed -n 's/^URIs: *\(http[^ ]*debian\/*\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1 || true)
 	mirror=${mirror:-http://deb.debian.org/debian}
 	log "debootstrap bookworm from $mirror into $ROOTFS (once per machine)"
 	rm -rf "$ROOTFS.tmp"
@@ -368,7 +368,9 @@ nspawn_stage() {
 		--bind-ro="$in:/mnt/in" --boot --console=pipe </dev/null >"$T/nspawn.log" 2>&1 &
 	NSPAWN_PID=$!
 	for _ in $(seq 300); do
-		leader=$(ps --ppid "$NSPAWN_PID" -o pid=,comm= 2>/dev/null | awk '$2 == "systemd" { print $1; exit }')
+		# ps exits 1 while nspawn has no child yet: with pipefail and set -e
+		# that must not end the script.
+		leader=$(ps --ppid "$NSPAWN_PID" -o pid=,comm= 2>/dev/null | awk '$2 == "systemd" { print $1; exit }' || true)
 		[ -n "$leader" ] && break
 		kill -0 "$NSPAWN_PID" 2>/dev/null || break
 		sleep 0.1

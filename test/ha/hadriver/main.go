@@ -815,9 +815,15 @@ user "legacy2" {
 	stopped.down.Store(false)
 	// Fencing: the resumed replica found its lease gone, or its write of
 	// the tokens it got was refused by the version check.
-	lost := stopped.metric("oauthbridge_token_leases_lost_total", "", "")
-	conflicts := stopped.metric("oauthbridge_token_store_conflicts_total", "", "")
-	if lost+conflicts >= 1 {
+	// The resumed process first reads the answer it was waiting for, then
+	// finds its lease gone or its write refused: wait for that event (the
+	// other replicas may have converged before it got there).
+	var lost, conflicts float64
+	if eventually(*lifetime, func() bool {
+		lost = stopped.metric("oauthbridge_token_leases_lost_total", "", "")
+		conflicts = stopped.metric("oauthbridge_token_store_conflicts_total", "", "")
+		return lost+conflicts >= 1
+	}) {
 		pass("%s was fenced after SIGCONT: leases lost %.0f, writes refused by the version check %.0f", stopped.name, lost, conflicts)
 	} else {
 		fail("%s resumed past its lease but reports no lost lease and no refused write", stopped.name)

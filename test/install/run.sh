@@ -85,7 +85,7 @@ stop_pid() {
 }
 
 purge_all() {
-	if dpkg-query -W -f='${Status}' oauthbridge 2>/dev/null | grep -q 'install ok\|config-files\|half'; then
+	if dpkg-query -W -f='${Status}' oauthbridge 2>/dev/null | grep 'install ok\|config-files\|half' >/dev/null; then
 		dpkg --purge oauthbridge >>"$T/dpkg.log" 2>&1 || true
 	fi
 	rm -rf "$DROPIN_DIR"

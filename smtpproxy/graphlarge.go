@@ -45,6 +45,10 @@ var (
 // (its base64 stays under 4 MB); larger ones use an upload session.
 const smallAttachmentMax = 3_000_000
 
+// DraftCleanupTimeout bounds the DELETE of a draft left by a failed large
+// Graph send; it runs even when the client has gone.
+const DraftCleanupTimeout = 30 * time.Second
+
 // mimePart is one top-level part of the spooled body, by offsets into the
 // spool file: [start, end) is the part (headers and content) without the
 // CRLF before the next delimiter.
@@ -284,7 +288,7 @@ func (s *session) sendLarge(ctx context.Context, c *graph.Client, m *spooled, ta
 		if keep {
 			return
 		}
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), DraftCleanupTimeout)
 		defer cancel()
 		if derr := c.DeleteMessage(dctx, mb, id); derr != nil {
 			s.log.Warn("could not delete the draft left by a failed Graph send; delete it in the mailbox's Drafts folder", "error", derr.Error())

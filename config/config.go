@@ -82,19 +82,18 @@ type Config struct {
 	LogLevelRange        hcl.Range `hcl:"log_level,attr_range"`
 
 	// Derived.
-	Path               string
-	CredentialsDir     string // where credential("name") read from
-	Warnings           hcl.Diagnostics
-	deferred           hcl.Diagnostics // secrets that could not be read (Options.DeferSecrets)
-	files              map[string]*hcl.File
-	inProcess          bool // Options.InProcess
-	deferSecrets       bool // Options.DeferSecrets
-	Shutdown           time.Duration
-	LocalTLS           *tls.Config // nil when there is no tls block
-	ProviderByName     map[string]*Provider
-	AccountByName      map[string]*Account
-	UserByName         map[string]*User
-	SMTPAccountByEmail map[string]*Account // lower-cased mailbox -> account
+	Path           string
+	CredentialsDir string // where credential("name") read from
+	Warnings       hcl.Diagnostics
+	deferred       hcl.Diagnostics // secrets that could not be read (Options.DeferSecrets)
+	files          map[string]*hcl.File
+	inProcess      bool // Options.InProcess
+	deferSecrets   bool // Options.DeferSecrets
+	Shutdown       time.Duration
+	LocalTLS       *tls.Config // nil when there is no tls block
+	ProviderByName map[string]*Provider
+	AccountByName  map[string]*Account
+	UserByName     map[string]*User
 }
 
 // Listener attributes shared by the imap, pop3 and smtp blocks (gohcl does

@@ -214,8 +214,8 @@ func TestLoopbackAndInsecure(t *testing.T) {
 		t.Error("allow_insecure_auth not decoded")
 	}
 	for addr, want := range map[string]bool{"127.0.0.1:1": true, "[::1]:1": true, "localhost:1": true, "0.0.0.0:1": false, ":1143": false, "10.0.0.1:1": false} {
-		if IsLoopback(addr) != want {
-			t.Errorf("IsLoopback(%q) = %v", addr, !want)
+		if isLoopbackHostPort(addr) != want {
+			t.Errorf("isLoopbackHostPort(%q) = %v", addr, !want)
 		}
 	}
 	if cfg.Shutdown != DefaultShutdownTimeout || cfg.POP3.Limits.IdleTimeout != 10*time.Minute {

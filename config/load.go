@@ -451,7 +451,6 @@ func (c *Config) validate() hcl.Diagnostics {
 
 	// Accounts.
 	c.AccountByName = map[string]*Account{}
-	c.SMTPAccountByEmail = map[string]*Account{}
 	for _, a := range c.Accounts {
 		if prev, ok := c.AccountByName[a.Name]; ok {
 			diags = append(diags, dupDiag("account", a.Name, a.DefRange, prev.DefRange))
@@ -518,7 +517,6 @@ func (c *Config) validate() hcl.Diagnostics {
 		if a.SMTPMaxConnections <= 0 {
 			a.SMTPMaxConnections = DefaultAccountSMTPConnections
 		}
-		c.SMTPAccountByEmail[strings.ToLower(a.Mailbox)] = a
 	}
 
 	// Users.
@@ -729,9 +727,6 @@ func isLoopbackHostPort(addr string) bool {
 	return err == nil && ip.IsLoopback()
 }
 
-// IsLoopback reports whether a listen address is loopback-only.
-func IsLoopback(addr string) bool { return isLoopbackHostPort(addr) }
-
 // cloud presets, from microsoft-365.md §1.2.
 type cloudPreset struct {
 	authority, imap, pop3, smtp, scopePrefix, appScope, graph string
@@ -843,6 +838,3 @@ func (p *Provider) UpstreamTLS(server string) *tls.Config {
 	}
 	return &tls.Config{ServerName: host, RootCAs: p.RootCAs, MinVersion: tls.VersionTLS12}
 }
-
-// ErrNoAccount is returned by lookups for an account that does not exist.
-var ErrNoAccount = errors.New("config: no such account")

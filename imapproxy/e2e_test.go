@@ -22,7 +22,7 @@ import (
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
-	"github.com/oauthbridge/oauthbridge/tokens"
+	"github.com/oauthbridge/oauthbridge/tokens/tokenstest"
 )
 
 // fakeEnv is the bridge in front of fakems (a fake Microsoft 365), served
@@ -57,7 +57,7 @@ func startFake(t *testing.T, tokenUser string, tweak func(*config.Config, *Optio
 	e.cfg = testConfig(t, f.IMAPAddr, ca, "")
 	opts := Options{
 		Config:   func() *config.Config { return e.cfg },
-		Tokens:   tokens.StaticSource{"acct": f.IssueAccessToken(tokenUser)},
+		Tokens:   tokenstest.StaticSource{"acct": f.IssueAccessToken(tokenUser)},
 		Limiter:  e.lim,
 		Logger:   slog.New(slog.NewJSONHandler(e.logs, nil)),
 		Failures: frontdoor.Policy{FailureDelay: -1},

@@ -13,6 +13,7 @@ import (
 
 	"github.com/oauthbridge/oauthbridge/internal/fakems"
 	"github.com/oauthbridge/oauthbridge/tokens"
+	"github.com/oauthbridge/oauthbridge/tokens/tokenstest"
 )
 
 // bigMessage returns a well-formed message of about size bytes with CRLF
@@ -60,7 +61,7 @@ func serveTCP(t *testing.T, e *env) string {
 
 func TestEndToEndFakeMicrosoft365(t *testing.T) {
 	f, e := fakeEnv(t, func(f *fakems.Fake) tokens.Source {
-		return tokens.StaticSource{"acct": f.IssueAccessToken(testMailbox)}
+		return tokenstest.StaticSource{"acct": f.IssueAccessToken(testMailbox)}
 	})
 	small := []byte("From: a@example.com\r\nSubject: one\r\n\r\nfirst\r\n")
 	big := bigMessage(5 << 20)
@@ -126,7 +127,7 @@ func TestEndToEndFakeMicrosoft365(t *testing.T) {
 
 func TestEndToEndUpstreamDrop(t *testing.T) {
 	f, e := fakeEnv(t, func(f *fakems.Fake) tokens.Source {
-		return tokens.StaticSource{"acct": f.IssueAccessToken(testMailbox)}
+		return tokenstest.StaticSource{"acct": f.IssueAccessToken(testMailbox)}
 	})
 	addr := serveTCP(t, e)
 	conn, err := net.Dial("tcp", addr)
@@ -144,7 +145,7 @@ func TestEndToEndUpstreamDrop(t *testing.T) {
 
 func TestEndToEndTokenRefused(t *testing.T) {
 	_, e := fakeEnv(t, func(f *fakems.Fake) tokens.Source {
-		return tokens.StaticSource{"acct": "not-a-token-the-fake-issued"}
+		return tokenstest.StaticSource{"acct": "not-a-token-the-fake-issued"}
 	})
 	c := e.pipe()
 	c.expect("+OK*")

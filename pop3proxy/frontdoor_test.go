@@ -6,6 +6,7 @@ import (
 
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/tokens"
+	"github.com/oauthbridge/oauthbridge/tokens/tokenstest"
 )
 
 // gatedTokens blocks AccessToken until gate is closed.
@@ -29,7 +30,7 @@ func (g *gatedTokens) AccessToken(ctx context.Context, account string) (string, 
 // [SYS/TEMP], never spliced; the same rule as IMAP and SMTP.
 func TestLoginDuringDrainRefused(t *testing.T) {
 	stub := startStub(t)
-	g := &gatedTokens{Source: tokens.StaticSource{"acct": goodToken}, entered: make(chan struct{}, 1), gate: make(chan struct{})}
+	g := &gatedTokens{Source: tokenstest.StaticSource{"acct": goodToken}, entered: make(chan struct{}, 1), gate: make(chan struct{})}
 	e := newEnv(t, testConfig{Upstream: stub.Addr}, envOptions{tokens: g})
 	c := e.pipe()
 	c.expect("+OK oauthbridge POP3 ready")

@@ -16,7 +16,7 @@ import (
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
-	"github.com/oauthbridge/oauthbridge/tokens"
+	"github.com/oauthbridge/oauthbridge/tokens/tokenstest"
 )
 
 // FuzzReadLine feeds arbitrary bytes to the pre-auth line reader and the
@@ -93,7 +93,7 @@ func FuzzSession(f *testing.F) {
 	srv := New(Options{
 		Config:   func() *config.Config { return cfg },
 		Auth:     localauth.New(cfg, localauth.Options{}),
-		Tokens:   tokens.StaticSource{"acct": goodToken},
+		Tokens:   tokenstest.StaticSource{"acct": goodToken},
 		Limiter:  &limiter.Limiter{},
 		Logger:   slog.New(panicFlag{&hit}),
 		Failures: frontdoor.Policy{FailureDelay: -1},

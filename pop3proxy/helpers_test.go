@@ -33,6 +33,7 @@ import (
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/tokens"
+	"github.com/oauthbridge/oauthbridge/tokens/tokenstest"
 )
 
 // Test fixtures shared by all tests, made once in TestMain.
@@ -307,7 +308,7 @@ func newEnv(t testing.TB, tc testConfig, eo envOptions) *env {
 	e.auth = localauth.New(cfg, eo.auth)
 	src := eo.tokens
 	if src == nil {
-		src = tokens.StaticSource{"acct": goodToken}
+		src = tokenstest.StaticSource{"acct": goodToken}
 	}
 	opts := Options{
 		Config:   func() *config.Config { return cfg },

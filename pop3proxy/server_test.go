@@ -18,6 +18,7 @@ import (
 
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/tokens"
+	"github.com/oauthbridge/oauthbridge/tokens/tokenstest"
 )
 
 func login(t testing.TB, c *client) {
@@ -56,7 +57,7 @@ func TestRetryTellsSourceAndUsesTwoStepAuth(t *testing.T) {
 
 func TestRejectedTokenIsLoggedWithUpstreamTextAndHint(t *testing.T) {
 	stub := startStub(t)
-	e := newEnv(t, testConfig{Upstream: stub.Addr}, envOptions{tokens: tokens.StaticSource{"acct": "bad-token"}})
+	e := newEnv(t, testConfig{Upstream: stub.Addr}, envOptions{tokens: tokenstest.StaticSource{"acct": "bad-token"}})
 	c := e.pipe()
 	c.expect("+OK*")
 	c.send("USER " + testUser)

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/oauthbridge/oauthbridge/tokens"
+	"github.com/oauthbridge/oauthbridge/tokens/tokenstest"
 )
 
 // TestTranscripts replays testdata/*.txt over net.Pipe against a stub
@@ -79,7 +80,7 @@ func runTranscript(t *testing.T, src string) {
 			switch arg {
 			case "good":
 			case "bad":
-				eo.tokens = tokens.StaticSource{"acct": "bad-token"}
+				eo.tokens = tokenstest.StaticSource{"acct": "bad-token"}
 			case "stale":
 				eo.tokens = &staleSource{}
 			case "needs_login":

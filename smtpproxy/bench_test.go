@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/oauthbridge/oauthbridge/tokens"
+	"github.com/oauthbridge/oauthbridge/tokens/tokenstest"
 )
 
 // bodyGen produces an n-byte CRLF message without holding it in memory.
@@ -80,7 +81,7 @@ func BenchmarkRelay50MB(b *testing.B) {
 	const size = 50 << 20
 	ms := startStubMS(b)
 	ms.set(func(s *stubMS) { s.discardData = true })
-	br := startBridge(b, ms.addr, bridgeOpts{smtpExtra: `max_message_bytes = 104857600`, tokens: tokens.StaticSource{"helpdesk": ms.issue("helpdesk@contoso.com")}})
+	br := startBridge(b, ms.addr, bridgeOpts{smtpExtra: `max_message_bytes = 104857600`, tokens: tokenstest.StaticSource{"helpdesk": ms.issue("helpdesk@contoso.com")}})
 	c := loginClient(b, br.addr, "otrs")
 
 	var worst uint64
@@ -126,7 +127,7 @@ func BenchmarkThroughput(b *testing.B) {
 	ms := startStubMS(b)
 	ms.set(func(s *stubMS) { s.discardData = true })
 	tok := ms.issue("helpdesk@contoso.com")
-	br := startBridge(b, ms.addr, bridgeOpts{tokens: tokens.StaticSource{"helpdesk": tok}})
+	br := startBridge(b, ms.addr, bridgeOpts{tokens: tokenstest.StaticSource{"helpdesk": tok}})
 	msg := []byte("From: helpdesk@contoso.com\r\nTo: x@example.com\r\nSubject: ticket update\r\n\r\n" +
 		"Your ticket #12345 has been updated.\r\n")
 

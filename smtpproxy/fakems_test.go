@@ -11,7 +11,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/oauthbridge/oauthbridge/internal/fakems"
-	"github.com/oauthbridge/oauthbridge/tokens"
+	"github.com/oauthbridge/oauthbridge/tokens/tokenstest"
 )
 
 // End-to-end tests: go-smtp's client as the legacy system, the bridge, and
@@ -38,7 +38,7 @@ func startFake(t *testing.T) (*fakems.Fake, string) {
 func TestFakeMSEndToEnd(t *testing.T) {
 	f, ca := startFake(t)
 	br := startBridge(t, f.SMTPAddr, bridgeOpts{caFile: ca,
-		tokens: tokens.StaticSource{"helpdesk": f.IssueAccessToken("helpdesk@contoso.com")}})
+		tokens: tokenstest.StaticSource{"helpdesk": f.IssueAccessToken("helpdesk@contoso.com")}})
 	c := loginClient(t, br.addr, "otrs")
 
 	// Byte for byte, delivered into a mailbox of the fake.
@@ -109,7 +109,7 @@ func TestFakeMSEndToEnd(t *testing.T) {
 func TestFakeMSDropInData(t *testing.T) {
 	f, ca := startFake(t)
 	br := startBridge(t, f.SMTPAddr, bridgeOpts{caFile: ca,
-		tokens: tokens.StaticSource{"helpdesk": f.IssueAccessToken("helpdesk@contoso.com")}})
+		tokens: tokenstest.StaticSource{"helpdesk": f.IssueAccessToken("helpdesk@contoso.com")}})
 	c := loginClient(t, br.addr, "otrs")
 	f.SetSMTPDropInData(true)
 	_, err := send(c, "helpdesk@contoso.com", []string{"bob@contoso.com"}, bytes.Repeat([]byte("line of text\r\n"), 100000))
@@ -132,7 +132,7 @@ func TestFakeMSDropInData(t *testing.T) {
 func TestFakeMSIdleUpstreamDropped(t *testing.T) {
 	f, ca := startFake(t)
 	br := startBridge(t, f.SMTPAddr, bridgeOpts{caFile: ca,
-		tokens: tokens.StaticSource{"helpdesk": f.IssueAccessToken("helpdesk@contoso.com")}})
+		tokens: tokenstest.StaticSource{"helpdesk": f.IssueAccessToken("helpdesk@contoso.com")}})
 	c := loginClient(t, br.addr, "otrs")
 	if _, err := send(c, "helpdesk@contoso.com", []string{"bob@contoso.com"}, []byte("Subject: 1\r\n\r\nx\r\n")); err != nil {
 		t.Fatalf("send(1) = %v", err)
@@ -149,7 +149,7 @@ func TestFakeMSIdleUpstreamDropped(t *testing.T) {
 func TestFakeMSNeedsLogin(t *testing.T) {
 	f, ca := startFake(t)
 	// No token for the account: StaticSource answers NeedsLogin.
-	br := startBridge(t, f.SMTPAddr, bridgeOpts{caFile: ca, tokens: tokens.StaticSource{}})
+	br := startBridge(t, f.SMTPAddr, bridgeOpts{caFile: ca, tokens: tokenstest.StaticSource{}})
 	c := loginClient(t, br.addr, "otrs")
 	se := wantCode(t, "Mail()", c.Mail("helpdesk@contoso.com", nil), 454, smtp.EnhancedCode{4, 7, 0})
 	if !strings.Contains(se.Message, "run 'oauthbridge login helpdesk'") {
@@ -203,7 +203,7 @@ func TestFakeMSConnectionLimits(t *testing.T) {
 		tok := f.IssueAccessToken("helpdesk@contoso.com")
 		// Default smtp_max_connections = 3, like Exchange: the 4th waits
 		// connection_wait and gets a 4xx from the bridge.
-		br := startBridge(t, f.SMTPAddr, bridgeOpts{caFile: ca, tokens: tokens.StaticSource{"helpdesk": tok}})
+		br := startBridge(t, f.SMTPAddr, bridgeOpts{caFile: ca, tokens: tokenstest.StaticSource{"helpdesk": tok}})
 		for i := 0; i < 3; i++ {
 			c := loginClient(t, br.addr, "otrs")
 			if err := c.Mail("helpdesk@contoso.com", nil); err != nil {
@@ -218,7 +218,7 @@ func TestFakeMSConnectionLimits(t *testing.T) {
 		f, ca := startFake(t)
 		tok := f.IssueAccessToken("helpdesk@contoso.com")
 		// A bridge allowing more than Exchange does relays Exchange's 432.
-		br := startBridge(t, f.SMTPAddr, bridgeOpts{caFile: ca, accountExtra: `smtp_max_connections = 5`, tokens: tokens.StaticSource{"helpdesk": tok}})
+		br := startBridge(t, f.SMTPAddr, bridgeOpts{caFile: ca, accountExtra: `smtp_max_connections = 5`, tokens: tokenstest.StaticSource{"helpdesk": tok}})
 		for i := 0; i < 3; i++ {
 			c := loginClient(t, br.addr, "otrs")
 			if err := c.Mail("helpdesk@contoso.com", nil); err != nil {

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/oauthbridge/oauthbridge/tokens"
+	"github.com/oauthbridge/oauthbridge/tokens/tokenstest"
 )
 
 // multipartGen streams a multipart/mixed message: a text part and
@@ -136,7 +136,7 @@ func BenchmarkGraphThroughput(b *testing.B) {
 	gt.set("helpdesk", g.issue("graph-token"))
 	viaGraph := startBridge(b, ms.addr, bridgeOpts{accountExtra: `send_via = "graph"`,
 		providerExtra: fmt.Sprintf("graph_url = %q", g.srv.URL), graphTokens: gt})
-	viaSMTP := startBridge(b, ms.addr, bridgeOpts{tokens: tokens.StaticSource{"helpdesk": ms.issue("helpdesk@contoso.com")}})
+	viaSMTP := startBridge(b, ms.addr, bridgeOpts{tokens: tokenstest.StaticSource{"helpdesk": ms.issue("helpdesk@contoso.com")}})
 	msg := []byte("From: helpdesk@contoso.com\r\nTo: x@example.com\r\nSubject: ticket update\r\n\r\n" +
 		"Your ticket #12345 has been updated.\r\n")
 	run := func(addr string) time.Duration {

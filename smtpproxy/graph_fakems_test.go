@@ -28,6 +28,7 @@ import (
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/tokens"
+	"github.com/oauthbridge/oauthbridge/tokens/tokenstest"
 )
 
 // End to end through the fake Microsoft 365: a real tokens.Manager signed
@@ -414,7 +415,7 @@ func TestGraphFakeThrottling(t *testing.T) {
 func TestGraphFakeWrongResourceToken(t *testing.T) {
 	e := startGraphFake(t, helpdeskGraph)
 	// A Graph source that hands out an Exchange (Outlook) token.
-	e.srv.opts.GraphTokens = tokens.StaticSource{"helpdesk": e.f.IssueAccessToken("helpdesk@contoso.com")}
+	e.srv.opts.GraphTokens = tokenstest.StaticSource{"helpdesk": e.f.IssueAccessToken("helpdesk@contoso.com")}
 	c := loginClient(t, e.addr, "otrs")
 	_, err := send(c, "helpdesk@contoso.com", []string{"bob@contoso.com"}, []byte("To: bob@contoso.com\r\n\r\nx\r\n"))
 	wantCode(t, "send(outlook token on Graph)", err, 454, smtp.EnhancedCode{4, 7, 0})

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"testing/iotest"
 
-	"github.com/oauthbridge/oauthbridge/tokens"
+	"github.com/oauthbridge/oauthbridge/tokens/tokenstest"
 )
 
 func TestCRLFReader(t *testing.T) {
@@ -59,7 +59,7 @@ func TestCRLFReader(t *testing.T) {
 func TestSmugglingSequences(t *testing.T) {
 	f, ca := startFake(t)
 	br := startBridge(t, f.SMTPAddr, bridgeOpts{caFile: ca,
-		tokens: tokens.StaticSource{"helpdesk": f.IssueAccessToken("helpdesk@contoso.com")}})
+		tokens: tokenstest.StaticSource{"helpdesk": f.IssueAccessToken("helpdesk@contoso.com")}})
 	seqs := map[string]string{
 		"LF.LF":     "\n.\n",
 		"LF.CRLF":   "\n.\r\n",

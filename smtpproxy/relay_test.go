@@ -12,7 +12,7 @@ import (
 	"testing"
 	"testing/iotest"
 
-	"github.com/oauthbridge/oauthbridge/tokens"
+	"github.com/oauthbridge/oauthbridge/tokens/tokenstest"
 )
 
 // Message-body relaying: what the legacy client puts on the wire must
@@ -147,7 +147,7 @@ func TestDotTransparency(t *testing.T) {
 	upstreamModes(t, func(t *testing.T, noBDAT bool) {
 		f, ca := startFake(t)
 		br := startBridge(t, f.SMTPAddr, bridgeOpts{caFile: ca, noBDAT: noBDAT,
-			tokens: tokens.StaticSource{"helpdesk": f.IssueAccessToken("helpdesk@contoso.com")}})
+			tokens: tokenstest.StaticSource{"helpdesk": f.IssueAccessToken("helpdesk@contoso.com")}})
 		body := edgeBody()
 		rc := dialRaw(t, br.addr)
 		rc.say("MAIL FROM:<helpdesk@contoso.com> BODY=8BITMIME\r\nRCPT TO:<bob@contoso.com>\r\nDATA\r\n")
@@ -178,7 +178,7 @@ func TestLargeBodyExact(t *testing.T) {
 	upstreamModes(t, func(t *testing.T, noBDAT bool) {
 		f, ca := startFake(t)
 		br := startBridge(t, f.SMTPAddr, bridgeOpts{caFile: ca, noBDAT: noBDAT,
-			tokens: tokens.StaticSource{"helpdesk": f.IssueAccessToken("helpdesk@contoso.com")}})
+			tokens: tokenstest.StaticSource{"helpdesk": f.IssueAccessToken("helpdesk@contoso.com")}})
 		rng := rand.New(rand.NewPCG(1, 2))
 		var b bytes.Buffer
 		b.WriteString("Subject: large\r\n\r\n")
@@ -220,7 +220,7 @@ func TestClientBDAT(t *testing.T) {
 	upstreamModes(t, func(t *testing.T, noBDAT bool) {
 		f, ca := startFake(t)
 		br := startBridge(t, f.SMTPAddr, bridgeOpts{caFile: ca, noBDAT: noBDAT,
-			tokens: tokens.StaticSource{"helpdesk": f.IssueAccessToken("helpdesk@contoso.com")}})
+			tokens: tokenstest.StaticSource{"helpdesk": f.IssueAccessToken("helpdesk@contoso.com")}})
 		rc := dialRaw(t, br.addr)
 		rc.say("MAIL FROM:<helpdesk@contoso.com>\r\nRCPT TO:<bob@contoso.com>\r\n")
 		rc.expect("250")
@@ -249,7 +249,7 @@ func TestClientGoneMidBody(t *testing.T) {
 	upstreamModes(t, func(t *testing.T, noBDAT bool) {
 		f, ca := startFake(t)
 		br := startBridge(t, f.SMTPAddr, bridgeOpts{caFile: ca, noBDAT: noBDAT,
-			tokens: tokens.StaticSource{"helpdesk": f.IssueAccessToken("helpdesk@contoso.com")}})
+			tokens: tokenstest.StaticSource{"helpdesk": f.IssueAccessToken("helpdesk@contoso.com")}})
 		rc := dialRaw(t, br.addr)
 		rc.say("MAIL FROM:<helpdesk@contoso.com>\r\nRCPT TO:<bob@contoso.com>\r\nDATA\r\n")
 		rc.expect("250")
@@ -283,7 +283,7 @@ func TestFakeMSDropInDataBothModes(t *testing.T) {
 	upstreamModes(t, func(t *testing.T, noBDAT bool) {
 		f, ca := startFake(t)
 		br := startBridge(t, f.SMTPAddr, bridgeOpts{caFile: ca, noBDAT: noBDAT,
-			tokens: tokens.StaticSource{"helpdesk": f.IssueAccessToken("helpdesk@contoso.com")}})
+			tokens: tokenstest.StaticSource{"helpdesk": f.IssueAccessToken("helpdesk@contoso.com")}})
 		c := loginClient(t, br.addr, "otrs")
 		f.SetSMTPDropInData(true)
 		_, err := send(c, "helpdesk@contoso.com", []string{"bob@contoso.com"}, bytes.Repeat([]byte("line of text\r\n"), 60000))
@@ -325,7 +325,7 @@ func TestCRLFReaderMatchesReference(t *testing.T) {
 func TestPipelinedAfterBody(t *testing.T) {
 	f, ca := startFake(t)
 	br := startBridge(t, f.SMTPAddr, bridgeOpts{caFile: ca,
-		tokens: tokens.StaticSource{"helpdesk": f.IssueAccessToken("helpdesk@contoso.com")}})
+		tokens: tokenstest.StaticSource{"helpdesk": f.IssueAccessToken("helpdesk@contoso.com")}})
 	rc := dialRaw(t, br.addr)
 	body := strings.Repeat("0123456789abcdefghijklmnopqrstuvwxyz\r\n", 5000) // > ClientReadAhead
 	var b strings.Builder

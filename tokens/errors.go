@@ -80,16 +80,3 @@ type Source interface {
 	// account, so the next AccessToken must not return it again.
 	Rejected(account, tok string)
 }
-
-// StaticSource is a Source that hands out fixed tokens; for tests and demos.
-type StaticSource map[string]string
-
-func (s StaticSource) AccessToken(_ context.Context, account string) (string, error) {
-	t, ok := s[account]
-	if !ok {
-		return "", &Error{Account: account, Kind: NeedsLogin, Reason: "no token", Fix: fmt.Sprintf("run 'oauthbridge login %s'", account)}
-	}
-	return t, nil
-}
-
-func (s StaticSource) Rejected(string, string) {}

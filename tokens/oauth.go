@@ -193,15 +193,12 @@ func (m *Manager) postForm(ctx context.Context, p *config.Provider, endpoint str
 func (m *Manager) tokenRequest(ctx context.Context, p *config.Provider, form url.Values) (*tokenResponse, error) {
 	ep := Endpoints(p)
 	form.Set("client_id", p.ClientID)
-	cred := m.credential(p)
-	if cred != nil {
-		extra, err := cred.TokenParams(ctx, ep.TokenURL)
-		if err != nil {
-			return nil, fmt.Errorf("tokens: client credential: %w", err)
-		}
-		for k, v := range extra {
-			form[k] = v
-		}
+	extra, err := m.credential(p).TokenParams(ctx, ep.TokenURL)
+	if err != nil {
+		return nil, fmt.Errorf("tokens: client credential: %w", err)
+	}
+	for k, v := range extra {
+		form[k] = v
 	}
 	var tr tokenResponse
 	if err := m.postForm(ctx, p, ep.TokenURL, form, &tr); err != nil {

@@ -391,7 +391,3 @@ func Run(ctx context.Context, d *Daemon, load func() (*config.Config, error)) er
 		}
 	}
 }
-
-// LocalTLSConfig is exported for the demo/tests: it returns the current
-// local TLS config or nil.
-func (d *Daemon) LocalTLSConfig() *tls.Config { return d.cfg.Load().LocalTLS }

@@ -129,6 +129,7 @@ func New(opts Options) http.Handler {
 	protected("GET /api/accounts/{name}", h.apiAccount)
 	protected("POST /api/accounts/{name}/device-login", h.apiDeviceStart)
 	protected("GET /api/accounts/{name}/device-login", h.apiDeviceResult)
+	protected("POST /api/doctor", h.apiDoctor)
 	return h
 }
 

@@ -88,6 +88,7 @@ func init() {
 		{"login", "sign in a delegated account (device code; -browser for the browser flow)", runLogin},
 		{"status", "show every account's token state; exit 0 only when all are ok", runStatus},
 		{"consent-url", "print the admin-consent URL of a provider", runConsentURL},
+		{"doctor", "check an account against Microsoft 365 and print the fix of each problem", runDoctor},
 		{"demo", "run a bridge against an embedded fake Microsoft 365, on loopback", runDemo},
 		{"version", "print the version (also: oauthbridge --version)", runVersion},
 		{"help", "print this help, or a command's (oauthbridge help COMMAND)", nil},

@@ -101,6 +101,7 @@ type Fake struct {
 	smtpAuthTenant   bool                       // Set-TransportConfig -SmtpClientAuthenticationDisabled
 	sendFromAlias    bool                       // Set-OrganizationConfig -SendFromAliasEnabled
 	graph            graphState                 // guarded by mu
+	knobs            knobState                  // guarded by mu (knobs.go)
 
 	// storeMu serialises changes to the message store (imapmemserver
 	// mailboxes plus the raw-bytes index) so that UID bookkeeping is exact.
@@ -216,7 +217,7 @@ func (f *Fake) start() error {
 	}
 	f.AuthorityURL = "http://" + hln.Addr().String()
 	f.httpSrv = &http.Server{
-		Handler:           f.identityHandler(),
+		Handler:           f.withDate(f.identityHandler()),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(f.log.Handler(), slog.LevelDebug),
 	}

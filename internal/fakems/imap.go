@@ -183,6 +183,10 @@ func (s *imapSession) checkXOAUTH2(user, token string, perr error) error {
 		s.log.Info("fakems: imap authenticate failed", "mailbox", user, "error", "invalid, expired or out-of-scope token")
 		return failed
 	}
+	if res.mailbox != nil && s.f.protocolDisabled("imap", res.mailbox.addr) {
+		s.log.Info("fakems: imap authenticate failed", "mailbox", user, "error", "IMAP disabled for the mailbox")
+		return failed
+	}
 	s.f.mu.Lock()
 	quirk := s.f.imapBehaviour.NotConnected
 	s.f.mu.Unlock()

@@ -243,7 +243,7 @@ func (p *pop3Conn) auth(arg string) error {
 		return p.writeLine(pop3AuthFailed)
 	}
 	res := p.f.checkBearer(scopePOP, user, token)
-	if !res.tokenOK || !res.mailboxOK {
+	if !res.tokenOK || !res.mailboxOK || p.f.protocolDisabled("pop3", res.mailbox.addr) {
 		p.log.Info("fakems: pop3 auth failed", "mailbox", user, "token_ok", res.tokenOK)
 		return p.writeLine(pop3AuthFailed)
 	}

@@ -87,7 +87,7 @@ var (
 	fenceRE     = regexp.MustCompile("^\\s*```\\s*([A-Za-z0-9_-]*)")
 	spanRE      = regexp.MustCompile("`([^`]+)`")
 	quotedRE    = regexp.MustCompile(`'(oauthbridge [^']+)'`)
-	exampleCmdR = regexp.MustCompile(`oauthbridge\s+(serve|check|hash-password|login|status|consent-url|demo|version|help|--help|-h|--version)\b[^#]*`)
+	exampleCmdR = regexp.MustCompile(`oauthbridge\s+(serve|check|hash-password|login|status|doctor|consent-url|demo|version|help|--help|-h|--version)\b[^#]*`)
 	shellLangs  = []string{"", "sh", "bash", "shell", "console"}
 )
 
@@ -285,7 +285,7 @@ func runDocumented(t *testing.T, ours []docCommand) {
 	// Phase 1: nothing running, as in the README's first steps.
 	for _, c := range ours {
 		switch subcommand(c.text) {
-		case "status":
+		case "status", "doctor":
 			continue // needs the service (phase 2)
 		}
 		w.run(c)
@@ -294,7 +294,7 @@ func runDocumented(t *testing.T, ours []docCommand) {
 	w.startDaemon()
 	for _, c := range ours {
 		switch subcommand(c.text) {
-		case "status", "login":
+		case "status", "login", "doctor":
 			w.run(c)
 		}
 	}
@@ -610,6 +610,17 @@ func (w *docWorld) run(c docCommand) {
 		}
 		if code := finish(); code != 0 || !ok.MatchString(o.String()) {
 			fail("exit %d, want 0 and helpdesk ok", code)
+		}
+	case "doctor":
+		// Through the running service: every check of the documented
+		// account passes against the fake.
+		in.Close()
+		ok := regexp.MustCompile(`0 failed, \d+ skipped \(checks run by the running daemon`)
+		if strings.Contains(c.text, "-json") {
+			ok = regexp.MustCompile(`(?s)^\{\s*"source": "daemon",\s*"ok": true,`)
+		}
+		if code := finish(); code != 0 || !ok.MatchString(o.String()) {
+			fail("exit %d, want 0 and every check passing through the service", code)
 		}
 	case "check":
 		in.Close()

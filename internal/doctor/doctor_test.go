@@ -39,6 +39,21 @@ type world struct {
 // before runs before the sign-in (consent knobs act at sign-in).
 func newWorld(t *testing.T, extra string, before func(f *fakems.Fake)) *world {
 	t.Helper()
+	acct := fmt.Sprintf(`account "helpdesk" {
+  provider = "contoso"
+  mailbox  = %q
+  delegate = %q
+  send_as  = [%q]
+%s
+}
+`, helpdesk, alice, info, extra)
+	return newWorldWith(t, acct, before, true)
+}
+
+// newWorldWith builds the world with the given account block; signIn
+// signs account "helpdesk" in as alice.
+func newWorldWith(t *testing.T, acct string, before func(f *fakems.Fake), signIn bool) *world {
+	t.Helper()
 	f, err := fakems.Start(fakems.Options{Logger: logging.Discard})
 	if err != nil {
 		t.Fatal(err)
@@ -66,14 +81,7 @@ provider "contoso" {
   graph_url     = %q
   ca_file       = %q
 }
-account "helpdesk" {
-  provider = "contoso"
-  mailbox  = %q
-  delegate = %q
-  send_as  = [%q]
-%s
-}
-`, filepath.Join(dir, "state"), clientID, secret, f.AuthorityURL, f.IMAPAddr, f.POP3Addr, f.SMTPAddr, f.GraphURL(), ca, helpdesk, alice, info, extra)
+%s`, filepath.Join(dir, "state"), clientID, secret, f.AuthorityURL, f.IMAPAddr, f.POP3Addr, f.SMTPAddr, f.GraphURL(), ca, acct)
 	cfg, err := config.Parse(filepath.Join(dir, "config.hcl"), []byte(src))
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, src)
@@ -86,6 +94,9 @@ account "helpdesk" {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close() })
+	if !signIn {
+		return &world{f: f, cfg: cfg, m: m}
+	}
 	ctx := context.Background()
 	dl, done, err := m.StartDeviceLogin(ctx, "helpdesk")
 	if err != nil {
@@ -341,4 +352,46 @@ func withStateDir(cfg *config.Config, dir string) *config.Config {
 	c := *cfg
 	c.StateDir = dir
 	return &c
+}
+
+// TestAppFlow: an app-flow account whose service principal has no
+// FullAccess fails IMAP, POP3 and SMTP with the New-ServicePrincipal and
+// Add-MailboxPermission lines for its client_id; granted, all pass.
+func TestAppFlow(t *testing.T) {
+	acct := fmt.Sprintf(`account "scanner" {
+  provider = "contoso"
+  mailbox  = %q
+  flow     = "app"
+  send_as  = [%q]
+}
+`, helpdesk, info)
+	w := newWorldWith(t, acct, nil, false)
+	rep := doctor.Run(context.Background(), w.cfg, nil, doctor.Options{Tokens: w.m, Source: "local"})
+	ar := rep.Accounts[0]
+	st := statuses(ar)
+	for id, want := range map[string]doctor.Status{"config": doctor.Pass, "token-outlook": doctor.Pass, "imap": doctor.Fail, "pop3": doctor.Fail, "smtp": doctor.Fail, "send-as": doctor.Skip, "headroom": doctor.Pass} {
+		if st[id] != want {
+			t.Errorf("check %s: %s, want %s", id, st[id], want)
+		}
+	}
+	fix := strings.Join(check(ar, "imap").Fix, "\n")
+	for _, s := range []string{"New-ServicePrincipal -AppId " + clientID, "Add-MailboxPermission -Identity " + helpdesk + " -User (Get-ServicePrincipal -Identity " + clientID + ").Identity -AccessRights FullAccess"} {
+		if !strings.Contains(fix, s) {
+			t.Errorf("imap fix lacks %q:\n%s", s, fix)
+		}
+	}
+	if t.Failed() {
+		t.Logf("report:\n%s", dump(rep))
+	}
+
+	w.f.GrantApp(clientID, helpdesk)
+	rep = doctor.Run(context.Background(), w.cfg, []string{"scanner"}, doctor.Options{Tokens: w.m, Source: "local"})
+	if !rep.OK {
+		t.Errorf("with FullAccess for the app:\n%s", dump(rep))
+	}
+	w.f.RemoveSendAs(helpdesk, info)
+	rep = doctor.Run(context.Background(), w.cfg, []string{"scanner"}, doctor.Options{Tokens: w.m, Source: "local"})
+	if fix := strings.Join(check(rep.Accounts[0], "send-as").Fix, "\n"); !strings.Contains(fix, "Add-RecipientPermission -Identity "+info+" -Trustee (Get-ServicePrincipal -Identity "+clientID+").Identity -AccessRights SendAs") {
+		t.Errorf("app send-as fix:\n%s", dump(rep))
+	}
 }

@@ -242,6 +242,9 @@ func (r *run) explainDenied() {
 	}
 }
 
+// smtpQuitTimeout bounds the QUIT that ends the SMTP session.
+const smtpQuitTimeout = 5 * time.Second
+
 // smtpSession is the authenticated SMTP session kept for send-as.
 type smtpSession struct {
 	c    *smtp.Client
@@ -249,6 +252,7 @@ type smtpSession struct {
 }
 
 func (s *smtpSession) close() {
+	_ = s.conn.SetDeadline(time.Now().Add(smtpQuitTimeout))
 	_ = s.c.Quit()
 	s.conn.Close()
 }

@@ -21,7 +21,7 @@ import (
 func (r *run) checkConfig() {
 	a, p := r.a, r.p
 	c := Check{ID: "config", Name: "configuration"}
-	who := "signed in as " + a.LoginHint()
+	who := "sign-in as " + a.LoginHint()
 	if a.Flow == config.FlowApp {
 		who = "app flow (client credentials)"
 	}

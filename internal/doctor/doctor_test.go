@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -393,5 +394,22 @@ func TestAppFlow(t *testing.T) {
 	rep = doctor.Run(context.Background(), w.cfg, []string{"scanner"}, doctor.Options{Tokens: w.m, Source: "local"})
 	if fix := strings.Join(check(rep.Accounts[0], "send-as").Fix, "\n"); !strings.Contains(fix, "Add-RecipientPermission -Identity "+info+" -Trustee (Get-ServicePrincipal -Identity "+clientID+").Identity -AccessRights SendAs") {
 		t.Errorf("app send-as fix:\n%s", dump(rep))
+	}
+}
+
+// TestSecretsMissing: without the configuration's secrets the config check
+// fails with the way out, and the checks needing a token are skipped.
+func TestSecretsMissing(t *testing.T) {
+	w := newWorld(t, "", nil)
+	rep := doctor.Run(context.Background(), w.cfg, nil, doctor.Options{SecretsError: errors.New(`credential "client-secret": /etc/oauthbridge/credentials/client-secret does not exist`), Source: "local"})
+	ar := rep.Accounts[0]
+	st := statuses(ar)
+	for id, want := range map[string]doctor.Status{"config": doctor.Fail, "reach": doctor.Pass, "token-outlook": doctor.Skip, "imap": doctor.Skip, "pop3": doctor.Skip, "smtp": doctor.Skip, "send-as": doctor.Skip, "headroom": doctor.Pass} {
+		if st[id] != want {
+			t.Errorf("check %s: %s, want %s", id, st[id], want)
+		}
+	}
+	if fix := strings.Join(check(ar, "config").Fix, " "); rep.OK || !strings.Contains(fix, "-credentials DIR") || !strings.Contains(fix, "systemctl start oauthbridge") {
+		t.Errorf("config fix %q (ok %v)", fix, rep.OK)
 	}
 }

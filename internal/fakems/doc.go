@@ -25,6 +25,15 @@
 // "535 5.7.3", Send As policy, the three-connection SMTP limit, and POP3's
 // two-step-only AUTH XOAUTH2.
 //
+// Tenant misconfigurations, each one call, for the tests of `oauthbridge
+// doctor` (knobs.go, smtp.go, identity_hooks.go): SMTP AUTH disabled per
+// mailbox or tenant (SetMailboxSMTPAuth, SetTenantSMTPAuthDisabled: "535
+// 5.7.139"), IMAP or POP3 disabled per mailbox (SetIMAPEnabled,
+// SetPOPEnabled), FullAccess taken back (RemoveFullAccess), Send As taken
+// back (RemoveSendAs: "550 5.7.60" at MAIL FROM), consent withheld
+// (WithholdConsent: AADSTS65001), and a skewed clock in the identity
+// platform's Date header (SetClockSkew).
+//
 // Mailbox storage: each mailbox is an imapmemserver.User; the fake keeps the
 // raw bytes of every message it stored by (folder, UID), and the current
 // INBOX contents are whatever UIDs the IMAP mailbox still holds. Deliver,

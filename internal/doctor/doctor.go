@@ -13,6 +13,7 @@
 //	imap           AUTHENTICATE XOAUTH2 and SELECT INBOX
 //	pop3           AUTH XOAUTH2 and STAT
 //	smtp           STARTTLS and AUTH XOAUTH2, nothing sent
+//	graph          send_via = "graph" or "auto": read the Drafts folder through Graph, nothing sent
 //	send-as        MAIL FROM:<send_as address> then RSET, nothing sent
 //	headroom       the configured connection caps against Exchange's per-mailbox limits
 //
@@ -67,7 +68,7 @@ const (
 
 // Check is one line of the report.
 type Check struct {
-	ID     string `json:"id"`     // config, reach, token-outlook, token-graph, imap, pop3, smtp, send-as, headroom
+	ID     string `json:"id"`     // config, reach, token-outlook, token-graph, imap, pop3, smtp, graph, send-as, headroom
 	Name   string `json:"name"`   // what was checked, for people
 	Status Status `json:"status"` // pass, fail, skip
 	// Detail says what happened (on a skip: why it did not run).
@@ -205,6 +206,7 @@ func runAccount(ctx context.Context, cfg *config.Config, name string, opts *Opti
 	r.checkPOP3()
 	r.explainDenied()
 	r.checkSMTP()
+	r.checkGraph()
 	r.checkSendAs()
 	r.checkHeadroom()
 	if r.smtpOK != nil {

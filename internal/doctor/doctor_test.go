@@ -265,9 +265,25 @@ func TestInjectedFailures(t *testing.T) {
 			before: func(f *fakems.Fake) {
 				f.WithholdConsent(clientID, fakems.ScopeGraphMailSend)
 			},
-			fails: []string{"token-graph"}, skips: []string{"smtp", "send-as"},
+			fails: []string{"token-graph"}, skips: []string{"smtp", "graph", "send-as"},
 			fixIn: "token-graph", fix: []string{"/contoso.example/v2.0/adminconsent?client_id=" + clientID, "oauthbridge login helpdesk"},
 			meaning: "an administrator grants it",
+		},
+		{
+			name:   "Graph cannot reach the mailbox",
+			extra:  `  send_via = "graph"`,
+			inject: func(f *fakems.Fake) { f.SetRESTDisabled(helpdesk, true) },
+			fails:  []string{"graph"}, skips: []string{"smtp", "send-as"},
+			fixIn: "graph", fix: []string{`set send_via = "smtp" in account helpdesk`},
+			meaning: "on-premises",
+		},
+		{
+			name:   "no FullAccess, sending through Graph",
+			extra:  `  send_via = "graph"`,
+			inject: func(f *fakems.Fake) { f.RemoveFullAccess(helpdesk, alice) },
+			fails:  []string{"imap", "pop3", "graph"}, skips: []string{"smtp", "send-as"},
+			fixIn: "graph", fix: []string{"Add-MailboxPermission -Identity helpdesk@contoso.example -User alice@contoso.example -AccessRights FullAccess"},
+			meaning: "no FullAccess",
 		},
 		{
 			name:  "connection caps above Exchange's",
@@ -411,5 +427,53 @@ func TestSecretsMissing(t *testing.T) {
 	}
 	if fix := strings.Join(check(ar, "config").Fix, " "); rep.OK || !strings.Contains(fix, "-credentials DIR") || !strings.Contains(fix, "systemctl start oauthbridge") {
 		t.Errorf("config fix %q (ok %v)", fix, rep.OK)
+	}
+}
+
+// TestGraphAllPass: an account sending through Graph passes the Graph
+// checks (token, mailbox access) and skips SMTP and send-as.
+func TestGraphAllPass(t *testing.T) {
+	w := newWorld(t, `  send_via = "graph"`, nil)
+	rep := w.run(t)
+	st := statuses(rep.Accounts[0])
+	if !rep.OK || st["token-graph"] != doctor.Pass || st["graph"] != doctor.Pass || st["smtp"] != doctor.Skip || st["send-as"] != doctor.Skip {
+		t.Errorf("statuses %v\n%s", st, dump(rep))
+	}
+	if n := w.f.GraphRequestCount(fakems.RouteSendMail, 202); n != 0 || len(w.f.GraphSent()) != 0 {
+		t.Errorf("doctor sent through Graph")
+	}
+	if w.f.GraphRequestCount(fakems.RouteGetMailFolder, 200) != 1 {
+		t.Errorf("graph check did not read the mailbox: %v", w.f.GraphRequests())
+	}
+}
+
+// TestAppFlowGraph: an app-flow account sending through Graph; an
+// application access policy that excludes the mailbox fails the graph
+// check with Test-ApplicationAccessPolicy for the app and mailbox, and
+// only that check.
+func TestAppFlowGraph(t *testing.T) {
+	acct := fmt.Sprintf(`account "scanner" {
+  provider = "contoso"
+  mailbox  = %q
+  flow     = "app"
+  send_via = "graph"
+}
+`, helpdesk)
+	w := newWorldWith(t, acct, func(f *fakems.Fake) {
+		f.GrantApp(clientID, helpdesk)
+		f.SetAppRoles(clientID, fakems.RoleMailSend, fakems.RoleMailReadWrite)
+	}, false)
+	run := func() (*doctor.Report, map[string]doctor.Status) {
+		rep := doctor.Run(context.Background(), w.cfg, nil, doctor.Options{Tokens: w.m, Source: "local"})
+		return rep, statuses(rep.Accounts[0])
+	}
+	if rep, st := run(); !rep.OK || st["graph"] != doctor.Pass {
+		t.Fatalf("all granted: %v\n%s", st, dump(rep))
+	}
+	w.f.SetAppAccessDenied(clientID, helpdesk, true)
+	rep, st := run()
+	fix := strings.Join(check(rep.Accounts[0], "graph").Fix, "\n")
+	if st["graph"] != doctor.Fail || st["imap"] != doctor.Pass || !strings.Contains(fix, "Test-ApplicationAccessPolicy -Identity "+helpdesk+" -AppId "+clientID) {
+		t.Errorf("access policy: %v\n%s", st, dump(rep))
 	}
 }

@@ -416,6 +416,7 @@ func (f *Fake) graphHandler() http.Handler {
 		mux.Handle("POST "+base+"/messages/{id}/attachments/createUploadSession", f.graphAPI(RouteCreateUploadSession, f.handleCreateUploadSession))
 		mux.Handle("POST "+base+"/messages/{id}/send", f.graphAPI(RouteSendDraft, f.handleSendDraft))
 		mux.Handle("DELETE "+base+"/messages/{id}", f.graphAPI(RouteDeleteMessage, f.handleDeleteMessage))
+		mux.Handle("GET "+base+"/mailFolders/{folder}", f.graphAPI(RouteGetMailFolder, f.handleGetMailFolder)) // graph_folders.go
 	}
 	mux.HandleFunc("PUT /api/v2.0/AttachmentSessions/{sid}", f.handleUploadChunk)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

@@ -28,11 +28,12 @@ goes on after a failure: the configuration; the identity platform (DNS,
 TLS, this host's clock against its Date header); a token for each resource
 the account uses (Exchange Online; Microsoft Graph with send_via = "graph"
 or "auto"); IMAP login and EXAMINE INBOX; POP3 login and STAT; SMTP AUTH
-(nothing is sent); MAIL FROM then RSET for each send_as address; and the
-configured connection caps against Exchange's per-mailbox limits. Each
-failure says what it means and the fix: the Exchange Online PowerShell
-line, the portal path or the admin-consent URL, with the account's names
-filled in. Without ACCOUNT, every account is checked.
+(nothing is sent) or, when sending through Graph, a read of the mailbox's
+Drafts folder through Graph; MAIL FROM then RSET for each send_as address;
+and the configured connection caps against Exchange's per-mailbox limits.
+Each failure says what it means and the fix: the Exchange Online
+PowerShell line, the portal path or the admin-consent URL, with the
+account's names filled in. Without ACCOUNT, every account is checked.
 
 When the daemon runs (its admin API answers on admin.listen), the checks
 run inside it with its tokens, so doctor never refreshes a token behind

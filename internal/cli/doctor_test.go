@@ -82,7 +82,7 @@ func TestDoctorThroughDaemon(t *testing.T) {
 			for _, c := range ar.Checks {
 				ids[c.ID] = c.Status
 			}
-			if ids["token-graph"] != doctor.Pass || ids["smtp"] != doctor.Skip {
+			if ids["token-graph"] != doctor.Pass || ids["graph"] != doctor.Pass || ids["smtp"] != doctor.Skip {
 				t.Errorf("notices (send_via = graph): %v", ids)
 			}
 		}

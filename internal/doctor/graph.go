@@ -42,6 +42,7 @@ func (r *run) checkGraph() {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.TLSClientConfig = &tls.Config{RootCAs: r.p.RootCAs, MinVersion: tls.VersionTLS12}
 		hc = &http.Client{Transport: tr}
+		defer tr.CloseIdleConnections()
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {

@@ -23,9 +23,9 @@ const (
 	// rotation is practised while the person who set it up is still there.
 	DefaultLifetime = 365 * 24 * time.Hour
 	// MaxLifetime: Entra accepts longer certificate credentials, but a
-	// key that never rotates is a key that leaks unnoticed; three years
-	// is the bridge's ceiling.
-	MaxLifetime = 3 * 366 * 24 * time.Hour
+	// key that never rotates is a key that leaks unnoticed; two years,
+	// the maximum of a client secret, is the bridge's ceiling.
+	MaxLifetime = 730 * 24 * time.Hour
 	// backdate covers clocks a little behind ours (Entra's or another
 	// replica's).
 	backdate = 5 * time.Minute

@@ -88,6 +88,7 @@ func init() {
 		{"login", "sign in a delegated account (device code; -browser for the browser flow)", runLogin},
 		{"status", "show every account's token state; exit 0 only when all are ok", runStatus},
 		{"consent-url", "print the admin-consent URL of a provider", runConsentURL},
+		{"cert", "make a key and self-signed certificate for an app registration (cert new)", runCert},
 		{"demo", "run a bridge against an embedded fake Microsoft 365, on loopback", runDemo},
 		{"version", "print the version (also: oauthbridge --version)", runVersion},
 		{"help", "print this help, or a command's (oauthbridge help COMMAND)", nil},

@@ -62,6 +62,7 @@ func certConfig(t *testing.T, dir, authority string, certs ...*testCert) *config
 		fmt.Fprintf(&b, "  client_certificate {\n    cert_file = %q\n    key_file = %q\n  }\n", c.certFile, c.keyFile)
 	}
 	b.WriteString("}\naccount \"scanner\" {\n  provider = \"p\"\n  mailbox = \"scan@contoso.com\"\n  flow = \"app\"\n}\n")
+	b.WriteString("account \"helpdesk\" {\n  provider = \"p\"\n  mailbox = \"hd@contoso.com\"\n  delegate = \"alice@contoso.com\"\n}\n")
 	cfg, err := config.Parse("test.hcl", []byte(b.String()))
 	if err != nil {
 		t.Fatalf("config.Parse() = %v\n%s", err, b.String())
@@ -86,6 +87,8 @@ func newCertEnv(t *testing.T, certs []*testCert, register []*testCert, manager f
 	}
 	f.AddMailbox("scan@contoso.com")
 	f.GrantApp("app1", "scan@contoso.com")
+	f.AddUser(alice)
+	f.AddMailbox("hd@contoso.com", alice)
 	e := &env{t: t, f: f, clock: clock, dir: filepath.Join(t.TempDir(), "state"), sleeps: make(chan time.Duration, 100)}
 	e.cfg = certConfig(t, e.dir, f.AuthorityURL, certs...)
 	log, buf := testLogger()
@@ -177,6 +180,24 @@ func TestCertificateAppFlow(t *testing.T) {
 	}
 	if strings.Contains(e.logs.String(), "BEGIN") {
 		t.Fatal("key material in the log")
+	}
+}
+
+// TestCertificateDelegated: a delegated account of a provider with a
+// certificate signs in (device code) and refreshes with client assertions.
+func TestCertificateDelegated(t *testing.T) {
+	tc := newTestCert(t, t.TempDir(), "a", time.Now(), 365*24*time.Hour)
+	e := newCertEnv(t, []*testCert{tc}, []*testCert{tc}, nil)
+	if err := e.deviceLogin(e.m, helpdesk, alice); err != nil {
+		t.Fatalf("device login with a certificate: %v", err)
+	}
+	tok := e.token(e.m, helpdesk)
+	e.m.Rejected(helpdesk, tok)
+	if e.token(e.m, helpdesk) == tok || e.grants(grantRT) != 1 {
+		t.Fatalf("no refresh with the certificate: %v", e.f.TokenRequestsByGrant())
+	}
+	if line := imapLogin(t, e.f, "hd@contoso.com", e.token(e.m, helpdesk)); !strings.HasPrefix(line, "a1 OK") {
+		t.Fatalf("IMAP: %s", line)
 	}
 }
 

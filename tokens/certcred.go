@@ -149,16 +149,26 @@ func newJTI() string {
 }
 
 // order is the order in which to try the certificates: the one in use,
-// then the others in configuration order.
+// then the others in configuration order; a certificate outside its
+// validity (by our clock) goes last, so an expired one costs no refused
+// request while its successor works.
 func (c *certCredential) order() []int {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	out := []int{c.inUse}
 	for i := range c.certs {
 		if i != c.inUse {
 			out = append(out, i)
 		}
 	}
+	c.mu.Unlock()
+	now := c.now()
+	stale := func(i int) int {
+		if cert := c.certs[i].Cert; cert != nil && !now.After(cert.NotAfter) && !now.Before(cert.NotBefore) {
+			return 0
+		}
+		return 1
+	}
+	slices.SortStableFunc(out, func(a, b int) int { return stale(a) - stale(b) })
 	return out
 }
 

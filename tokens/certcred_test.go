@@ -378,6 +378,28 @@ func TestCertificateRotation(t *testing.T) {
 	}
 }
 
+// TestCertificateExpiredSkipped: once the certificate in use expires by the
+// bridge's clock, its successor is used without a refused request first.
+func TestCertificateExpiredSkipped(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Now()
+	old := newTestCert(t, dir, "old", now, 2*time.Hour)
+	next := newTestCert(t, dir, "next", now, 365*24*time.Hour)
+	e := newCertEnv(t, []*testCert{old, next}, []*testCert{old, next}, nil)
+	e.token(e.m, scanner)
+	if !credentialsOf(e.m)[old.thumbprint].InUse {
+		t.Fatalf("Credentials() = %+v", e.m.Credentials())
+	}
+	e.clock.Add(3 * time.Hour)
+	e.token(e.m, scanner)
+	if n := e.grants(grantCC); n != 2 {
+		t.Fatalf("client_credentials requests = %d, want 2: the expired certificate was tried", n)
+	}
+	if !credentialsOf(e.m)[next.thumbprint].InUse {
+		t.Fatalf("Credentials() = %+v", e.m.Credentials())
+	}
+}
+
 func TestCertificateNoRotationOnTemporaryErrors(t *testing.T) {
 	dir := t.TempDir()
 	now := time.Now()

@@ -348,6 +348,18 @@ func (m *Manager) certCredential(p *config.Provider) *certCredential {
 		}
 	}
 	m.certs.byName[p.Name] = c
+	var desc []string
+	for i, cc := range c.certs {
+		d := cc.Thumbprint() + " (" + cc.CertFile
+		if cc.Cert != nil {
+			d += ", expires " + cc.Cert.NotAfter.UTC().Format("2006-01-02")
+		}
+		if i == c.inUse {
+			d += ", tried first"
+		}
+		desc = append(desc, d+")")
+	}
+	m.log.Info("tokens: provider authenticates with client certificates", "provider", p.Name, "certificates", strings.Join(desc, "; "))
 	return c
 }
 

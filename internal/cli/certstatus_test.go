@@ -115,6 +115,32 @@ account "scanner" {
 			t.Errorf("status lacks certificate %d (%s, in use: %s):\n%s", i, thumbs[i], inUse, o)
 		}
 	}
+	// check lists the certificates with their thumbprints.
+	if code, o, e := run(t, "", "check", "-config", path, "-credentials", t.TempDir()); code != ExitOK || !strings.Contains(o, "client certificate "+thumbs[0]) || !strings.Contains(o, "client certificate "+thumbs[1]) {
+		t.Errorf("check: code %d\n%s\n%s", code, o, e)
+	}
+
+	// A reload (what SIGHUP does) re-reads the files: the retired
+	// certificate's files now hold a third, registered one.
+	third, thirdKey, err := certgen.New(certgen.Options{CommonName: "oauthbridge-third", Bits: 2048, Lifetime: 300 * 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.RegisterCertificate("app-id", third)
+	os.WriteFile(files[0][0], certgen.CertPEM(third), 0o644)
+	os.WriteFile(files[0][1], certgen.KeyPEM(thirdKey), 0o600)
+	cfg, err = config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	code, o, e = run(t, "", "status", "-config", path, "-credentials", t.TempDir())
+	if code != ExitOK || !strings.Contains(o, config.CertThumbprint(third)) || strings.Contains(o, thumbs[0]) || !regexp.MustCompile(thumbs[1]+`\s+\S+ \(in \d+d\)\s+yes`).MatchString(o) {
+		t.Errorf("status after reload: code %d\n%s\n%s", code, o, e)
+	}
+
 	// Without the daemon the configuration's view: which one is in use is unknown.
 	d.Shutdown(ctx)
 	code, o, _ = run(t, "", "status", "-config", path, "-credentials", t.TempDir())

@@ -371,6 +371,7 @@ user maps to) are printed but do not fail the check. Run it before
 	}
 	sort.Strings(names)
 	fmt.Fprintf(env.Stdout, "%s: OK (%d provider(s), %d account(s): %s; %d user(s))\n", *cf.path, len(cfg.Providers), len(cfg.Accounts), strings.Join(names, ", "), len(cfg.Users))
+	writeCheckCertificates(env.Stdout, cfg) // credentials.go
 	return nil
 }
 

@@ -81,3 +81,19 @@ func writeCredentialTable(w io.Writer, creds []tokens.CredentialInfo, fromDaemon
 	}
 	tw.Flush()
 }
+
+// writeCheckCertificates lists, after check's OK, each client certificate
+// with the thumbprint to find in Entra and its expiry.
+func writeCheckCertificates(w io.Writer, cfg *config.Config) {
+	now := time.Now()
+	for _, p := range cfg.Providers {
+		for _, cc := range p.ClientCertificates {
+			if cc.Cert == nil {
+				continue
+			}
+			days := int(cc.Cert.NotAfter.Sub(now) / (24 * time.Hour))
+			fmt.Fprintf(w, "  provider %s: client certificate %s (%s, %s) valid until %s (%d days)\n",
+				p.Name, cc.Thumbprint(), cc.CertFile, cc.Algorithm, cc.Cert.NotAfter.UTC().Format("2006-01-02"), days)
+		}
+	}
+}

@@ -102,6 +102,13 @@ func (c *Config) validateCertificates(p *Provider, now time.Time, diags *hcl.Dia
 			*diags = append(*diags, diagAt(cc.AlgRange, def, "Invalid algorithm",
 				fmt.Sprintf("client_certificate algorithm %q: use \"RS256\" (the default) or \"PS256\"; Entra accepts both for an RSA certificate.", cc.Algorithm)))
 		}
+		if looksLikePEM(cc.KeyFile) || looksLikePEM(cc.CertFile) {
+			// credential("name") put the file's contents here; never echo
+			// them (a private key) into a diagnostic.
+			*diags = append(*diags, diagAt(cc.KeyRange, def, "File contents instead of a file name",
+				fmt.Sprintf("provider %q client_certificate: cert_file and key_file take file names, but one holds PEM data (from credential(\"name\") or file(...)?). Write key_file = credential_path(\"name\"), which gives the credential's path.", p.Name)))
+			continue
+		}
 		cert, err := loadCertFile(cc.CertFile)
 		if err != nil {
 			c.fileDiag(diags, err, diagAt(cc.CertRange, def, "Unusable client certificate",
@@ -250,4 +257,10 @@ func ParseRSAKey(b []byte) (*rsa.PrivateKey, error) {
 		}
 		return rk, nil
 	}
+}
+
+// looksLikePEM reports whether a file name attribute holds PEM data (or any
+// multi-line text) rather than a path.
+func looksLikePEM(s string) bool {
+	return strings.Contains(s, "-----BEGIN") || strings.ContainsAny(s, "\n\x00")
 }

@@ -134,6 +134,12 @@ func TestClientCertificateCredential(t *testing.T) {
 	if cc.Cert == nil || cc.Key != nil || cfg.SecretsError() == nil || !strings.Contains(cfg.SecretsError().Error(), "Unusable client certificate key") {
 		t.Fatalf("cert %v key %v SecretsError %v", cc.Cert != nil, cc.Key != nil, cfg.SecretsError())
 	}
+	// credential() instead of credential_path(): refused without echoing the key.
+	wrong := strings.Replace(src, "credential_path(", "credential(", 1)
+	_, err = ParseWith("c.hcl", []byte(wrong), Options{CredentialsDir: creds})
+	if err == nil || !strings.Contains(squash(err.Error()), "credential_path") || strings.Contains(err.Error(), "PRIVATE KEY") {
+		t.Fatalf("key_file = credential(): %v", err)
+	}
 	if _, err := ParseWith("c.hcl", []byte(src), Options{CredentialsDir: t.TempDir()}); err == nil || !strings.Contains(err.Error(), "LoadCredential=contoso-cert-key:/etc/oauthbridge/credentials/contoso-cert-key") {
 		t.Fatalf("strict load without the credential = %v", err)
 	}

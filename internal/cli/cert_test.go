@@ -41,7 +41,7 @@ func TestCertNew(t *testing.T) {
 	if cc.Cert.Subject.CommonName != "oauthbridge-contoso" || cc.Key.N.BitLen() != 2048 {
 		t.Fatalf("certificate CN %q, key %d bits", cc.Cert.Subject.CommonName, cc.Key.N.BitLen())
 	}
-	if life := cc.Cert.NotAfter.Sub(time.Now()); life < 89*24*time.Hour || life > 91*24*time.Hour {
+	if life := time.Until(cc.Cert.NotAfter); life < 89*24*time.Hour || life > 91*24*time.Hour {
 		t.Fatalf("lifetime %v, want 90 days", life)
 	}
 	for _, want := range []string{"Certificates & secrets", "Upload certificate", "az ad app credential reset --id CLIENT_ID --cert @" + certFile + " --append", cc.Cert.NotAfter.UTC().Format("2006-01-02")} {

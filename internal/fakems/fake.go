@@ -95,14 +95,17 @@ type Fake struct {
 	smtpDropInData   bool
 	sent             []SentMessage
 	smtpAuthConns    map[string]int
-	consent          map[string]map[string]bool     // consentKey -> consented scopes
-	withheld         map[string]map[string]bool     // client ID -> scopes users cannot consent to
-	appRoles         map[string][]string            // client ID -> Graph application roles
-	smtpAuthTenant   bool                           // Set-TransportConfig -SmtpClientAuthenticationDisabled
-	sendFromAlias    bool                           // Set-OrganizationConfig -SendFromAliasEnabled
-	graph            graphState                     // guarded by mu
-	appCerts         map[string][]*x509.Certificate // client ID -> registered certificates (identity_certs.go)
-	jtis             map[string]time.Time           // client ID + jti of client assertions -> until (identity_certs.go)
+	consent          map[string]map[string]bool // consentKey -> consented scopes
+	withheld         map[string]map[string]bool // client ID -> scopes users cannot consent to
+	appRoles         map[string][]string        // client ID -> Graph application roles
+	smtpAuthTenant   bool                       // Set-TransportConfig -SmtpClientAuthenticationDisabled
+	sendFromAlias    bool                       // Set-OrganizationConfig -SendFromAliasEnabled
+	graph            graphState                 // guarded by mu
+
+	// Certificate credentials (identity_certs.go), guarded by mu:
+	// registered certificates and spent client-assertion jtis by client ID.
+	appCerts map[string][]*x509.Certificate
+	jtis     map[string]time.Time
 
 	// storeMu serialises changes to the message store (imapmemserver
 	// mailboxes plus the raw-bytes index) so that UID bookkeeping is exact.

@@ -258,6 +258,9 @@ type Provider struct {
 	SMTPServer   string `hcl:"smtp_server,optional"`
 	GraphURL     string `hcl:"graph_url,optional"`
 	CAFile       string `hcl:"ca_file,optional"`
+	// ClientCertificates authenticate the app with a signed client
+	// assertion instead of client_secret (certs.go).
+	ClientCertificates []*ClientCertificate `hcl:"client_certificate,block"`
 
 	DefRange       hcl.Range `hcl:",def_range"`
 	SecretRange    hcl.Range `hcl:"client_secret,attr_range"`

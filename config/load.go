@@ -447,6 +447,7 @@ func (c *Config) validate() hcl.Diagnostics {
 		}
 		c.ProviderByName[p.Name] = p
 		diags = append(diags, p.resolve()...)
+		c.validateCertificates(p, time.Now(), &diags)
 	}
 
 	// Accounts.
@@ -476,9 +477,9 @@ func (c *Config) validate() hcl.Diagnostics {
 				diags = append(diags, diagAt(a.DelegateRange, a.DefRange, "delegate with app flow",
 					"delegate names the person who signs in for a delegated account; an app-flow account has no sign-in. Remove delegate or use flow = \"delegated\"."))
 			}
-			if p != nil && p.ClientSecret == "" {
+			if p != nil && p.ClientSecret == "" && len(p.ClientCertificates) == 0 {
 				diags = append(diags, diagAt(a.FlowRange, a.DefRange, "App flow needs a client secret",
-					fmt.Sprintf("account %q uses flow = \"app\" (client credentials), so provider %q needs client_secret.", a.Name, p.Name)))
+					fmt.Sprintf("account %q uses flow = \"app\" (client credentials), so provider %q needs client_secret or a client_certificate block.", a.Name, p.Name)))
 			}
 			if p != nil {
 				switch strings.ToLower(p.Tenant) {

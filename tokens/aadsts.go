@@ -84,9 +84,22 @@ var aadstsTable = map[int]remedy{
 	650057:  {Failing, "the app registration does not request the mail permissions", fixAppPerm, ""},
 	65005:   {Failing, "the app registration is misconfigured for the mail permissions", fixAppPerm, ""},
 	650056:  {Failing, "the app registration is misconfigured for the mail permissions", fixAppPerm, ""},
-	700024:  {Failing, "the client assertion is not within its valid time range", "check the system clock", ""},
-	50011:   {Failing, "the redirect URI does not match the app registration", "add the bridge's redirect URI (admin public_url + /oauth/callback) to the app registration of provider {provider}", ""},
-	500113:  {Failing, "the app registration has no redirect URI", "add the bridge's redirect URI (admin public_url + /oauth/callback) to the app registration of provider {provider}", ""},
+	700024:  {Failing, "the client assertion is not within its valid time range (clock skew)", fixClock, ""},
+	// Client certificates (certcred.go names the certificate in the fix).
+	// 700027, 7000274, 1000502, 7000214, 7000277 are Microsoft.Identity.Web's
+	// list of certificate errors.
+	700027:  {Failing, "the app registration does not accept the client certificate (not uploaded, key not matching, or expired)", "upload the certificate of provider {provider} to its app registration (" + uploadPath + "), or " + fixCertNew, ""},
+	7000274: {Failing, "the client certificate is outside its validity period", fixCertNew, ""},
+	1000502: {Failing, "the client certificate is outside its validity period", fixCertNew, ""},
+	7000214: {Failing, "the client certificate was revoked", fixRevoked, ""},
+	7000277: {Failing, "the client certificate was revoked", fixRevoked, ""},
+	// InvalidJwtToken: Entra's reference lists an unexpected audience and a
+	// token outside its time range among its causes. That a replayed jti
+	// gets this code too is not confirmed (the fake identity platform
+	// answers a replay with it).
+	50027:  {Failing, "Entra refused the client assertion as an invalid JWT (wrong audience, replayed or malformed)", fixJWT, ""},
+	50011:  {Failing, "the redirect URI does not match the app registration", "add the bridge's redirect URI (admin public_url + /oauth/callback) to the app registration of provider {provider}", ""},
+	500113: {Failing, "the app registration has no redirect URI", "add the bridge's redirect URI (admin public_url + /oauth/callback) to the app registration of provider {provider}", ""},
 
 	// Throttling and outages: retry later.
 	50196: {Temporary, "Entra is throttling repeated requests (loop detected)", fixBackOff, ""},
@@ -191,6 +204,7 @@ func classify(a *config.Account, err error) *Error {
 			}
 		}
 	}
+	certRemedy(e, err) // certcred.go: name the certificate
 	e.Fix = expandFix(e.Fix, a)
 	return e
 }

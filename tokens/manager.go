@@ -104,6 +104,8 @@ type Manager struct {
 	clientsMu sync.Mutex
 	clients   map[*config.Provider]*http.Client
 
+	certs certCreds // client certificate credentials by provider (certcred.go)
+
 	pendMu  sync.Mutex
 	pending map[string]*pendingLogin
 
@@ -197,6 +199,7 @@ func NewManager(cfg *config.Config, opts Options) (*Manager, error) {
 	for name, ac := range cfg.AccountByName {
 		m.accounts[name] = m.newAccount(ac, disk[name])
 	}
+	m.publishCredentialMetrics()
 	return m, nil
 }
 

@@ -72,9 +72,9 @@ func ConsentURL(p *config.Provider, redirectURI string) string {
 }
 
 // ClientCredential authenticates an app registration at the token endpoint.
-// The client secret (or none: a public client) is the only kind so far; a
-// certificate credential (a signed client_assertion JWT, RFC 7523) can
-// implement this interface and be installed with Options.Credential.
+// It is the client secret, none (a public client), or the provider's
+// client certificates (certcred.go: a signed client_assertion, RFC 7523);
+// Options.Credential may install another.
 type ClientCredential interface {
 	// TokenParams returns the form parameters that authenticate the client
 	// in one request to tokenURL: client_secret, or client_assertion_type
@@ -193,7 +193,11 @@ func (m *Manager) postForm(ctx context.Context, p *config.Provider, endpoint str
 func (m *Manager) tokenRequest(ctx context.Context, p *config.Provider, form url.Values) (*tokenResponse, error) {
 	ep := Endpoints(p)
 	form.Set("client_id", p.ClientID)
-	extra, err := m.credential(p).TokenParams(ctx, ep.TokenURL)
+	cred := m.credential(p)
+	if cc, ok := cred.(*certCredential); ok {
+		return m.certTokenRequest(ctx, p, cc, form) // certcred.go: tries the next certificate on refusal
+	}
+	extra, err := cred.TokenParams(ctx, ep.TokenURL)
 	if err != nil {
 		return nil, fmt.Errorf("tokens: client credential: %w", err)
 	}
@@ -215,6 +219,9 @@ func (m *Manager) credential(p *config.Provider) ClientCredential {
 		if c := m.opts.Credential(p); c != nil {
 			return c
 		}
+	}
+	if c := m.certCredential(p); c != nil {
+		return c
 	}
 	return SecretCredential(p.ClientSecret)
 }

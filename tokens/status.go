@@ -74,6 +74,7 @@ func (m *Manager) Reload(cfg *config.Config) error {
 	m.clients = map[*config.Provider]*http.Client{}
 	m.clientsMu.Unlock()
 	m.adoptFrom(disk)
+	m.publishCredentialMetrics()
 	m.signal()
 	return nil
 }

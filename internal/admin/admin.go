@@ -127,6 +127,7 @@ func New(opts Options) http.Handler {
 	protected("POST /connect/{account}", h.connect)
 	protected("GET /api/accounts", h.apiAccounts)
 	protected("GET /api/accounts/{name}", h.apiAccount)
+	protected("GET /api/credentials", h.apiCredentials) // credentials.go
 	protected("POST /api/accounts/{name}/device-login", h.apiDeviceStart)
 	protected("GET /api/accounts/{name}/device-login", h.apiDeviceResult)
 	protected("POST /api/doctor", h.apiDoctor)

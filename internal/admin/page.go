@@ -58,6 +58,20 @@ form{margin:0}
 {{else}}
 <p id="no-accounts">No accounts are configured.</p>
 {{end}}
+{{if .Credentials}}
+<h2>Client credentials</h2>
+<table id="credentials">
+<thead><tr><th>Provider</th><th>Credential</th><th>Thumbprint (SHA-1)</th><th>Expires</th><th>In use</th></tr></thead>
+<tbody>
+{{range .Credentials}}<tr class="credential">
+<td>{{.Provider}}</td><td>{{if eq .Kind "secret"}}client_secret{{else}}certificate<br><small>{{.CertFile}}</small>{{end}}</td>
+<td class="thumbprint">{{if eq .Kind "certificate"}}{{.Name}}{{else}}-{{end}}</td>
+<td class="{{if .Expired}}s-failing{{else if .Soon}}s-needs_login{{end}}">{{if .ExpiresAbs}}{{.ExpiresRel}}<br><small><time datetime="{{.ExpiresAbs}}">{{.ExpiresAbs}}</time></small>{{else}}-{{end}}</td>
+<td class="inuse">{{if .InUse}}yes{{else}}no{{end}}</td>
+</tr>
+{{end}}</tbody>
+</table>
+{{end}}
 <p><small>Connect signs the account in with the browser; the identity platform returns to {{.RedirectURI}}, which must be a redirect URI of the app registration. Without a browser on this host, run <code>oauthbridge login ACCOUNT</code> (device code). Times are UTC. oauthbridge {{.Version}}, page rendered {{.Now}}.</small></p>
 </body>
 </html>
@@ -66,6 +80,7 @@ form{margin:0}
 type pageData struct {
 	Flash       *flash
 	Accounts    []row
+	Credentials []credRow // credentials.go
 	CSRF        string
 	RedirectURI string
 	Version     string
@@ -96,6 +111,7 @@ func (h *handler) statusPage(w http.ResponseWriter, r *http.Request) {
 		RedirectURI: redirectURI(cfg),
 		Version:     h.opts.Version,
 		Now:         now.UTC().Format(time.RFC3339),
+		Credentials: h.credentialRows(now),
 	}
 	for _, s := range st {
 		rw := row{AccountStatus: s, ConnectPath: "/connect/" + url.PathEscape(s.Account)}

@@ -89,6 +89,7 @@ func init() {
 		{"status", "show every account's token state; exit 0 only when all are ok", runStatus},
 		{"consent-url", "print the admin-consent URL of a provider", runConsentURL},
 		{"doctor", "check an account against Microsoft 365 and print the fix of each problem", runDoctor},
+		{"cert", "make a key and self-signed certificate for an app registration (cert new)", runCert},
 		{"demo", "run a bridge against an embedded fake Microsoft 365, on loopback", runDemo},
 		{"version", "print the version (also: oauthbridge --version)", runVersion},
 		{"help", "print this help, or a command's (oauthbridge help COMMAND)", nil},
@@ -371,6 +372,7 @@ user maps to) are printed but do not fail the check. Run it before
 	}
 	sort.Strings(names)
 	fmt.Fprintf(env.Stdout, "%s: OK (%d provider(s), %d account(s): %s; %d user(s))\n", *cf.path, len(cfg.Providers), len(cfg.Accounts), strings.Join(names, ", "), len(cfg.Users))
+	writeCheckCertificates(env.Stdout, cfg) // credentials.go
 	return nil
 }
 

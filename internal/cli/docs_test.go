@@ -644,6 +644,21 @@ func (w *docWorld) run(c docCommand) {
 		if code := finish(); code != 0 {
 			fail("exit %d after SIGTERM, want 0", code)
 		}
+	case "cert":
+		in.Close()
+		code := finish()
+		m := regexp.MustCompile(`Wrote the private key to (\S+)`).FindStringSubmatch(o.String())
+		if code != 0 || m == nil || !strings.Contains(o.String(), "Thumbprint (SHA-1, as Entra shows it): ") || !strings.Contains(o.String(), "Upload certificate") {
+			fail("exit %d, want 0, the key written, the thumbprint and the upload step", code)
+			return
+		}
+		key := m[1]
+		if rest, ok := strings.CutPrefix(key, "/etc/oauthbridge/"); ok {
+			key = filepath.Join(w.etc, rest) // the namespace's /etc/oauthbridge
+		}
+		if st, err := os.Stat(key); err != nil || st.Mode().Perm() != 0o600 {
+			fail("the key %s: %v, want mode 0600", key, err)
+		}
 	case "version", "--version", "-version", "help", "-h", "--help":
 		in.Close()
 		if code := finish(); code != 0 || o.String() == "" {

@@ -414,7 +414,8 @@ For monitoring (Nagios, cron): exit 0 only when every account is ok.`)
 	}
 	var rows []tokens.AccountStatus
 	source := "daemon at " + cfg.Admin.Listen
-	err = newAdminClient(cfg, env).do(ctx, http.MethodGet, "/api/accounts", &rows)
+	cl := newAdminClient(cfg, env)
+	err = cl.do(ctx, http.MethodGet, "/api/accounts", &rows)
 	daemonDown := errors.Is(err, errNoDaemon)
 	if daemonDown {
 		source = "token store in " + cfg.StateDir + " (no daemon answers on " + cfg.Admin.Listen + ")"
@@ -433,6 +434,8 @@ For monitoring (Nagios, cron): exit 0 only when every account is ok.`)
 	} else {
 		fmt.Fprintf(env.Stdout, "Source: %s\n\n", source)
 		writeStatusTable(env.Stdout, rows, time.Now())
+		creds, fromDaemon := statusCredentials(ctx, cl, cfg, !daemonDown) // credentials.go
+		writeCredentialTable(env.Stdout, creds, fromDaemon, time.Now())
 	}
 	if daemonDown {
 		return &exitError{ExitUnavailable, fmt.Errorf("no daemon answers on %s: the bridge is not running (systemctl status oauthbridge); the states shown are the token store's", cfg.Admin.Listen)}

@@ -103,6 +103,11 @@ type Fake struct {
 	graph            graphState                 // guarded by mu
 	knobs            knobState                  // guarded by mu (knobs.go)
 
+	// Certificate credentials (identity_certs.go), guarded by mu:
+	// registered certificates and spent client-assertion jtis by client ID.
+	appCerts map[string][]*x509.Certificate
+	jtis     map[string]time.Time
+
 	// storeMu serialises changes to the message store (imapmemserver
 	// mailboxes plus the raw-bytes index) so that UID bookkeeping is exact.
 	storeMu sync.Mutex

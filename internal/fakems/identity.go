@@ -385,7 +385,10 @@ func (f *Fake) clientAuth(r *http.Request) (*app, *aadError) {
 	if a == nil {
 		return nil, newAADError(400, "unauthorized_client", 700016, "Application with identifier '%s' was not found in the directory 'Fake'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant.", clientID)
 	}
-	if a.secret == "" {
+	if r.PostForm.Has("client_assertion") || r.PostForm.Has("client_assertion_type") {
+		return f.assertionAuth(r, a) // identity_certs.go
+	}
+	if a.secret == "" && !f.hasCertificates(a.id) {
 		if hasSecret && secret != "" {
 			return nil, newAADError(401, "invalid_client", 700025, "Client is public so neither 'client_assertion' nor 'client_secret' should be presented.")
 		}

@@ -13,7 +13,7 @@ import (
 )
 
 func (f *Fake) grantClientCredentials(a *app, form url.Values) (*tokenResponse, *aadError) {
-	if a.secret == "" {
+	if a.secret == "" && !f.hasCertificates(a.id) { // public client
 		return nil, newAADError(401, "invalid_client", 7000218, "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.")
 	}
 	scope := strings.TrimSpace(form.Get("scope"))

@@ -76,6 +76,8 @@ type Config struct {
 	Accounts  []*Account  `hcl:"account,block"`
 	Users     []*User     `hcl:"user,block"`
 
+	Alerts *AlertsBlock `hcl:"alerts,block"` // alerts.go
+
 	ShutdownTimeoutRange hcl.Range `hcl:"shutdown_timeout,attr_range"`
 	StateDirRange        hcl.Range `hcl:"state_dir,attr_range"`
 	LogFormatRange       hcl.Range `hcl:"log_format,attr_range"`
@@ -258,6 +260,12 @@ type Provider struct {
 	SMTPServer   string `hcl:"smtp_server,optional"`
 	GraphURL     string `hcl:"graph_url,optional"`
 	CAFile       string `hcl:"ca_file,optional"`
+
+	// ClientSecretExpires is the secret's Expires date from Entra
+	// ("2027-06-30" or RFC 3339): shown in status, alerted on (alerts.go).
+	ClientSecretExpires string    `hcl:"client_secret_expires,optional"`
+	SecretExpiresRange  hcl.Range `hcl:"client_secret_expires,attr_range"`
+	SecretExpires       time.Time // parsed client_secret_expires; zero when unset
 
 	DefRange       hcl.Range `hcl:",def_range"`
 	SecretRange    hcl.Range `hcl:"client_secret,attr_range"`

@@ -1,0 +1,44 @@
+package daemon
+
+import (
+	"context"
+
+	"github.com/oauthbridge/oauthbridge/internal/alerts"
+	"github.com/oauthbridge/oauthbridge/internal/localauth"
+)
+
+// newAlerts builds the alert engine (the alerts block): it reads the
+// configuration in force and the token manager's status, counts the
+// proxies' failed upstream logins and sends alert mail through the SMTP
+// proxy's upstream path. o carries test settings (clock, retry timings,
+// events); the wiring fields are filled here.
+func (d *Daemon) newAlerts(o alerts.Options) {
+	o.Config = d.cfg.Load
+	o.Status = d.tokens.Status
+	if o.Sender == nil {
+		o.Sender = d.smtp
+	}
+	if o.Logger == nil {
+		o.Logger = d.log.With("component", "alerts")
+	}
+	// o.Credentials: certificate expiry (tokens' credential list) is
+	// added where the token manager lists its credentials.
+	d.alerts = alerts.New(o)
+}
+
+// startAlerts starts the engine and subscribes it to login attempts.
+func (d *Daemon) startAlerts(ctx context.Context) {
+	d.alerts.Start(ctx)
+	d.stopObserve = localauth.Observe(d.alerts.LoginAttempt)
+}
+
+// stopAlerts unsubscribes and stops the engine.
+func (d *Daemon) stopAlerts() {
+	if d.stopObserve != nil {
+		d.stopObserve()
+	}
+	d.alerts.Close()
+}
+
+// Alerts returns the alert engine (tests evaluate it on demand).
+func (d *Daemon) Alerts() *alerts.Engine { return d.alerts }

@@ -5,6 +5,7 @@ import (
 
 	"github.com/oauthbridge/oauthbridge/internal/alerts"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
+	"github.com/oauthbridge/oauthbridge/internal/metrics"
 )
 
 // newAlerts builds the alert engine (the alerts block): it reads the
@@ -26,10 +27,27 @@ func (d *Daemon) newAlerts(o alerts.Options) {
 	d.alerts = alerts.New(o)
 }
 
-// startAlerts starts the engine and subscribes it to login attempts.
+// startAlerts starts the engine and subscribes it to login attempts; it
+// publishes the gauges the Prometheus alerting rules compare with.
 func (d *Daemon) startAlerts(ctx context.Context) {
 	d.alerts.Start(ctx)
 	d.stopObserve = localauth.Observe(d.alerts.LoginAttempt)
+	metrics.SetReady(d.readyErr)
+	d.publishLimits()
+}
+
+// reloadAlerts applies a reloaded configuration: a changed alerts block
+// takes effect at the evaluation this triggers; the alert state stays.
+func (d *Daemon) reloadAlerts() {
+	d.publishLimits()
+	d.alerts.Kick()
+}
+
+func (d *Daemon) publishLimits() {
+	cfg := d.cfg.Load()
+	metrics.MaxConnections.WithLabelValues("imap").Set(float64(cfg.IMAP.Limits.MaxConnections))
+	metrics.MaxConnections.WithLabelValues("pop3").Set(float64(cfg.POP3.Limits.MaxConnections))
+	metrics.MaxConnections.WithLabelValues("smtp").Set(float64(cfg.SMTP.Limits.MaxConnections))
 }
 
 // stopAlerts unsubscribes and stops the engine.

@@ -281,7 +281,7 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 	}
 	d.cfg.Store(cfg)
 	d.auth.SetUsers(cfg)
-	d.alerts.Kick()
+	d.reloadAlerts()
 	for _, c := range []struct {
 		name     string
 		old, new []string

@@ -433,6 +433,7 @@ For monitoring (Nagios, cron): exit 0 only when every account is ok.`)
 	} else {
 		fmt.Fprintf(env.Stdout, "Source: %s\n\n", source)
 		writeStatusTable(env.Stdout, rows, time.Now())
+		writeSecretExpiry(env.Stdout, cfg, rows, time.Now()) // secretexpiry.go
 	}
 	if daemonDown {
 		return &exitError{ExitUnavailable, fmt.Errorf("no daemon answers on %s: the bridge is not running (systemctl status oauthbridge); the states shown are the token store's", cfg.Admin.Listen)}
@@ -461,6 +462,9 @@ func storeStatus(cfg *config.Config) ([]tokens.AccountStatus, error) {
 				Fix:       fmt.Sprintf("run 'oauthbridge login %s' and sign in as %s", a.Name, a.LoginHint())}
 			if a.Flow == config.FlowApp {
 				r.State, r.LastError, r.Fix = tokens.StateUnknown, "no token requested yet", "start the service; it requests the token itself"
+			}
+			if a.Provider != nil {
+				r.ClientSecretExpires = a.Provider.SecretExpires
 			}
 			rows = append(rows, r)
 		}

@@ -406,6 +406,11 @@ func TestAlertsUpstreamLoginsGraphFallbackAndReload(t *testing.T) {
 	if err := ae.d.Reload(cfg); err != nil {
 		t.Fatal(err)
 	}
+	for _, st := range ae.d.Tokens().Status() {
+		if want := time.Date(2026, 12, 6, 0, 0, 0, 0, time.UTC); !st.ClientSecretExpires.Equal(want) {
+			t.Errorf("status of %s: client_secret_expires %v, want %v", st.Account, st.ClientSecretExpires, want)
+		}
+	}
 	// The reload itself triggers an evaluation.
 	ae.waitEvent(t, "firing", "", alerts.CredentialExpiring, alerts.Firing)
 	p = r2.next(t, alerts.CredentialExpiring, alerts.Firing)

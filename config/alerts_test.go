@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -114,5 +115,42 @@ func TestAlertsBlockErrorsNameTheFix(t *testing.T) {
 		if !strings.Contains(ce.Diags.Error(), c.want) {
 			t.Errorf("%s %s:\n got %s\nwant %q", c.provider, c.block, ce.Diags.Error(), c.want)
 		}
+	}
+}
+
+// The commented alerts block of config.hcl.example works when uncommented.
+func TestExampleAlertsBlock(t *testing.T) {
+	src, err := os.ReadFile("../config.hcl.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var block []string
+	in := false
+	for _, l := range strings.Split(string(src), "\n") {
+		if strings.HasPrefix(l, "# alerts {") {
+			in = true
+		}
+		if in {
+			block = append(block, strings.TrimPrefix(strings.TrimPrefix(l, "#"), " "))
+		}
+		if in && l == "# }" {
+			break
+		}
+	}
+	if len(block) < 3 {
+		t.Fatal("config.hcl.example has no commented alerts block")
+	}
+	full := string(src) + "\n" + strings.Join(block, "\n") + "\n"
+	full = strings.Replace(full, `  # client_secret_expires = "2027-06-30"`, `  client_secret_expires = "2027-06-30"`, 1)
+	cfg, err := Parse("config.hcl.example", []byte(full))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := cfg.Alerts
+	if a == nil || a.Sender == nil || a.Sender.Name != "helpdesk" || a.WebhookRedacted != "https://contoso.webhook.office.com" || a.LoginFailures != DefaultUpstreamLoginFailures {
+		t.Errorf("example alerts block: %+v", a)
+	}
+	if cfg.ProviderByName["contoso"].SecretExpires.IsZero() {
+		t.Error("example client_secret_expires not parsed")
 	}
 }

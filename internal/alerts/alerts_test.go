@@ -544,7 +544,7 @@ func TestEmailAndTheBrokenEmailAccount(t *testing.T) {
 	h.waitEvent(t, "delivered", "email")
 	fs.mu.Lock()
 	if len(fs.sent) != 1 || fs.from[0] != "scanner scanner@contoso.com admin@contoso.com" ||
-		!strings.Contains(fs.sent[0], "Subject: [oauthbridge FIRING] helpdesk: needs login firing") || !strings.Contains(fs.sent[0], "oauthbridge login helpdesk") {
+		!strings.Contains(fs.sent[0], "Subject: [oauthbridge FIRING] helpdesk: needs login") || !strings.Contains(fs.sent[0], "oauthbridge login helpdesk") {
 		t.Errorf("alert mail: %v %q", fs.from, fs.sent)
 	}
 	fs.mu.Unlock()

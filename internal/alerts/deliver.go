@@ -254,7 +254,7 @@ func summary(a Alert) string {
 	if subject == "" {
 		subject = "provider " + a.Provider
 	}
-	return fmt.Sprintf("%s: %s %s", subject, strings.ReplaceAll(string(a.Condition), "_", " "), a.State)
+	return fmt.Sprintf("%s: %s", subject, strings.ReplaceAll(string(a.Condition), "_", " "))
 }
 
 // text is the one-message rendering for chat webhooks and the mail body's

@@ -311,7 +311,7 @@ func TestAlertsNeedsLoginAndRefreshFailing(t *testing.T) {
 		t.Errorf("webhook: %+v", p)
 	}
 	ae.waitEvent(t, "delivered", "email", alerts.NeedsLogin, alerts.Firing)
-	m := ae.inbox(t, "[oauthbridge FIRING] archive: needs login firing")
+	m := ae.inbox(t, "[oauthbridge FIRING] archive: needs login")
 	if !strings.Contains(m, "From: oauthbridge <helpdesk@contoso.com>") || !strings.Contains(m, "oauthbridge login archive") {
 		t.Errorf("alert mail:\n%s", m)
 	}
@@ -319,7 +319,7 @@ func TestAlertsNeedsLoginAndRefreshFailing(t *testing.T) {
 	ae.evalExpect(t, alerts.NeedsLogin, alerts.Resolved, "archive")
 	r.next(t, alerts.NeedsLogin, alerts.Resolved)
 	ae.waitEvent(t, "delivered", "email", alerts.NeedsLogin, alerts.Resolved)
-	ae.inbox(t, "[oauthbridge RESOLVED] archive: needs login resolved")
+	ae.inbox(t, "[oauthbridge RESOLVED] archive: needs login")
 
 	// The token endpoint fails: nothing before refresh_failing_for, one
 	// alert after it, one when it works again.
@@ -387,7 +387,7 @@ func TestAlertsUpstreamLoginsGraphFallbackAndReload(t *testing.T) {
 		t.Errorf("fix: %q", p.Fix)
 	}
 	ae.waitEvent(t, "delivered", "email", alerts.GraphFallback, alerts.Firing)
-	ae.inbox(t, "[oauthbridge FIRING] helpdesk: graph fallback firing")
+	ae.inbox(t, "[oauthbridge FIRING] helpdesk: graph fallback")
 	ae.f.SetMailboxSMTPAuth("helpdesk@contoso.com", fakems.SMTPAuthEnabled)
 	if err := sendMail(t, ae.d.Addr("smtp")); err != nil {
 		t.Fatal(err)

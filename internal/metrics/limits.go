@@ -7,13 +7,13 @@ import (
 )
 
 // Gauges for alerting rules (contrib/prometheus/alerts.yml): the limits
-// the sessions gauges are compared with, and readiness as /readyz says it.
+// the sessions gauges are compared with, and the daemon's readiness.
 var (
 	MaxConnections = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "oauthbridge_max_connections", Help: "The configured max_connections of each protocol's listeners (local sessions served at once), to compare with oauthbridge_sessions_active.",
 	}, []string{"proto"})
 	Ready = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "oauthbridge_ready", Help: "1 while /readyz answers 200 (every listener bound and serving, state_dir readable, the token store answering), 0 otherwise.",
+		Name: "oauthbridge_ready", Help: "1 while every listener is bound and serving, state_dir is readable and the token store answers (the daemon's part of /readyz; accounts needing a sign-in are oauthbridge_account_state), 0 otherwise.",
 	}, func() float64 {
 		if f := readyFn.Load(); f != nil && (*f)() == nil {
 			return 1

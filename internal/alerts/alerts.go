@@ -146,6 +146,9 @@ type Options struct {
 	OnEvent func(Event)
 	// Hostname names this bridge in messages; "": os.Hostname.
 	Hostname string
+	// StateFile keeps the firing alerts across restarts (the daemon:
+	// state_dir/alerts.json); "": kept in memory only.
+	StateFile string
 }
 
 // Engine evaluates the alert conditions and delivers alerts.
@@ -160,6 +163,8 @@ type Engine struct {
 	active    map[string]Alert     // firing conditions by key
 	failSince map[string]time.Time // account -> first evaluation that saw its refresh failing
 	logins    map[string]*loginTrack
+	restored  map[string]time.Time // upstream_login_failures alerts of the previous run, by account
+	saveErr   string
 
 	webhookQ chan job
 	emailQ   chan job
@@ -214,17 +219,22 @@ func New(opts Options) *Engine {
 			host = "localhost"
 		}
 	}
-	return &Engine{
+	e := &Engine{
 		opts:      opts,
 		log:       opts.Logger,
 		host:      host,
 		active:    map[string]Alert{},
 		failSince: map[string]time.Time{},
 		logins:    map[string]*loginTrack{},
+		restored:  map[string]time.Time{},
 		webhookQ:  make(chan job, opts.QueueSize),
 		emailQ:    make(chan job, opts.QueueSize),
 		kick:      make(chan struct{}, 1),
 	}
+	e.mu.Lock()
+	e.loadLocked() // state.go
+	e.mu.Unlock()
+	return e
 }
 
 // Start runs the evaluation loop (every check_interval, and at Kick) and
@@ -247,6 +257,9 @@ func (e *Engine) Close() {
 			e.cancel()
 		}
 		e.wg.Wait()
+		if n := len(e.webhookQ) + len(e.emailQ); n > 0 {
+			e.log.Warn("alerts: stopping with alerts not yet delivered; the conditions still present are announced again after the restart", "undelivered", n)
+		}
 	})
 }
 
@@ -297,7 +310,10 @@ func (e *Engine) LoginAttempt(a localauth.Attempt) {
 	case localauth.ResultOK:
 		e.mu.Lock()
 		_, had := e.logins[a.Account]
+		_, restored := e.restored[a.Account]
+		had = had || restored
 		delete(e.logins, a.Account)
+		delete(e.restored, a.Account)
 		e.mu.Unlock()
 		if had {
 			e.Kick()

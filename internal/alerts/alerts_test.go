@@ -167,19 +167,21 @@ func (l *logBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock()
 func (l *logBuf) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
 
 type harness struct {
-	e      *Engine
-	clk    *clock
-	st     *statuses
-	cfg    func() *config.Config
-	events chan Event
-	logs   *logBuf
+	e         *Engine
+	clk       *clock
+	st        *statuses
+	cfg       func() *config.Config
+	setConfig func(*config.Config)
+	mu        sync.Mutex
+	events    chan Event
+	logs      *logBuf
 }
 
 func newHarness(t *testing.T, cfg *config.Config, o Options) *harness {
 	h := &harness{clk: &clock{t: time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)}, st: &statuses{}, events: make(chan Event, 1000), logs: &logBuf{}}
-	var mu sync.Mutex
 	cur := cfg
-	h.cfg = func() *config.Config { mu.Lock(); defer mu.Unlock(); return cur }
+	h.cfg = func() *config.Config { h.mu.Lock(); defer h.mu.Unlock(); return cur }
+	h.setConfig = func(c *config.Config) { h.mu.Lock(); defer h.mu.Unlock(); cur = c }
 	o.Config = h.cfg
 	o.Status = h.st.Status
 	o.Now = h.clk.Now
@@ -410,7 +412,7 @@ func TestStateSurvivesReload(t *testing.T) {
 	}
 	// The same engine reads a new configuration (a SIGHUP): no second firing.
 	cfg2 := loadConfig(t, "", block+"\nrefresh_failing_for = \"1h\"")
-	h.e.opts.Config = func() *config.Config { return cfg2 }
+	h.setConfig(cfg2)
 	h.evalNone(t)
 	r.none(t)
 }
@@ -580,5 +582,44 @@ func TestLoginObserver(t *testing.T) {
 	// The second failure kicks an evaluation: no Evaluate call here.
 	if p := r.next(t); p.Condition != UpstreamLoginFailures || p.Account != "helpdesk" {
 		t.Fatal(p)
+	}
+}
+
+// A restart neither announces a condition that is still present again nor
+// forgets to announce one that cleared meanwhile.
+func TestStateSurvivesRestart(t *testing.T) {
+	r := newReceiver(t)
+	cfg := loadConfig(t, "", fmt.Sprintf("webhook_url = %q\nupstream_login_failures = 1\nupstream_login_window = \"2h\"\ncheck_interval = \"1h\"", r.srv.URL))
+	file := t.TempDir() + "/alerts.json"
+	h := newHarness(t, cfg, Options{StateFile: file})
+	nl := ok("helpdesk", "helpdesk@contoso.com")
+	nl.State = tokens.StateNeedsLogin
+	h.st.set(nl)
+	sc := ok("scanner", "scanner@contoso.com")
+	sc.LastError = "the token endpoint answered 503"
+	h.st.set(sc)
+	h.e.LoginAttempt(localauth.Attempt{Proto: "imap", Account: "helpdesk", Result: localauth.ResultUpstreamRejected})
+	if c := h.changes(); len(c) != 2 {
+		t.Fatalf("before the restart: %+v, want needs_login and upstream_login_failures", c)
+	}
+	h.clk.Add(31 * time.Minute)
+	if a := h.evalOne(t); a.Condition != RefreshFailing {
+		t.Fatalf("before the restart: %+v, want refresh_failing", a)
+	}
+	h.e.Close()
+
+	h2 := newHarness(t, cfg, Options{StateFile: file})
+	h2.clk.Add(31 * time.Minute)
+	h2.st.set(nl)
+	h2.st.set(sc)
+	h2.evalNone(t) // all three still present: nothing again
+	h2.st.set(ok("helpdesk", "helpdesk@contoso.com"))
+	a := h2.evalOne(t)
+	if a.Condition != NeedsLogin || a.State != Resolved {
+		t.Errorf("after the restart: %+v, want needs_login resolved", a)
+	}
+	h2.e.LoginAttempt(localauth.Attempt{Proto: "imap", Account: "helpdesk", Result: localauth.ResultOK})
+	if a := h2.evalOne(t); a.Condition != UpstreamLoginFailures || a.State != Resolved {
+		t.Errorf("after the restart: %+v, want upstream_login_failures resolved", a)
 	}
 }

@@ -47,7 +47,10 @@ func (e *Engine) Evaluate() {
 			since, ok := e.failSince[st.Account]
 			if !ok {
 				since = now
-				e.failSince[st.Account] = now
+				if a, firing := e.active[key(RefreshFailing, st.Account)]; firing {
+					since = a.StartsAt // firing before a restart
+				}
+				e.failSince[st.Account] = since
 			}
 			if d := now.Sub(since); d >= ac.RefreshFailing {
 				if fix == "" {
@@ -79,6 +82,13 @@ func (e *Engine) Evaluate() {
 	for name := range e.failSince {
 		if !seen[name] {
 			delete(e.failSince, name)
+		}
+	}
+	for name := range e.restored {
+		if _, counting := e.logins[name]; !counting && cfg.AccountByName[name] != nil && e.restoredFiring(name, now, ac.LoginWindow) {
+			if a, ok := e.active[key(UpstreamLoginFailures, name)]; ok {
+				want[a.Key] = a
+			}
 		}
 	}
 	for name, tr := range e.logins {
@@ -130,6 +140,9 @@ func (e *Engine) Evaluate() {
 			a.Message, a.Fix = resolvedMessage(a), ""
 			changes = append(changes, a)
 		}
+	}
+	if len(changes) > 0 {
+		e.saveLocked() // state.go
 	}
 	e.mu.Unlock()
 	sort.Slice(changes, func(i, j int) bool {

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"path/filepath"
 
 	"github.com/oauthbridge/oauthbridge/internal/alerts"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
@@ -21,6 +22,9 @@ func (d *Daemon) newAlerts(o alerts.Options) {
 	}
 	if o.Logger == nil {
 		o.Logger = d.log.With("component", "alerts")
+	}
+	if o.StateFile == "" {
+		o.StateFile = filepath.Join(d.cfg.Load().StateDir, alerts.StateFileName)
 	}
 	// o.Credentials: certificate expiry (tokens' credential list) is
 	// added where the token manager lists its credentials.

@@ -9,7 +9,7 @@
 // demand. Each condition, keyed by condition and subject (account or
 // credential), is announced once when it starts ("firing") and once when it
 // clears ("resolved"); the state lives in the Engine, so a configuration
-// reload keeps it.
+// reload keeps it, and in state_dir/alerts.json across restarts.
 //
 // Delivery is asynchronous: a bounded queue per channel and one worker
 // each, every attempt with a timeout and retries with exponential backoff.

@@ -2,6 +2,7 @@ package alerts
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"os"
@@ -299,8 +300,9 @@ func (e *Engine) event(ev Event) {
 
 // LoginAttempt records one login attempt a proxy audited (localauth's
 // observer). Failed upstream logins (the upstream refused the token, or it
-// could not be reached: results upstream_rejected and temporary) count
-// towards upstream_login_failures; a successful login clears the count.
+// could not be reached: results upstream_rejected and temporary, unless
+// the token itself was missing) count towards upstream_login_failures; a
+// successful login clears the count.
 // It never blocks.
 func (e *Engine) LoginAttempt(a localauth.Attempt) {
 	if a.Account == "" {
@@ -319,6 +321,10 @@ func (e *Engine) LoginAttempt(a localauth.Attempt) {
 			e.Kick()
 		}
 	case localauth.ResultUpstreamRejected, localauth.ResultTemporary:
+		var te *tokens.Error
+		if errors.As(a.Err, &te) {
+			return // no token: refresh_failing and needs_login cover it
+		}
 		cfg := e.opts.Config()
 		if cfg == nil || cfg.Alerts == nil {
 			return

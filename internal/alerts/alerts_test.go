@@ -355,6 +355,8 @@ func TestEachConditionFiresOnceAndClearsOnce(t *testing.T) {
 	h.e.LoginAttempt(fail)
 	h.e.LoginAttempt(fail)
 	h.e.LoginAttempt(localauth.Attempt{Proto: "imap", Account: "scanner", Result: localauth.ResultBadCredentials}) // a local wrong password does not count
+	h.e.LoginAttempt(localauth.Attempt{Proto: "imap", Account: "scanner", Result: localauth.ResultTemporary,       // nor a missing token (refresh_failing)
+		Err: &tokens.Error{Account: "scanner", Kind: tokens.Temporary, Reason: "the token endpoint answered 503"}})
 	h.evalNone(t)
 	r.none(t)
 	h.e.LoginAttempt(fail)

@@ -76,6 +76,8 @@ type Config struct {
 	Accounts  []*Account  `hcl:"account,block"`
 	Users     []*User     `hcl:"user,block"`
 
+	Alerts *AlertsBlock `hcl:"alerts,block"` // alerts.go
+
 	ShutdownTimeoutRange hcl.Range `hcl:"shutdown_timeout,attr_range"`
 	StateDirRange        hcl.Range `hcl:"state_dir,attr_range"`
 	LogFormatRange       hcl.Range `hcl:"log_format,attr_range"`
@@ -261,6 +263,12 @@ type Provider struct {
 	// ClientCertificates authenticate the app with a signed client
 	// assertion instead of client_secret (certs.go).
 	ClientCertificates []*ClientCertificate `hcl:"client_certificate,block"`
+
+	// ClientSecretExpires is the secret's Expires date from Entra
+	// ("2027-06-30" or RFC 3339): shown in status, alerted on (alerts.go).
+	ClientSecretExpires string    `hcl:"client_secret_expires,optional"`
+	SecretExpiresRange  hcl.Range `hcl:"client_secret_expires,attr_range"`
+	SecretExpires       time.Time // parsed client_secret_expires; zero when unset
 
 	DefRange       hcl.Range `hcl:",def_range"`
 	SecretRange    hcl.Range `hcl:"client_secret,attr_range"`

@@ -543,6 +543,8 @@ func (c *Config) validate() hcl.Diagnostics {
 		u.Account = a
 	}
 
+	c.validateAlerts(file, &diags)
+
 	// A configuration that serves nothing is a mistake, not a setup: serve
 	// would start, create the store and answer every login with "no such
 	// user".

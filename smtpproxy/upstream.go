@@ -104,6 +104,7 @@ func (s *session) dial() (*upstream, *smtp.SMTPError) {
 		metrics.UpstreamErrors.WithLabelValues("smtp", "auth").Inc()
 		return nil, errUpstreamRefusedAuth
 	}
+	notifyUpstreamLogin(acct, err) // send.go
 	if err != nil {
 		return nil, s.connectFailure(log, err)
 	}

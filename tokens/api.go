@@ -43,6 +43,10 @@ type AccountStatus struct {
 	GraphExpiry    time.Time `json:"graph_token_expiry,omitzero"`
 	GraphError     string    `json:"graph_error,omitempty"`
 	GraphFix       string    `json:"graph_fix,omitempty"`
+
+	// ClientSecretExpires is the account's provider's client_secret_expires
+	// (zero when not configured); alerts warn before it.
+	ClientSecretExpires time.Time `json:"client_secret_expires,omitzero"`
 }
 
 // DeviceLogin is a started device-code login: what the person must open and

@@ -144,6 +144,9 @@ func (m *Manager) Status() []AccountStatus {
 			st.LastError, st.Fix = e.Reason, e.Fix
 		}
 		m.graphStatusLocked(a, &st, now)
+		if a.cfg.Provider != nil {
+			st.ClientSecretExpires = a.cfg.Provider.SecretExpires
+		}
 		if herr := m.store.health(); herr != nil && st.LastError == "" {
 			st.LastError = herr.Error() + "; cached access tokens keep serving until they expire"
 			st.Fix = m.store.fix()

@@ -77,7 +77,8 @@ func newFake() *fakeTokens {
 	return &fakeTokens{
 		status: []tokens.AccountStatus{
 			{Account: "helpdesk", Mailbox: "helpdesk@contoso.com", Flow: "delegated", State: tokens.StateOK,
-				Expiry: testNow.Add(52 * time.Minute), LastRefresh: testNow.Add(-8 * time.Minute), SignedInAs: "alice@contoso.com"},
+				Expiry: testNow.Add(52 * time.Minute), LastRefresh: testNow.Add(-8 * time.Minute), SignedInAs: "alice@contoso.com",
+				ClientSecretExpires: testNow.Add(20 * 24 * time.Hour)},
 			{Account: "sales", Mailbox: "sales@contoso.com", Flow: "delegated", State: tokens.StateNeedsLogin,
 				LastError: `refresh refused <script>alert("x")</script>`, Fix: "run 'oauthbridge login sales' & retry", AADSTS: 70008},
 			{Account: "robot", Mailbox: "robot@contoso.com", Flow: "app", State: tokens.StateUnknown,
@@ -290,6 +291,8 @@ func TestStatusPage(t *testing.T) {
 		// The send path of each account, and a Graph token problem.
 		`sends via graph (send_via = auto): SMTP AUTH is disabled: 535 5.7.139 &lt;x&gt;`,
 		`Microsoft Graph: no consent for Mail.Send`, `Fix: add Mail.Send &amp; consent`,
+		// The provider's client_secret_expires.
+		`client secret expires <time datetime="2026-03-21T12:00:00Z">2026-03-21T12:00:00Z</time> (in 20d)`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("status page lacks %q", want)

@@ -48,7 +48,7 @@ form{margin:0}
 <td class="mailbox">{{.Mailbox}}{{with .Delegate}}<br><small>delegate: {{.}}</small>{{end}}{{with .SignedInAs}}<br><small>signed in as: {{.}}</small>{{end}}</td>
 <td class="flow">{{.Flow}}{{with .SendPath}}<br><small class="sendpath">sends via {{.}}{{end}}{{if and .SendVia (ne .SendVia .SendPath)}} (send_via = {{.SendVia}}){{end}}{{with .SendPathReason}}: {{.}}{{end}}{{if .SendPath}}</small>{{end}}</td>
 <td class="state s-{{.State}}">{{.State}}</td>
-<td class="expiry">{{if .ExpiryAbs}}{{.ExpiryRel}}<br><small><time datetime="{{.ExpiryAbs}}">{{.ExpiryAbs}}</time></small>{{else}}-{{end}}</td>
+<td class="expiry">{{if .ExpiryAbs}}{{.ExpiryRel}}<br><small><time datetime="{{.ExpiryAbs}}">{{.ExpiryAbs}}</time></small>{{else}}-{{end}}{{if .SecretAbs}}<br><small class="secretexpiry">client secret expires <time datetime="{{.SecretAbs}}">{{.SecretAbs}}</time> ({{.SecretRel}})</small>{{end}}</td>
 <td class="refresh">{{if .RefreshAbs}}{{.RefreshRel}}<br><small><time datetime="{{.RefreshAbs}}">{{.RefreshAbs}}</time></small>{{else}}-{{end}}</td>
 <td class="error">{{with .LastError}}<span class="lasterror">{{.}}</span>{{end}}{{with .AADSTS}} <small>(AADSTS{{.}})</small>{{end}}{{with .Fix}}<br><span class="fix">Fix: {{.}}</span>{{end}}{{with .GraphError}}<br><span class="grapherror">Microsoft Graph: {{.}}</span>{{end}}{{with .GraphFix}}<br><span class="fix">Fix: {{.}}</span>{{end}}</td>
 <td class="action">{{if .Button}}<form method="post" action="{{.ConnectPath}}"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button type="submit" id="connect-{{.Account}}">{{.Button}}</button></form>{{end}}</td>
@@ -96,6 +96,7 @@ type row struct {
 	tokens.AccountStatus
 	ExpiryRel, ExpiryAbs   string
 	RefreshRel, RefreshAbs string
+	SecretRel, SecretAbs   string // client_secret_expires
 	Button                 string // "" = no button
 	ConnectPath            string
 }
@@ -118,6 +119,10 @@ func (h *handler) statusPage(w http.ResponseWriter, r *http.Request) {
 		if !s.Expiry.IsZero() {
 			rw.ExpiryAbs = s.Expiry.UTC().Format(time.RFC3339)
 			rw.ExpiryRel = relative(now, s.Expiry, "in %s", "expired %s ago")
+		}
+		if !s.ClientSecretExpires.IsZero() {
+			rw.SecretAbs = s.ClientSecretExpires.UTC().Format(time.RFC3339)
+			rw.SecretRel = relative(now, s.ClientSecretExpires, "in %s", "EXPIRED %s ago")
 		}
 		if !s.LastRefresh.IsZero() {
 			rw.RefreshAbs = s.LastRefresh.UTC().Format(time.RFC3339)

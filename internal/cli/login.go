@@ -436,6 +436,7 @@ For monitoring (Nagios, cron): exit 0 only when every account is ok.`)
 		writeStatusTable(env.Stdout, rows, time.Now())
 		creds, fromDaemon := statusCredentials(ctx, cl, cfg, !daemonDown) // credentials.go
 		writeCredentialTable(env.Stdout, creds, fromDaemon, time.Now())
+		writeSecretExpiry(env.Stdout, cfg, rows, time.Now()) // secretexpiry.go
 	}
 	if daemonDown {
 		return &exitError{ExitUnavailable, fmt.Errorf("no daemon answers on %s: the bridge is not running (systemctl status oauthbridge); the states shown are the token store's", cfg.Admin.Listen)}
@@ -464,6 +465,9 @@ func storeStatus(cfg *config.Config) ([]tokens.AccountStatus, error) {
 				Fix:       fmt.Sprintf("run 'oauthbridge login %s' and sign in as %s", a.Name, a.LoginHint())}
 			if a.Flow == config.FlowApp {
 				r.State, r.LastError, r.Fix = tokens.StateUnknown, "no token requested yet", "start the service; it requests the token itself"
+			}
+			if a.Provider != nil {
+				r.ClientSecretExpires = a.Provider.SecretExpires
 			}
 			rows = append(rows, r)
 		}

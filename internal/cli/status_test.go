@@ -97,6 +97,20 @@ func TestStatusExitCodes(t *testing.T) {
 	if code, o, e := run(t, "", "status", "-config", cfg, "-credentials", noCreds); code != ExitOK {
 		t.Errorf("status all ok: code %d\nstdout: %s\nstderr: %s", code, o, e)
 	}
+	// client_secret_expires: in the JSON and under the table, with the
+	// fix once it is within the warning.
+	soon := time.Now().Add(10 * 24 * time.Hour).UTC().Format("2006-01-02")
+	mu.Lock()
+	rows = strings.ReplaceAll(rows, `"account":"helpdesk",`, `"account":"helpdesk","client_secret_expires":"`+soon+`T00:00:00Z",`)
+	mu.Unlock()
+	code, o, _ = run(t, "", "status", "-config", cfg, "-credentials", noCreds)
+	if code != ExitOK || !strings.Contains(o, "Client secret of provider contoso (accounts helpdesk) expires "+soon+", in 9 days. Fix: in Entra") {
+		t.Errorf("status with an expiring secret: code %d\nstdout: %s", code, o)
+	}
+	code, o, _ = run(t, "", "status", "-json", "-config", cfg, "-credentials", noCreds)
+	if code != ExitOK || !strings.Contains(o, `"client_secret_expires": "`+soon+`T00:00:00Z"`) {
+		t.Errorf("status -json with client_secret_expires: %s", o)
+	}
 
 	// An admin API that fails: exit 3 and a sentence, not the body.
 	broken := fakeAdminAPI(t, func(w http.ResponseWriter, r *http.Request) {

@@ -23,6 +23,7 @@ import (
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/imapproxy"
 	"github.com/oauthbridge/oauthbridge/internal/admin"
+	"github.com/oauthbridge/oauthbridge/internal/alerts"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/internal/sdnotify"
@@ -49,6 +50,8 @@ type Options struct {
 	Logger *slog.Logger
 	// TokenOptions are passed to tokens.NewManager (tests shorten timings).
 	TokenOptions tokens.Options
+	// Alerts tunes the alert engine (tests: clock, retry timings, events).
+	Alerts alerts.Options
 }
 
 // Daemon is a running bridge.
@@ -64,6 +67,9 @@ type Daemon struct {
 	pop3  *pop3proxy.Server
 	smtp  *smtpproxy.Server
 	admin *http.Server
+
+	alerts      *alerts.Engine // alerts.go
+	stopObserve func()
 
 	mu        sync.Mutex
 	listeners []boundListener
@@ -105,6 +111,7 @@ func New(cfg *config.Config, opts Options) (*Daemon, error) {
 	d.imap = imapproxy.New(imapproxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log})
 	d.pop3 = pop3proxy.New(pop3proxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log})
 	d.smtp = smtpproxy.New(smtpproxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.smtpL, Logger: log})
+	d.newAlerts(opts.Alerts)
 	h := admin.New(admin.Options{Config: current, Tokens: m, Ready: d.readyErr, Logger: log.With("component", "admin"), Version: Version})
 	d.admin = &http.Server{
 		Handler:           h,
@@ -181,6 +188,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 		return err
 	}
 	d.tokens.Start(ctx)
+	d.startAlerts(ctx)
 	for _, l := range d.listeners {
 		d.serveWG.Add(1)
 		go func() {
@@ -273,6 +281,7 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 	}
 	d.cfg.Store(cfg)
 	d.auth.SetUsers(cfg)
+	d.reloadAlerts()
 	for _, c := range []struct {
 		name     string
 		old, new []string
@@ -313,6 +322,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	if d.cancel != nil {
 		d.cancel()
 	}
+	d.stopAlerts()
 	errs = append(errs, d.tokens.Close())
 	return errors.Join(errs...)
 }

@@ -39,6 +39,7 @@ type Attempt struct {
 // level, other failures at warn.
 func Audit(log *slog.Logger, a Attempt) {
 	metrics.Logins.WithLabelValues(a.Proto, a.Result).Inc()
+	Notify(a) // observe.go
 	user := a.User
 	if len(user) > 64 {
 		user = user[:64] + "..."

@@ -176,6 +176,9 @@ func classify(a *config.Account, err error) *Error {
 	if !ok {
 		r, ok = codeTable[re.ErrorCode]
 	}
+	if a.Provider.IsGoogle() {
+		r, ok = googleRemedy(a, re), true // google.go
+	}
 	if !ok {
 		r = remedy{Failing, fmt.Sprintf("the token endpoint refused the request (HTTP %d %s)", status, re.ErrorCode), "check provider {provider} against its app registration; see the AADSTS code in Microsoft's error reference", ""}
 	}

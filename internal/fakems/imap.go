@@ -169,6 +169,9 @@ func (s *imapSession) Authenticate(mech string) (sasl.Server, error) {
 	if mech != tokens.XOAUTH2 {
 		return nil, &imap.Error{Type: imap.StatusResponseTypeNo, Text: "Unsupported authentication mechanism."}
 	}
+	if s.f.opts.Google {
+		return googleSASL(s.checkGoogleXOAUTH2), nil
+	}
 	return &xoauth2Server{check: s.checkXOAUTH2}, nil
 }
 

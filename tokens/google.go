@@ -28,10 +28,6 @@ import (
 // GrantJWTBearer is the JWT bearer grant type (RFC 7523).
 const GrantJWTBearer = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
-// ServiceAccountAssertionLifetime is the exp - iat of a service account
-// assertion: Google accepts at most an hour.
-const ServiceAccountAssertionLifetime = time.Hour
-
 // Google's refresh-token lifetimes, used to guess why a refresh token
 // died (the endpoint only says "Token has been expired or revoked.").
 const (
@@ -122,7 +118,8 @@ func (m *Manager) serviceAccountToken(ctx context.Context, ac *config.Account) (
 		Subject:      ac.Mailbox,
 		Scopes:       []string{config.GoogleMailScope},
 		TokenURL:     p.TokenURL,
-		Expires:      ServiceAccountAssertionLifetime,
+		// Expires stays 0: x/oauth2/jws then makes exp - iat exactly the
+		// hour Google allows (with Expires it would be an hour and 10 s).
 	}
 	ctx, cancel := context.WithTimeout(ctx, m.opts.RequestTimeout)
 	defer cancel()

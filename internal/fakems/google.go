@@ -5,12 +5,14 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -72,6 +74,7 @@ type googleState struct {
 	consented       map[string]bool            // consentKey -> the person consented once
 	refreshOrder    map[string][]string        // consentKey -> refresh tokens, oldest first
 	lastAuth        url.Values                 // the last authorize request's query
+	refused         map[string]bool            // mailboxes whose tokens Gmail refuses (SetGoogleRefuseTokens)
 }
 
 func (g *googleState) init() {
@@ -79,6 +82,7 @@ func (g *googleState) init() {
 		g.serviceAccounts = map[string]*serviceAccount{}
 		g.consented = map[string]bool{}
 		g.refreshOrder = map[string][]string{}
+		g.refused = map[string]bool{}
 	}
 }
 
@@ -451,10 +455,38 @@ func (f *Fake) checkGoogleBearer(user, token string) bearerCheck {
 		return res
 	}
 	res.who, res.tokenOK = at.upn, true
+	if f.google.refused[at.upn] {
+		res.tokenOK = false
+		return res
+	}
 	if mb := f.mailboxes[norm(user)]; mb != nil && mb.addr == at.upn {
 		res.mailbox, res.mailboxOK = mb, true
 	}
 	return res
+}
+
+// ServeSMTPS adds an implicit-TLS submission listener (like
+// smtp.gmail.com:465) to the SMTP server and returns its address. Call it
+// before Close, not concurrently with it.
+func (f *Fake) ServeSMTPS() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("fakems: listen: %w", err)
+	}
+	f.rawLns = append(f.rawLns, ln)
+	tl := tls.NewListener(&trackedListener{Listener: ln, t: f.conns}, &tls.Config{Certificates: []tls.Certificate{f.cert}, MinVersion: tls.VersionTLS12})
+	f.goServe("smtps", func() error { return f.smtpSrv.Serve(tl) })
+	return ln.Addr().String(), nil
+}
+
+// SetGoogleRefuseTokens makes Gmail's IMAP, POP and SMTP refuse every
+// token for mailbox (the account's access was removed, or IMAP/POP is off
+// for it), while the token endpoint still issues them.
+func (f *Fake) SetGoogleRefuseTokens(mailbox string, refuse bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.google.init()
+	f.google.refused[norm(mailbox)] = refuse
 }
 
 // IssueGoogleToken mints a Gmail access token for upn, for tests.

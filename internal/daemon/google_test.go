@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -368,4 +369,56 @@ func TestGoogleInvalidGrantNeedsLogin(t *testing.T) {
 	if n := f.TokenRequests() - before; n != 0 {
 		t.Errorf("%d token requests while needs_login", n)
 	}
+}
+
+// The status page's Connect button signs a Google account in: the page
+// sends the browser to Google with the loopback redirect, Google sends it
+// back to /oauth/callback, and the account is ok.
+func TestGoogleConnectButton(t *testing.T) {
+	ge := startGoogle(t)
+	d := ge.d
+	admin := "http://" + d.Addr("admin")
+	jar, _ := cookiejar.New(nil)
+	hc := &http.Client{Jar: jar, Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := hc.Get(admin + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	m := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(string(body))
+	if m == nil || !strings.Contains(string(body), `id="connect-alice"`) {
+		t.Fatalf("status page has no Connect button for alice:\n%s", body)
+	}
+	req, _ := http.NewRequest("POST", admin+"/connect/alice", strings.NewReader(url.Values{"csrf": {m[1]}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", admin)
+	resp, err = hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(loc, ge.f.AuthorityURL+"/o/oauth2/v2/auth?") {
+		t.Fatalf("Connect = %s, Location %q", resp.Status, loc)
+	}
+	state, code := browserSignIn(t, loc)
+	resp, err = hc.Get(admin + "/oauth/callback?" + url.Values{"state": {state}, "code": {code}}.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusSeeOther || strings.Contains(resp.Header.Get("Location"), "error") {
+		t.Fatalf("callback = %s, Location %q\n%s", resp.Status, resp.Header.Get("Location"), ge.logs)
+	}
+	for _, s := range d.Tokens().Status() {
+		if s.Account == "alice" && (s.State != tokens.StateOK || s.SignedInAs != gAlice) {
+			t.Fatalf("alice after Connect: %+v", s)
+		}
+	}
+	c, err := imapLogin(t, d.Addr("imap"), "scanner", "scanner-pw")
+	if err != nil {
+		t.Fatalf("IMAP after Connect: %v", err)
+	}
+	c.Logout().Wait()
 }

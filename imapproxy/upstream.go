@@ -253,7 +253,7 @@ func (u *upstream) login(acct *config.Account, tok string) (string, *loginFailur
 		}
 		if transient(rest) {
 			return "", &loginFailure{result: localauth.ResultTemporary, reply: replyTemporary, class: "auth",
-				err: fmt.Errorf("imapproxy: upstream %s answered AUTHENTICATE with %q; Exchange is throttling or unavailable, the client should retry later", server, truncate(rest, 300))}
+				err: fmt.Errorf("imapproxy: upstream %s answered AUTHENTICATE with %q; the server is throttling, at its connection limit or unavailable, the client should retry later", server, truncate(rest, 300))}
 		}
 		detail := fmt.Sprintf("%q", truncate(rest, 300))
 		if challenge != "" {

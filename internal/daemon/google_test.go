@@ -422,3 +422,30 @@ func TestGoogleConnectButton(t *testing.T) {
 	}
 	c.Logout().Wait()
 }
+
+// Gmail's "NO [ALERT] Too many simultaneous connections" is temporary:
+// the client is told to retry and the token is not blamed.
+func TestGoogleTooManyConnections(t *testing.T) {
+	ge := startGoogle(t)
+	d, f := ge.d, ge.f
+	if got := d.Config().AccountByName["helpdesk"].MaxConnections; got != config.DefaultGoogleAccountConnections {
+		t.Fatalf("max_connections default %d, want %d", got, config.DefaultGoogleAccountConnections)
+	}
+	f.SetGoogleIMAPLimit(1) // another client of the account holds Gmail's slots
+	held, err := imapLogin(t, d.Addr("imap"), "otrs", "otrs-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	grants := f.TokenRequestsByGrant()[tokens.GrantJWTBearer]
+	_, err = imapLogin(t, d.Addr("imap"), "otrs", "otrs-pw")
+	if err == nil || !strings.Contains(err.Error(), "[UNAVAILABLE]") || !strings.Contains(err.Error(), "try again later") {
+		t.Fatalf("second login = %v", err)
+	}
+	if n := f.TokenRequestsByGrant()[tokens.GrantJWTBearer]; n != grants {
+		t.Errorf("%d token grants after Gmail's connection limit, want none", n-grants)
+	}
+	if !strings.Contains(ge.logs.String(), "Too many simultaneous connections") {
+		t.Error("the log does not quote Gmail's reply")
+	}
+}

@@ -674,6 +674,10 @@ func (s *xoauth2Server) Next(resp []byte) (challenge []byte, done bool, err erro
 	}
 	user, token, perr := parseXOAUTH2(resp)
 	if err := s.check(user, token, perr); err != nil {
+		var ne noChallenge
+		if errors.As(err, &ne) {
+			return nil, false, ne.error
+		}
 		if s.failChallenge != nil {
 			s.pending = err
 			return s.failChallenge, false, nil

@@ -75,6 +75,56 @@ type googleState struct {
 	refreshOrder    map[string][]string        // consentKey -> refresh tokens, oldest first
 	lastAuth        url.Values                 // the last authorize request's query
 	refused         map[string]bool            // mailboxes whose tokens Gmail refuses (SetGoogleRefuseTokens)
+	imapConns       map[string]int             // authenticated IMAP sessions per mailbox
+	imapLimit       int                        // 0: GoogleIMAPMaxConnections
+}
+
+// GoogleIMAPMaxConnections is Gmail's limit of simultaneous IMAP
+// connections per account; the next login gets "NO [ALERT] Too many
+// simultaneous connections. (Failure)".
+const GoogleIMAPMaxConnections = 15
+
+var googleIMAPTooMany = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeAlert, Text: "Too many simultaneous connections. (Failure)"}
+
+// noChallenge is a failure sent without the XOAUTH2 error challenge: the
+// token was fine.
+type noChallenge struct{ error }
+
+// SetGoogleIMAPLimit changes the per-account IMAP connection limit (tests
+// use a small one); 0 restores GoogleIMAPMaxConnections.
+func (f *Fake) SetGoogleIMAPLimit(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.google.imapLimit = n
+}
+
+// takeGoogleSlot counts an authenticated IMAP session of mailbox, or
+// reports that the limit is reached.
+func (s *imapSession) takeGoogleSlot(mailbox string) bool {
+	f := s.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.google.init()
+	limit := f.google.imapLimit
+	if limit <= 0 {
+		limit = GoogleIMAPMaxConnections
+	}
+	if f.google.imapConns[mailbox] >= limit {
+		return false
+	}
+	f.google.imapConns[mailbox]++
+	s.gslot = true
+	return true
+}
+
+func (s *imapSession) releaseGoogleSlot() {
+	if !s.gslot {
+		return
+	}
+	s.f.mu.Lock()
+	s.f.google.imapConns[s.mb.addr]--
+	s.f.mu.Unlock()
+	s.gslot = false
 }
 
 func (g *googleState) init() {
@@ -83,6 +133,7 @@ func (g *googleState) init() {
 		g.consented = map[string]bool{}
 		g.refreshOrder = map[string][]string{}
 		g.refused = map[string]bool{}
+		g.imapConns = map[string]int{}
 	}
 }
 
@@ -510,6 +561,10 @@ func (s *imapSession) checkGoogleXOAUTH2(user, token string, perr error) error {
 	if !res.mailboxOK {
 		s.log.Info("fakems: google imap authenticate failed", "mailbox", user, "token_ok", res.tokenOK)
 		return googleIMAPAuthFailed
+	}
+	if !s.takeGoogleSlot(res.mailbox.addr) {
+		s.log.Info("fakems: google imap connection limit", "mailbox", res.mailbox.addr)
+		return noChallenge{googleIMAPTooMany}
 	}
 	s.mb = res.mailbox
 	s.UserSession = imapmemserver.NewUserSession(res.mailbox.user)

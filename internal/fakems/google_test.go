@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/jwt"
@@ -235,5 +236,37 @@ func TestGoogleAuthCodeRefreshAndLimits(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("non-loopback redirect: HTTP %d", resp.StatusCode)
+	}
+}
+
+func TestGoogleIMAPConnectionLimit(t *testing.T) {
+	t.Parallel()
+	f := newGoogleFake(t)
+	f.SetGoogleIMAPLimit(1)
+	tok := f.IssueGoogleToken(alice)
+	c1 := dialIMAP(t, f)
+	if err := c1.Authenticate(tokens.NewXOAUTH2Client(alice, tok)); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := tls.Dial("tcp", f.IMAPAddr, f.ClientTLS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	runTranscript(t, f, conn, "google_imap_limit.txt", map[string]string{"ALICE": tokens.XOAUTH2Base64(alice, tok)})
+	// The slot is free again once the first session ends.
+	if err := c1.Logout().Wait(); err != nil {
+		t.Fatal(err)
+	}
+	c1.Close()
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		c3 := dialIMAP(t, f)
+		err := c3.Authenticate(tokens.NewXOAUTH2Client(alice, tok))
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the slot was not released: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond) // the server notices the closed connection asynchronously
 	}
 }

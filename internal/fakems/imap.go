@@ -141,6 +141,7 @@ type imapSession struct {
 	log      *slog.Logger
 	mb       *mailbox
 	selected string
+	gslot    bool // holds one of the mailbox's Gmail connection slots (google.go)
 }
 
 var (
@@ -150,6 +151,7 @@ var (
 )
 
 func (s *imapSession) Close() error {
+	s.releaseGoogleSlot()
 	if s.UserSession != nil {
 		return s.UserSession.Close()
 	}

@@ -206,5 +206,8 @@ func authorityOf(a *config.Account) string {
 	if a.Provider == nil {
 		return "the identity platform"
 	}
+	if a.Provider.IsGoogle() { // sign-in and token endpoint are on different hosts
+		return a.Provider.Authority + " and " + a.Provider.TokenURL
+	}
 	return a.Provider.Authority
 }

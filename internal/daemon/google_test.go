@@ -227,6 +227,9 @@ func TestGoogleServiceAccountEndToEnd(t *testing.T) {
 		t.Fatalf("STAT: %q", l)
 	}
 	p.cmd(t, "QUIT")
+	if forms := f.GooglePOP3AuthForms(); forms["one-line"] != 1 || forms["two-step"] != 0 {
+		t.Errorf("POP3 AUTH forms at Gmail: %v, want the one-line form", forms)
+	}
 
 	// SMTP: a message reaches the fake.
 	msg := []byte("Subject: from the helpdesk\r\n\r\nhello\r\n")

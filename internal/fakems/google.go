@@ -77,6 +77,19 @@ type googleState struct {
 	refused         map[string]bool            // mailboxes whose tokens Gmail refuses (SetGoogleRefuseTokens)
 	imapConns       map[string]int             // authenticated IMAP sessions per mailbox
 	imapLimit       int                        // 0: GoogleIMAPMaxConnections
+	pop3Forms       map[string]int             // POP3 AUTH XOAUTH2 forms seen: "one-line", "two-step"
+}
+
+// GooglePOP3AuthForms counts the POP3 AUTH XOAUTH2 commands seen by form:
+// "one-line" (AUTH XOAUTH2 <base64>) and "two-step".
+func (f *Fake) GooglePOP3AuthForms() map[string]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string]int{}
+	for k, v := range f.google.pop3Forms {
+		out[k] = v
+	}
+	return out
 }
 
 // GoogleIMAPMaxConnections is Gmail's limit of simultaneous IMAP
@@ -134,6 +147,7 @@ func (g *googleState) init() {
 		g.refreshOrder = map[string][]string{}
 		g.refused = map[string]bool{}
 		g.imapConns = map[string]int{}
+		g.pop3Forms = map[string]int{}
 	}
 }
 
@@ -600,6 +614,14 @@ func (p *pop3Conn) authGoogle(arg string) error {
 	case !strings.EqualFold(mech, "XOAUTH2"):
 		return p.writeLine("-ERR [AUTH] Unsupported mechanism.")
 	}
+	form := "one-line"
+	if ir == "" {
+		form = "two-step"
+	}
+	p.f.mu.Lock()
+	p.f.google.init()
+	p.f.google.pop3Forms[form]++
+	p.f.mu.Unlock()
 	if ir == "" {
 		if err := p.writeLine("+ "); err != nil {
 			return err

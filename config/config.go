@@ -251,8 +251,8 @@ type Provider struct {
 	Name         string `hcl:"name,label"`
 	Type         string `hcl:"type,optional"`
 	Cloud        string `hcl:"cloud,optional"`
-	Tenant       string `hcl:"tenant"`
-	ClientID     string `hcl:"client_id"`
+	Tenant       string `hcl:"tenant,optional"`    // microsoft: required (checked in resolve)
+	ClientID     string `hcl:"client_id,optional"` // microsoft: required; google: for delegated accounts
 	ClientSecret Secret `hcl:"client_secret,optional"`
 	Authority    string `hcl:"authority,optional"`
 	IMAPServer   string `hcl:"imap_server,optional"`
@@ -269,6 +269,9 @@ type Provider struct {
 	ClientSecretExpires string    `hcl:"client_secret_expires,optional"`
 	SecretExpiresRange  hcl.Range `hcl:"client_secret_expires,attr_range"`
 	SecretExpires       time.Time // parsed client_secret_expires; zero when unset
+	// ServiceAccountKey is a Google service account's JSON key (type =
+	// "google", flow = "app"), usually file("...json") or credential("...").
+	ServiceAccountKey Secret `hcl:"service_account_key,optional"`
 
 	DefRange       hcl.Range `hcl:",def_range"`
 	SecretRange    hcl.Range `hcl:"client_secret,attr_range"`
@@ -281,6 +284,8 @@ type Provider struct {
 	POP3Range      hcl.Range `hcl:"pop3_server,attr_range"`
 	SMTPRange      hcl.Range `hcl:"smtp_server,attr_range"`
 	GraphRange     hcl.Range `hcl:"graph_url,attr_range"`
+	ClientIDRange  hcl.Range `hcl:"client_id,attr_range"`
+	SAKeyRange     hcl.Range `hcl:"service_account_key,attr_range"`
 
 	// Derived from the cloud preset and the overrides.
 	ScopePrefix string // e.g. "https://outlook.office.com/"
@@ -294,6 +299,10 @@ type Provider struct {
 	// "auto", so consent and sign-in include the Graph permissions.
 	UsesGraph bool
 	RootCAs   *x509.CertPool // system roots plus ca_file; nil = system roots only
+	// Google only (google.go): the token endpoint and the parsed
+	// service_account_key (nil without one).
+	TokenURL       string
+	ServiceAccount *ServiceAccount
 }
 
 // Account is one upstream mailbox and how its token is obtained.

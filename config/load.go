@@ -179,6 +179,7 @@ func (c *Config) collectDeferred(failures []string) bool {
 	}
 	for _, p := range c.Providers {
 		note(p.ClientSecret, p.SecretRange, p.DefRange, fmt.Sprintf("provider %q client_secret", p.Name))
+		note(p.ServiceAccountKey, p.SAKeyRange, p.DefRange, fmt.Sprintf("provider %q service_account_key", p.Name))
 	}
 	if c.Admin != nil {
 		note(c.Admin.PasswordHash, c.Admin.HashRange, c.Admin.DefRange, "admin password_hash")
@@ -473,6 +474,9 @@ func (c *Config) validate() hcl.Diagnostics {
 		switch a.Flow {
 		case FlowDelegated:
 		case FlowApp:
+			if p.IsGoogle() {
+				break // checkGoogleAccount (google.go)
+			}
 			if a.Delegate != "" {
 				diags = append(diags, diagAt(a.DelegateRange, a.DefRange, "delegate with app flow",
 					"delegate names the person who signs in for a delegated account; an app-flow account has no sign-in. Remove delegate or use flow = \"delegated\"."))
@@ -499,6 +503,9 @@ func (c *Config) validate() hcl.Diagnostics {
 				diags = append(diags, diagAt(a.SendAsRange, a.DefRange, "Invalid send_as address", fmt.Sprintf("%q is not an e-mail address.", s)))
 			}
 		}
+		if p.IsGoogle() {
+			diags = append(diags, a.checkGoogleAccount(p)...)
+		}
 		positive(&diags, a.DefRange, fmt.Sprintf("account %q", a.Name), "max_connections", a.MaxConnections, a.MaxConnRange, DefaultAccountConnections)
 		positive(&diags, a.DefRange, fmt.Sprintf("account %q", a.Name), "smtp_max_connections", a.SMTPMaxConnections, a.SMTPConnRange, DefaultAccountSMTPConnections)
 		switch a.SendVia {
@@ -513,7 +520,7 @@ func (c *Config) validate() hcl.Diagnostics {
 			p.UsesGraph = true
 		}
 		if a.MaxConnections <= 0 {
-			a.MaxConnections = DefaultAccountConnections
+			a.MaxConnections = p.defaultAccountConnections()
 		}
 		if a.SMTPMaxConnections <= 0 {
 			a.SMTPMaxConnections = DefaultAccountSMTPConnections
@@ -749,10 +756,20 @@ var clouds = map[string]cloudPreset{
 func (p *Provider) resolve() hcl.Diagnostics {
 	var diags hcl.Diagnostics
 	if p.Type == "" {
-		p.Type = "microsoft"
+		p.Type = ProviderMicrosoft
 	}
-	if p.Type != "microsoft" {
-		diags = append(diags, diagAt(p.TypeRange, p.DefRange, "Unsupported provider type", `type must be "microsoft" (the only provider so far).`))
+	if p.Type == ProviderGoogle {
+		return p.resolveGoogle()
+	}
+	if p.Type != ProviderMicrosoft {
+		diags = append(diags, diagAt(p.TypeRange, p.DefRange, "Unsupported provider type", `type must be "microsoft" (Microsoft 365 / Entra ID) or "google" (Google Workspace / Gmail).`))
+	}
+	if p.ClientID == "" {
+		diags = append(diags, diagAt(p.ClientIDRange, p.DefRange, "Missing client_id", "client_id is the Application (client) ID of the Entra app registration."))
+	}
+	if p.ServiceAccountKey != "" {
+		diags = append(diags, diagAt(p.SAKeyRange, p.DefRange, "service_account_key needs type = \"google\"",
+			"service_account_key is a Google service account's JSON key; a Microsoft provider authenticates with client_secret."))
 	}
 	if p.Cloud == "" {
 		p.Cloud = "global"
@@ -806,6 +823,13 @@ func (p *Provider) resolve() hcl.Diagnostics {
 	if p.Tenant == "" {
 		diags = append(diags, diagAt(p.TenantRange, p.DefRange, "Missing tenant", "tenant is the directory's GUID or domain, or \"organizations\"/\"common\" for delegated-only multi-tenant apps."))
 	}
+	diags = append(diags, p.loadCAFile()...)
+	return diags
+}
+
+// loadCAFile reads ca_file into RootCAs (system roots plus ca_file).
+func (p *Provider) loadCAFile() hcl.Diagnostics {
+	var diags hcl.Diagnostics
 	if p.CAFile != "" {
 		pem, err := os.ReadFile(p.CAFile)
 		if err != nil {

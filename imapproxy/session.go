@@ -29,6 +29,7 @@ const (
 	replyTemporary      = "NO [UNAVAILABLE] mailbox temporarily unavailable; try again later"
 	replyUnreachable    = "NO [UNAVAILABLE] mailbox server unreachable; try again later"
 	replyRejected       = "NO [AUTHENTICATIONFAILED] Microsoft 365 refused the bridge's login to this mailbox; see the bridge log"
+	replyRejectedGoogle = "NO [AUTHENTICATIONFAILED] Google refused the bridge's login to this mailbox; see the bridge log"
 	replyTooMany        = "NO [UNAVAILABLE] too many connections for this mailbox (max %d); try again later"
 	replyPrivacy        = "NO [PRIVACYREQUIRED] Plaintext passwords are not allowed on this connection; use TLS"
 	replyPrivacySTARTTL = "NO [PRIVACYREQUIRED] Plaintext passwords are not allowed on this connection; use STARTTLS first"

@@ -93,14 +93,16 @@ func postAuthCaps(caps string) string {
 }
 
 // transient reports whether an upstream NO/BAD/BYE line is Exchange
-// throttling or a backend outage (microsoft-365.md §5.3), or carries an RFC
-// 5530 code for a temporary condition (Dovecot: "NO [UNAVAILABLE] Temporary
-// authentication failure."). Such a failure clears by itself: the client is
-// told to retry and the token is not blamed.
+// throttling or a backend outage (microsoft-365.md §5.3), Gmail's
+// connection limit ("NO [ALERT] Too many simultaneous connections.
+// (Failure)", §8), or carries an RFC 5530 code for a temporary condition
+// (Dovecot: "NO [UNAVAILABLE] Temporary authentication failure."). Such a
+// failure clears by itself: the client is told to retry and the token is
+// not blamed.
 func transient(line string) bool {
 	t := strings.ToLower(line)
 	return strings.Contains(t, "throttled") || strings.Contains(t, "server unavailable") || strings.Contains(t, "connection closed") ||
-		strings.Contains(t, "[unavailable]") || strings.Contains(t, "[inuse]")
+		strings.Contains(t, "[unavailable]") || strings.Contains(t, "[inuse]") || strings.Contains(t, "too many simultaneous connections")
 }
 
 // token gets an access token for acct and maps token errors to replies.
@@ -251,11 +253,16 @@ func (u *upstream) login(acct *config.Account, tok string) (string, *loginFailur
 		}
 		if transient(rest) {
 			return "", &loginFailure{result: localauth.ResultTemporary, reply: replyTemporary, class: "auth",
-				err: fmt.Errorf("imapproxy: upstream %s answered AUTHENTICATE with %q; Exchange is throttling or unavailable, the client should retry later", server, truncate(rest, 300))}
+				err: fmt.Errorf("imapproxy: upstream %s answered AUTHENTICATE with %q; the server is throttling, at its connection limit or unavailable, the client should retry later", server, truncate(rest, 300))}
 		}
 		detail := fmt.Sprintf("%q", truncate(rest, 300))
 		if challenge != "" {
 			detail += fmt.Sprintf(" (error challenge %s)", challenge)
+		}
+		if acct.Provider.IsGoogle() {
+			return "", &loginFailure{result: localauth.ResultUpstreamRejected, reply: replyRejectedGoogle, class: "auth", retry: true,
+				err: fmt.Errorf("imapproxy: upstream %s refused XOAUTH2 for user=%s: %s; check that IMAP is on for %s (Gmail settings, and for Workspace the Admin console's IMAP setting) and that the token is %s's own (a person signs in as the mailbox; a service account needs domain-wide delegation for https://mail.google.com/)",
+					server, acct.Mailbox, detail, acct.Mailbox, acct.Mailbox)}
 		}
 		return "", &loginFailure{result: localauth.ResultUpstreamRejected, reply: replyRejected, class: "auth", retry: true,
 			err: fmt.Errorf("imapproxy: upstream %s refused XOAUTH2 for user=%s: %s; check that the app registration has the delegated IMAP.AccessAsUser.All permission with consent (or IMAP.AccessAsApp plus an Exchange service principal for flow = \"app\"), that IMAP is enabled for the mailbox, and that the delegate has FullAccess on %s",

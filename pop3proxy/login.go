@@ -130,6 +130,10 @@ func (c *session) failure(err error, at *localauth.Attempt) string {
 		return replyTemporary
 	case errors.As(err, &ue) && ue.Class == classAuth:
 		at.Result = localauth.ResultUpstreamRejected
+		if ue.Google {
+			at.Err = fmt.Errorf("%w; hint: Gmail refused the token for %s: check that POP is on for the account (Gmail settings > Forwarding and POP/IMAP; for Workspace also the Admin console) and that the token is the mailbox's own (a service account needs domain-wide delegation for https://mail.google.com/)", err, at.Mailbox)
+			return replyRejectedGoogle
+		}
 		at.Err = fmt.Errorf("%w; hint: %s", err, rejectHint(at.Mailbox))
 		return replyRejected
 	}

@@ -43,6 +43,7 @@ type upstreamError struct {
 	// TokenSent is true when the refusal came after the token: only then is
 	// a fresh token worth a retry.
 	TokenSent bool
+	Google    bool // the account's provider is Google (wording of the replies)
 	Err       error
 }
 
@@ -111,7 +112,8 @@ func (s *Server) connectUpstream(ctx context.Context, log *slog.Logger, acct *co
 //	S: +OK User successfully authenticated.
 //
 // An error challenge ("+ <base64 json>", Google's style) is answered with an
-// empty line, after which the server sends its -ERR.
+// empty line, after which the server sends its -ERR. A Google account sends
+// the one-line form, AUTH XOAUTH2 <base64>, which Gmail documents.
 func dialXOAUTH2(ctx context.Context, acct *config.Account, token string) (*upstream, error) {
 	server := acct.Provider.POP3Server
 	fail := func(class string, err error) error {
@@ -169,19 +171,27 @@ func dialXOAUTH2(ctx context.Context, acct *config.Account, token string) (*upst
 	if !strings.HasPrefix(greeting, "+OK") {
 		return nil, &upstreamError{Class: classProtocol, Server: server, Reply: greeting}
 	}
-	if err := write("AUTH " + tokens.XOAUTH2); err != nil {
-		return nil, fail(classProtocol, err)
-	}
-	line, err := read()
-	if err != nil {
-		return nil, fail(classProtocol, fmt.Errorf("reading AUTH continuation: %w", err))
-	}
-	if line != "+" && !strings.HasPrefix(line, "+ ") {
-		// -ERR here means the server does not offer XOAUTH2 at all.
-		return nil, &upstreamError{Class: classAuth, Server: server, Reply: line}
-	}
-	if err := write(tokens.XOAUTH2Base64(acct.Mailbox, token)); err != nil {
-		return nil, fail(classProtocol, err)
+	var line string
+	if acct.Provider.IsGoogle() {
+		// Gmail documents the one-line form (microsoft-365.md §8).
+		if err := write("AUTH " + tokens.XOAUTH2 + " " + tokens.XOAUTH2Base64(acct.Mailbox, token)); err != nil {
+			return nil, fail(classProtocol, err)
+		}
+	} else {
+		if err := write("AUTH " + tokens.XOAUTH2); err != nil {
+			return nil, fail(classProtocol, err)
+		}
+		line, err := read()
+		if err != nil {
+			return nil, fail(classProtocol, fmt.Errorf("reading AUTH continuation: %w", err))
+		}
+		if line != "+" && !strings.HasPrefix(line, "+ ") {
+			// -ERR here means the server does not offer XOAUTH2 at all.
+			return nil, &upstreamError{Class: classAuth, Server: server, Reply: line}
+		}
+		if err := write(tokens.XOAUTH2Base64(acct.Mailbox, token)); err != nil {
+			return nil, fail(classProtocol, err)
+		}
 	}
 	line, err = read()
 	if err != nil {
@@ -203,7 +213,7 @@ func dialXOAUTH2(ctx context.Context, acct *config.Account, token string) (*upst
 		if u := strings.ToUpper(line); strings.Contains(u, "[SYS/TEMP]") || strings.Contains(u, "[IN-USE]") {
 			class = classTemporary
 		}
-		return nil, &upstreamError{Class: class, Server: server, Reply: line, Challenge: challenge, TokenSent: true}
+		return nil, &upstreamError{Class: class, Server: server, Reply: line, Challenge: challenge, TokenSent: true, Google: acct.Provider.IsGoogle()}
 	}
 	if !stop() {
 		return nil, fail(classTimeout, ctx.Err())

@@ -155,6 +155,9 @@ func (s *session) connect(addr, tok string, timeout time.Duration) (*upstream, e
 	if s.cfg != nil && s.cfg.SMTP != nil && s.cfg.SMTP.Domain != "" {
 		domain = s.cfg.SMTP.Domain
 	}
+	if implicitTLS(addr) {
+		return s.connectImplicitTLS(addr, tok, domain, timeout) // implicit.go
+	}
 	d := net.Dialer{Timeout: timeout}
 	raw, err := d.DialContext(s.ctx, "tcp", addr)
 	if err != nil {
@@ -282,7 +285,14 @@ func (s *session) connectFailure(log *slog.Logger, err error) *smtp.SMTPError {
 	switch {
 	case ce.stage == "auth" && isSMTP && se.Code/100 == 5:
 		metrics.UpstreamErrors.WithLabelValues("smtp", "auth").Inc()
-		log.Error(explainAuthRejection(se, s.account.Mailbox), "error", codeString(se))
+		msg := explainAuthRejection(se, s.account.Mailbox)
+		if s.account.Provider.IsGoogle() {
+			msg = fmt.Sprintf("Gmail rejected the access token for %s even after a refresh. Check that the token is the mailbox's own (a person signs in as %s; a service account needs domain-wide delegation for https://mail.google.com/). Clients are told to retry (454) until then", s.account.Mailbox, s.account.Mailbox)
+		}
+		log.Error(msg, "error", codeString(se))
+		if s.account.Provider.IsGoogle() {
+			return errGoogleRefusedAuth // implicit.go
+		}
 		return errUpstreamRefusedAuth
 	case isSMTP && se.Code/100 == 4:
 		class := "protocol"

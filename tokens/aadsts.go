@@ -189,6 +189,9 @@ func classify(a *config.Account, err error) *Error {
 	if !ok {
 		r, ok = codeTable[re.ErrorCode]
 	}
+	if a.Provider.IsGoogle() {
+		r, ok = googleRemedy(a, re), true // google.go
+	}
 	if !ok {
 		r = remedy{Failing, fmt.Sprintf("the token endpoint refused the request (HTTP %d %s)", status, re.ErrorCode), "check provider {provider} against its app registration; see the AADSTS code in Microsoft's error reference", ""}
 	}
@@ -216,6 +219,9 @@ func expandFix(fix string, a *config.Account) string {
 func authorityOf(a *config.Account) string {
 	if a.Provider == nil {
 		return "the identity platform"
+	}
+	if a.Provider.IsGoogle() { // sign-in and token endpoint are on different hosts
+		return a.Provider.Authority + " and " + a.Provider.TokenURL
 	}
 	return a.Provider.Authority
 }

@@ -54,6 +54,9 @@ func (m *Manager) StartDeviceLogin(ctx context.Context, name string) (*DeviceLog
 		return nil, nil, err
 	}
 	p := ac.Provider
+	if p.IsGoogle() {
+		return nil, nil, googleDeviceError(ac)
+	}
 	// The device-code leg may cover several resources (consent for Graph
 	// too); the token it yields is for the first, Exchange.
 	form := url.Values{"client_id": {p.ClientID}, "scope": {strings.Join(LoginScopes(ac), " ")}}
@@ -170,7 +173,11 @@ func (m *Manager) BrowserLoginURL(name, redirectURI string) (string, error) {
 	m.pending[state] = &pendingLogin{account: name, verifier: verifier, redirectURI: redirectURI, expires: now.Add(DefaultBrowserLoginTTL)}
 	m.pendMu.Unlock()
 	oc := m.oauthConfig(ac, redirectURI)
-	return oc.AuthCodeURL(state, oauth2.S256ChallengeOption(verifier), oauth2.SetAuthURLParam("login_hint", ac.LoginHint())), nil
+	opts := []oauth2.AuthCodeOption{oauth2.S256ChallengeOption(verifier), oauth2.SetAuthURLParam("login_hint", ac.LoginHint())}
+	if ac.Provider.IsGoogle() {
+		opts = append(opts, googleAuthParams()...)
+	}
+	return oc.AuthCodeURL(state, opts...), nil
 }
 
 func (m *Manager) oauthConfig(ac *config.Account, redirectURI string) *oauth2.Config {
@@ -204,13 +211,16 @@ func (m *Manager) CompleteBrowserLogin(ctx context.Context, state, code string) 
 	if err != nil {
 		return pl.account, err
 	}
-	tr, err := m.tokenRequest(ctx, ac.Provider, url.Values{
+	form := url.Values{
 		"grant_type":    {"authorization_code"},
 		"code":          {code},
 		"redirect_uri":  {pl.redirectURI},
 		"code_verifier": {pl.verifier},
-		"scope":         {strings.Join(DelegatedScopes(ac.Provider), " ")},
-	})
+	}
+	if !ac.Provider.IsGoogle() { // Google takes the scope from the authorize leg only
+		form.Set("scope", strings.Join(DelegatedScopes(ac.Provider), " "))
+	}
+	tr, err := m.tokenRequest(ctx, ac.Provider, form)
 	if err != nil {
 		return pl.account, m.loginError(ac, "authorization-code redemption", err)
 	}
@@ -262,6 +272,10 @@ func (m *Manager) finishLogin(a *account, ac *config.Account, tr *tokenResponse,
 	if tr.RefreshToken == "" {
 		e := &Error{Account: a.name, Kind: Failing, Reason: "the sign-in returned no refresh token (offline_access was not granted)",
 			Fix: fmt.Sprintf("allow offline_access for the app registration of provider %s, then run 'oauthbridge login %s'", ac.ProviderName, a.name)}
+		if ac.Provider.IsGoogle() {
+			e.Reason = "Google's sign-in returned no refresh token"
+			e.Fix = fmt.Sprintf("run 'oauthbridge login %s' again; if it persists, remove the app's access at https://myaccount.google.com/permissions and sign in again", a.name)
+		}
 		a.log.Error("tokens: sign-in refused", "error", e.Error())
 		return e
 	}

@@ -232,6 +232,8 @@ func binding(ac *config.Account) string {
 	b := ac.Flow + "|" + p.Authority + "|" + strings.ToLower(p.Tenant) + "|" + p.ClientID
 	if ac.Flow != config.FlowApp {
 		b += "|" + strings.ToLower(ac.LoginHint())
+	} else if p.ServiceAccount != nil { // google: the service account acts for the mailbox
+		b += "|" + p.ServiceAccount.Email + "|" + strings.ToLower(ac.Mailbox)
 	}
 	return b
 }

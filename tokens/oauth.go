@@ -25,6 +25,9 @@ const maxTokenResponse = 1 << 20
 // Endpoints returns the v2.0 authorize, token and device-code URLs of p:
 // {Authority}/{Tenant}/oauth2/v2.0/{authorize,token,devicecode}.
 func Endpoints(p *config.Provider) oauth2.Endpoint {
+	if p.IsGoogle() {
+		return googleEndpoint(p)
+	}
 	base := strings.TrimSuffix(p.Authority, "/") + "/" + url.PathEscape(p.Tenant) + "/oauth2/v2.0/"
 	return oauth2.Endpoint{
 		AuthURL:       base + "authorize",
@@ -38,6 +41,9 @@ func Endpoints(p *config.Provider) oauth2.Endpoint {
 // IMAP, POP3 and SMTP (all on the same Exchange resource), a refresh token,
 // and an id_token that says who signed in.
 func DelegatedScopes(p *config.Provider) []string {
+	if p.IsGoogle() {
+		return googleDelegatedScopes()
+	}
 	return []string{
 		p.ScopePrefix + "IMAP.AccessAsUser.All",
 		p.ScopePrefix + "POP.AccessAsUser.All",

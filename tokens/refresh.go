@@ -66,16 +66,23 @@ func (m *Manager) refresh(a *account, done chan struct{}, gen uint64, ac *config
 	}
 	rt := a.ent.RefreshToken // the newest: a Graph redemption may have rotated it
 	base := a.ent.Version    // what a shared store's write compares against
+	loginAt := a.ent.LoginAt
 	a.mu.Unlock()
 	p := ac.Provider
-	var form url.Values
-	if ac.Flow == config.FlowApp {
-		form = url.Values{"grant_type": {"client_credentials"}, "scope": {p.AppScope}}
+	var tr *tokenResponse
+	var err error
+	if p.IsGoogle() {
+		tr, err = m.googleGrant(m.base, ac, rt, loginAt) // google.go
 	} else {
-		form = url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt},
-			"scope": {strings.Join(DelegatedScopes(p), " ")}}
+		var form url.Values
+		if ac.Flow == config.FlowApp {
+			form = url.Values{"grant_type": {"client_credentials"}, "scope": {p.AppScope}}
+		} else {
+			form = url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt},
+				"scope": {strings.Join(DelegatedScopes(p), " ")}}
+		}
+		tr, err = m.tokenRequest(m.base, p, form)
 	}
-	tr, err := m.tokenRequest(m.base, p, form)
 	now := m.now()
 	if err != nil {
 		m.refreshFailed(a, done, gen, ac, err, now)

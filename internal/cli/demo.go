@@ -29,6 +29,11 @@ const (
 	// Microsoft Graph (send_via = "graph").
 	demoGraphMailbox = "notices@contoso.example"
 	demoGraphUser    = "notices"
+	// A Google Workspace mailbox beside them (a second fake, in Google
+	// mode), reached with a service account's domain-wide delegation.
+	demoGoogleMailbox = "helpdesk@fabrikam.example"
+	demoGoogleUser    = "workspace"
+	demoGoogleSA      = "oauthbridge@fabrikam-demo.iam.gserviceaccount.com"
 )
 
 // DemoInfo describes a running demo (for tests and the printed banner).
@@ -39,6 +44,9 @@ type DemoInfo struct {
 	Mailbox, Delegate    string
 	GraphUser            string // sends through Microsoft Graph, same password
 	GraphMailbox         string
+	GoogleUser           string // a Google Workspace mailbox (service account), same password
+	GoogleMailbox        string
+	GoogleFake           *fakems.Fake
 	StateDir, ConfigPath string
 	Fake                 *fakems.Fake
 	Daemon               *daemon.Daemon
@@ -47,7 +55,8 @@ type DemoInfo struct {
 func runDemo(ctx context.Context, env Env, args []string) error {
 	fs := newFlags(env, "demo", "", `
 Starts a fake Microsoft 365 (identity platform, IMAP, POP3, SMTP accepting
-only XOAUTH2) and a bridge in front of it, all on loopback, signs the demo
+only XOAUTH2), a fake Google Workspace beside it, and a bridge in front of
+both, all on loopback, signs the demo
 account in with the device-code flow and prints a user, a password and curl
 commands to try. Nothing outside a temporary directory is touched; Ctrl-C
 stops it.`)
@@ -104,14 +113,25 @@ func StartDemo(ctx context.Context, verbose bool, env Env) (*DemoInfo, func(), e
 	f.SetMailboxSMTPAuth(demoGraphMailbox, fakems.SMTPAuthDisabled)
 	_ = f.Deliver(demoMailbox, []byte("From: Contoso IT <it@contoso.example>\r\nTo: "+demoMailbox+"\r\nSubject: Welcome to the oauthbridge demo\r\nDate: "+time.Now().Format(time.RFC1123Z)+"\r\nMessage-ID: <demo-1@contoso.example>\r\n\r\nThis message sits in the fake Exchange mailbox "+demoMailbox+".\r\nYou read it through the bridge with a plain password; the bridge used XOAUTH2.\r\n"))
 
+	gf, err := fakems.Start(fakems.Options{Google: true, Logger: log.With("component", "fake-google")})
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("demo: starting the fake Google Workspace: %w", err)
+	}
 	dir, err := os.MkdirTemp("", "oauthbridge-demo-")
 	if err != nil {
 		f.Close()
+		gf.Close()
 		return nil, nil, err
 	}
-	cleanup := func() { f.Close(); os.RemoveAll(dir) }
+	cleanup := func() { f.Close(); gf.Close(); os.RemoveAll(dir) }
 	caFile := filepath.Join(dir, "fake-ca.pem")
 	if err := f.WriteCAFile(caFile); err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	googleCA, googleKey, err := demoGoogle(gf, dir)
+	if err != nil {
 		cleanup()
 		return nil, nil, err
 	}
@@ -159,9 +179,29 @@ user %q {
   password_hash = %q
   account       = "notices"
 }
+
+provider "google" {               # a fake Google Workspace
+  type                = "google"
+  service_account_key = file(%q)
+  authority           = %q
+  imap_server         = %q
+  pop3_server         = %q
+  smtp_server         = %q
+  ca_file             = %q
+}
+account "workspace" {             # a service account with domain-wide delegation acts for the mailbox
+  provider = "google"
+  mailbox  = %q
+  flow     = "app"
+}
+user %q {
+  password_hash = %q
+  account       = "workspace"
+}
 `, filepath.Join(dir, "state"), freeAddr("127.0.0.1:1143"), freeAddr("127.0.0.1:1110"), freeAddr("127.0.0.1:1587"), freeAddr("127.0.0.1:8025"),
 		demoClientID, f.AuthorityURL, f.IMAPAddr, f.POP3Addr, f.SMTPAddr, f.GraphURL(), caFile, demoMailbox, demoDelegate, demoGraphMailbox,
-		demoUser, string(hash), demoGraphUser, string(hash))
+		demoUser, string(hash), demoGraphUser, string(hash),
+		googleKey, gf.AuthorityURL, gf.IMAPAddr, gf.POP3Addr, gf.SMTPAddr, googleCA, demoGoogleMailbox, demoGoogleUser, string(hash))
 	if err := os.MkdirAll(filepath.Join(dir, "state"), 0o700); err != nil {
 		cleanup()
 		return nil, nil, err
@@ -216,7 +256,14 @@ user %q {
 			return nil, nil, err
 		}
 	}
+	// The service account needs no sign-in; get its first token now so
+	// that status shows it ok at once.
+	if _, err := d.Tokens().AccessToken(ctx, "workspace"); err != nil {
+		stop()
+		return nil, nil, fmt.Errorf("demo: service account token: %w", err)
+	}
 	return &DemoInfo{
+		GoogleUser: demoGoogleUser, GoogleMailbox: demoGoogleMailbox, GoogleFake: gf,
 		User: demoUser, Password: password,
 		IMAP: d.Addr("imap"), POP3: d.Addr("pop3"), SMTP: d.Addr("smtp"), Admin: d.Addr("admin"),
 		Mailbox: demoMailbox, Delegate: demoDelegate, GraphUser: demoGraphUser, GraphMailbox: demoGraphMailbox,
@@ -224,10 +271,30 @@ user %q {
 	}, stop, nil
 }
 
+// demoGoogle fills the fake Google Workspace and writes its CA and the
+// service account's JSON key into dir.
+func demoGoogle(gf *fakems.Fake, dir string) (caFile, keyFile string, err error) {
+	gf.AddUser(demoGoogleMailbox)
+	_ = gf.Deliver(demoGoogleMailbox, []byte("From: Fabrikam IT <it@fabrikam.example>\r\nTo: "+demoGoogleMailbox+"\r\nSubject: Welcome to Google Workspace through oauthbridge\r\nDate: "+time.Now().Format(time.RFC1123Z)+"\r\nMessage-ID: <demo-g1@fabrikam.example>\r\n\r\nThis message sits in the fake Gmail mailbox "+demoGoogleMailbox+".\r\nThe bridge reached it with a service account token (JWT bearer grant) and XOAUTH2.\r\n"))
+	key, err := gf.AddServiceAccount(demoGoogleSA)
+	if err != nil {
+		return "", "", err
+	}
+	gf.AllowDomainWideDelegation(demoGoogleSA, fakems.GoogleMailScope)
+	caFile, keyFile = filepath.Join(dir, "fake-google-ca.pem"), filepath.Join(dir, "google-service-account.json")
+	if err := gf.WriteCAFile(caFile); err != nil {
+		return "", "", err
+	}
+	if err := os.WriteFile(keyFile, key, 0o600); err != nil {
+		return "", "", err
+	}
+	return caFile, keyFile, nil
+}
+
 func printDemo(env Env, i *DemoInfo) {
 	w := env.Stdout
 	fmt.Fprintf(w, `
-oauthbridge demo is running against an embedded fake Microsoft 365 (all on loopback).
+oauthbridge demo is running against an embedded fake Microsoft 365 and a fake Google Workspace (all on loopback).
 
   Local user:     %s
   Password:       %s
@@ -253,6 +320,9 @@ Try it from another terminal:
   printf 'From: %s\r\nTo: %s\r\nSubject: sent through Graph\r\n\r\nSMTP in, Microsoft Graph out.\r\n' |
     curl -s --user '%s:%s' --url 'smtp://%s' --mail-from '%s' --mail-rcpt '%s' -T -
 
+  # user %s (same password) is a Google Workspace mailbox, %s, reached with a service account
+  curl -s --user '%s:%s' 'imap://%s/INBOX;UID=1'
+
   go run ./cmd/oauthbridge status -config %s   # token state and send path, from the running daemon
 
 The configuration the bridge runs with is %s.
@@ -263,5 +333,6 @@ Press Ctrl-C to stop.
 		i.Mailbox, i.Mailbox, i.User, i.Password, i.SMTP, i.Mailbox, i.Mailbox,
 		i.GraphUser, i.GraphMailbox,
 		i.GraphMailbox, i.Mailbox, i.GraphUser, i.Password, i.SMTP, i.GraphMailbox, i.Mailbox,
+		i.GoogleUser, i.GoogleMailbox, i.GoogleUser, i.Password, i.IMAP,
 		i.ConfigPath, i.ConfigPath)
 }

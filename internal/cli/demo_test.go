@@ -148,8 +148,43 @@ func TestDemo(t *testing.T) {
 
 	// Token state is ok and nobody's secret reached the banner.
 	st := info.Daemon.Tokens().Status()
-	if len(st) != 2 || st[0].State != "ok" || !strings.EqualFold(st[0].SignedInAs, info.Delegate) || st[0].SendPath != "smtp" ||
-		st[1].State != "ok" || st[1].SendPath != "graph" {
+	if len(st) != 3 || st[0].State != "ok" || !strings.EqualFold(st[0].SignedInAs, info.Delegate) || st[0].SendPath != "smtp" ||
+		st[1].State != "ok" || st[1].SendPath != "graph" || st[2].Account != info.GoogleUser || st[2].State != "ok" {
 		t.Errorf("status = %+v", st)
+	}
+
+	// The Google Workspace account beside them: IMAP reads its mailbox,
+	// SMTP sends from it, through the same bridge.
+	if !strings.Contains(banner, info.GoogleUser) || !strings.Contains(banner, info.GoogleMailbox) {
+		t.Errorf("banner lacks the Google account")
+	}
+	wc, err := imapclient.DialInsecure(info.IMAP, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wc.Login(info.GoogleUser, info.Password).Wait(); err != nil {
+		t.Fatalf("IMAP LOGIN as %s: %v", info.GoogleUser, err)
+	}
+	if sel, serr := wc.Select("INBOX", nil).Wait(); serr != nil || sel.NumMessages != 1 {
+		t.Fatalf("Google INBOX = %+v, %v", sel, serr)
+	}
+	gmsgs, err := wc.Fetch(imap.SeqSetNum(1), &imap.FetchOptions{Envelope: true}).Collect()
+	if err != nil || len(gmsgs) != 1 || !strings.Contains(gmsgs[0].Envelope.Subject, "Google Workspace") {
+		t.Fatalf("Google FETCH 1 = %+v, %v", gmsgs, err)
+	}
+	wc.Logout().Wait()
+	sc, err2 := smtp.Dial(info.SMTP)
+	if err2 != nil {
+		t.Fatal(err2)
+	}
+	defer sc.Close()
+	if err := sc.Auth(sasl.NewPlainClient("", info.GoogleUser, info.Password)); err != nil {
+		t.Fatalf("SMTP AUTH as %s: %v", info.GoogleUser, err)
+	}
+	if err := sc.SendMail(info.GoogleMailbox, []string{info.GoogleMailbox}, strings.NewReader("Subject: to myself\r\n\r\nhi\r\n")); err != nil {
+		t.Fatalf("SMTP send through Google: %v", err)
+	}
+	if sent := info.GoogleFake.Sent(); len(sent) != 1 || sent[0].AuthUser != info.GoogleMailbox {
+		t.Errorf("Google fake received %+v", sent)
 	}
 }

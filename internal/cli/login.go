@@ -164,10 +164,16 @@ set OAUTHBRIDGE_ADMIN_PASSWORD (or type it when asked on a terminal).
 When no daemon answers, login writes the token store in state_dir itself
 (it then needs the configuration's secrets, e.g. credential("name") from
 -credentials) and the daemon picks the token up when it starts.
-An app-flow (client credentials) account needs no sign-in.`)
+An app-flow (client credentials) account needs no sign-in.
+
+A Google account (provider type = "google") always signs in with the
+browser: Google's device flow does not cover Gmail's scope. The redirect
+goes to admin.public_url + /oauth/callback on this host (loopback), so run
+it where a browser can reach that address (or forward it with ssh -L).`)
 	cf := addConfigFlags(fs)
 	browser := fs.Bool("browser", false, "use the browser (authorization code + PKCE) flow instead of a device code")
 	local := fs.Bool("local", false, "do not ask a running daemon; write the token store directly (the daemon picks it up)")
+	device := fs.Bool("device", false, "use the device-code flow (the default, except for Google accounts)")
 	pos, err := fs.parse(args)
 	if err != nil {
 		return err
@@ -182,6 +188,15 @@ An app-flow (client credentials) account needs no sign-in.`)
 	if acct.Flow == config.FlowApp {
 		fmt.Fprintf(env.Stdout, "Account %q uses the app flow (client credentials): there is nothing to sign in. 'oauthbridge status' shows whether its token works.\n", acct.Name)
 		return nil
+	}
+	if acct.Provider.IsGoogle() {
+		if *device {
+			return usagef("account %q is a Google account: Google's device flow does not cover Gmail's scope %s, so it cannot sign in with a device code. Sign in with the browser instead: oauthbridge login -browser %s (or press Connect on the status page)", acct.Name, config.GoogleMailScope, acct.Name)
+		}
+		*browser = true
+	}
+	if *browser && *device {
+		return usagef("-browser and -device exclude each other")
 	}
 	if *browser {
 		return browserLogin(ctx, env, cfg, acct, *local)
@@ -369,7 +384,13 @@ func browserLogin(ctx context.Context, env Env, cfg *config.Config, acct *config
 		}
 	})}
 	go srv.Serve(ln)
-	defer srv.Close()
+	defer func() {
+		// Shutdown, not Close: the browser must still get the page that
+		// says the sign-in worked.
+		sctx, cancel := context.WithTimeout(context.Background(), CallbackReadHeaderTimeout)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
 	fmt.Fprintf(env.Stdout, "Open this URL in a browser and sign in as %s:\n\n    %s\n\nThe redirect returns to %s (serving it on %s until done).\n", acct.LoginHint(), u, redirect, cfg.Admin.Listen)
 	select {
 	case err := <-result:
@@ -534,6 +555,18 @@ tenant. Needs no secret.`)
 		}
 		sort.Strings(names)
 		return usagef("no provider %q in %s (providers: %s)", pos[0], *cf.path, strings.Join(names, ", "))
+	}
+	if p.IsGoogle() {
+		id := "the service account's client ID"
+		if p.ServiceAccount != nil && p.ServiceAccount.ClientID != "" {
+			id = "client ID " + p.ServiceAccount.ClientID + " (service account " + p.ServiceAccount.Email + ")"
+		}
+		fmt.Fprintf(env.Stdout, "Provider %s is a Google provider; Google has no admin-consent URL.\n\n"+
+			"For flow = \"app\": a Workspace administrator opens https://admin.google.com/ac/owl/domainwidedelegation\n"+
+			"(Security > Access and data control > API controls > Domain-wide delegation) and adds %s\nwith the scope %s.\n\n"+
+			"For people who sign in: publish the OAuth consent screen of client %s (\"In production\"),\nor its refresh tokens expire after 7 days.\n",
+			p.Name, id, config.GoogleMailScope, p.ClientID)
+		return nil
 	}
 	fmt.Fprintf(env.Stdout, "A tenant administrator opens this URL to approve app %s for the whole tenant:\n\n    %s\n", p.ClientID, tokens.ConsentURL(p, cfg.Admin.PublicURL+"/oauth/callback"))
 	return nil

@@ -43,6 +43,9 @@ type Options struct {
 	// Now is the fake's clock for token, code and device-code expiry.
 	// nil = time.Now. Tests may inject a clock they advance by hand.
 	Now func() time.Time
+	// Google makes the fake play Google Workspace instead of Microsoft
+	// 365 (google.go).
+	Google bool
 }
 
 // Fake is a running fake Microsoft 365. Create it with Start and stop it with
@@ -107,6 +110,7 @@ type Fake struct {
 	// registered certificates and spent client-assertion jtis by client ID.
 	appCerts map[string][]*x509.Certificate
 	jtis     map[string]time.Time
+	google   googleState // guarded by mu (google.go)
 
 	// storeMu serialises changes to the message store (imapmemserver
 	// mailboxes plus the raw-bytes index) so that UID bookkeeping is exact.
@@ -656,9 +660,18 @@ func parseXOAUTH2(resp []byte) (user, token string, err error) {
 type xoauth2Server struct {
 	check func(user, token string, err error) error
 	asked bool
+	// failChallenge, if set, is sent (as Gmail does) when check fails; the
+	// failure is the answer to the client's response to it.
+	failChallenge []byte
+	pending       error
 }
 
 func (s *xoauth2Server) Next(resp []byte) (challenge []byte, done bool, err error) {
+	if s.pending != nil {
+		err := s.pending
+		s.pending = nil
+		return nil, false, err
+	}
 	if resp == nil && !s.asked {
 		// A nil challenge is written as a bare "+ " (IMAP) or "334 "
 		// (SMTP), as Exchange does; []byte{} would become "+ =".
@@ -667,6 +680,14 @@ func (s *xoauth2Server) Next(resp []byte) (challenge []byte, done bool, err erro
 	}
 	user, token, perr := parseXOAUTH2(resp)
 	if err := s.check(user, token, perr); err != nil {
+		var ne noChallenge
+		if errors.As(err, &ne) {
+			return nil, false, ne.error
+		}
+		if s.failChallenge != nil {
+			s.pending = err
+			return s.failChallenge, false, nil
+		}
 		return nil, false, err
 	}
 	return nil, true, nil

@@ -256,6 +256,9 @@ func (f *Fake) identityHandler() http.Handler {
 	mux.HandleFunc("GET /devicelogin", f.handleDeviceLoginPage)
 	mux.HandleFunc("POST /devicelogin", f.handleDeviceLoginPost)
 	mux.HandleFunc("POST /introspect", f.handleIntrospect)
+	if f.opts.Google {
+		f.googleRoutes(mux) // google.go
+	}
 	return mux
 }
 

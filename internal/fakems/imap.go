@@ -141,6 +141,7 @@ type imapSession struct {
 	log      *slog.Logger
 	mb       *mailbox
 	selected string
+	gslot    bool // holds one of the mailbox's Gmail connection slots (google.go)
 }
 
 var (
@@ -150,6 +151,7 @@ var (
 )
 
 func (s *imapSession) Close() error {
+	s.releaseGoogleSlot()
 	if s.UserSession != nil {
 		return s.UserSession.Close()
 	}
@@ -168,6 +170,9 @@ func (s *imapSession) AuthenticateMechanisms() []string { return []string{tokens
 func (s *imapSession) Authenticate(mech string) (sasl.Server, error) {
 	if mech != tokens.XOAUTH2 {
 		return nil, &imap.Error{Type: imap.StatusResponseTypeNo, Text: "Unsupported authentication mechanism."}
+	}
+	if s.f.opts.Google {
+		return googleSASL(s.checkGoogleXOAUTH2), nil
 	}
 	return &xoauth2Server{check: s.checkXOAUTH2}, nil
 }

@@ -134,6 +134,9 @@ func (p *pop3Conn) handle(cmd, arg string) (quit bool, err error) {
 			p.log.Info("fakems: pop3 password login refused")
 			return false, p.writeLine(pop3LogonFailed)
 		case "AUTH":
+			if p.f.opts.Google {
+				return false, p.authGoogle(arg)
+			}
 			return false, p.auth(arg)
 		case "STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "NOOP", "RSET":
 			return false, p.writeLine(pop3BadState)

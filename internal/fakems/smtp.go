@@ -119,6 +119,9 @@ func (s *smtpSession) Auth(mech string) (sasl.Server, error) {
 	if mech != tokens.XOAUTH2 {
 		return nil, smtp.ErrAuthUnknownMechanism
 	}
+	if s.f.opts.Google {
+		return googleSASL(s.checkGoogleXOAUTH2), nil
+	}
 	return &xoauth2Server{check: s.checkXOAUTH2}, nil
 }
 

@@ -1,0 +1,66 @@
+package smtpproxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/oauthbridge/oauthbridge/tokens"
+)
+
+// ImplicitTLSPort is the submission port with TLS from the first byte
+// (RFC 8314), e.g. smtp.gmail.com:465. Any other port gets STARTTLS.
+const ImplicitTLSPort = "465"
+
+// errGoogleRefusedAuth is errUpstreamRefusedAuth for a Google account.
+var errGoogleRefusedAuth = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Google refused the bridge's login for this mailbox; an administrator must act, see the bridge log"}
+
+// implicitTLSPort is ImplicitTLSPort; tests point it at a port of their own.
+var implicitTLSPort = ImplicitTLSPort
+
+// implicitTLS reports whether addr is an implicit-TLS submission port.
+func implicitTLS(addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	return err == nil && port == implicitTLSPort
+}
+
+// connectImplicitTLS is connect for port 465: TLS (certificate verified),
+// greeting, EHLO and AUTH XOAUTH2.
+func (s *session) connectImplicitTLS(addr, tok, domain string, timeout time.Duration) (*upstream, error) {
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: s.account.Provider.UpstreamTLS(addr)}
+	ctx, cancel := context.WithTimeout(s.ctx, timeout)
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	cancel()
+	if err != nil {
+		var cv *tls.CertificateVerificationError
+		var rh tls.RecordHeaderError
+		if errors.As(err, &cv) || errors.As(err, &rh) {
+			return nil, &connectError{"tls", err}
+		}
+		return nil, &connectError{"dial", err}
+	}
+	stop := context.AfterFunc(s.ctx, func() { conn.Close() })
+	defer stop()
+	fail := func(stage string, err error) (*upstream, error) {
+		conn.Close()
+		return nil, &connectError{stage, err}
+	}
+	c := smtp.NewClient(conn)
+	c.CommandTimeout = timeout
+	c.SubmissionTimeout = DefaultSubmissionTimeout
+	if err := c.Hello(domain); err != nil {
+		return fail("ehlo", err)
+	}
+	if err := c.Auth(tokens.NewXOAUTH2Client(s.account.Mailbox, tok)); err != nil {
+		return fail("auth", err)
+	}
+	up := &upstream{c: c, conn: conn, addr: addr}
+	up.chunking, _ = c.Extension("CHUNKING")
+	up.chunking = up.chunking && !s.srv.noBDAT
+	up.pipelining, _ = c.Extension("PIPELINING")
+	return up, nil
+}

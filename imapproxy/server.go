@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"time"
 
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
@@ -50,6 +51,7 @@ type Server struct {
 	opts Options
 	log  *slog.Logger
 	fd   *frontdoor.Server
+	gate *frontdoor.Gate
 	ctx  context.Context // cancelled when Shutdown gives up waiting
 }
 
@@ -66,6 +68,14 @@ func New(opts Options) *Server {
 		opts.Limiter = &limiter.Limiter{}
 	}
 	s := &Server{opts: opts, log: opts.Logger}
+	s.gate = &frontdoor.Gate{
+		Auth: opts.Auth, Tokens: opts.Tokens, Limiter: opts.Limiter,
+		// The slot is shared with POP3: max_connections counts both.
+		Slot: func(l *frontdoor.Login) frontdoor.Slot {
+			return frontdoor.Slot{Key: "mail:" + l.Account.Name, Max: l.Account.MaxConnections, Wait: l.Config.IMAP.Limits.ConnectionWait}
+		},
+		TokenTimeout: func(l *frontdoor.Login) time.Duration { return l.Config.IMAP.Limits.UpstreamTimeout },
+	}
 	s.fd = frontdoor.New(frontdoor.Options{
 		Proto:  "imap",
 		Logger: opts.Logger,

@@ -61,6 +61,7 @@ type Options struct {
 type Server struct {
 	opts Options
 	fd   *frontdoor.Server
+	gate *frontdoor.Gate
 	base context.Context // cancelled when Shutdown gives up waiting
 }
 
@@ -78,6 +79,14 @@ func New(opts Options) *Server {
 		opts.Limiter = &limiter.Limiter{}
 	}
 	s := &Server{opts: opts}
+	s.gate = &frontdoor.Gate{
+		Auth: opts.Auth, Tokens: opts.Tokens, Limiter: opts.Limiter,
+		// The slot is shared with IMAP: max_connections counts both.
+		Slot: func(l *frontdoor.Login) frontdoor.Slot {
+			return frontdoor.Slot{Key: "mail:" + l.Account.Name, Max: l.Account.MaxConnections, Wait: l.Config.POP3.Limits.ConnectionWait}
+		},
+		TokenTimeout: func(l *frontdoor.Login) time.Duration { return l.Config.POP3.Limits.UpstreamTimeout },
+	}
 	s.fd = frontdoor.New(frontdoor.Options{
 		Proto:  "pop3",
 		Logger: opts.Logger,

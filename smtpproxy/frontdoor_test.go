@@ -10,30 +10,23 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/oauthbridge/oauthbridge/config"
 )
 
 // An AUTH that succeeds while the bridge drains is refused with 421 4.3.2,
 // as IMAP and POP3 refuse such a login.
 func TestLoginDuringDrainRefused(t *testing.T) {
-	var armed atomic.Bool
 	entered := make(chan struct{}, 1)
 	gate := make(chan struct{})
 	ms := startStubMS(t)
-	br := startBridge(t, ms.addr, bridgeOpts{wrapConfig: func(next func() *config.Config) func() *config.Config {
-		return func() *config.Config {
-			if armed.CompareAndSwap(true, false) {
-				entered <- struct{}{}
-				<-gate
-			}
-			return next()
-		}
-	}})
+	br := startBridge(t, ms.addr, bridgeOpts{})
+	// Hold the login between the password check and the drain check.
+	br.srv.afterCheck = func() {
+		entered <- struct{}{}
+		<-gate
+	}
 	conn, err := net.Dial("tcp", br.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -55,8 +48,6 @@ func TestLoginDuringDrainRefused(t *testing.T) {
 	expect(334, "VXNlcm5hbWU6")
 	tp.PrintfLine("%s", base64.StdEncoding.EncodeToString([]byte("otrs")))
 	expect(334, "UGFzc3dvcmQ6")
-	// The next Config() call is the login's, after the password check.
-	armed.Store(true)
 	tp.PrintfLine("%s", base64.StdEncoding.EncodeToString([]byte(testPassword)))
 	<-entered
 	res := make(chan error, 1)

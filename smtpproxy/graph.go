@@ -18,6 +18,7 @@ import (
 
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/graph"
+	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/tokens"
@@ -217,7 +218,7 @@ func (s *session) graphToken(log *slog.Logger) (string, *smtp.SMTPError) {
 	src := s.srv.graphTokens()
 	if src == nil {
 		log.Error("this account sends through Microsoft Graph, but the bridge has no Graph token source; this is a bug or a wiring problem")
-		return "", errTokenFailing
+		return "", failureReply(&frontdoor.Failure{Kind: frontdoor.Failing}, false)
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.limits().UpstreamTimeout)
 	defer cancel()
@@ -411,25 +412,12 @@ func (m *spooled) open() (io.Reader, error) {
 	return io.MultiReader(strings.NewReader(string(m.header)), io.NewSectionReader(m.f, m.bodyOff, m.size-m.bodyOff)), nil
 }
 
-// tokenFailure maps a token error to the reply, as session.token does.
+// tokenFailure logs a Graph token error and maps it to the reply through
+// the front door's Failure, as session.token does.
 func (s *session) tokenFailure(log *slog.Logger, err error) *smtp.SMTPError {
-	acct := s.account.Name
-	attrs := []any{"error", err.Error(), "resource", "graph"}
-	var te *tokens.Error
-	if errors.As(err, &te) && te.AADSTS != 0 {
-		attrs = append(attrs, "aadsts", te.AADSTS)
-	}
-	switch tokens.KindOf(err) {
-	case tokens.NeedsLogin:
-		log.Error(fmt.Sprintf("no Microsoft Graph token for this account: run 'oauthbridge login %s' (after adding any missing Graph permission); mail is kept by the client (454) until then", acct), attrs...)
-		return errNeedsLogin(acct)
-	case tokens.Failing:
-		log.Error("cannot get a Microsoft Graph token: bridge or app registration configuration problem; mail is kept by the client (454)", attrs...)
-		return errTokenFailing
-	default:
-		log.Warn("Microsoft Graph token temporarily unavailable; client told to retry", attrs...)
-		return errTokenTemporary
-	}
+	f := frontdoor.TokenFailure(s.account.Name, err)
+	logTokenFailure(log, f, "graph")
+	return failureReply(f, false)
 }
 
 // graphFailure logs a failed Graph submission and returns the reply.

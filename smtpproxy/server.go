@@ -68,14 +68,16 @@ type Server struct {
 	log  *slog.Logger
 
 	fd      *frontdoor.Server
+	gate    *frontdoor.Gate
 	handoff *frontdoor.Handoff
 	ctx     context.Context // cancelled when Shutdown gives up waiting
 
 	mu sync.Mutex
 	gs *smtp.Server // created by the first Serve
 
-	noBDAT bool         // tests: send DATA upstream even where CHUNKING is offered
-	gb     graphBackend // the Graph path (graph.go)
+	noBDAT     bool         // tests: send DATA upstream even where CHUNKING is offered
+	afterCheck func()       // tests: runs between a login's password check and its drain check
+	gb         graphBackend // the Graph path (graph.go)
 }
 
 // New returns a Server; call Serve for each listener.
@@ -92,6 +94,14 @@ func New(opts Options) *Server {
 		log:     opts.Logger.With("proto", "smtp"),
 		handoff: frontdoor.NewHandoff(nil),
 	}
+	s.gate = &frontdoor.Gate{
+		Auth: opts.Auth, Tokens: opts.Tokens, Limiter: opts.Limiter,
+		// Exchange allows three concurrent submissions per mailbox.
+		Slot: func(l *frontdoor.Login) frontdoor.Slot {
+			return frontdoor.Slot{Key: "smtp:" + l.Account.Name, Max: l.Account.SMTPMaxConnections, Wait: smtpLimits(l.Config).ConnectionWait}
+		},
+		TokenTimeout: func(l *frontdoor.Login) time.Duration { return smtpLimits(l.Config).UpstreamTimeout },
+	}
 	s.fd = frontdoor.New(frontdoor.Options{
 		Proto:    "smtp",
 		Logger:   opts.Logger,
@@ -107,12 +117,25 @@ func New(opts Options) *Server {
 func (s *Server) limits() frontdoor.Limits {
 	lim := frontdoor.Limits{MaxConnections: config.DefaultMaxConnections}
 	if cfg := s.opts.Config(); cfg != nil {
+		lim.Snapshot = cfg
 		lim.TLS = cfg.LocalTLS
 		if cfg.SMTP != nil && cfg.SMTP.Limits.MaxConnections > 0 {
 			lim.MaxConnections = cfg.SMTP.Limits.MaxConnections
 		}
 	}
 	return lim
+}
+
+// snapshot is the configuration the connection was accepted under: its
+// limits, its plaintext rule and the account a login resolves to all come
+// from it. Without a front-door connection (tests), the current one.
+func (s *Server) snapshot(tc *trackedConn) *config.Config {
+	if tc != nil {
+		if cfg, ok := tc.fs.Snapshot.(*config.Config); ok && cfg != nil {
+			return cfg
+		}
+	}
+	return s.opts.Config()
 }
 
 // refuse is the only line of a connection refused before its greeting
@@ -351,18 +374,6 @@ func (c *trackedConn) setSession(sess *session) {
 // (RFC 5321 section 4.2.5: 421 may answer any command when the service must
 // shut down).
 var errShuttingDown = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Server shutting down, try again later"}
-
-// refuseDuringDrain refuses a login that completes while the server drains,
-// as the IMAP and POP3 proxies do, and writes its audit line; it returns
-// nil when the server is not draining.
-func (s *session) refuseDuringDrain(user string, acct *config.Account) error {
-	if s.tc == nil || !s.tc.fs.Draining() {
-		return nil
-	}
-	s.audit(localauth.Attempt{User: user, Result: localauth.ResultTemporary, Account: acct.Name, Mailbox: acct.Mailbox,
-		Err: fmt.Errorf("smtpproxy: login completed during shutdown: %w", frontdoor.ErrShuttingDown)})
-	return errShuttingDown
-}
 
 // connOf finds the trackedConn under a go-smtp connection (which may have
 // been upgraded to TLS by STARTTLS or the implicit-TLS listener).

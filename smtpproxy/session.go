@@ -3,6 +3,7 @@ package smtpproxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -35,8 +36,9 @@ type session struct {
 	start  time.Time
 
 	opMu sync.Mutex
-	cfg  *config.Config // snapshot: at EHLO, refreshed at AUTH
+	cfg  *config.Config // the snapshot the connection was accepted under
 
+	checked *frontdoor.Login // after AUTH
 	user    string
 	account *config.Account
 	fails   *frontdoor.Conn // failed AUTHs when there is no trackedConn (tests)
@@ -82,7 +84,7 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 		ctx:    ctx,
 		cancel: cancel,
 		start:  time.Now(),
-		cfg:    s.opts.Config(),
+		cfg:    s.snapshot(tc),
 		fails:  s.opts.Failures.Conn(),
 	}
 	if tc != nil {
@@ -91,9 +93,12 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	return sess, nil
 }
 
-func (s *session) limits() config.SMTPLimits {
-	if s.cfg != nil && s.cfg.SMTP != nil {
-		return s.cfg.SMTP.Limits
+func (s *session) limits() config.SMTPLimits { return smtpLimits(s.cfg) }
+
+// smtpLimits are cfg's smtp limits, or the defaults.
+func smtpLimits(cfg *config.Config) config.SMTPLimits {
+	if cfg != nil && cfg.SMTP != nil {
+		return cfg.SMTP.Limits
 	}
 	return config.SMTPLimits{
 		MaxMessageBytes: config.DefaultMaxMessageBytes,
@@ -106,16 +111,11 @@ func (s *session) limits() config.SMTPLimits {
 	}
 }
 
-// authAllowed applies the plaintext-password rule: AUTH needs TLS unless
-// the client is on loopback or allow_insecure_auth is set in the smtp block.
+// authAllowed applies the front door's plaintext-password rule with the
+// smtp block's allow_insecure_auth.
 func (s *session) authAllowed() bool {
-	if _, ok := s.conn.TLSConnectionState(); ok {
-		return true
-	}
-	if cfg := s.srv.opts.Config(); cfg != nil && cfg.SMTP != nil && cfg.SMTP.AllowInsecureAuth {
-		return true
-	}
-	return localauth.IsLoopback(s.remote)
+	_, isTLS := s.conn.TLSConnectionState()
+	return frontdoor.PlaintextAllowed(isTLS, s.remote, s.cfg != nil && s.cfg.SMTP != nil && s.cfg.SMTP.AllowInsecureAuth, nil)
 }
 
 // AuthMechanisms implements smtp.AuthSession. Where AUTH would be refused,
@@ -137,9 +137,9 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	case sasl.Plain:
 		return malformedIs501{sasl.NewPlainServer(func(identity, user, pass string) error {
 			if identity != "" && identity != user {
-				s.audit(localauth.Attempt{User: user, Result: localauth.ResultBadCredentials,
-					Err: errors.New("smtpproxy: PLAIN authorization identity differs from the user name")})
-				return s.authFailed(frontdoor.BadCredentials)
+				f := &frontdoor.Failure{Kind: frontdoor.BadCredentials, Err: errors.New("smtpproxy: PLAIN authorization identity differs from the user name")}
+				s.audit(localauth.Attempt{User: user, Result: f.Kind.String(), Err: f.Err})
+				return s.authFailed(f)
 			}
 			return s.login(user, pass)
 		})}, nil
@@ -179,22 +179,47 @@ func (s *session) audit(a localauth.Attempt) {
 	localauth.Audit(log, a)
 }
 
-// failureReply is the one mapping from a failed local login to SMTP's
-// reply: only a checked wrong password is 535 5.7.8.
-func failureReply(k frontdoor.Kind) *smtp.SMTPError {
-	switch k {
+// failureReply is the one mapping from a failed login to SMTP's reply:
+// only a checked wrong password is 535 5.7.8; everything else keeps the
+// message on the client (4xx). A temporary failure is 454 4.7.0 at AUTH and
+// 451 4.7.0 when the token fails at MAIL (atAuth false).
+func failureReply(f *frontdoor.Failure, atAuth bool) *smtp.SMTPError {
+	switch f.Kind {
 	case frontdoor.BadCredentials:
 		return errBadCreds
 	case frontdoor.Throttled:
 		return errThrottled
+	case frontdoor.Busy:
+		return errBusy
+	case frontdoor.AccountBusy:
+		return errTooManyConns
+	case frontdoor.NeedsLogin:
+		return errNeedsLogin(f.Account)
+	case frontdoor.Failing:
+		if atAuth {
+			return errLocalTemp
+		}
+		return errTokenFailing
+	case frontdoor.Unreachable:
+		return errUpstreamUnreachable
+	case frontdoor.Rejected:
+		return errUpstreamRefusedAuth
+	case frontdoor.Stopping:
+		return errShuttingDown
 	}
-	return errBusy
+	if atAuth {
+		return errLocalTemp
+	}
+	return errTokenTemporary
 }
 
 // authFailed applies the shared per-connection failure policy to a failed
 // AUTH (the delay before the reply; after the limit the connection is
 // closed once the reply is written) and returns the reply.
-func (s *session) authFailed(k frontdoor.Kind) error {
+func (s *session) authFailed(f *frontdoor.Failure) error {
+	if !f.Kind.Local() {
+		return failureReply(f, true)
+	}
 	fails := s.fails
 	if s.tc != nil {
 		fails = s.tc.fails
@@ -206,41 +231,39 @@ func (s *session) authFailed(k frontdoor.Kind) error {
 	if hangUp && s.tc != nil {
 		s.tc.hangUp.Store(true)
 	}
-	return failureReply(k)
+	return failureReply(f, true)
 }
 
-// login checks local credentials. Every outcome writes one audit line.
+// login runs the front door's local login (credentials, then the account
+// in the configuration the connection was accepted under). The slot and
+// the token follow at the first MAIL (dial). Every outcome writes one
+// audit line.
 func (s *session) login(user, pass string) error {
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
-	u, err := s.srv.opts.Auth.Check(s.ctx, user, pass, localauth.RemoteIP(s.remote))
-	if err != nil {
+	l, f := s.srv.gate.Check(s.ctx, s.cfg, user, pass, localauth.RemoteIP(s.remote))
+	if f != nil {
 		if s.ctx.Err() != nil { // shutdown gave up on this connection
-			s.audit(localauth.Attempt{User: user, Result: localauth.ResultError, Err: err})
+			s.audit(localauth.Attempt{User: user, Result: localauth.ResultError, Err: f.Err})
 			return errLocalTemp
 		}
-		f := frontdoor.Classify(err)
-		s.audit(localauth.Attempt{User: user, Result: f.Kind.String(), Err: err})
-		return s.authFailed(f.Kind)
+		s.audit(localauth.Attempt{User: user, Result: f.Kind.String(), Err: f.Err})
+		return s.authFailed(f)
 	}
-	// Resolve the account in the newest configuration, so a reload that
-	// moved the user to another account takes effect at the next login.
-	cfg := s.srv.opts.Config()
-	acct := u.Account
-	if cu := cfg.UserByName[u.Name]; cu != nil && cu.Account != nil {
-		acct = cu.Account
+	acct := l.Account
+	if s.srv.afterCheck != nil {
+		s.srv.afterCheck()
 	}
-	if acct == nil {
-		s.audit(localauth.Attempt{User: user, Result: localauth.ResultError, Err: errors.New("smtpproxy: user has no account")})
-		return errLocalTemp
+	// A login that completes during a drain is refused like in every proxy.
+	if s.tc != nil && s.tc.fs.Draining() {
+		s.audit(localauth.Attempt{User: user, Result: frontdoor.Stopping.String(), Account: acct.Name, Mailbox: acct.Mailbox,
+			Err: fmt.Errorf("smtpproxy: login completed during shutdown: %w", frontdoor.ErrShuttingDown)})
+		return failureReply(&frontdoor.Failure{Kind: frontdoor.Stopping}, true)
 	}
-	if err := s.refuseDuringDrain(user, acct); err != nil {
-		return err
-	}
-	s.cfg = cfg
-	s.user = u.Name
+	s.checked = l
+	s.user = l.Name
 	s.account = acct
-	s.log = s.log.With("user", u.Name, "account", acct.Name, "mailbox", acct.Mailbox)
+	s.log = s.log.With("user", l.Name, "account", acct.Name, "mailbox", acct.Mailbox)
 	s.audit(localauth.Attempt{User: user, Result: localauth.ResultOK, Account: acct.Name, Mailbox: acct.Mailbox})
 	return nil
 }

@@ -67,13 +67,17 @@ type Server struct {
 	opts Options
 	log  *slog.Logger
 
-	fd      *frontdoor.Server
-	gate    *frontdoor.Gate
-	handoff *frontdoor.Handoff
-	ctx     context.Context // cancelled when Shutdown gives up waiting
+	fd   *frontdoor.Server
+	gate *frontdoor.Gate
+	ctx  context.Context // cancelled when Shutdown gives up waiting
 
-	mu sync.Mutex
-	gs *smtp.Server // created by the first Serve
+	// One go-smtp server per configuration generation: a connection is
+	// served by the one built from the configuration it was accepted
+	// under, so a reload's domain, sizes, timeouts and STARTTLS offer apply
+	// to new connections while older ones keep theirs.
+	mu     sync.Mutex
+	gens   map[*config.Config]*generation
+	closed bool
 
 	noBDAT     bool         // tests: send DATA upstream even where CHUNKING is offered
 	afterCheck func()       // tests: runs between a login's password check and its drain check
@@ -90,9 +94,9 @@ func New(opts Options) *Server {
 	}
 	opts.Failures = opts.Failures.Resolved()
 	s := &Server{
-		opts:    opts,
-		log:     opts.Logger.With("proto", "smtp"),
-		handoff: frontdoor.NewHandoff(nil),
+		opts: opts,
+		log:  opts.Logger.With("proto", "smtp"),
+		gens: map[*config.Config]*generation{},
 	}
 	s.gate = &frontdoor.Gate{
 		Auth: opts.Auth, Tokens: opts.Tokens, Limiter: opts.Limiter,
@@ -157,9 +161,10 @@ var ErrServerClosed = fmt.Errorf("smtpproxy: server closed: %w", net.ErrClosed)
 // Serve accepts connections on ln until Shutdown. With implicitTLS every
 // connection starts with a TLS handshake using Config().LocalTLS (the "465"
 // style); otherwise STARTTLS is offered when a tls block is configured.
-// The SMTP settings (domain, sizes, timeouts) are those of the configuration
-// current at the first Serve. It returns ErrServerClosed after Shutdown, or
-// an error wrapping a *frontdoor.ListenerError when the listener fails.
+// The SMTP settings (domain, sizes, timeouts, the STARTTLS offer) are those
+// of the configuration current when each connection is accepted. It
+// returns ErrServerClosed after Shutdown, or an error wrapping a
+// *frontdoor.ListenerError when the listener fails.
 func (s *Server) Serve(ln net.Listener, implicitTLS bool) error {
 	if s.opts.Config == nil || s.opts.Auth == nil || s.opts.Tokens == nil {
 		return errors.New("smtpproxy: Options.Config, Auth and Tokens are required")
@@ -172,19 +177,11 @@ func (s *Server) Serve(ln net.Listener, implicitTLS bool) error {
 		return errors.New("smtpproxy: an implicit-TLS listener needs a tls block")
 	}
 
-	s.mu.Lock()
 	if s.fd.Draining() {
-		s.mu.Unlock()
 		ln.Close()
 		return ErrServerClosed
 	}
-	if s.gs == nil {
-		s.gs = s.newSMTPServer(cfg)
-		go s.gs.Serve(s.handoff) // returns when Shutdown closes the handoff
-	}
-	starttls := s.gs.TLSConfig != nil
-	s.mu.Unlock()
-
+	starttls := cfg.LocalTLS != nil
 	s.log.Info("smtp listener started", "listen", ln.Addr().String(), "implicit_tls", implicitTLS, "starttls", !implicitTLS && starttls)
 	if err := s.fd.Serve(ln, implicitTLS); err != nil {
 		return fmt.Errorf("smtpproxy: serve %s: %w", ln.Addr(), err)
@@ -235,11 +232,70 @@ func (s *Server) wrapConn(fs *frontdoor.Session, c net.Conn) net.Conn {
 	return tc
 }
 
-// serveConn runs while go-smtp serves one admitted connection.
+// generation is the go-smtp server of one configuration and the handoff
+// that feeds it; conns counts the connections it serves.
+type generation struct {
+	cfg     *config.Config
+	gs      *smtp.Server
+	handoff *frontdoor.Handoff
+	conns   int
+}
+
+// acquire returns the generation for cfg, creating it if needed; nil after
+// Shutdown.
+func (s *Server) acquire(cfg *config.Config) *generation {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	g := s.gens[cfg]
+	if g == nil {
+		g = &generation{cfg: cfg, gs: s.newSMTPServer(cfg), handoff: frontdoor.NewHandoff(nil)}
+		go g.gs.Serve(g.handoff) // returns when the handoff is closed
+		s.gens[cfg] = g
+	}
+	g.conns++
+	s.retireIdleLocked()
+	return g
+}
+
+// release ends one connection of g.
+func (s *Server) release(g *generation) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g.conns--
+	s.retireIdleLocked()
+}
+
+// retireIdleLocked ends the go-smtp loop of every generation that serves
+// no connection and is not the current configuration's.
+func (s *Server) retireIdleLocked() {
+	cur := s.opts.Config()
+	for cfg, g := range s.gens {
+		if g.conns == 0 && cfg != cur {
+			g.handoff.Close()
+			delete(s.gens, cfg)
+		}
+	}
+}
+
+// serveConn runs while go-smtp serves one admitted connection, with the
+// go-smtp server of the configuration the connection was accepted under.
 func (s *Server) serveConn(fs *frontdoor.Session) {
 	tc := fs.Value.(*trackedConn)
+	cfg := s.snapshot(tc)
+	if cfg == nil || cfg.SMTP == nil {
+		tc.log.Error("no smtp block in the configuration; closing connection")
+		return
+	}
+	g := s.acquire(cfg)
+	if g == nil {
+		return
+	}
+	defer s.release(g)
 	tc.log.Debug("connection accepted")
-	s.handoff.Serve(fs)
+	g.handoff.Serve(fs)
 	tc.setSession(nil)
 }
 
@@ -248,7 +304,12 @@ func (s *Server) serveConn(fs *frontdoor.Session) {
 // whatever is left (an unfinished DATA is never completed upstream).
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.fd.Shutdown(ctx)
-	s.handoff.Close() // go-smtp's loop ends
+	s.mu.Lock()
+	s.closed = true
+	for _, g := range s.gens {
+		g.handoff.Close() // go-smtp's loops end
+	}
+	s.mu.Unlock()
 	return err
 }
 

@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -262,10 +261,12 @@ func (d *Daemon) Addr(proto string) string {
 	return ""
 }
 
-// Reload applies a new configuration: users, passwords, accounts and TLS
-// certificates take effect for new connections; established sessions keep
-// running on what they started with. Listener addresses cannot change
-// without a restart; a change is reported, not applied.
+// Reload applies a new configuration: users, passwords, accounts, TLS
+// certificates, limits and the SMTP listener settings take effect for new
+// connections (established sessions keep running on what they started
+// with); log_level and log_format at once. Listener addresses cannot change
+// without a restart; each change is logged by name, not applied (see
+// reload.go).
 func (d *Daemon) Reload(cfg *config.Config) error {
 	old := d.cfg.Load()
 	if err := d.tokens.Reload(cfg); err != nil {
@@ -273,20 +274,7 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 	}
 	d.cfg.Store(cfg)
 	d.auth.SetUsers(cfg)
-	for _, c := range []struct {
-		name     string
-		old, new []string
-	}{
-		{"imap listen", old.IMAP.Listen, cfg.IMAP.Listen}, {"imap listen_tls", old.IMAP.ListenTLS, cfg.IMAP.ListenTLS},
-		{"pop3 listen", old.POP3.Listen, cfg.POP3.Listen}, {"pop3 listen_tls", old.POP3.ListenTLS, cfg.POP3.ListenTLS},
-		{"smtp listen", old.SMTP.Listen, cfg.SMTP.Listen}, {"smtp listen_tls", old.SMTP.ListenTLS, cfg.SMTP.ListenTLS},
-		{"admin listen", []string{old.Admin.Listen}, []string{cfg.Admin.Listen}},
-	} {
-		if !slices.Equal(c.old, c.new) {
-			d.log.Warn("reload: listener addresses changed; restart the service to apply", "setting", c.name)
-		}
-	}
-	d.log.Info("configuration reloaded", "users", len(cfg.Users), "accounts", len(cfg.Accounts))
+	d.reportReload(old, cfg)
 	return nil
 }
 

@@ -506,12 +506,6 @@ func (s *stubUpstream) Deliver(uid string, data []byte) {
 	s.mu.Unlock()
 }
 
-func (s *stubUpstream) count() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.msgs)
-}
-
 func (s *stubUpstream) accept() {
 	defer s.wg.Done()
 	for {

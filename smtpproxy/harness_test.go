@@ -411,7 +411,6 @@ func testHash() string {
 type bridgeOpts struct {
 	smtpExtra    string // inside smtp { }
 	accountExtra string // inside account "helpdesk" { }
-	upstreamAddr string // default: the stub's
 	caFile       string // default: the test CA
 	noTLS        bool   // no tls block (no STARTTLS)
 	remote       net.Addr

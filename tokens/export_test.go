@@ -32,6 +32,10 @@ func (m *Manager) TamperVerifierForTest(state string) {
 	}
 }
 
+// SetLoginStoredHookForTest calls f in a sign-in between its store write
+// and installing its tokens.
+func (m *Manager) SetLoginStoredHookForTest(f func(account string)) { m.loginStoredHook = f }
+
 // SetStoreWriteErrorForTest makes every store write fail with err (nil: normal).
 func (m *Manager) SetStoreWriteErrorForTest(err error) {
 	st := m.store.(*store)

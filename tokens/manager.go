@@ -94,6 +94,9 @@ type Manager struct {
 	// leaseHook, if set, is called at the steps of a shared store's lease
 	// ("claimed", "redeemed", "waiting"); tests freeze a replica there.
 	leaseHook func(step, account string, l *lease)
+	// loginStoredHook, if set, is called by a sign-in between its store
+	// write and installing the tokens (tests reload there).
+	loginStoredHook func(account string)
 	// sleep waits between device-code polls; tests replace it.
 	sleep func(ctx context.Context, d time.Duration) error
 

@@ -892,6 +892,43 @@ func TestUnknownAccount(t *testing.T) {
 	e.m.Rejected("nope", "x") // must not panic
 }
 
+// TestReloadDuringLoginStoreWrite: the delegate changes while a finished
+// sign-in writes its tokens to the store (after the binding was checked);
+// the old delegate's tokens are not installed, and the account waits for
+// the new delegate.
+func TestReloadDuringLoginStoreWrite(t *testing.T) {
+	e := newEnv(t, envOpts{secret: secret})
+	cfg := testConfig(t, e.dir, e.f.AuthorityURL, secret, testAccount{name: helpdesk, mailbox: "hd@contoso.com", delegate: bob})
+	e.m.SetLoginStoredHookForTest(func(string) {
+		if err := e.m.Reload(cfg); err != nil {
+			t.Errorf("Reload() = %v", err)
+		}
+	})
+	dl, done, err := e.m.StartDeviceLogin(context.Background(), helpdesk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.f.ApproveDevice(dl.UserCode, alice); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "changed while the sign-in was running") {
+			t.Errorf("device login with a delegate change during its store write = %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("device login did not finish")
+	}
+	if _, err := e.m.AccessToken(context.Background(), helpdesk); KindOf(err) != NeedsLogin || !strings.Contains(err.Error(), bob) {
+		t.Fatalf("AccessToken after a delegate change during the sign-in's store write = %v, want needs_login naming %s", err, bob)
+	}
+	for _, st := range e.m.Status() {
+		if st.Account == helpdesk && strings.EqualFold(st.SignedInAs, alice) {
+			t.Fatalf("status shows delegate %s signed in as %s: %+v", bob, alice, st)
+		}
+	}
+}
+
 // TestReloadDuringDeviceLogin: the delegate changes while a device-code
 // sign-in is running; when the old delegate completes it, nothing is
 // installed and the account still waits for the new delegate.

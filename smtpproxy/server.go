@@ -149,7 +149,7 @@ func refuse(w io.Writer, why frontdoor.Reason) {
 	case frontdoor.TooManyConnections:
 		_, _ = io.WriteString(w, "421 4.3.2 Too many connections, try again later\r\n")
 	default:
-		_, _ = io.WriteString(w, "421 4.3.2 Server shutting down, try again later\r\n")
+		_, _ = io.WriteString(w, drainLine)
 	}
 }
 
@@ -337,6 +337,7 @@ type trackedConn struct {
 	inData    bool        // a message body is being received
 	release   func()      // the front door's drain hold while inData
 	stopAbort func() bool // unregisters the abort of the current session
+	top       net.Conn    // what go-smtp reads and writes (TLS after STARTTLS); nil before EHLO
 
 	// Read-ahead while a body is received; only the connection's reading
 	// goroutine touches these.
@@ -367,7 +368,11 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 			readAheadPool.Put(c.ra)
 			c.ra, c.raRest = nil, nil
 		}
-		return c.Conn.Read(p)
+		n, err := c.Conn.Read(p)
+		if n == 0 && err != nil && !inData {
+			err = c.drained(err)
+		}
+		return n, err
 	}
 	if c.ra == nil {
 		c.ra = readAheadPool.Get().(*[]byte)
@@ -381,6 +386,31 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 		return m, nil
 	}
 	return m, err
+}
+
+// drainLine ends a session that the drain catches between commands; a
+// connection refused during the drain gets the same text (refuse).
+const drainLine = "421 4.3.2 Server shutting down, try again later\r\n"
+
+// drained turns the read timeout with which the front door's drain ends an
+// idle session into the bridge's own 421, written through the session's
+// TLS if it has any (go-smtp would answer a timeout with its "Idle
+// timeout" text); the error returned makes go-smtp end quietly.
+func (c *trackedConn) drained(err error) error {
+	var ne net.Error
+	if !c.fs.Draining() || !errors.As(err, &ne) || !ne.Timeout() {
+		return err
+	}
+	c.mu.Lock()
+	top := c.top
+	c.mu.Unlock()
+	if top == nil {
+		top = c.fs.Conn()
+	}
+	_ = top.SetWriteDeadline(time.Now().Add(frontdoor.RefusalWriteTimeout))
+	_, _ = io.WriteString(top, drainLine)
+	c.log.Info("session ended: shutting down")
+	return fmt.Errorf("smtpproxy: session ended by the drain: %w", net.ErrClosed)
 }
 
 // Write writes to the client and, once the failure limit was reached,
@@ -426,8 +456,12 @@ func (c *trackedConn) setSession(sess *session) {
 		c.stopAbort()
 		c.stopAbort = nil
 	}
+	c.top = nil
 	if sess != nil {
 		c.stopAbort = context.AfterFunc(c.fs.Context(), sess.abortUpstream)
+		if sess.conn != nil {
+			c.top = sess.conn.Conn()
+		}
 	}
 }
 

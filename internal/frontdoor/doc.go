@@ -4,8 +4,8 @@
 //   - the server loop (server.go): one accept policy that backs off and
 //     retries every transient error (EMFILE, ENFILE, ENOBUFS, ...) and
 //     reports a listener that dies for good; connection tracking,
-//     max_connections checked after the implicit-TLS handshake, panic
-//     recovery, and one drain (pre-auth sessions end with the protocol's
+//     max_connections counted from the accept (handshakes included) and
+//     refused through TLS, panic recovery, and one drain (pre-auth sessions end with the protocol's
 //     text, spliced ones run until the shutdown context ends, a login that
 //     completes during the drain is refused). Where a library owns the
 //     loop (go-smtp), Handoff feeds it the admitted connections;

@@ -28,7 +28,6 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/oauthbridge/oauthbridge/config"
-	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/tokens"
@@ -266,11 +265,11 @@ func newEnv(t testing.TB) *env {
 	e := &env{t: t, up: up, toks: &fakeTokens{seq: []string{"good"}}, lim: &limiter.Limiter{}, logs: &logBuffer{}}
 	e.cfg = testConfig(t, up.addr, writeCA(t, c.pem), "")
 	e.opts = Options{
-		Config:   func() *config.Config { return e.cfg },
-		Tokens:   e.toks,
-		Limiter:  e.lim,
-		Logger:   slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Failures: frontdoor.Policy{FailureDelay: -1},
+		Config:       func() *config.Config { return e.cfg },
+		Tokens:       e.toks,
+		Limiter:      e.lim,
+		Logger:       slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		FailureDelay: -1,
 	}
 	return e
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/internal/localauth"
 )
 
 // A reload between accept and login: the login on the connection accepted
@@ -35,7 +36,7 @@ func TestReloadBetweenAcceptAndLogin(t *testing.T) {
 
 	// The reload, as the daemon does it: new snapshot, new user table.
 	cur.Store(newer)
-	e.opts.Auth.SetUsers(newer)
+	e.opts.Auth.(*localauth.Authenticator).SetUsers(newer)
 
 	second := e.dialPipe()
 	defer second.close()

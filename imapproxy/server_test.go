@@ -176,7 +176,7 @@ func TestAccountLimitWaitsForSlot(t *testing.T) {
 
 func TestFailureDelay(t *testing.T) {
 	e := newEnv(t)
-	e.opts.Failures.FailureDelay = 150 * time.Millisecond
+	e.opts.FailureDelay = 150 * time.Millisecond
 	e.start()
 	pc := e.dialPipe()
 	pc.expect("* OK *")

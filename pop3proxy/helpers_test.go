@@ -29,7 +29,6 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/oauthbridge/oauthbridge/config"
-	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/tokens"
@@ -311,12 +310,12 @@ func newEnv(t testing.TB, tc testConfig, eo envOptions) *env {
 		src = tokenstest.StaticSource{"acct": goodToken}
 	}
 	opts := Options{
-		Config:   func() *config.Config { return cfg },
-		Auth:     e.auth,
-		Tokens:   src,
-		Limiter:  e.lim,
-		Logger:   e.logs.logger(),
-		Failures: frontdoor.Policy{FailureDelay: 5 * time.Millisecond},
+		Config:       func() *config.Config { return cfg },
+		Auth:         e.auth,
+		Tokens:       src,
+		Limiter:      e.lim,
+		Logger:       e.logs.logger(),
+		FailureDelay: 5 * time.Millisecond,
 	}
 	if eo.loopback != nil {
 		lb := *eo.loopback

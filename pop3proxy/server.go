@@ -37,20 +37,21 @@ type Options struct {
 	// connection, so a reload applies to the next connection.
 	Config func() *config.Config
 	// Auth checks local user names and passwords.
-	Auth *localauth.Authenticator
+	Auth PasswordChecker
 	// Tokens hands out access tokens per account.
 	Tokens tokens.Source
 	// Limiter caps upstream connections per account. It must be the one the
 	// IMAP proxy uses too: Exchange counts IMAP and POP3 against the same
 	// mailbox. Key "mail:"+account.
-	Limiter *limiter.Limiter
+	Limiter SlotLimiter
 	// Logger receives connection and audit lines; nil discards them.
 	Logger *slog.Logger
 
-	// Failures is the per-connection failure policy shared with IMAP and
-	// SMTP (delay before each failed login's -ERR, close after a few); zero
-	// values take frontdoor's defaults.
-	Failures frontdoor.Policy
+	// FailureDelay is how long the reply to a failed login waits (0:
+	// 1 s, negative: none); MaxFailures failed logins
+	// end the connection (0: 3). IMAP, POP3 and SMTP apply the same policy.
+	FailureDelay time.Duration
+	MaxFailures  int
 	// IsLoopback decides whether a peer is on this host, where a password may
 	// cross without TLS. nil uses localauth.IsLoopback.
 	IsLoopback func(net.Addr) bool
@@ -59,10 +60,11 @@ type Options struct {
 // Server is a POP3 front end that authenticates locally and splices to the
 // account's Microsoft 365 mailbox.
 type Server struct {
-	opts Options
-	fd   *frontdoor.Server
-	gate *frontdoor.Gate
-	base context.Context // cancelled when Shutdown gives up waiting
+	opts     Options
+	fd       *frontdoor.Server
+	gate     *frontdoor.Gate
+	failures frontdoor.Policy
+	base     context.Context // cancelled when Shutdown gives up waiting
 }
 
 // New returns a Server; call Serve or ServeConn to use it. A nil Limiter
@@ -71,14 +73,13 @@ func New(opts Options) *Server {
 	if opts.Logger == nil {
 		opts.Logger = logging.Discard
 	}
-	opts.Failures = opts.Failures.Resolved()
 	if opts.IsLoopback == nil {
 		opts.IsLoopback = localauth.IsLoopback
 	}
 	if opts.Limiter == nil {
 		opts.Limiter = &limiter.Limiter{}
 	}
-	s := &Server{opts: opts}
+	s := &Server{opts: opts, failures: frontdoor.Policy{FailureDelay: opts.FailureDelay, MaxFailures: opts.MaxFailures}.Resolved()}
 	s.gate = &frontdoor.Gate{
 		Auth: opts.Auth, Tokens: opts.Tokens, Limiter: opts.Limiter,
 		// The slot is shared with IMAP: max_connections counts both.

@@ -90,7 +90,7 @@ func newSession(s *Server, fs *frontdoor.Session) *session {
 		br:     bufio.NewReader(conn),
 		tls:    fs.TLS(),
 		remote: localauth.RemoteIP(conn.RemoteAddr()),
-		fails:  s.opts.Failures.Conn(),
+		fails:  s.failures.Conn(),
 	}
 }
 

@@ -19,7 +19,6 @@ import (
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
-	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/internal/logging"
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
@@ -41,15 +40,16 @@ const (
 // Options configure a Server. Config, Auth and Tokens are required.
 type Options struct {
 	Config  func() *config.Config // current configuration snapshot (reload); read per session
-	Auth    *localauth.Authenticator
-	Tokens  tokens.Source    // AccessToken(ctx, account) / Rejected(account, tok)
-	Limiter *limiter.Limiter // key "smtp:"+account; nil = a private limiter
-	Logger  *slog.Logger     // nil = discard
+	Auth    PasswordChecker
+	Tokens  tokens.Source // AccessToken(ctx, account) / Rejected(account, tok)
+	Limiter SlotLimiter   // key "smtp:"+account; nil = a private limiter
+	Logger  *slog.Logger  // nil = discard
 
-	// Failures is the per-connection failure policy shared with IMAP and
-	// POP3 (delay before each failed AUTH's reply, disconnect after a few);
-	// zero values take frontdoor's defaults.
-	Failures frontdoor.Policy
+	// FailureDelay is how long the reply to a failed login waits (0:
+	// 1 s, negative: none); MaxFailures failed logins
+	// end the connection (0: 3). IMAP, POP3 and SMTP apply the same policy.
+	FailureDelay time.Duration
+	MaxFailures  int
 	// GraphTokens serves Microsoft Graph tokens for accounts with send_via
 	// "graph" or "auto". Nil: Tokens.For(tokens.Graph) when Tokens is a
 	// *tokens.Manager.
@@ -64,8 +64,9 @@ type Options struct {
 // max_connections after TLS, drain) owns the connections: it hands each
 // admitted one to go-smtp through a frontdoor.Handoff.
 type Server struct {
-	opts Options
-	log  *slog.Logger
+	opts     Options
+	log      *slog.Logger
+	failures frontdoor.Policy
 
 	fd   *frontdoor.Server
 	gate *frontdoor.Gate
@@ -92,11 +93,12 @@ func New(opts Options) *Server {
 	if opts.Limiter == nil {
 		opts.Limiter = &limiter.Limiter{}
 	}
-	opts.Failures = opts.Failures.Resolved()
 	s := &Server{
 		opts: opts,
 		log:  opts.Logger.With("proto", "smtp"),
 		gens: map[*config.Config]*generation{},
+
+		failures: frontdoor.Policy{FailureDelay: opts.FailureDelay, MaxFailures: opts.MaxFailures}.Resolved(),
 	}
 	s.gate = &frontdoor.Gate{
 		Auth: opts.Auth, Tokens: opts.Tokens, Limiter: opts.Limiter,
@@ -227,7 +229,7 @@ func (s *Server) localTLS(*tls.ClientHelloInfo) (*tls.Config, error) {
 // wrapConn puts smtpproxy's per-connection state under TLS, where go-smtp's
 // reads and writes pass through it.
 func (s *Server) wrapConn(fs *frontdoor.Session, c net.Conn) net.Conn {
-	tc := &trackedConn{Conn: c, fs: fs, id: fs.ID, log: fs.Log, fails: s.opts.Failures.Conn()}
+	tc := &trackedConn{Conn: c, fs: fs, id: fs.ID, log: fs.Log, fails: s.failures.Conn()}
 	fs.Value = tc
 	return tc
 }

@@ -85,7 +85,7 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 		cancel: cancel,
 		start:  time.Now(),
 		cfg:    s.snapshot(tc),
-		fails:  s.opts.Failures.Conn(),
+		fails:  s.failures.Conn(),
 	}
 	if tc != nil {
 		tc.setSession(sess)

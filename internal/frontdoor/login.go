@@ -36,14 +36,27 @@ type Slot struct {
 	Wait time.Duration
 }
 
+// Checker checks a local user's password (localauth.Authenticator). Its
+// errors are classified by Classify: only localauth.ErrInvalid is a wrong
+// password.
+type Checker interface {
+	Check(ctx context.Context, user, password, remote string) (*config.User, error)
+}
+
+// Slots hands out per-account connection slots (limiter.Limiter). A wait
+// that ends without a slot returns an error wrapping limiter.ErrLimit.
+type Slots interface {
+	Acquire(ctx context.Context, key string, limit int, wait time.Duration) (release func(), err error)
+}
+
 // Gate is one proxy's login pipeline: local credential -> account (one
 // resolution rule) -> per-account connection slot -> token. Each step's
 // failure is a *Failure, so each proxy keeps one switch from Kind to its
 // wire text.
 type Gate struct {
-	Auth    *localauth.Authenticator
+	Auth    Checker
 	Tokens  tokens.Source
-	Limiter *limiter.Limiter
+	Limiter Slots
 	// Slot says which slot a login holds (Open); nil holds none.
 	Slot func(*Login) Slot
 	// TokenTimeout bounds one token request (upstream_timeout); 0: only

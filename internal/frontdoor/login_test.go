@@ -75,7 +75,7 @@ func TestGateAccountFromSnapshot(t *testing.T) {
 
 	// The reload: otrs moves to account b, scanner is new.
 	newer := gateConfig(t, map[string]string{"otrs": "b", "scanner": "b"})
-	g.Auth.SetUsers(newer)
+	g.Auth.(*localauth.Authenticator).SetUsers(newer)
 
 	l, f := g.Check(ctx, accepted, "otrs", "pw", "127.0.0.1")
 	if f != nil || l.Account.Name != "a" || l.Config != accepted {
@@ -95,7 +95,7 @@ func TestGateAccountFromSnapshot(t *testing.T) {
 	}
 	// A user the reload removed is refused at once, even on a connection
 	// accepted before it.
-	g.Auth.SetUsers(gateConfig(t, map[string]string{"scanner": "b"}))
+	g.Auth.(*localauth.Authenticator).SetUsers(gateConfig(t, map[string]string{"scanner": "b"}))
 	if _, f = g.Check(ctx, accepted, "otrs", "pw", "127.0.0.1"); f == nil || f.Kind != BadCredentials {
 		t.Fatalf("removed user = %v, want BadCredentials", f)
 	}

@@ -7,11 +7,14 @@ import (
 	"net"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/internal/logging"
+	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
 
@@ -36,6 +39,9 @@ type Options struct {
 	Tokens  tokens.Source         // upstream access tokens
 	Limiter SlotLimiter           // shared with POP3: key "mail:"+account
 	Logger  *slog.Logger          // nil: discard
+	// Registerer receives the oauthbridge_* metrics (the daemon passes one
+	// registry to every component); nil: a private registry.
+	Registerer prometheus.Registerer
 
 	// FailureDelay is how long the reply to a failed login waits (0:
 	// 1 s, negative: none); MaxFailures failed logins
@@ -50,6 +56,7 @@ type Options struct {
 // Server is the IMAP side of the bridge.
 type Server struct {
 	opts     Options
+	m        *metrics.Metrics
 	log      *slog.Logger
 	fd       *frontdoor.Server
 	gate     *frontdoor.Gate
@@ -77,9 +84,11 @@ func New(opts Options) *Server {
 		},
 		TokenTimeout: func(l *frontdoor.Login) time.Duration { return l.Config.IMAP.Limits.UpstreamTimeout },
 	}
+	s.m = metrics.New(opts.Registerer)
 	s.fd = frontdoor.New(frontdoor.Options{
-		Proto:  "imap",
-		Logger: opts.Logger,
+		Metrics: s.m,
+		Proto:   "imap",
+		Logger:  opts.Logger,
 		Limits: func() frontdoor.Limits {
 			cfg := s.opts.Config()
 			return frontdoor.Limits{

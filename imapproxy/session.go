@@ -15,7 +15,6 @@ import (
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/internal/splice"
 )
 
@@ -338,7 +337,7 @@ func (c *session) authenticate(cmd *command) bool {
 		if authz != "" && authz != user {
 			// Grammar, not a password check: its own reply, the same
 			// failure policy.
-			localauth.Audit(c.auditLog, localauth.Attempt{
+			localauth.Audit(c.auditLog, c.srv.m, localauth.Attempt{
 				Proto: "imap", User: user, Remote: c.remoteIP, Result: localauth.ResultBadCredentials,
 				Err: fmt.Errorf("imapproxy: authorization identity %q differs from the user; acting as another user is not supported", authz),
 			})
@@ -409,17 +408,17 @@ func (c *session) authFailed(tag, text string) bool {
 func (c *session) loginFailed(tag string, a *localauth.Attempt, f *frontdoor.Failure) bool {
 	if err := c.srv.ctx.Err(); err != nil { // shutdown gave up waiting on this session
 		a.Result, a.Err = localauth.ResultError, fmt.Errorf("imapproxy: login aborted by shutdown: %w (%v)", err, f)
-		localauth.Audit(c.auditLog, *a)
+		localauth.Audit(c.auditLog, c.srv.m, *a)
 		return true
 	}
 	if f.Class != "" {
-		metrics.UpstreamErrors.WithLabelValues("imap", f.Class).Inc()
+		c.srv.m.UpstreamErrors.WithLabelValues("imap", f.Class).Inc()
 	}
 	if f.Account != "" && a.Account == "" {
 		a.Account = f.Account
 	}
 	a.Result, a.Err = f.Kind.String(), f.Err
-	localauth.Audit(c.auditLog, *a)
+	localauth.Audit(c.auditLog, c.srv.m, *a)
 	switch {
 	case f.Kind.Local():
 		return c.authFailed(tag, failureReply(f))
@@ -461,7 +460,7 @@ func (c *session) loggedIn(tag string, a *localauth.Attempt, g *frontdoor.Grant)
 		return c.loginFailed(tag, a, &frontdoor.Failure{Kind: frontdoor.Stopping, Err: fmt.Errorf("imapproxy: login completed during shutdown: %w", err)})
 	}
 	a.Result = localauth.ResultOK
-	localauth.Audit(c.auditLog, *a)
+	localauth.Audit(c.auditLog, c.srv.m, *a)
 
 	log := c.log.With("user", user, "account", acct.Name, "mailbox", acct.Mailbox, "upstream", acct.Provider.IMAPServer)
 	if err := c.reply(tag, "OK [CAPABILITY "+caps+"] Logged in"); err != nil {
@@ -476,8 +475,8 @@ func (c *session) loggedIn(tag string, a *localauth.Attempt, g *frontdoor.Grant)
 	cbr, ubr := c.br, up.br
 	c.br, c.bw, c.rd.br, up.br, up.bw = nil, nil, nil, nil, nil
 	st := splice.Run(c.srv.ctx, c.conn, cbr, up.conn, ubr, c.lim.IdleTimeout)
-	metrics.BytesRelayed.WithLabelValues("imap", "up").Add(float64(st.Up))
-	metrics.BytesRelayed.WithLabelValues("imap", "down").Add(float64(st.Down))
+	c.srv.m.BytesRelayed.WithLabelValues("imap", "up").Add(float64(st.Up))
+	c.srv.m.BytesRelayed.WithLabelValues("imap", "down").Add(float64(st.Down))
 	// bytes_in: client to server; bytes_out: server to client.
 	log.Info("session closed", "bytes_in", st.Up, "bytes_out", st.Down, "duration", time.Since(start).Round(time.Millisecond).String())
 	return true

@@ -8,7 +8,6 @@ import (
 
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/internal/splice"
 )
 
@@ -44,7 +43,7 @@ func (c *session) loggedIn(ctx context.Context, at *localauth.Attempt, g *frontd
 	}
 
 	at.Result = localauth.ResultOK
-	localauth.Audit(c.audit, *at)
+	localauth.Audit(c.audit, c.srv.m, *at)
 	if err := c.reply(replyLoggedIn); err != nil {
 		up.conn.Close()
 		return true
@@ -55,8 +54,8 @@ func (c *session) loggedIn(ctx context.Context, at *localauth.Attempt, g *frontd
 	cbr, ubr := c.br, up.br
 	c.br, up.br = nil, nil
 	st := splice.Run(ctx, c.conn, cbr, up.conn, ubr, c.lim.IdleTimeout)
-	metrics.BytesRelayed.WithLabelValues("pop3", "up").Add(float64(st.Up))
-	metrics.BytesRelayed.WithLabelValues("pop3", "down").Add(float64(st.Down))
+	c.srv.m.BytesRelayed.WithLabelValues("pop3", "up").Add(float64(st.Up))
+	c.srv.m.BytesRelayed.WithLabelValues("pop3", "down").Add(float64(st.Down))
 	log.Info("session closed", "bytes_in", st.Up, "bytes_out", st.Down, "duration", time.Since(c.start).Round(time.Millisecond).String())
 	return true
 }
@@ -69,13 +68,13 @@ func (c *session) loginFailed(ctx context.Context, at *localauth.Attempt, f *fro
 		return true
 	}
 	if f.Class != "" {
-		metrics.UpstreamErrors.WithLabelValues("pop3", f.Class).Inc()
+		c.srv.m.UpstreamErrors.WithLabelValues("pop3", f.Class).Inc()
 	}
 	if f.Account != "" && at.Account == "" {
 		at.Account = f.Account
 	}
 	at.Result, at.Err = f.Kind.String(), f.Err
-	localauth.Audit(c.audit, *at)
+	localauth.Audit(c.audit, c.srv.m, *at)
 	if !f.Kind.Local() {
 		c.closeWith(failureReply(f))
 		return true

@@ -7,11 +7,14 @@ import (
 	"net"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/internal/logging"
+	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
 
@@ -46,6 +49,9 @@ type Options struct {
 	Limiter SlotLimiter
 	// Logger receives connection and audit lines; nil discards them.
 	Logger *slog.Logger
+	// Registerer receives the oauthbridge_* metrics (the daemon passes one
+	// registry to every component); nil: a private registry.
+	Registerer prometheus.Registerer
 
 	// FailureDelay is how long the reply to a failed login waits (0:
 	// 1 s, negative: none); MaxFailures failed logins
@@ -61,6 +67,7 @@ type Options struct {
 // account's Microsoft 365 mailbox.
 type Server struct {
 	opts     Options
+	m        *metrics.Metrics
 	fd       *frontdoor.Server
 	gate     *frontdoor.Gate
 	failures frontdoor.Policy
@@ -88,9 +95,11 @@ func New(opts Options) *Server {
 		},
 		TokenTimeout: func(l *frontdoor.Login) time.Duration { return l.Config.POP3.Limits.UpstreamTimeout },
 	}
+	s.m = metrics.New(opts.Registerer)
 	s.fd = frontdoor.New(frontdoor.Options{
-		Proto:  "pop3",
-		Logger: opts.Logger,
+		Metrics: s.m,
+		Proto:   "pop3",
+		Logger:  opts.Logger,
 		Limits: func() frontdoor.Limits {
 			cfg := s.opts.Config()
 			return frontdoor.Limits{

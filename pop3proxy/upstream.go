@@ -17,7 +17,6 @@ import (
 
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
 
@@ -88,7 +87,7 @@ func (s *Server) connectUpstream(ctx context.Context, log *slog.Logger, g *front
 		}
 		var ue *upstreamError
 		if errors.As(err, &ue) {
-			metrics.UpstreamErrors.WithLabelValues("pop3", ue.Class).Inc()
+			s.m.UpstreamErrors.WithLabelValues("pop3", ue.Class).Inc()
 			if ue.Class == classAuth && ue.TokenSent {
 				g.Rejected(tok)
 				if attempt == 1 && ctx.Err() == nil {

@@ -16,10 +16,13 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/logging"
+	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
 
@@ -44,6 +47,9 @@ type Options struct {
 	Tokens  tokens.Source // AccessToken(ctx, account) / Rejected(account, tok)
 	Limiter SlotLimiter   // key "smtp:"+account; nil = a private limiter
 	Logger  *slog.Logger  // nil = discard
+	// Registerer receives the oauthbridge_* metrics (the daemon passes one
+	// registry to every component); nil: a private registry.
+	Registerer prometheus.Registerer
 
 	// FailureDelay is how long the reply to a failed login waits (0:
 	// 1 s, negative: none); MaxFailures failed logins
@@ -65,6 +71,7 @@ type Options struct {
 // admitted one to go-smtp through a frontdoor.Handoff.
 type Server struct {
 	opts     Options
+	m        *metrics.Metrics
 	log      *slog.Logger
 	failures frontdoor.Policy
 
@@ -108,7 +115,9 @@ func New(opts Options) *Server {
 		},
 		TokenTimeout: func(l *frontdoor.Login) time.Duration { return smtpLimits(l.Config).UpstreamTimeout },
 	}
+	s.m = metrics.New(opts.Registerer)
 	s.fd = frontdoor.New(frontdoor.Options{
+		Metrics:  s.m,
 		Proto:    "smtp",
 		Logger:   opts.Logger,
 		Limits:   s.limits,

@@ -16,7 +16,6 @@ import (
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
 )
 
 // session is one local SMTP session (go-smtp creates it at EHLO and again
@@ -176,7 +175,7 @@ func (s *session) audit(a localauth.Attempt) {
 	if s.tc != nil {
 		log = log.With("conn", s.tc.id)
 	}
-	localauth.Audit(log, a)
+	localauth.Audit(log, s.srv.m, a)
 }
 
 // failureReply is the one mapping from a failed login to SMTP's reply:
@@ -284,15 +283,15 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	s.from, s.rcpts = from, nil
 	if !s.account.SenderAllowed(from) {
 		s.log.Warn("sender refused by policy", "from", from)
-		metrics.SMTPMessages.WithLabelValues("refused").Inc()
+		s.srv.m.SMTPMessages.WithLabelValues("refused").Inc()
 		return errSenderNotAllowed(from, s.account.AllowedSenders())
 	}
 	if opts != nil && opts.Size > s.limits().MaxMessageBytes {
-		metrics.SMTPMessages.WithLabelValues("refused").Inc()
+		s.srv.m.SMTPMessages.WithLabelValues("refused").Inc()
 		return smtp.ErrDataTooLarge
 	}
 	if ok, why := s.srv.useGraph(s.account); ok {
-		metrics.SetSendPath(s.account.Name, "graph")
+		s.srv.m.SetSendPath(s.account.Name, "graph")
 		return s.graphMail(why)
 	}
 	for attempt := 0; ; attempt++ {
@@ -305,7 +304,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 			return s.graphMail(autoWhy)
 		}
 		if werr != nil {
-			metrics.SMTPMessages.WithLabelValues("failed").Inc()
+			s.srv.m.SMTPMessages.WithLabelValues("failed").Inc()
 			return werr
 		}
 		if opts != nil && opts.UTF8 {
@@ -317,19 +316,19 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		if err == nil {
 			s.inTx = true
 			s.srv.smtpWorks(s)
-			metrics.SetSendPath(s.account.Name, "smtp")
+			s.srv.m.SetSendPath(s.account.Name, "smtp")
 			return nil
 		}
 		se, isSMTP := asSMTP(err)
 		if isSMTP && se.Code != 421 {
 			s.log.Info("upstream refused MAIL", "from", from, "error", codeString(se))
-			countRefusal(se)
+			s.countRefusal(se)
 			return se // bare: go-smtp type-asserts *smtp.SMTPError
 		}
 		s.dropUpstream(up)
 		if fresh || attempt > 0 {
-			metrics.UpstreamErrors.WithLabelValues("smtp", errorClass(err)).Inc()
-			metrics.SMTPMessages.WithLabelValues("failed").Inc()
+			s.srv.m.UpstreamErrors.WithLabelValues("smtp", errorClass(err)).Inc()
+			s.srv.m.SMTPMessages.WithLabelValues("failed").Inc()
 			s.log.Warn("upstream connection failed at MAIL", "upstream", up.addr, "error", err.Error())
 			if isSMTP {
 				return se
@@ -351,11 +350,11 @@ func upstreamMailOptions(o *smtp.MailOptions) *smtp.MailOptions {
 	return &smtp.MailOptions{Body: o.Body, Size: o.Size, UTF8: o.UTF8, Return: o.Return, EnvelopeID: o.EnvelopeID}
 }
 
-func countRefusal(se *smtp.SMTPError) {
+func (s *session) countRefusal(se *smtp.SMTPError) {
 	if se.Code/100 == 5 {
-		metrics.SMTPMessages.WithLabelValues("refused").Inc()
+		s.srv.m.SMTPMessages.WithLabelValues("refused").Inc()
 	} else {
-		metrics.SMTPMessages.WithLabelValues("failed").Inc()
+		s.srv.m.SMTPMessages.WithLabelValues("failed").Inc()
 	}
 }
 
@@ -386,7 +385,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		s.log.Info("upstream refused recipient", "to", to, "error", codeString(se))
 		return se
 	}
-	metrics.UpstreamErrors.WithLabelValues("smtp", errorClass(err)).Inc()
+	s.srv.m.UpstreamErrors.WithLabelValues("smtp", errorClass(err)).Inc()
 	s.log.Warn("upstream connection lost at RCPT", "upstream", up.addr, "error", err.Error())
 	s.dropUpstream(up)
 	s.inTx = false
@@ -420,7 +419,7 @@ func (s *session) Data(r io.Reader) error {
 	reply, err := up.sendMessage(src, lim.UpstreamTimeout)
 	n := src.n
 	s.bytesIn += n
-	metrics.BytesRelayed.WithLabelValues("smtp", "up").Add(float64(n))
+	s.srv.m.BytesRelayed.WithLabelValues("smtp", "up").Add(float64(n))
 	if err != nil {
 		return s.relayFailed(up, src, err)
 	}
@@ -429,7 +428,7 @@ func (s *session) Data(r io.Reader) error {
 		s.log.Info("bare CR or LF in the message normalised to CRLF", "from", s.from, "count", norm.fixed)
 	}
 	s.messages++
-	metrics.SMTPMessages.WithLabelValues("relayed").Inc()
+	s.srv.m.SMTPMessages.WithLabelValues("relayed").Inc()
 	ok := replyError(250, reply)
 	s.log.Info("message relayed", "from", s.from, "rcpts", len(s.rcpts), "bytes_in", n,
 		"duration", time.Since(start).Round(time.Millisecond).String(), "upstream_reply", codeString(ok))
@@ -455,12 +454,12 @@ func (s *session) relayFailed(up *upstream, src *bodyReader, err error) error {
 			s.inTx = false
 			s.log.Info("upstream refused the message", "from", s.from, "rcpts", len(s.rcpts), "bytes_in", n, "error", codeString(se))
 		}
-		countRefusal(se)
+		s.countRefusal(se)
 		return se // bare: go-smtp type-asserts *smtp.SMTPError
 	}
 	s.dropUpstream(up)
 	s.inTx = false
-	metrics.SMTPMessages.WithLabelValues("failed").Inc()
+	s.srv.m.SMTPMessages.WithLabelValues("failed").Inc()
 	switch {
 	case errors.Is(src.err, smtp.ErrDataTooLarge):
 		s.log.Warn("message too large, not delivered", "from", s.from, "bytes_in", n, "limit", src.limit)
@@ -469,7 +468,7 @@ func (s *session) relayFailed(up *upstream, src *bodyReader, err error) error {
 		s.log.Warn("client stopped sending the message, not delivered", "from", s.from, "bytes_in", n, "error", src.err.Error())
 		return errClientGone
 	}
-	metrics.UpstreamErrors.WithLabelValues("smtp", errorClass(re.err)).Inc()
+	s.srv.m.UpstreamErrors.WithLabelValues("smtp", errorClass(re.err)).Inc()
 	switch re.stage {
 	case stageStart:
 		s.log.Warn("upstream connection lost at DATA", "upstream", up.addr, "error", re.err.Error())

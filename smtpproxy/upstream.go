@@ -19,7 +19,6 @@ import (
 
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
 
@@ -73,7 +72,7 @@ func (s *session) dial() (*upstream, *smtp.SMTPError) {
 	g, f := s.srv.gate.Open(s.ctx, s.checked)
 	if f != nil {
 		if f.Class != "" {
-			metrics.UpstreamErrors.WithLabelValues("smtp", f.Class).Inc()
+			s.srv.m.UpstreamErrors.WithLabelValues("smtp", f.Class).Inc()
 		}
 		log.Warn("per-mailbox SMTP connection limit reached; client told to retry", "limit", acct.SMTPMaxConnections, "error", f.Error())
 		return nil, failureReply(f, false)
@@ -104,7 +103,7 @@ func (s *session) dial() (*upstream, *smtp.SMTPError) {
 	if se, rejected := authRejected(err); rejected && isSMTPAuthDisabled(se) && acct.SendVia == config.SendViaAuto {
 		// send_via = "auto": Mail switches this account to Graph.
 		s.smtpAuthOff = se
-		metrics.UpstreamErrors.WithLabelValues("smtp", "auth").Inc()
+		s.srv.m.UpstreamErrors.WithLabelValues("smtp", "auth").Inc()
 		return nil, failureReply(&frontdoor.Failure{Kind: frontdoor.Rejected}, false)
 	}
 	if err != nil {
@@ -294,7 +293,7 @@ func (s *session) connectFailure(log *slog.Logger, err error) *smtp.SMTPError {
 	se, isSMTP := asSMTP(ce.err)
 	switch {
 	case ce.stage == "auth" && isSMTP && se.Code/100 == 5:
-		metrics.UpstreamErrors.WithLabelValues("smtp", "auth").Inc()
+		s.srv.m.UpstreamErrors.WithLabelValues("smtp", "auth").Inc()
 		log.Error(explainAuthRejection(se, s.account.Mailbox), "error", codeString(se))
 		return failureReply(&frontdoor.Failure{Kind: frontdoor.Rejected}, false)
 	case isSMTP && se.Code/100 == 4:
@@ -302,19 +301,19 @@ func (s *session) connectFailure(log *slog.Logger, err error) *smtp.SMTPError {
 		if se.EnhancedCode == (smtp.EnhancedCode{4, 3, 2}) {
 			class = "limit"
 		}
-		metrics.UpstreamErrors.WithLabelValues("smtp", class).Inc()
+		s.srv.m.UpstreamErrors.WithLabelValues("smtp", class).Inc()
 		log.Warn("upstream refused the connection temporarily; client told to retry", "stage", ce.stage, "error", codeString(se))
 		return se
 	case ce.stage == "tls":
-		metrics.UpstreamErrors.WithLabelValues("smtp", "tls").Inc()
+		s.srv.m.UpstreamErrors.WithLabelValues("smtp", "tls").Inc()
 		log.Error("upstream TLS handshake failed (is the server certificate trusted? see the provider's ca_file)", "error", ce.err.Error())
 		return failureReply(&frontdoor.Failure{Kind: frontdoor.Unreachable}, false)
 	case ce.stage == "dial":
-		metrics.UpstreamErrors.WithLabelValues("smtp", "dial").Inc()
+		s.srv.m.UpstreamErrors.WithLabelValues("smtp", "dial").Inc()
 		log.Warn("upstream unreachable; client told to retry", "error", ce.err.Error())
 		return failureReply(&frontdoor.Failure{Kind: frontdoor.Unreachable}, false)
 	default:
-		metrics.UpstreamErrors.WithLabelValues("smtp", errorClass(ce.err)).Inc()
+		s.srv.m.UpstreamErrors.WithLabelValues("smtp", errorClass(ce.err)).Inc()
 		log.Warn("upstream connection failed; client told to retry", "stage", ce.stage, "error", ce.err.Error())
 		return failureReply(&frontdoor.Failure{Kind: frontdoor.Unreachable}, false)
 	}

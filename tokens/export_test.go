@@ -129,7 +129,7 @@ type SharedRowForTest struct {
 
 // OpenSharedForTest opens cfg's shared store with keyFile.
 func OpenSharedForTest(cfg *config.Config, keyFile string) (*SharedForTest, error) {
-	s, _, err := openPostgres(cfg.Store, keyFile, slog.New(slog.DiscardHandler))
+	s, _, err := openPostgres(cfg.Store, keyFile, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		return nil, err
 	}

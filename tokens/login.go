@@ -11,7 +11,6 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/oauthbridge/oauthbridge/config"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
 )
 
 // slowDownStep is added to the device-code poll interval on slow_down
@@ -305,7 +304,7 @@ func (m *Manager) finishLogin(a *account, ac *config.Account, tr *tokenResponse,
 	a.jitter = randJitter(min(m.opts.RefreshMargin, a.margin()))
 	m.publishMetricsLocked(a)
 	a.mu.Unlock()
-	metrics.TokenRefreshes.WithLabelValues(a.name, "ok").Inc()
+	m.met.TokenRefreshes.WithLabelValues(a.name, "ok").Inc()
 	a.log.Info("tokens: signed in", "user", who, "via", how)
 	m.signal()
 	if serr != nil {

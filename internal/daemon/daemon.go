@@ -24,6 +24,7 @@ import (
 	"github.com/oauthbridge/oauthbridge/internal/admin"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
+	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/internal/sdnotify"
 	"github.com/oauthbridge/oauthbridge/pop3proxy"
 	"github.com/oauthbridge/oauthbridge/smtpproxy"
@@ -90,7 +91,10 @@ func New(cfg *config.Config, opts Options) (*Daemon, error) {
 	}
 	d := &Daemon{log: log, mail: &limiter.Limiter{}, smtpL: &limiter.Limiter{}, fatal: make(chan error, 1)}
 	d.cfg.Store(cfg)
+	// One registry for every component's metrics, served at /metrics.
+	reg := metrics.NewRegistry()
 	to := opts.TokenOptions
+	to.Registerer = reg
 	if to.Logger == nil {
 		to.Logger = log.With("component", "tokens")
 	}
@@ -101,10 +105,10 @@ func New(cfg *config.Config, opts Options) (*Daemon, error) {
 	d.tokens = m
 	d.auth = localauth.New(cfg, localauth.Options{})
 	current := func() *config.Config { return d.cfg.Load() }
-	d.imap = imapproxy.New(imapproxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log})
-	d.pop3 = pop3proxy.New(pop3proxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log})
-	d.smtp = smtpproxy.New(smtpproxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.smtpL, Logger: log})
-	h := admin.New(admin.Options{Config: current, Tokens: m, Ready: d.readyErr, Logger: log.With("component", "admin"), Version: Version})
+	d.imap = imapproxy.New(imapproxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log, Registerer: reg})
+	d.pop3 = pop3proxy.New(pop3proxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log, Registerer: reg})
+	d.smtp = smtpproxy.New(smtpproxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.smtpL, Logger: log, Registerer: reg})
+	h := admin.New(admin.Options{Config: current, Tokens: m, Ready: d.readyErr, Metrics: reg, Logger: log.With("component", "admin"), Version: Version})
 	d.admin = &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: AdminReadHeaderTimeout,

@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -45,5 +47,37 @@ func TestReloadAppliesLogLevelAndNamesRestartSettings(t *testing.T) {
 	}
 	if strings.Contains(logs, `"setting":"pop3.listen"`) {
 		t.Errorf("unchanged setting reported as needing a restart:\n%s", logs)
+	}
+}
+
+// Every component registers on the daemon's one registry, which /metrics
+// serves: the proxies' logins and sessions and the token manager's metrics
+// appear side by side, under their unchanged names.
+func TestMetricsOneRegistry(t *testing.T) {
+	e := newEnv(t)
+	e.writeConfig(t, map[string]string{"otrs": "pw-1"}, "")
+	d := e.start(t)
+	defer d.Shutdown(context.Background())
+	c, err := imapLogin(t, d.Addr("imap"), "otrs", "pw-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Logout().Wait()
+	resp, err := http.Get("http://" + d.Addr("admin") + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`oauthbridge_logins_total{proto="imap",result="ok"} 1`,
+		`oauthbridge_sessions_total{proto="imap"} 1`,
+		`oauthbridge_account_state{account="helpdesk",state="ok"} 1`,
+		`oauthbridge_token_store_up 1`,
+		`go_goroutines`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 }

@@ -87,6 +87,8 @@ type Options struct {
 	Proto string
 	// Logger receives the loop's lines; nil discards them.
 	Logger *slog.Logger
+	// Metrics counts the sessions; nil: a private set.
+	Metrics *metrics.Metrics
 	// Limits returns the limits for a new connection.
 	Limits func() Limits
 	// WrapConn, if set, wraps each accepted connection below TLS (smtpproxy
@@ -131,6 +133,9 @@ type Server struct {
 func New(opts Options) *Server {
 	if opts.Logger == nil {
 		opts.Logger = logging.Discard
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.New(nil)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
@@ -309,9 +314,10 @@ func (s *Server) ServeConn(nc net.Conn, implicitTLS bool) {
 	// handshake above is bounded by the same context).
 	stop := context.AfterFunc(s.cut, func() { sess.raw.Close() })
 	defer stop()
-	metrics.SessionsTotal.WithLabelValues(s.opts.Proto).Inc()
-	metrics.SessionsActive.WithLabelValues(s.opts.Proto).Inc()
-	defer metrics.SessionsActive.WithLabelValues(s.opts.Proto).Dec()
+	m := s.opts.Metrics
+	m.SessionsTotal.WithLabelValues(s.opts.Proto).Inc()
+	m.SessionsActive.WithLabelValues(s.opts.Proto).Inc()
+	defer m.SessionsActive.WithLabelValues(s.opts.Proto).Dec()
 	s.opts.Serve(sess)
 }
 

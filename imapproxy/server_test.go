@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/oauthbridge/oauthbridge/internal/transcript"
 )
 
 // tlsLineClient is a raw client over a real connection.
@@ -37,7 +39,7 @@ func (c *tlsLineClient) expect(pattern string) {
 		c.t.Fatalf("read: %v, want %q", err, pattern)
 	}
 	line = strings.TrimRight(line, "\r\n")
-	if !matchLine(pattern, line) {
+	if !transcript.Match(pattern, line) {
 		c.t.Fatalf("got %q, want %q", line, pattern)
 	}
 }

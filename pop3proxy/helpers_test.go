@@ -33,6 +33,8 @@ import (
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/tokens"
 	"github.com/oauthbridge/oauthbridge/tokens/tokenstest"
+
+	"github.com/oauthbridge/oauthbridge/internal/transcript"
 )
 
 // Test fixtures shared by all tests, made once in TestMain.
@@ -385,7 +387,7 @@ func (c *client) expect(pattern string) string {
 	if err != nil {
 		c.t.Fatalf("reading, want %q: %v (partial %q)", pattern, err, line)
 	}
-	if !match(pattern, line) {
+	if !transcript.Match(pattern, line) {
 		c.t.Fatalf("got %q, want %q", line, pattern)
 	}
 	return line
@@ -415,30 +417,6 @@ func (c *client) startTLS() {
 	}
 	c.conn = tc
 	c.br = bufio.NewReader(tc)
-}
-
-// match is a glob where only * is special (any run of characters), so
-// response codes in brackets need no escaping.
-func match(pattern, s string) bool {
-	parts := strings.Split(pattern, "*")
-	if len(parts) == 1 {
-		return pattern == s
-	}
-	if !strings.HasPrefix(s, parts[0]) {
-		return false
-	}
-	s = s[len(parts[0]):]
-	for i, p := range parts[1:] {
-		if i == len(parts)-2 {
-			return strings.HasSuffix(s, p)
-		}
-		j := strings.Index(s, p)
-		if j < 0 {
-			return false
-		}
-		s = s[j+len(p):]
-	}
-	return true
 }
 
 func plainIR(authz, user, pass string) string {

@@ -61,10 +61,9 @@ const (
 // public schema (see config.hcl.example); the others are derived during
 // validation.
 type Config struct {
-	StateDir        string `hcl:"state_dir,optional"`
-	LogFormat       string `hcl:"log_format,optional"` // auto | json | text
-	LogLevel        string `hcl:"log_level,optional"`  // debug | info | warn | error
-	ShutdownTimeout string `hcl:"shutdown_timeout,optional"`
+	StateDir  string `hcl:"state_dir,optional"`
+	LogFormat string `hcl:"log_format,optional"` // auto | json | text
+	LogLevel  string `hcl:"log_level,optional"`  // debug | info | warn | error
 
 	// The listener blocks: built from listenerSchema by validate (two
 	// stages: the HCL as written, then the typed runtime values).
@@ -79,10 +78,9 @@ type Config struct {
 	Accounts  []*Account  `hcl:"account,block"`
 	Users     []*User     `hcl:"user,block"`
 
-	ShutdownTimeoutRange hcl.Range `hcl:"shutdown_timeout,attr_range"`
-	StateDirRange        hcl.Range `hcl:"state_dir,attr_range"`
-	LogFormatRange       hcl.Range `hcl:"log_format,attr_range"`
-	LogLevelRange        hcl.Range `hcl:"log_level,attr_range"`
+	StateDirRange  hcl.Range `hcl:"state_dir,attr_range"`
+	LogFormatRange hcl.Range `hcl:"log_format,attr_range"`
+	LogLevelRange  hcl.Range `hcl:"log_level,attr_range"`
 
 	// Derived.
 	schema         *listenerSchema // the first stage of the listener blocks (load only)
@@ -91,10 +89,10 @@ type Config struct {
 	Warnings       hcl.Diagnostics
 	deferred       hcl.Diagnostics // secrets that could not be read (Options.DeferSecrets)
 	files          map[string]*hcl.File
-	inProcess      bool // Options.InProcess
-	deferSecrets   bool // Options.DeferSecrets
-	Shutdown       time.Duration
-	LocalTLS       *tls.Config // nil when there is no tls block
+	inProcess      bool          // Options.InProcess
+	deferSecrets   bool          // Options.DeferSecrets
+	Shutdown       time.Duration // shutdown_timeout, resolved
+	LocalTLS       *tls.Config   // nil when there is no tls block
 	ProviderByName map[string]*Provider
 	AccountByName  map[string]*Account
 	UserByName     map[string]*User

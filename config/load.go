@@ -235,10 +235,9 @@ func defaults() *Config {
 		stateDir = strings.Split(d, ":")[0]
 	}
 	return &Config{
-		StateDir:        stateDir,
-		LogFormat:       "auto",
-		LogLevel:        "info",
-		ShutdownTimeout: DefaultShutdownTimeout.String(),
+		StateDir:  stateDir,
+		LogFormat: "auto",
+		LogLevel:  "info",
 	}
 }
 
@@ -287,7 +286,11 @@ func (c *Config) validate() hcl.Diagnostics {
 	default:
 		diags = append(diags, diagAt(c.LogLevelRange, file, "Invalid log_level", `log_level must be "debug", "info", "warn" or "error"`))
 	}
-	c.Shutdown = parseDuration(c.ShutdownTimeout, DefaultShutdownTimeout, c.ShutdownTimeoutRange, file, "shutdown_timeout", &diags)
+	sch := c.schema
+	if sch == nil {
+		sch = &listenerSchema{}
+	}
+	c.Shutdown = parseDuration(sch.ShutdownTimeout, DefaultShutdownTimeout, sch.ShutdownTimeoutRange, file, "shutdown_timeout", &diags)
 	if c.StateDir == "" {
 		diags = append(diags, diagAt(c.StateDirRange, file, "Missing state_dir", "state_dir names the directory for the encrypted token store and its key, e.g. \"/var/lib/oauthbridge\"."))
 	} else if !filepath.IsAbs(c.StateDir) {
@@ -316,10 +319,6 @@ func (c *Config) validate() hcl.Diagnostics {
 
 	// Listener blocks, from their first stage. An absent block gets its
 	// default loopback listener.
-	sch := c.schema
-	if sch == nil {
-		sch = &listenerSchema{}
-	}
 	if sch.IMAP == nil {
 		sch.IMAP = &imapSchema{Listen: []string{"127.0.0.1:1143"}}
 	}

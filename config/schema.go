@@ -4,16 +4,19 @@ import (
 	"github.com/hashicorp/hcl/v2"
 )
 
-// listenerSchema is the first stage of the imap, pop3 and smtp blocks: the
-// HCL as written, with its source ranges and raw strings ("30m"). validate
-// builds the typed runtime blocks (IMAPBlock, POP3Block, SMTPBlock) from
-// it; consumers only ever see those. Remain is the rest of the file,
-// decoded into Config.
+// listenerSchema is the first stage of the imap, pop3 and smtp blocks and
+// of shutdown_timeout: the HCL as written, with its source ranges and raw
+// strings ("30m"). validate builds the typed runtime values (IMAPBlock,
+// POP3Block, SMTPBlock, Config.Shutdown) from it; consumers only ever see
+// those. Remain is the rest of the file, decoded into Config.
 type listenerSchema struct {
-	IMAP   *imapSchema `hcl:"imap,block"`
-	POP3   *pop3Schema `hcl:"pop3,block"`
-	SMTP   *smtpSchema `hcl:"smtp,block"`
-	Remain hcl.Body    `hcl:",remain"`
+	IMAP            *imapSchema `hcl:"imap,block"`
+	POP3            *pop3Schema `hcl:"pop3,block"`
+	SMTP            *smtpSchema `hcl:"smtp,block"`
+	ShutdownTimeout string      `hcl:"shutdown_timeout,optional"`
+	Remain          hcl.Body    `hcl:",remain"`
+
+	ShutdownTimeoutRange hcl.Range `hcl:"shutdown_timeout,attr_range"`
 }
 
 func (im *imapSchema) runtime() *IMAPBlock {

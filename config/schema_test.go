@@ -33,6 +33,14 @@ func TestListenerBlocksTwoStages(t *testing.T) {
 		t.Error("the first stage outlives the load")
 	}
 
+	cfg, err = Parse("t.hcl", []byte("shutdown_timeout = \"5s\"\n"+base))
+	if err != nil || cfg.Shutdown != 5*time.Second {
+		t.Fatalf("shutdown_timeout = \"5s\" -> %v, %v", cfg, err)
+	}
+	if _, err := Parse("t.hcl", []byte("shutdown_timeout = \"later\"\n"+base)); err == nil || !strings.Contains(err.Error(), "shutdown_timeout") {
+		t.Fatalf("bad shutdown_timeout = %v", err)
+	}
+
 	_, err = Parse("t.hcl", []byte(base+"pop3 {\n  idle_timeout = \"soon\"\n}\n"))
 	var ce *Error
 	if !errors.As(err, &ce) || !strings.Contains(ce.Error(), "idle_timeout") || ce.Diags[0].Subject == nil || ce.Diags[0].Subject.Start.Line != 11 {

@@ -64,7 +64,9 @@ func (c *session) loggedIn(ctx context.Context, at *localauth.Attempt, g *frontd
 // a local failure goes through the per-connection failure policy, any
 // later one closes the connection after its reply.
 func (c *session) loginFailed(ctx context.Context, at *localauth.Attempt, f *frontdoor.Failure) bool {
-	if ctx.Err() != nil { // shutdown gave up on this session
+	if err := ctx.Err(); err != nil { // shutdown gave up on this session
+		at.Result, at.Err = localauth.ResultError, fmt.Errorf("pop3proxy: login aborted by shutdown: %w (%v)", err, f)
+		localauth.Audit(c.audit, c.srv.m, *at)
 		return true
 	}
 	if f.Class != "" {

@@ -192,6 +192,11 @@ func (s *Server) Serve(ln net.Listener, implicitTLS bool) error {
 		ln.Close()
 		return ErrServerClosed
 	}
+	// The current configuration's go-smtp server runs from the start (its
+	// loop is one goroutine for the life of the configuration).
+	if g := s.acquire(cfg); g != nil {
+		s.release(g)
+	}
 	starttls := cfg.LocalTLS != nil
 	s.log.Info("smtp listener started", "listen", ln.Addr().String(), "implicit_tls", implicitTLS, "starttls", !implicitTLS && starttls)
 	if err := s.fd.Serve(ln, implicitTLS); err != nil {

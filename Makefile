@@ -2,10 +2,10 @@
 GO      ?= go
 GOFILES := $(shell git ls-files '*.go' 2>/dev/null)
 
-.PHONY: check fmt vet promtool test pgtest pgbench hatest fuzz fuzz-long peers browser systemd bench bench-strict bench-quick gobench demo build release deb install uninstall install-test
+.PHONY: check fmt vet lint promtool test pgtest pgbench hatest fuzz fuzz-long peers browser systemd bench bench-strict bench-quick gobench demo build release deb install uninstall install-test
 
-## check: everything CI runs: formatting, vet, the Prometheus alerting rules (promtool), fuzz smoke, systemd unit, the .deb installed and run as the unit would, real peers, browser, three bridges sharing one PostgreSQL (hatest), then every go test with -race (with a PostgreSQL for the shared token store's tests)
-check: fmt vet promtool fuzz systemd install-test peers browser hatest test
+## check: everything CI runs: formatting, vet, staticcheck (lint), the Prometheus alerting rules (promtool), fuzz smoke, systemd unit, the .deb installed and run as the unit would, real peers, browser, three bridges sharing one PostgreSQL (hatest), then every go test with -race (with a PostgreSQL for the shared token store's tests)
+check: fmt vet lint promtool fuzz systemd install-test peers browser hatest test
 
 build:
 	$(GO) build -o bin/oauthbridge ./cmd/oauthbridge
@@ -78,6 +78,10 @@ vet:
 ## promtool: check and unit-test contrib/prometheus/alerts.yml with promtool (installs Debian's prometheus package as root if missing, without starting its service)
 promtool:
 	@bash scripts/promtool.sh
+## lint: staticcheck, pinned in packaging/lint/go.mod (a module of its own, so its dependencies never move the bridge's)
+lint:
+	$(GO) -C packaging/lint build -o $(CURDIR)/build/staticcheck honnef.co/go/tools/cmd/staticcheck
+	$(CURDIR)/build/staticcheck ./...
 
 ## test: unit tests (net.Pipe, transcripts) and in-process end-to-end tests against the fake Microsoft 365;
 ## test/pg/run.sh starts a throwaway PostgreSQL (Debian's, installed as root if missing) for the shared-store tests

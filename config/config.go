@@ -61,14 +61,16 @@ const (
 // public schema (see config.hcl.example); the others are derived during
 // validation.
 type Config struct {
-	StateDir        string `hcl:"state_dir,optional"`
-	LogFormat       string `hcl:"log_format,optional"` // auto | json | text
-	LogLevel        string `hcl:"log_level,optional"`  // debug | info | warn | error
-	ShutdownTimeout string `hcl:"shutdown_timeout,optional"`
+	StateDir  string `hcl:"state_dir,optional"`
+	LogFormat string `hcl:"log_format,optional"` // auto | json | text
+	LogLevel  string `hcl:"log_level,optional"`  // debug | info | warn | error
 
-	IMAP      *IMAPBlock  `hcl:"imap,block"`
-	POP3      *POP3Block  `hcl:"pop3,block"`
-	SMTP      *SMTPBlock  `hcl:"smtp,block"`
+	// The listener blocks: built from listenerSchema by validate (two
+	// stages: the HCL as written, then the typed runtime values).
+	IMAP *IMAPBlock
+	POP3 *POP3Block
+	SMTP *SMTPBlock
+
 	TLS       *TLSBlock   `hcl:"tls,block"`
 	Admin     *AdminBlock `hcl:"admin,block"`
 	Store     *StoreBlock `hcl:"store,block"`
@@ -78,21 +80,21 @@ type Config struct {
 
 	Alerts *AlertsBlock `hcl:"alerts,block"` // alerts.go
 
-	ShutdownTimeoutRange hcl.Range `hcl:"shutdown_timeout,attr_range"`
-	StateDirRange        hcl.Range `hcl:"state_dir,attr_range"`
-	LogFormatRange       hcl.Range `hcl:"log_format,attr_range"`
-	LogLevelRange        hcl.Range `hcl:"log_level,attr_range"`
+	StateDirRange  hcl.Range `hcl:"state_dir,attr_range"`
+	LogFormatRange hcl.Range `hcl:"log_format,attr_range"`
+	LogLevelRange  hcl.Range `hcl:"log_level,attr_range"`
 
 	// Derived.
+	schema         *listenerSchema // the first stage of the listener blocks (load only)
 	Path           string
 	CredentialsDir string // where credential("name") read from
 	Warnings       hcl.Diagnostics
 	deferred       hcl.Diagnostics // secrets that could not be read (Options.DeferSecrets)
 	files          map[string]*hcl.File
-	inProcess      bool // Options.InProcess
-	deferSecrets   bool // Options.DeferSecrets
-	Shutdown       time.Duration
-	LocalTLS       *tls.Config // nil when there is no tls block
+	inProcess      bool          // Options.InProcess
+	deferSecrets   bool          // Options.DeferSecrets
+	Shutdown       time.Duration // shutdown_timeout, resolved
+	LocalTLS       *tls.Config   // nil when there is no tls block
 	ProviderByName map[string]*Provider
 	AccountByName  map[string]*Account
 	UserByName     map[string]*User
@@ -106,86 +108,43 @@ type Config struct {
 //	allow_insecure_auth = false               take passwords without TLS off loopback
 //	max_connections     = 1000                local connections, all users together
 
-// IMAPBlock is the imap { } block.
+// IMAPBlock is the imap listener's runtime configuration: addresses, the
+// plaintext rule and the resolved limits (durations, not the strings
+// written in the file; see imapSchema for those).
 type IMAPBlock struct {
-	Listen            []string `hcl:"listen,optional"`
-	ListenTLS         []string `hcl:"listen_tls,optional"`
-	AllowInsecureAuth bool     `hcl:"allow_insecure_auth,optional"`
-	MaxConnections    int      `hcl:"max_connections,optional"`
-	PreauthTimeout    string   `hcl:"preauth_timeout,optional"`
-	IdleTimeout       string   `hcl:"idle_timeout,optional"`
-	UpstreamTimeout   string   `hcl:"upstream_timeout,optional"`
-	ConnectionWait    string   `hcl:"connection_wait,optional"`
-	MaxLineBytes      int      `hcl:"max_line_bytes,optional"`
-	MaxLiteralBytes   int      `hcl:"max_literal_bytes,optional"`
+	Listen            []string
+	ListenTLS         []string
+	AllowInsecureAuth bool
+	MaxConnections    int // as written (0: default); Limits.MaxConnections is resolved
+	Limits            ProxyLimits
 
-	DefRange            hcl.Range `hcl:",def_range"`
-	ListenRange         hcl.Range `hcl:"listen,attr_range"`
-	ListenTLSRange      hcl.Range `hcl:"listen_tls,attr_range"`
-	PreauthTimeoutRange hcl.Range `hcl:"preauth_timeout,attr_range"`
-	IdleTimeoutRange    hcl.Range `hcl:"idle_timeout,attr_range"`
-	UpstreamRange       hcl.Range `hcl:"upstream_timeout,attr_range"`
-	WaitRange           hcl.Range `hcl:"connection_wait,attr_range"`
-	MaxConnRange        hcl.Range `hcl:"max_connections,attr_range"`
-	MaxLineRange        hcl.Range `hcl:"max_line_bytes,attr_range"`
-	MaxLiteralRange     hcl.Range `hcl:"max_literal_bytes,attr_range"`
-
-	Limits ProxyLimits // derived
+	// Where the block and its listen lists are written, for diagnostics.
+	DefRange, ListenRange, ListenTLSRange hcl.Range
 }
 
-// POP3Block is the pop3 { } block.
+// POP3Block is the pop3 listener's runtime configuration (see IMAPBlock).
 type POP3Block struct {
-	Listen            []string `hcl:"listen,optional"`
-	ListenTLS         []string `hcl:"listen_tls,optional"`
-	AllowInsecureAuth bool     `hcl:"allow_insecure_auth,optional"`
-	MaxConnections    int      `hcl:"max_connections,optional"`
-	PreauthTimeout    string   `hcl:"preauth_timeout,optional"`
-	IdleTimeout       string   `hcl:"idle_timeout,optional"`
-	UpstreamTimeout   string   `hcl:"upstream_timeout,optional"`
-	ConnectionWait    string   `hcl:"connection_wait,optional"`
-	MaxLineBytes      int      `hcl:"max_line_bytes,optional"`
+	Listen            []string
+	ListenTLS         []string
+	AllowInsecureAuth bool
+	MaxConnections    int
+	Limits            ProxyLimits
 
-	DefRange            hcl.Range `hcl:",def_range"`
-	ListenRange         hcl.Range `hcl:"listen,attr_range"`
-	ListenTLSRange      hcl.Range `hcl:"listen_tls,attr_range"`
-	PreauthTimeoutRange hcl.Range `hcl:"preauth_timeout,attr_range"`
-	IdleTimeoutRange    hcl.Range `hcl:"idle_timeout,attr_range"`
-	UpstreamRange       hcl.Range `hcl:"upstream_timeout,attr_range"`
-	WaitRange           hcl.Range `hcl:"connection_wait,attr_range"`
-	MaxConnRange        hcl.Range `hcl:"max_connections,attr_range"`
-	MaxLineRange        hcl.Range `hcl:"max_line_bytes,attr_range"`
-
-	Limits ProxyLimits // derived
+	DefRange, ListenRange, ListenTLSRange hcl.Range
 }
 
-// SMTPBlock is the smtp { } block.
+// SMTPBlock is the smtp listener's runtime configuration (see IMAPBlock).
 type SMTPBlock struct {
-	Listen            []string `hcl:"listen,optional"`
-	ListenTLS         []string `hcl:"listen_tls,optional"`
-	AllowInsecureAuth bool     `hcl:"allow_insecure_auth,optional"`
-	MaxConnections    int      `hcl:"max_connections,optional"`
-	Domain            string   `hcl:"domain,optional"` // our greeting/EHLO name
-	MaxMessageBytes   int64    `hcl:"max_message_bytes,optional"`
-	MaxRecipients     int      `hcl:"max_recipients,optional"`
-	ReadTimeout       string   `hcl:"read_timeout,optional"`
-	WriteTimeout      string   `hcl:"write_timeout,optional"`
-	UpstreamTimeout   string   `hcl:"upstream_timeout,optional"`
-	ConnectionWait    string   `hcl:"connection_wait,optional"`
-	AutoSMTPRecheck   string   `hcl:"auto_smtp_recheck,optional"` // send_via = "auto": retry SMTP after this long on Graph
+	Listen            []string
+	ListenTLS         []string
+	AllowInsecureAuth bool
+	MaxConnections    int
+	Domain            string // our greeting/EHLO name (resolved: the host name when not written)
+	MaxMessageBytes   int64  // as written; Limits.MaxMessageBytes is resolved
+	MaxRecipients     int
+	Limits            SMTPLimits
 
-	DefRange          hcl.Range `hcl:",def_range"`
-	ListenRange       hcl.Range `hcl:"listen,attr_range"`
-	ListenTLSRange    hcl.Range `hcl:"listen_tls,attr_range"`
-	RecheckRange      hcl.Range `hcl:"auto_smtp_recheck,attr_range"`
-	ReadTimeoutRange  hcl.Range `hcl:"read_timeout,attr_range"`
-	WriteTimeoutRange hcl.Range `hcl:"write_timeout,attr_range"`
-	UpstreamRange     hcl.Range `hcl:"upstream_timeout,attr_range"`
-	WaitRange         hcl.Range `hcl:"connection_wait,attr_range"`
-	MaxConnRange      hcl.Range `hcl:"max_connections,attr_range"`
-	MaxMessageRange   hcl.Range `hcl:"max_message_bytes,attr_range"`
-	MaxRcptRange      hcl.Range `hcl:"max_recipients,attr_range"`
-
-	Limits SMTPLimits // derived
+	DefRange, ListenRange, ListenTLSRange hcl.Range
 }
 
 // ProxyLimits are the resolved limits of the IMAP and POP3 proxies.

@@ -124,7 +124,15 @@ func ParseWith(filename string, src []byte, o Options) (*Config, error) {
 	cfg.inProcess = o.InProcess
 	cfg.deferSecrets = o.DeferSecrets
 	if !diags.HasErrors() {
-		diags = append(diags, filterUnknown(gohcl.DecodeBody(f.Body, ls.evalContext(), cfg))...)
+		// Two stages for the listener blocks: their HCL (listenerSchema)
+		// first, the rest of the file into cfg; validate builds the
+		// runtime blocks.
+		sch := &listenerSchema{}
+		diags = append(diags, filterUnknown(gohcl.DecodeBody(f.Body, ls.evalContext(), sch))...)
+		if !diags.HasErrors() {
+			diags = append(diags, filterUnknown(gohcl.DecodeBody(sch.Remain, ls.evalContext(), cfg))...)
+		}
+		cfg.schema = sch
 	}
 	if !diags.HasErrors() && len(ls.failures) > 0 {
 		if !cfg.collectDeferred(ls.failures) {
@@ -228,10 +236,9 @@ func defaults() *Config {
 		stateDir = strings.Split(d, ":")[0]
 	}
 	return &Config{
-		StateDir:        stateDir,
-		LogFormat:       "auto",
-		LogLevel:        "info",
-		ShutdownTimeout: DefaultShutdownTimeout.String(),
+		StateDir:  stateDir,
+		LogFormat: "auto",
+		LogLevel:  "info",
 	}
 }
 
@@ -280,7 +287,11 @@ func (c *Config) validate() hcl.Diagnostics {
 	default:
 		diags = append(diags, diagAt(c.LogLevelRange, file, "Invalid log_level", `log_level must be "debug", "info", "warn" or "error"`))
 	}
-	c.Shutdown = parseDuration(c.ShutdownTimeout, DefaultShutdownTimeout, c.ShutdownTimeoutRange, file, "shutdown_timeout", &diags)
+	sch := c.schema
+	if sch == nil {
+		sch = &listenerSchema{}
+	}
+	c.Shutdown = parseDuration(sch.ShutdownTimeout, DefaultShutdownTimeout, sch.ShutdownTimeoutRange, file, "shutdown_timeout", &diags)
 	if c.StateDir == "" {
 		diags = append(diags, diagAt(c.StateDirRange, file, "Missing state_dir", "state_dir names the directory for the encrypted token store and its key, e.g. \"/var/lib/oauthbridge\"."))
 	} else if !filepath.IsAbs(c.StateDir) {
@@ -307,17 +318,18 @@ func (c *Config) validate() hcl.Diagnostics {
 		}
 	}
 
-	// Listener blocks. An absent block gets its default loopback listener.
-	if c.IMAP == nil {
-		c.IMAP = &IMAPBlock{Listen: []string{"127.0.0.1:1143"}}
+	// Listener blocks, from their first stage. An absent block gets its
+	// default loopback listener.
+	if sch.IMAP == nil {
+		sch.IMAP = &imapSchema{Listen: []string{"127.0.0.1:1143"}}
 	}
-	if c.POP3 == nil {
-		c.POP3 = &POP3Block{Listen: []string{"127.0.0.1:1110"}}
+	if sch.POP3 == nil {
+		sch.POP3 = &pop3Schema{Listen: []string{"127.0.0.1:1110"}}
 	}
-	if c.SMTP == nil {
-		c.SMTP = &SMTPBlock{Listen: []string{"127.0.0.1:1587"}}
+	if sch.SMTP == nil {
+		sch.SMTP = &smtpSchema{Listen: []string{"127.0.0.1:1587"}}
 	}
-	im := c.IMAP
+	im := sch.IMAP
 	c.checkListeners("imap", im.Listen, im.ListenTLS, im.AllowInsecureAuth, im.ListenRange, im.ListenTLSRange, orRange(im.DefRange, file), &diags)
 	im.Limits = ProxyLimits{
 		PreauthTimeout:  parseDuration(im.PreauthTimeout, DefaultPreauthTimeout, im.PreauthTimeoutRange, im.DefRange, "preauth_timeout", &diags),
@@ -335,7 +347,7 @@ func (c *Config) validate() hcl.Diagnostics {
 		diags = append(diags, diagAt(im.IdleTimeoutRange, im.DefRange, "idle_timeout too short",
 			"IMAP clients re-issue IDLE every 29 minutes (RFC 2177), so an idle_timeout below 29m drops healthy IDLE sessions. Use at least \"30m\"."))
 	}
-	po := c.POP3
+	po := sch.POP3
 	c.checkListeners("pop3", po.Listen, po.ListenTLS, po.AllowInsecureAuth, po.ListenRange, po.ListenTLSRange, orRange(po.DefRange, file), &diags)
 	po.Limits = ProxyLimits{
 		PreauthTimeout:  parseDuration(po.PreauthTimeout, DefaultPreauthTimeout, po.PreauthTimeoutRange, po.DefRange, "preauth_timeout", &diags),
@@ -348,7 +360,7 @@ func (c *Config) validate() hcl.Diagnostics {
 	}
 	positive(&diags, po.DefRange, "pop3", "max_connections", po.MaxConnections, po.MaxConnRange, DefaultMaxConnections)
 	positive(&diags, po.DefRange, "pop3", "max_line_bytes", po.MaxLineBytes, po.MaxLineRange, DefaultMaxLineBytes)
-	sm := c.SMTP
+	sm := sch.SMTP
 	c.checkListeners("smtp", sm.Listen, sm.ListenTLS, sm.AllowInsecureAuth, sm.ListenRange, sm.ListenTLSRange, orRange(sm.DefRange, file), &diags)
 	if sm.Domain == "" {
 		if h, err := os.Hostname(); err == nil && h != "" {
@@ -373,6 +385,8 @@ func (c *Config) validate() hcl.Diagnostics {
 	positive(&diags, sm.DefRange, "smtp", "max_connections", sm.MaxConnections, sm.MaxConnRange, DefaultMaxConnections)
 	positive(&diags, sm.DefRange, "smtp", "max_message_bytes", int(min(sm.MaxMessageBytes, 1<<40)), sm.MaxMessageRange, DefaultMaxMessageBytes)
 	positive(&diags, sm.DefRange, "smtp", "max_recipients", sm.MaxRecipients, sm.MaxRcptRange, DefaultMaxRecipients)
+	c.IMAP, c.POP3, c.SMTP = im.runtime(), po.runtime(), sm.runtime()
+	c.schema = nil // consumers get the runtime blocks only
 	if len(im.Listen)+len(im.ListenTLS)+len(po.Listen)+len(po.ListenTLS)+len(sm.Listen)+len(sm.ListenTLS) == 0 {
 		diags = append(diags, diagAt(hcl.Range{}, file, "No mail listener",
 			"The imap, pop3 and smtp blocks all have empty listen and listen_tls lists, so the bridge would serve nothing. Remove a block to get its default loopback listener, or give it a listen address."))

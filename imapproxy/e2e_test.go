@@ -19,7 +19,6 @@ import (
 
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/fakems"
-	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/tokens/tokenstest"
@@ -56,11 +55,11 @@ func startFake(t *testing.T, tokenUser string, tweak func(*config.Config, *Optio
 	e := &fakeEnv{f: f, lim: &limiter.Limiter{}, logs: &logBuffer{}}
 	e.cfg = testConfig(t, f.IMAPAddr, ca, "")
 	opts := Options{
-		Config:   func() *config.Config { return e.cfg },
-		Tokens:   tokenstest.StaticSource{"acct": f.IssueAccessToken(tokenUser)},
-		Limiter:  e.lim,
-		Logger:   slog.New(slog.NewJSONHandler(e.logs, nil)),
-		Failures: frontdoor.Policy{FailureDelay: -1},
+		Config:       func() *config.Config { return e.cfg },
+		Tokens:       tokenstest.StaticSource{"acct": f.IssueAccessToken(tokenUser)},
+		Limiter:      e.lim,
+		Logger:       slog.New(slog.NewJSONHandler(e.logs, nil)),
+		FailureDelay: -1,
 	}
 	if tweak != nil {
 		tweak(e.cfg, &opts)
@@ -239,7 +238,7 @@ func TestEndToEndMaxConnections(t *testing.T) {
 // not - each is audited once, and the real helpdesk keeps working and logs
 // in again from the same address.
 func TestEndToEndBadPasswordsUnderLoad(t *testing.T) {
-	e := startFake(t, "alice@contoso.com", func(_ *config.Config, o *Options) { o.Failures.FailureDelay = 20 * time.Millisecond })
+	e := startFake(t, "alice@contoso.com", func(_ *config.Config, o *Options) { o.FailureDelay = 20 * time.Millisecond })
 	// Short waits so the throttled path runs in real time here.
 	e.srv.opts.Auth = localauth.New(e.cfg, localauth.Options{CheckInterval: 20 * time.Millisecond, ThrottledHold: 50 * time.Millisecond, MaxQueueWait: 100 * time.Millisecond})
 	good := e.client(t)

@@ -28,9 +28,9 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/oauthbridge/oauthbridge/config"
-	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
+	"github.com/oauthbridge/oauthbridge/internal/transcript"
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
 
@@ -266,11 +266,11 @@ func newEnv(t testing.TB) *env {
 	e := &env{t: t, up: up, toks: &fakeTokens{seq: []string{"good"}}, lim: &limiter.Limiter{}, logs: &logBuffer{}}
 	e.cfg = testConfig(t, up.addr, writeCA(t, c.pem), "")
 	e.opts = Options{
-		Config:   func() *config.Config { return e.cfg },
-		Tokens:   e.toks,
-		Limiter:  e.lim,
-		Logger:   slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Failures: frontdoor.Policy{FailureDelay: -1},
+		Config:       func() *config.Config { return e.cfg },
+		Tokens:       e.toks,
+		Limiter:      e.lim,
+		Logger:       slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		FailureDelay: -1,
 	}
 	return e
 }
@@ -347,7 +347,7 @@ func (p *pipeClient) expect(pattern string) string {
 	if !ok {
 		p.t.Fatalf("connection closed, want %q", pattern)
 	}
-	if !matchLine(pattern, l) {
+	if !transcript.Match(pattern, l) {
 		p.t.Fatalf("got %q, want %q", l, pattern)
 	}
 	return l
@@ -368,31 +368,6 @@ func (p *pipeClient) expectClosed() {
 func (p *pipeClient) close() {
 	p.conn.Close()
 	<-p.done
-}
-
-// matchLine matches a server line against a path.Match-style pattern in
-// which only * is special (it also matches '/').
-func matchLine(pattern, line string) bool {
-	parts := strings.Split(pattern, "*")
-	if len(parts) == 1 {
-		return pattern == line
-	}
-	if !strings.HasPrefix(line, parts[0]) {
-		return false
-	}
-	line = line[len(parts[0]):]
-	for i, p := range parts[1:] {
-		last := i == len(parts)-2
-		if last {
-			return strings.HasSuffix(line, p) && len(line) >= len(p)
-		}
-		j := strings.Index(line, p)
-		if j < 0 {
-			return false
-		}
-		line = line[j+len(p):]
-	}
-	return true
 }
 
 // stubUpstream is a tiny Exchange-like IMAP server over TLS: XOAUTH2 with

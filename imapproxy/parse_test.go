@@ -6,6 +6,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/oauthbridge/oauthbridge/internal/transcript"
 )
 
 func newTestReader(input string) (*cmdReader, *int) {
@@ -166,8 +168,8 @@ func TestMatchLine(t *testing.T) {
 		{"a*b*c", "aXbYc", true},
 	}
 	for _, tc := range tests {
-		if got := matchLine(tc.pattern, tc.line); got != tc.want {
-			t.Errorf("matchLine(%q, %q) = %v, want %v", tc.pattern, tc.line, got, tc.want)
+		if got := transcript.Match(tc.pattern, tc.line); got != tc.want {
+			t.Errorf("Match(%q, %q) = %v, want %v", tc.pattern, tc.line, got, tc.want)
 		}
 	}
 }

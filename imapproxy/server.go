@@ -5,12 +5,16 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/internal/logging"
+	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
 
@@ -30,16 +34,20 @@ const (
 
 // Options configure a Server. Config, Auth, Tokens and Limiter are required.
 type Options struct {
-	Config  func() *config.Config    // current configuration snapshot, read once per connection
-	Auth    *localauth.Authenticator // local user/password check
-	Tokens  tokens.Source            // upstream access tokens
-	Limiter *limiter.Limiter         // shared with POP3: key "mail:"+account
-	Logger  *slog.Logger             // nil: discard
+	Config  func() *config.Config // current configuration snapshot, read once per connection
+	Auth    PasswordChecker       // local user/password check
+	Tokens  tokens.Source         // upstream access tokens
+	Limiter SlotLimiter           // shared with POP3: key "mail:"+account
+	Logger  *slog.Logger          // nil: discard
+	// Registerer receives the oauthbridge_* metrics (the daemon passes one
+	// registry to every component); nil: a private registry.
+	Registerer prometheus.Registerer
 
-	// Failures is the per-connection failure policy shared with POP3 and
-	// SMTP (delay before each failed login's reply, BYE after a few); zero
-	// values take frontdoor's defaults.
-	Failures frontdoor.Policy
+	// FailureDelay is how long the reply to a failed login waits (0:
+	// 1 s, negative: none); MaxFailures failed logins
+	// end the connection (0: 3). IMAP, POP3 and SMTP apply the same policy.
+	FailureDelay time.Duration
+	MaxFailures  int
 	// IsLoopback decides whether a remote address is local enough to accept
 	// a plaintext password without TLS. nil uses localauth.IsLoopback.
 	IsLoopback func(net.Addr) bool
@@ -47,10 +55,13 @@ type Options struct {
 
 // Server is the IMAP side of the bridge.
 type Server struct {
-	opts Options
-	log  *slog.Logger
-	fd   *frontdoor.Server
-	ctx  context.Context // cancelled when Shutdown gives up waiting
+	opts     Options
+	m        *metrics.Metrics
+	log      *slog.Logger
+	fd       *frontdoor.Server
+	gate     *frontdoor.Gate
+	failures frontdoor.Policy
+	ctx      context.Context // cancelled when Shutdown gives up waiting
 }
 
 // New returns a Server; call Serve or ServeConn to use it.
@@ -58,17 +69,26 @@ func New(opts Options) *Server {
 	if opts.Logger == nil {
 		opts.Logger = logging.Discard
 	}
-	opts.Failures = opts.Failures.Resolved()
 	if opts.IsLoopback == nil {
 		opts.IsLoopback = localauth.IsLoopback
 	}
 	if opts.Limiter == nil {
 		opts.Limiter = &limiter.Limiter{}
 	}
-	s := &Server{opts: opts, log: opts.Logger}
+	s := &Server{opts: opts, log: opts.Logger, failures: frontdoor.Policy{FailureDelay: opts.FailureDelay, MaxFailures: opts.MaxFailures}.Resolved()}
+	s.gate = &frontdoor.Gate{
+		Auth: opts.Auth, Tokens: opts.Tokens, Limiter: opts.Limiter,
+		// The slot is shared with POP3: max_connections counts both.
+		Slot: func(l *frontdoor.Login) frontdoor.Slot {
+			return frontdoor.Slot{Key: "mail:" + l.Account.Name, Max: l.Account.MaxConnections, Wait: l.Config.IMAP.Limits.ConnectionWait}
+		},
+		TokenTimeout: func(l *frontdoor.Login) time.Duration { return l.Config.IMAP.Limits.UpstreamTimeout },
+	}
+	s.m = metrics.New(opts.Registerer)
 	s.fd = frontdoor.New(frontdoor.Options{
-		Proto:  "imap",
-		Logger: opts.Logger,
+		Metrics: s.m,
+		Proto:   "imap",
+		Logger:  opts.Logger,
 		Limits: func() frontdoor.Limits {
 			cfg := s.opts.Config()
 			return frontdoor.Limits{
@@ -115,7 +135,7 @@ func (s *Server) serveSession(fs *frontdoor.Session) {
 	conn := fs.Conn()
 	sess := &session{
 		srv: s, fs: fs, cfg: cfg, lim: cfg.IMAP.Limits, raw: conn, conn: conn, isTLS: fs.TLS(),
-		log: fs.Log, auditLog: s.log.With("conn", fs.ID), fails: s.opts.Failures.Conn(),
+		log: fs.Log, auditLog: s.log.With("conn", fs.ID), fails: s.failures.Conn(),
 	}
 	sess.run()
 }

@@ -14,7 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
+	"github.com/oauthbridge/oauthbridge/internal/transcript"
 )
 
 // tlsLineClient is a raw client over a real connection.
@@ -39,7 +39,7 @@ func (c *tlsLineClient) expect(pattern string) {
 		c.t.Fatalf("read: %v, want %q", err, pattern)
 	}
 	line = strings.TrimRight(line, "\r\n")
-	if !matchLine(pattern, line) {
+	if !transcript.Match(pattern, line) {
 		c.t.Fatalf("got %q, want %q", line, pattern)
 	}
 }
@@ -176,7 +176,7 @@ func TestAccountLimitWaitsForSlot(t *testing.T) {
 
 func TestFailureDelay(t *testing.T) {
 	e := newEnv(t)
-	e.opts.Failures.FailureDelay = 150 * time.Millisecond
+	e.opts.FailureDelay = 150 * time.Millisecond
 	e.start()
 	pc := e.dialPipe()
 	pc.expect("* OK *")
@@ -294,13 +294,14 @@ func waitFor(t testing.TB, cond func() bool) {
 func TestMetrics(t *testing.T) {
 	e := newEnv(t)
 	e.start()
-	limitErrs := testutil.ToFloat64(metrics.UpstreamErrors.WithLabelValues("imap", "limit"))
-	total := testutil.ToFloat64(metrics.SessionsTotal.WithLabelValues("imap"))
-	down := testutil.ToFloat64(metrics.BytesRelayed.WithLabelValues("imap", "down"))
+	met := e.srv.m
+	limitErrs := testutil.ToFloat64(met.UpstreamErrors.WithLabelValues("imap", "limit"))
+	total := testutil.ToFloat64(met.SessionsTotal.WithLabelValues("imap"))
+	down := testutil.ToFloat64(met.BytesRelayed.WithLabelValues("imap", "down"))
 
 	pc := e.dialPipe()
 	pc.expect("* OK *")
-	if got := testutil.ToFloat64(metrics.SessionsActive.WithLabelValues("imap")); got < 1 {
+	if got := testutil.ToFloat64(met.SessionsActive.WithLabelValues("imap")); got < 1 {
 		t.Errorf("sessions_active = %v during a session, want >= 1", got)
 	}
 	pc.send("a1 LOGIN otrs secret\r\na2 NOOP\r\n")
@@ -318,13 +319,13 @@ func TestMetrics(t *testing.T) {
 	pc.expect("a1 NO [UNAVAILABLE] *")
 	pc.close()
 
-	if got := testutil.ToFloat64(metrics.SessionsTotal.WithLabelValues("imap")) - total; got != 2 {
+	if got := testutil.ToFloat64(met.SessionsTotal.WithLabelValues("imap")) - total; got != 2 {
 		t.Errorf("sessions_total grew by %v, want 2", got)
 	}
-	if got := testutil.ToFloat64(metrics.UpstreamErrors.WithLabelValues("imap", "limit")) - limitErrs; got != 1 {
+	if got := testutil.ToFloat64(met.UpstreamErrors.WithLabelValues("imap", "limit")) - limitErrs; got != 1 {
 		t.Errorf("upstream_errors{limit} grew by %v, want 1", got)
 	}
-	if got := testutil.ToFloat64(metrics.BytesRelayed.WithLabelValues("imap", "down")) - down; got < float64(len("a2 OK NOOP completed.\r\n")) {
+	if got := testutil.ToFloat64(met.BytesRelayed.WithLabelValues("imap", "down")) - down; got < float64(len("a2 OK NOOP completed.\r\n")) {
 		t.Errorf("bytes_relayed{down} grew by %v, want at least the NOOP answer", got)
 	}
 }

@@ -15,7 +15,6 @@ import (
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/internal/splice"
 )
 
@@ -49,7 +48,6 @@ type session struct {
 	conn net.Conn // raw, or the TLS conn over it
 
 	isTLS    bool
-	loopback bool
 	remoteIP string
 	br       *bufio.Reader
 	bw       *bufio.Writer
@@ -59,10 +57,9 @@ type session struct {
 	commands int             // commands read before login
 }
 
-// canAuth mirrors imapserver: passwords only over TLS, unless the client is
-// on loopback or allow_insecure_auth is set.
+// canAuth applies the front door's plaintext-password rule.
 func (c *session) canAuth() bool {
-	return c.isTLS || c.loopback || c.cfg.IMAP.AllowInsecureAuth
+	return frontdoor.PlaintextAllowed(c.isTLS, c.raw.RemoteAddr(), c.cfg.IMAP.AllowInsecureAuth, c.srv.opts.IsLoopback)
 }
 
 // caps is the fixed, conservative pre-auth capability list. LITERAL+ is
@@ -96,7 +93,6 @@ func (c *session) reply(tag, text string) error {
 
 func (c *session) run() {
 	c.remoteIP = localauth.RemoteIP(c.raw.RemoteAddr())
-	c.loopback = c.srv.opts.IsLoopback(c.raw.RemoteAddr())
 	c.br = bufio.NewReaderSize(c.conn, 4096)
 	c.bw = bufio.NewWriterSize(c.conn, 4096)
 	c.rd = cmdReader{
@@ -105,7 +101,7 @@ func (c *session) run() {
 		maxLine:    c.lim.MaxLineBytes,
 		maxLiteral: c.lim.MaxLiteralBytes,
 	}
-	c.log.Debug("connection accepted", "tls", c.isTLS, "loopback", c.loopback)
+	c.log.Debug("connection accepted", "tls", c.isTLS, "password_allowed", c.canAuth())
 	if err := c.send("* OK [CAPABILITY " + c.caps() + "] oauthbridge ready"); err != nil {
 		return
 	}
@@ -340,7 +336,9 @@ func (c *session) authenticate(cmd *command) bool {
 		}
 		authz, user, pass := string(parts[0]), string(parts[1]), string(parts[2])
 		if authz != "" && authz != user {
-			localauth.Audit(c.auditLog, localauth.Attempt{
+			// Grammar, not a password check: its own reply, the same
+			// failure policy.
+			localauth.Audit(c.auditLog, c.srv.m, localauth.Attempt{
 				Proto: "imap", User: user, Remote: c.remoteIP, Result: localauth.ResultBadCredentials,
 				Err: fmt.Errorf("imapproxy: authorization identity %q differs from the user; acting as another user is not supported", authz),
 			})
@@ -361,16 +359,35 @@ func (c *session) authenticate(cmd *command) bool {
 	return c.reply(tag, "NO Unsupported authentication mechanism") != nil
 }
 
-// failureReply is the one mapping from a failed local login to IMAP's
-// wire text: only a checked wrong password is AUTHENTICATIONFAILED.
-func failureReply(k frontdoor.Kind) string {
-	switch k {
+// failureReply is the one mapping from a failed login to IMAP's wire
+// text: only a checked wrong password (and the upstream refusing the
+// bridge's token for this mailbox) is AUTHENTICATIONFAILED; everything
+// temporary is UNAVAILABLE.
+func failureReply(f *frontdoor.Failure) string {
+	switch f.Kind {
 	case frontdoor.BadCredentials:
 		return replyInvalidCreds
 	case frontdoor.Throttled:
 		return replyThrottled
+	case frontdoor.Busy:
+		return replyBusy
+	case frontdoor.AccountBusy:
+		return fmt.Sprintf(replyTooMany, f.Max)
+	case frontdoor.NeedsLogin:
+		return fmt.Sprintf(replyNeedsLogin, f.Account)
+	case frontdoor.Failing:
+		return replyFailing
+	case frontdoor.Unreachable:
+		return replyUnreachable
+	case frontdoor.Rejected:
+		if f.Google {
+			return replyRejectedGoogle
+		}
+		return replyRejected
+	case frontdoor.Stopping:
+		return replyShuttingDown
 	}
-	return replyBusy
+	return replyTemporary
 }
 
 // authFailed answers a failed local login after the shared per-connection
@@ -390,74 +407,64 @@ func (c *session) authFailed(tag, text string) bool {
 	return false
 }
 
-// login runs one login attempt: local credentials, per-account slot, token,
-// upstream XOAUTH2; then answers the client's tag and splices. It writes
-// exactly one audit line.
-func (c *session) login(tag, user, pass string) bool {
-	ctx := c.srv.ctx
-	a := localauth.Attempt{Proto: "imap", User: user, Remote: c.remoteIP}
-	aborted := func(err error) bool { // shutdown gave up waiting on this session
-		a.Result, a.Err = localauth.ResultError, fmt.Errorf("imapproxy: login aborted by shutdown: %w", err)
-		localauth.Audit(c.auditLog, a)
+// loginFailed writes the attempt's one audit line and answers a failed
+// login; it reports whether the connection is finished.
+func (c *session) loginFailed(tag string, a *localauth.Attempt, f *frontdoor.Failure) bool {
+	if err := c.srv.ctx.Err(); err != nil { // shutdown gave up waiting on this session
+		a.Result, a.Err = localauth.ResultError, fmt.Errorf("imapproxy: login aborted by shutdown: %w (%v)", err, f)
+		localauth.Audit(c.auditLog, c.srv.m, *a)
 		return true
 	}
-	u, err := c.srv.opts.Auth.Check(ctx, user, pass, c.remoteIP)
-	if err != nil {
-		if ctx.Err() != nil {
-			return aborted(err)
-		}
-		f := frontdoor.Classify(err)
-		a.Result, a.Err = f.Kind.String(), err
-		localauth.Audit(c.auditLog, a)
-		return c.authFailed(tag, failureReply(f.Kind))
+	if f.Class != "" {
+		c.srv.m.UpstreamErrors.WithLabelValues("imap", f.Class).Inc()
 	}
-	acct := u.Account
-	if acct == nil || acct.Provider == nil { // config validation prevents this; never panic on it
-		a.Result, a.Err = localauth.ResultError, fmt.Errorf("imapproxy: user %q has no resolved account or provider", u.Name)
-		localauth.Audit(c.auditLog, a)
-		return c.reply(tag, replyFailing) != nil
+	if f.Account != "" && a.Account == "" {
+		a.Account = f.Account
 	}
-	a.Account, a.Mailbox = acct.Name, acct.Mailbox
+	a.Result, a.Err = f.Kind.String(), f.Err
+	localauth.Audit(c.auditLog, c.srv.m, *a)
+	switch {
+	case f.Kind.Local():
+		return c.authFailed(tag, failureReply(f))
+	case f.Kind == frontdoor.Stopping:
+		_ = c.reply(tag, failureReply(f))
+		_ = c.send("* BYE Server shutting down")
+		return true
+	}
+	return c.reply(tag, failureReply(f)) != nil
+}
 
-	release, err := c.srv.opts.Limiter.Acquire(ctx, "mail:"+acct.Name, acct.MaxConnections, c.lim.ConnectionWait)
-	if err != nil {
-		if ctx.Err() != nil {
-			return aborted(err)
-		}
-		metrics.UpstreamErrors.WithLabelValues("imap", "limit").Inc()
-		a.Result = localauth.ResultUnavailable
-		a.Err = fmt.Errorf("imapproxy: account %q already has max_connections = %d upstream connections (IMAP and POP3 together); waited %s: %w",
-			acct.Name, acct.MaxConnections, c.lim.ConnectionWait, err)
-		localauth.Audit(c.auditLog, a)
-		return c.reply(tag, fmt.Sprintf(replyTooMany, acct.MaxConnections)) != nil
-	}
-
-	up, caps, f := c.upstreamLogin(ctx, acct)
+// login runs one login attempt through the front door's pipeline (local
+// credentials, account, per-account slot), then loggedIn continues with
+// the upstream. It writes exactly one audit line.
+func (c *session) login(tag, user, pass string) bool {
+	a := localauth.Attempt{Proto: "imap", User: user, Remote: c.remoteIP}
+	g, f := c.srv.gate.Login(c.srv.ctx, c.cfg, user, pass, c.remoteIP)
 	if f != nil {
-		release()
-		if ctx.Err() != nil {
-			return aborted(f.err)
-		}
-		if f.class != "" {
-			metrics.UpstreamErrors.WithLabelValues("imap", f.class).Inc()
-		}
-		a.Result, a.Err = f.result, f.err
-		localauth.Audit(c.auditLog, a)
-		return c.reply(tag, f.reply) != nil
+		return c.loginFailed(tag, &a, f)
 	}
-	defer release()
+	defer g.Release()
+	return c.loggedIn(tag, &a, g)
+}
+
+// loggedIn runs once the local login succeeded: g is the account, its
+// connection slot and its token source. It logs in upstream with XOAUTH2,
+// answers the client's tag and splices.
+func (c *session) loggedIn(tag string, a *localauth.Attempt, g *frontdoor.Grant) bool {
+	acct, user := g.Account, a.User
+	a.Account, a.Mailbox = acct.Name, acct.Mailbox
+	up, caps, f := c.upstreamLogin(c.srv.ctx, g)
+	if f != nil {
+		return c.loginFailed(tag, a, f)
+	}
 	// A login that completes during a drain is refused like in every proxy:
 	// a temporary error, and the client retries against the next process.
 	if err := c.fs.BeginSplice(); err != nil {
 		up.conn.Close()
-		a.Result, a.Err = localauth.ResultTemporary, fmt.Errorf("imapproxy: login completed during shutdown: %w", err)
-		localauth.Audit(c.auditLog, a)
-		_ = c.reply(tag, replyShuttingDown)
-		_ = c.send("* BYE Server shutting down")
-		return true
+		return c.loginFailed(tag, a, &frontdoor.Failure{Kind: frontdoor.Stopping, Err: fmt.Errorf("imapproxy: login completed during shutdown: %w", err)})
 	}
 	a.Result = localauth.ResultOK
-	localauth.Audit(c.auditLog, a)
+	localauth.Audit(c.auditLog, c.srv.m, *a)
 
 	log := c.log.With("user", user, "account", acct.Name, "mailbox", acct.Mailbox, "upstream", acct.Provider.IMAPServer)
 	if err := c.reply(tag, "OK [CAPABILITY "+caps+"] Logged in"); err != nil {
@@ -472,8 +479,8 @@ func (c *session) login(tag, user, pass string) bool {
 	cbr, ubr := c.br, up.br
 	c.br, c.bw, c.rd.br, up.br, up.bw = nil, nil, nil, nil, nil
 	st := splice.Run(c.srv.ctx, c.conn, cbr, up.conn, ubr, c.lim.IdleTimeout)
-	metrics.BytesRelayed.WithLabelValues("imap", "up").Add(float64(st.Up))
-	metrics.BytesRelayed.WithLabelValues("imap", "down").Add(float64(st.Down))
+	c.srv.m.BytesRelayed.WithLabelValues("imap", "up").Add(float64(st.Up))
+	c.srv.m.BytesRelayed.WithLabelValues("imap", "down").Add(float64(st.Down))
 	// bytes_in: client to server; bytes_out: server to client.
 	log.Info("session closed", "bytes_in", st.Up, "bytes_out", st.Down, "duration", time.Since(start).Round(time.Millisecond).String())
 	return true

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
-	"os"
 	"path/filepath"
 	"reflect"
 	"strconv"
@@ -13,22 +12,14 @@ import (
 	"time"
 
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
+	"github.com/oauthbridge/oauthbridge/internal/transcript"
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
 
-// TestTranscripts replays testdata/*.txt against ServeConn over net.Pipe
-// with the stub upstream. Format, one item per line:
-//
-//	# comment
-//	! directive args   set up the environment (before the first C:/S:)
-//	C: text            client sends text + CRLF; "<CRLF>" inside is a line
-//	                   break (pipelining), "<LF>" a bare LF, a trailing
-//	                   "<NOEOL>" drops the CRLF
-//	S: pattern         next server line; * matches any text
-//	S: <closed>        the server closed the connection
-//	A: result          expected audit results, in order (checked at the end)
-//	R: token           expected Tokens.Rejected calls, in order
-//	U: line            expected commands the upstream saw after login, in order
+// TestTranscripts replays testdata/*.txt (the format of internal/transcript)
+// against ServeConn over net.Pipe with the stub upstream. Notes: A: the
+// audit results, R: the Tokens.Rejected calls, U: the commands the upstream
+// saw after login, each in order.
 func TestTranscripts(t *testing.T) {
 	files, err := filepath.Glob("testdata/*.txt")
 	if err != nil || len(files) == 0 {
@@ -42,56 +33,33 @@ func TestTranscripts(t *testing.T) {
 	}
 }
 
+// pipeConn adapts pipeClient to transcript.Conn.
+type pipeConn struct{ pc *pipeClient }
+
+func (p pipeConn) Write(s string) error { p.pc.send(s); return nil }
+
+func (p pipeConn) ReadLine() (string, error) {
+	l, ok := p.pc.next()
+	if !ok {
+		return "", transcript.ErrClosed
+	}
+	return l, nil
+}
+
 func runTranscript(t *testing.T, file string) {
-	src, err := os.ReadFile(file)
+	sc, err := transcript.ParseFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := newEnv(t)
-	var steps []string
-	var wantAudit, wantRejected, wantUpstream []string
-	for n, line := range strings.Split(strings.ReplaceAll(string(src), "\r\n", "\n"), "\n") {
-		switch {
-		case line == "" || strings.HasPrefix(line, "#"):
-		case strings.HasPrefix(line, "! "):
-			e.directive(t, strings.Fields(line[2:]), n+1)
-		case strings.HasPrefix(line, "C: "), strings.HasPrefix(line, "S: "):
-			steps = append(steps, line)
-		case strings.HasPrefix(line, "A: "):
-			wantAudit = append(wantAudit, line[3:])
-		case strings.HasPrefix(line, "R: "):
-			wantRejected = append(wantRejected, line[3:])
-		case strings.HasPrefix(line, "U: "):
-			wantUpstream = append(wantUpstream, line[3:])
-		default:
-			t.Fatalf("%s:%d: unknown line %q", file, n+1, line)
-		}
+	for _, d := range sc.Directives {
+		e.directive(t, d.Args, d.Line)
 	}
+	wantAudit, wantRejected, wantUpstream := sc.Notes["A"], sc.Notes["R"], sc.Notes["U"]
 	e.start()
 	pc := e.dialPipe()
-	closed := false
-	for _, st := range steps {
-		body := st[3:]
-		if strings.HasPrefix(st, "C: ") {
-			data := strings.ReplaceAll(strings.ReplaceAll(body, "<CRLF>", "\r\n"), "<LF>", "\n")
-			if s, ok := strings.CutSuffix(data, "<NOEOL>"); ok {
-				data = s
-			} else {
-				data += "\r\n"
-			}
-			pc.send(data)
-			continue
-		}
-		if body == "<closed>" {
-			pc.expectClosed()
-			closed = true
-			continue
-		}
-		pc.expect(body)
-	}
-	if !closed {
-		pc.close()
-	}
+	sc.Run(t, pipeConn{pc}, transcript.Hooks{})
+	pc.close()
 	if got := e.logs.audits(); !reflect.DeepEqual(got, wantAudit) && !(len(got) == 0 && len(wantAudit) == 0) {
 		t.Errorf("audit results = %q, want %q", got, wantAudit)
 	}

@@ -13,19 +13,9 @@ import (
 	"time"
 
 	"github.com/oauthbridge/oauthbridge/config"
-	"github.com/oauthbridge/oauthbridge/internal/localauth"
+	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
-
-// loginFailure is a failed login after the local credentials matched: what
-// the client is told, the audit result and the sysadmin's detail.
-type loginFailure struct {
-	result string // localauth.Result*
-	reply  string // tagged reply text, e.g. "NO [UNAVAILABLE] ..."
-	class  string // upstream error class for metrics, "" if not upstream
-	err    error
-	retry  bool // the upstream refused the token: worth one retry with a fresh one
-}
 
 // upstream is an upstream IMAP connection before the splice.
 type upstream struct {
@@ -105,47 +95,31 @@ func transient(line string) bool {
 		strings.Contains(t, "[unavailable]") || strings.Contains(t, "[inuse]") || strings.Contains(t, "too many simultaneous connections")
 }
 
-// token gets an access token for acct and maps token errors to replies.
-func (c *session) token(ctx context.Context, acct *config.Account) (string, *loginFailure) {
-	tctx, cancel := context.WithTimeout(ctx, c.lim.UpstreamTimeout)
-	defer cancel()
-	tok, err := c.srv.opts.Tokens.AccessToken(tctx, acct.Name)
-	if err == nil {
-		return tok, nil
-	}
-	switch tokens.KindOf(err) {
-	case tokens.NeedsLogin:
-		return "", &loginFailure{result: localauth.ResultNeedsLogin, reply: fmt.Sprintf(replyNeedsLogin, acct.Name), err: err}
-	case tokens.Failing:
-		return "", &loginFailure{result: localauth.ResultFailing, reply: replyFailing, err: err}
-	}
-	return "", &loginFailure{result: localauth.ResultTemporary, reply: replyTemporary, err: err}
-}
-
 // upstreamLogin logs in to the account's mailbox. When the upstream refuses
 // the token, the token source is told and one fresh token is tried (unless
 // the source hands out the same token again, which cannot help).
-func (c *session) upstreamLogin(ctx context.Context, acct *config.Account) (*upstream, string, *loginFailure) {
-	tok, f := c.token(ctx, acct)
+func (c *session) upstreamLogin(ctx context.Context, g *frontdoor.Grant) (*upstream, string, *frontdoor.Failure) {
+	acct := g.Account
+	tok, f := g.Token(ctx)
 	if f != nil {
 		return nil, "", f
 	}
 	up, caps, f := c.tryUpstream(ctx, acct, tok)
-	if f == nil || !f.retry {
+	if f == nil || !f.Retry {
 		return up, caps, f
 	}
-	c.srv.opts.Tokens.Rejected(acct.Name, tok)
-	tok2, f2 := c.token(ctx, acct)
+	g.Rejected(tok)
+	tok2, f2 := g.Token(ctx)
 	if f2 != nil {
-		f2.err = fmt.Errorf("%w (after the upstream refused the previous token: %v)", f2.err, f.err)
+		f2.Err = fmt.Errorf("%w (after the upstream refused the previous token: %v)", f2.Err, f.Err)
 		return nil, "", f2
 	}
 	if tok2 == tok {
 		return nil, "", f
 	}
 	up, caps, f = c.tryUpstream(ctx, acct, tok2)
-	if f != nil && f.retry {
-		c.srv.opts.Tokens.Rejected(acct.Name, tok2)
+	if f != nil && f.Retry {
+		g.Rejected(tok2)
 	}
 	return up, caps, f
 }
@@ -153,7 +127,7 @@ func (c *session) upstreamLogin(ctx context.Context, acct *config.Account) (*ups
 // tryUpstream dials the account's IMAP server, authenticates with XOAUTH2
 // and checks that the session is usable. On success the connection has no
 // deadline and its reader may hold bytes for the splice.
-func (c *session) tryUpstream(ctx context.Context, acct *config.Account, tok string) (*upstream, string, *loginFailure) {
+func (c *session) tryUpstream(ctx context.Context, acct *config.Account, tok string) (*upstream, string, *frontdoor.Failure) {
 	server := acct.Provider.IMAPServer
 	timeout := c.lim.UpstreamTimeout
 	dctx, cancel := context.WithTimeout(ctx, timeout)
@@ -164,14 +138,14 @@ func (c *session) tryUpstream(ctx context.Context, acct *config.Account, tok str
 		var cv *tls.CertificateVerificationError
 		switch {
 		case errors.As(err, &cv):
-			return nil, "", &loginFailure{result: localauth.ResultError, reply: replyFailing, class: "tls",
-				err: fmt.Errorf("imapproxy: upstream %s: certificate not trusted (check the provider's ca_file / imap_server): %w", server, err)}
+			return nil, "", &frontdoor.Failure{Kind: frontdoor.Failing, Class: "tls",
+				Err: fmt.Errorf("imapproxy: upstream %s: certificate not trusted (check the provider's ca_file / imap_server): %w", server, err)}
 		case errors.Is(err, context.DeadlineExceeded):
-			return nil, "", &loginFailure{result: localauth.ResultTemporary, reply: replyUnreachable, class: "timeout",
-				err: fmt.Errorf("imapproxy: upstream %s: no connection within upstream_timeout %s: %w", server, timeout, err)}
+			return nil, "", &frontdoor.Failure{Kind: frontdoor.Unreachable, Class: "timeout",
+				Err: fmt.Errorf("imapproxy: upstream %s: no connection within upstream_timeout %s: %w", server, timeout, err)}
 		}
-		return nil, "", &loginFailure{result: localauth.ResultTemporary, reply: replyUnreachable, class: "dial",
-			err: fmt.Errorf("imapproxy: upstream %s: %w", server, err)}
+		return nil, "", &frontdoor.Failure{Kind: frontdoor.Unreachable, Class: "dial",
+			Err: fmt.Errorf("imapproxy: upstream %s: %w", server, err)}
 	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
@@ -182,9 +156,9 @@ func (c *session) tryUpstream(ctx context.Context, acct *config.Account, tok str
 	if f != nil {
 		conn.Close()
 		var ne net.Error
-		if errors.As(f.err, &ne) && ne.Timeout() {
-			f.class = "timeout"
-			f.err = fmt.Errorf("imapproxy: upstream %s did not answer within upstream_timeout %s: %w", server, timeout, f.err)
+		if errors.As(f.Err, &ne) && ne.Timeout() {
+			f.Class = "timeout"
+			f.Err = fmt.Errorf("imapproxy: upstream %s did not answer within upstream_timeout %s: %w", server, timeout, f.Err)
 		}
 		return nil, "", f
 	}
@@ -194,15 +168,15 @@ func (c *session) tryUpstream(ctx context.Context, acct *config.Account, tok str
 
 // login reads the greeting, authenticates and probes. It returns the
 // post-auth capabilities for the client's tagged OK.
-func (u *upstream) login(acct *config.Account, tok string) (string, *loginFailure) {
+func (u *upstream) login(acct *config.Account, tok string) (string, *frontdoor.Failure) {
 	server := acct.Provider.IMAPServer
-	ioFail := func(stage string, err error) *loginFailure {
-		return &loginFailure{result: localauth.ResultTemporary, reply: replyUnreachable, class: "protocol",
-			err: fmt.Errorf("imapproxy: upstream %s: %s: %w", server, stage, err)}
+	ioFail := func(stage string, err error) *frontdoor.Failure {
+		return &frontdoor.Failure{Kind: frontdoor.Unreachable, Class: "protocol",
+			Err: fmt.Errorf("imapproxy: upstream %s: %s: %w", server, stage, err)}
 	}
-	protoFail := func(format string, args ...any) *loginFailure {
-		return &loginFailure{result: localauth.ResultTemporary, reply: replyTemporary, class: "protocol",
-			err: fmt.Errorf("imapproxy: upstream %s: "+format, append([]any{server}, args...)...)}
+	protoFail := func(format string, args ...any) *frontdoor.Failure {
+		return &frontdoor.Failure{Kind: frontdoor.Temporary, Class: "protocol",
+			Err: fmt.Errorf("imapproxy: upstream %s: "+format, append([]any{server}, args...)...)}
 	}
 
 	greeting, err := u.readLine()
@@ -252,20 +226,20 @@ func (u *upstream) login(acct *config.Account, tok string) (string, *loginFailur
 			break
 		}
 		if transient(rest) {
-			return "", &loginFailure{result: localauth.ResultTemporary, reply: replyTemporary, class: "auth",
-				err: fmt.Errorf("imapproxy: upstream %s answered AUTHENTICATE with %q; the server is throttling, at its connection limit or unavailable, the client should retry later", server, truncate(rest, 300))}
+			return "", &frontdoor.Failure{Kind: frontdoor.Temporary, Class: "auth",
+				Err: fmt.Errorf("imapproxy: upstream %s answered AUTHENTICATE with %q; the server is throttling, at its connection limit or unavailable, the client should retry later", server, truncate(rest, 300))}
 		}
 		detail := fmt.Sprintf("%q", truncate(rest, 300))
 		if challenge != "" {
 			detail += fmt.Sprintf(" (error challenge %s)", challenge)
 		}
 		if acct.Provider.IsGoogle() {
-			return "", &loginFailure{result: localauth.ResultUpstreamRejected, reply: replyRejectedGoogle, class: "auth", retry: true,
-				err: fmt.Errorf("imapproxy: upstream %s refused XOAUTH2 for user=%s: %s; check that IMAP is on for %s (Gmail settings, and for Workspace the Admin console's IMAP setting) and that the token is %s's own (a person signs in as the mailbox; a service account needs domain-wide delegation for https://mail.google.com/)",
+			return "", &frontdoor.Failure{Kind: frontdoor.Rejected, Class: "auth", Retry: true, Google: true,
+				Err: fmt.Errorf("imapproxy: upstream %s refused XOAUTH2 for user=%s: %s; check that IMAP is on for %s (Gmail settings, and for Workspace the Admin console's IMAP setting) and that the token is %s's own (a person signs in as the mailbox; a service account needs domain-wide delegation for https://mail.google.com/)",
 					server, acct.Mailbox, detail, acct.Mailbox, acct.Mailbox)}
 		}
-		return "", &loginFailure{result: localauth.ResultUpstreamRejected, reply: replyRejected, class: "auth", retry: true,
-			err: fmt.Errorf("imapproxy: upstream %s refused XOAUTH2 for user=%s: %s; check that the app registration has the delegated IMAP.AccessAsUser.All permission with consent (or IMAP.AccessAsApp plus an Exchange service principal for flow = \"app\"), that IMAP is enabled for the mailbox, and that the delegate has FullAccess on %s",
+		return "", &frontdoor.Failure{Kind: frontdoor.Rejected, Class: "auth", Retry: true,
+			Err: fmt.Errorf("imapproxy: upstream %s refused XOAUTH2 for user=%s: %s; check that the app registration has the delegated IMAP.AccessAsUser.All permission with consent (or IMAP.AccessAsApp plus an Exchange service principal for flow = \"app\"), that IMAP is enabled for the mailbox, and that the delegate has FullAccess on %s",
 				server, acct.Mailbox, detail, acct.Mailbox)}
 	}
 
@@ -305,15 +279,15 @@ func (u *upstream) login(acct *config.Account, tok string) (string, *loginFailur
 	}
 	if failed != "" {
 		if transient(failed) {
-			return "", &loginFailure{result: localauth.ResultTemporary, reply: replyTemporary, class: "protocol",
-				err: fmt.Errorf("imapproxy: upstream %s answered the post-login probe with %q; Exchange is throttling or unavailable", server, truncate(failed, 300))}
+			return "", &frontdoor.Failure{Kind: frontdoor.Temporary, Class: "protocol",
+				Err: fmt.Errorf("imapproxy: upstream %s answered the post-login probe with %q; Exchange is throttling or unavailable", server, truncate(failed, 300))}
 		}
 		who := acct.LoginHint()
 		if acct.Flow == config.FlowApp {
 			who = "<the app's service principal>"
 		}
-		return "", &loginFailure{result: localauth.ResultUpstreamRejected, reply: replyRejected, class: "auth",
-			err: fmt.Errorf("imapproxy: upstream %s accepted the token but answered the next command with %q: the signed-in user has no access to mailbox %s; grant FullAccess (Add-MailboxPermission -Identity %s -User %s -AccessRights FullAccess), check the account's mailbox (user=) and the signed-in user, and that IMAP is enabled for the mailbox",
+		return "", &frontdoor.Failure{Kind: frontdoor.Rejected, Class: "auth",
+			Err: fmt.Errorf("imapproxy: upstream %s accepted the token but answered the next command with %q: the signed-in user has no access to mailbox %s; grant FullAccess (Add-MailboxPermission -Identity %s -User %s -AccessRights FullAccess), check the account's mailbox (user=) and the signed-in user, and that IMAP is enabled for the mailbox",
 				server, truncate(failed, 300), acct.Mailbox, acct.Mailbox, who)}
 	}
 	if probeCaps == "" {

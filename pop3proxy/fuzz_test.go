@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/oauthbridge/oauthbridge/config"
-	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/tokens/tokenstest"
@@ -91,12 +90,12 @@ func FuzzSession(f *testing.F) {
 	cfg := parseConfig(f, testConfig{Upstream: stub.Addr, PreauthTimeout: "5s"})
 	var hit atomic.Value
 	srv := New(Options{
-		Config:   func() *config.Config { return cfg },
-		Auth:     localauth.New(cfg, localauth.Options{}),
-		Tokens:   tokenstest.StaticSource{"acct": goodToken},
-		Limiter:  &limiter.Limiter{},
-		Logger:   slog.New(panicFlag{&hit}),
-		Failures: frontdoor.Policy{FailureDelay: -1},
+		Config:       func() *config.Config { return cfg },
+		Auth:         localauth.New(cfg, localauth.Options{}),
+		Tokens:       tokenstest.StaticSource{"acct": goodToken},
+		Limiter:      &limiter.Limiter{},
+		Logger:       slog.New(panicFlag{&hit}),
+		FailureDelay: -1,
 	})
 	f.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -29,11 +29,12 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/oauthbridge/oauthbridge/config"
-	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/tokens"
 	"github.com/oauthbridge/oauthbridge/tokens/tokenstest"
+
+	"github.com/oauthbridge/oauthbridge/internal/transcript"
 )
 
 // Test fixtures shared by all tests, made once in TestMain.
@@ -311,12 +312,12 @@ func newEnv(t testing.TB, tc testConfig, eo envOptions) *env {
 		src = tokenstest.StaticSource{"acct": goodToken}
 	}
 	opts := Options{
-		Config:   func() *config.Config { return cfg },
-		Auth:     e.auth,
-		Tokens:   src,
-		Limiter:  e.lim,
-		Logger:   e.logs.logger(),
-		Failures: frontdoor.Policy{FailureDelay: 5 * time.Millisecond},
+		Config:       func() *config.Config { return cfg },
+		Auth:         e.auth,
+		Tokens:       src,
+		Limiter:      e.lim,
+		Logger:       e.logs.logger(),
+		FailureDelay: 5 * time.Millisecond,
 	}
 	if eo.loopback != nil {
 		lb := *eo.loopback
@@ -386,7 +387,7 @@ func (c *client) expect(pattern string) string {
 	if err != nil {
 		c.t.Fatalf("reading, want %q: %v (partial %q)", pattern, err, line)
 	}
-	if !match(pattern, line) {
+	if !transcript.Match(pattern, line) {
 		c.t.Fatalf("got %q, want %q", line, pattern)
 	}
 	return line
@@ -416,30 +417,6 @@ func (c *client) startTLS() {
 	}
 	c.conn = tc
 	c.br = bufio.NewReader(tc)
-}
-
-// match is a glob where only * is special (any run of characters), so
-// response codes in brackets need no escaping.
-func match(pattern, s string) bool {
-	parts := strings.Split(pattern, "*")
-	if len(parts) == 1 {
-		return pattern == s
-	}
-	if !strings.HasPrefix(s, parts[0]) {
-		return false
-	}
-	s = s[len(parts[0]):]
-	for i, p := range parts[1:] {
-		if i == len(parts)-2 {
-			return strings.HasSuffix(s, p)
-		}
-		j := strings.Index(s, p)
-		if j < 0 {
-			return false
-		}
-		s = s[j+len(p):]
-	}
-	return true
 }
 
 func plainIR(authz, user, pass string) string {
@@ -504,12 +481,6 @@ func (s *stubUpstream) Deliver(uid string, data []byte) {
 	s.mu.Lock()
 	s.msgs = append(s.msgs, stubMsg{uid: uid, data: data})
 	s.mu.Unlock()
-}
-
-func (s *stubUpstream) count() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.msgs)
 }
 
 func (s *stubUpstream) accept() {

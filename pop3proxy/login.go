@@ -7,81 +7,43 @@ import (
 	"time"
 
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
-	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/internal/splice"
-	"github.com/oauthbridge/oauthbridge/tokens"
 )
 
-// login checks the local credentials, logs in upstream and, on success,
-// splices until the session ends. It writes exactly one audit line and
-// reports whether the connection is finished.
+// login runs the front door's login pipeline (local credentials, account,
+// per-account slot) and on success continues in loggedIn. It writes exactly
+// one audit line and reports whether the connection is finished.
 func (c *session) login(ctx context.Context, user, pass string) bool {
 	at := localauth.Attempt{Proto: "pop3", User: user, Remote: c.remote}
-
-	u, err := c.srv.opts.Auth.Check(ctx, user, pass, c.remote)
-	if err == nil {
-		// Check's user table may predate this connection's snapshot; the
-		// snapshot decides which account the user maps to.
-		if cu := c.cfg.UserByName[u.Name]; cu != nil && cu.Account != nil {
-			u = cu
-		} else {
-			err = fmt.Errorf("pop3proxy: user %q is not in the current configuration: %w", user, localauth.ErrInvalid)
-		}
+	g, f := c.srv.gate.Login(ctx, c.cfg, user, pass, c.remote)
+	if f != nil {
+		return c.loginFailed(ctx, &at, f)
 	}
-	if err != nil {
-		if ctx.Err() != nil {
-			return true
-		}
-		f := frontdoor.Classify(err)
-		at.Result, at.Err = f.Kind.String(), err
-		localauth.Audit(c.audit, at)
-		hangUp, werr := c.fails.Failed(ctx)
-		if werr != nil {
-			return true
-		}
-		if hangUp {
-			c.closeWith(failureReply(f.Kind))
-			return true
-		}
-		return c.reply(failureReply(f.Kind)) != nil
-	}
+	defer g.Release()
+	return c.loggedIn(ctx, &at, g)
+}
 
-	acct := u.Account
+// loggedIn runs once the local login succeeded: g is the account, its
+// connection slot and its token source. It logs in upstream with XOAUTH2
+// and splices until the session ends.
+func (c *session) loggedIn(ctx context.Context, at *localauth.Attempt, g *frontdoor.Grant) bool {
+	acct := g.Account
 	at.Account, at.Mailbox = acct.Name, acct.Mailbox
-	log := c.log.With("user", user, "account", acct.Name, "mailbox", acct.Mailbox, "upstream", acct.Provider.POP3Server)
+	log := c.log.With("user", at.User, "account", acct.Name, "mailbox", acct.Mailbox, "upstream", acct.Provider.POP3Server)
 
-	release, err := c.srv.opts.Limiter.Acquire(ctx, "mail:"+acct.Name, acct.MaxConnections, c.lim.ConnectionWait)
-	if err != nil {
-		if errors.Is(err, limiter.ErrLimit) {
-			metrics.UpstreamErrors.WithLabelValues("pop3", "limit").Inc()
-		}
-		at.Result, at.Err = localauth.ResultUnavailable, fmt.Errorf("pop3proxy: account %q has %d connections (max_connections): %w", acct.Name, acct.MaxConnections, err)
-		localauth.Audit(c.audit, at)
-		c.closeWith(replyInUse)
-		return true
-	}
-	defer release()
-
-	up, err := c.srv.connectUpstream(ctx, log, acct, c.lim.UpstreamTimeout)
-	if err != nil {
-		reply := c.failure(err, &at)
-		localauth.Audit(c.audit, at)
-		c.closeWith(reply)
-		return true
+	up, f := c.srv.connectUpstream(ctx, log, g, c.lim.UpstreamTimeout)
+	if f != nil {
+		return c.loginFailed(ctx, at, f)
 	}
 	// A login that completes during a drain is refused like in every proxy.
 	if err := c.fs.BeginSplice(); err != nil {
 		up.conn.Close()
-		at.Result, at.Err = localauth.ResultTemporary, fmt.Errorf("pop3proxy: login completed during shutdown: %w", err)
-		localauth.Audit(c.audit, at)
-		c.closeWith(replyShutdown)
-		return true
+		return c.loginFailed(ctx, at, &frontdoor.Failure{Kind: frontdoor.Stopping, Err: fmt.Errorf("pop3proxy: login completed during shutdown: %w", err)})
 	}
 
 	at.Result = localauth.ResultOK
-	localauth.Audit(c.audit, at)
+	localauth.Audit(c.audit, c.srv.m, *at)
 	if err := c.reply(replyLoggedIn); err != nil {
 		up.conn.Close()
 		return true
@@ -92,55 +54,93 @@ func (c *session) login(ctx context.Context, user, pass string) bool {
 	cbr, ubr := c.br, up.br
 	c.br, up.br = nil, nil
 	st := splice.Run(ctx, c.conn, cbr, up.conn, ubr, c.lim.IdleTimeout)
-	metrics.BytesRelayed.WithLabelValues("pop3", "up").Add(float64(st.Up))
-	metrics.BytesRelayed.WithLabelValues("pop3", "down").Add(float64(st.Down))
+	c.srv.m.BytesRelayed.WithLabelValues("pop3", "up").Add(float64(st.Up))
+	c.srv.m.BytesRelayed.WithLabelValues("pop3", "down").Add(float64(st.Down))
 	log.Info("session closed", "bytes_in", st.Up, "bytes_out", st.Down, "duration", time.Since(c.start).Round(time.Millisecond).String())
 	return true
 }
 
-// failureReply is the one mapping from a failed local login to POP3's
-// wire text: only a checked wrong password is [AUTH].
-func failureReply(k frontdoor.Kind) string {
-	switch k {
+// loginFailed writes the attempt's audit line and answers a failed login:
+// a local failure goes through the per-connection failure policy, any
+// later one closes the connection after its reply.
+func (c *session) loginFailed(ctx context.Context, at *localauth.Attempt, f *frontdoor.Failure) bool {
+	if err := ctx.Err(); err != nil { // shutdown gave up on this session
+		at.Result, at.Err = localauth.ResultError, fmt.Errorf("pop3proxy: login aborted by shutdown: %w (%v)", err, f)
+		localauth.Audit(c.audit, c.srv.m, *at)
+		return true
+	}
+	if f.Class != "" {
+		c.srv.m.UpstreamErrors.WithLabelValues("pop3", f.Class).Inc()
+	}
+	if f.Account != "" && at.Account == "" {
+		at.Account = f.Account
+	}
+	at.Result, at.Err = f.Kind.String(), f.Err
+	localauth.Audit(c.audit, c.srv.m, *at)
+	if !f.Kind.Local() {
+		c.closeWith(failureReply(f))
+		return true
+	}
+	hangUp, werr := c.fails.Failed(ctx)
+	if werr != nil {
+		return true
+	}
+	if hangUp {
+		c.closeWith(failureReply(f))
+		return true
+	}
+	return c.reply(failureReply(f)) != nil
+}
+
+// failureReply is the one mapping from a failed login to POP3's wire text:
+// only a checked wrong password (and the upstream refusing the bridge's
+// token for this mailbox) is [AUTH]; everything temporary is [SYS/TEMP].
+func failureReply(f *frontdoor.Failure) string {
+	switch f.Kind {
 	case frontdoor.BadCredentials:
 		return replyInvalidCreds
 	case frontdoor.Throttled:
 		return replyThrottled
-	}
-	return replyBusy
-}
-
-// failure maps a token or upstream error to the client's reply and fills
-// the audit attempt.
-func (c *session) failure(err error, at *localauth.Attempt) string {
-	at.Err = err
-	var te *tokens.Error
-	var ue *upstreamError
-	switch {
-	case errors.As(err, &te):
-		switch te.Kind {
-		case tokens.NeedsLogin:
-			at.Result = localauth.ResultNeedsLogin
-			return fmt.Sprintf("-ERR [SYS/PERM] mailbox needs re-authorisation: run 'oauthbridge login %s'", at.Account)
-		case tokens.Failing:
-			at.Result = localauth.ResultFailing
-			return replyFailing
-		}
-		at.Result = localauth.ResultTemporary
-		return replyTemporary
-	case errors.As(err, &ue) && ue.Class == classAuth:
-		at.Result = localauth.ResultUpstreamRejected
-		if ue.Google {
-			at.Err = fmt.Errorf("%w; hint: Gmail refused the token for %s: check that POP is on for the account (Gmail settings > Forwarding and POP/IMAP; for Workspace also the Admin console) and that the token is the mailbox's own (a service account needs domain-wide delegation for https://mail.google.com/)", err, at.Mailbox)
+	case frontdoor.Busy:
+		return replyBusy
+	case frontdoor.AccountBusy:
+		return replyInUse
+	case frontdoor.NeedsLogin:
+		return fmt.Sprintf("-ERR [SYS/PERM] mailbox needs re-authorisation: run 'oauthbridge login %s'", f.Account)
+	case frontdoor.Failing:
+		return replyFailing
+	case frontdoor.Rejected:
+		if f.Google {
 			return replyRejectedGoogle
 		}
-		at.Err = fmt.Errorf("%w; hint: %s", err, rejectHint(at.Mailbox))
 		return replyRejected
+	case frontdoor.Stopping:
+		return replyShutdown
 	}
-	// Network, TLS, timeouts, an unexpected greeting, or an error from a
-	// token source that is not *tokens.Error: all may pass by themselves.
-	at.Result = localauth.ResultTemporary
+	// Temporary, Unreachable: network, TLS, timeouts, an unexpected
+	// greeting, a token endpoint in trouble; all may pass by themselves.
 	return replyTemporary
+}
+
+// upstreamFailure turns a failed upstream login into the front door's
+// Failure.
+func upstreamFailure(account, mailbox string, err error) *frontdoor.Failure {
+	f := &frontdoor.Failure{Kind: frontdoor.Temporary, Err: err, Account: account}
+	var ue *upstreamError
+	if errors.As(err, &ue) {
+		switch ue.Class {
+		case classAuth:
+			f.Kind = frontdoor.Rejected
+			f.Err = fmt.Errorf("%w; hint: %s", err, rejectHint(mailbox))
+			if ue.Google {
+				f.Google = true
+				f.Err = fmt.Errorf("%w; hint: Gmail refused the token for %s: check that POP is on for the account (Gmail settings > Forwarding and POP/IMAP; for Workspace also the Admin console) and that the token is the mailbox's own (a service account needs domain-wide delegation for https://mail.google.com/)", err, mailbox)
+			}
+		case classDial, classTimeout:
+			f.Kind = frontdoor.Unreachable
+		}
+	}
+	return f
 }
 
 func rejectHint(mailbox string) string {

@@ -7,11 +7,14 @@ import (
 	"net"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/internal/logging"
+	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
 
@@ -37,20 +40,24 @@ type Options struct {
 	// connection, so a reload applies to the next connection.
 	Config func() *config.Config
 	// Auth checks local user names and passwords.
-	Auth *localauth.Authenticator
+	Auth PasswordChecker
 	// Tokens hands out access tokens per account.
 	Tokens tokens.Source
 	// Limiter caps upstream connections per account. It must be the one the
 	// IMAP proxy uses too: Exchange counts IMAP and POP3 against the same
 	// mailbox. Key "mail:"+account.
-	Limiter *limiter.Limiter
+	Limiter SlotLimiter
 	// Logger receives connection and audit lines; nil discards them.
 	Logger *slog.Logger
+	// Registerer receives the oauthbridge_* metrics (the daemon passes one
+	// registry to every component); nil: a private registry.
+	Registerer prometheus.Registerer
 
-	// Failures is the per-connection failure policy shared with IMAP and
-	// SMTP (delay before each failed login's -ERR, close after a few); zero
-	// values take frontdoor's defaults.
-	Failures frontdoor.Policy
+	// FailureDelay is how long the reply to a failed login waits (0:
+	// 1 s, negative: none); MaxFailures failed logins
+	// end the connection (0: 3). IMAP, POP3 and SMTP apply the same policy.
+	FailureDelay time.Duration
+	MaxFailures  int
 	// IsLoopback decides whether a peer is on this host, where a password may
 	// cross without TLS. nil uses localauth.IsLoopback.
 	IsLoopback func(net.Addr) bool
@@ -59,9 +66,12 @@ type Options struct {
 // Server is a POP3 front end that authenticates locally and splices to the
 // account's Microsoft 365 mailbox.
 type Server struct {
-	opts Options
-	fd   *frontdoor.Server
-	base context.Context // cancelled when Shutdown gives up waiting
+	opts     Options
+	m        *metrics.Metrics
+	fd       *frontdoor.Server
+	gate     *frontdoor.Gate
+	failures frontdoor.Policy
+	base     context.Context // cancelled when Shutdown gives up waiting
 }
 
 // New returns a Server; call Serve or ServeConn to use it. A nil Limiter
@@ -70,17 +80,26 @@ func New(opts Options) *Server {
 	if opts.Logger == nil {
 		opts.Logger = logging.Discard
 	}
-	opts.Failures = opts.Failures.Resolved()
 	if opts.IsLoopback == nil {
 		opts.IsLoopback = localauth.IsLoopback
 	}
 	if opts.Limiter == nil {
 		opts.Limiter = &limiter.Limiter{}
 	}
-	s := &Server{opts: opts}
+	s := &Server{opts: opts, failures: frontdoor.Policy{FailureDelay: opts.FailureDelay, MaxFailures: opts.MaxFailures}.Resolved()}
+	s.gate = &frontdoor.Gate{
+		Auth: opts.Auth, Tokens: opts.Tokens, Limiter: opts.Limiter,
+		// The slot is shared with IMAP: max_connections counts both.
+		Slot: func(l *frontdoor.Login) frontdoor.Slot {
+			return frontdoor.Slot{Key: "mail:" + l.Account.Name, Max: l.Account.MaxConnections, Wait: l.Config.POP3.Limits.ConnectionWait}
+		},
+		TokenTimeout: func(l *frontdoor.Login) time.Duration { return l.Config.POP3.Limits.UpstreamTimeout },
+	}
+	s.m = metrics.New(opts.Registerer)
 	s.fd = frontdoor.New(frontdoor.Options{
-		Proto:  "pop3",
-		Logger: opts.Logger,
+		Metrics: s.m,
+		Proto:   "pop3",
+		Logger:  opts.Logger,
 		Limits: func() frontdoor.Limits {
 			cfg := s.opts.Config()
 			return frontdoor.Limits{

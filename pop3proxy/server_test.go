@@ -241,7 +241,7 @@ func TestIdleTimeoutAfterLogin(t *testing.T) {
 func TestFailureDelay(t *testing.T) {
 	stub := startStub(t)
 	e := newEnv(t, testConfig{Upstream: stub.Addr}, envOptions{})
-	e.srv.opts.Failures.FailureDelay = 150 * time.Millisecond
+	e.srv.failures.FailureDelay = 150 * time.Millisecond
 	c := e.pipe()
 	c.expect("+OK*")
 	c.send("USER " + testUser)

@@ -91,7 +91,7 @@ func newSession(s *Server, fs *frontdoor.Session) *session {
 		br:     bufio.NewReader(conn),
 		tls:    fs.TLS(),
 		remote: localauth.RemoteIP(conn.RemoteAddr()),
-		fails:  s.opts.Failures.Conn(),
+		fails:  s.failures.Conn(),
 	}
 }
 
@@ -161,10 +161,9 @@ func parseCommand(line string) (cmd, arg string) {
 	return strings.ToUpper(cmd), arg
 }
 
-// canAuth reports whether passwords may be taken on this connection:
-// over TLS, from this host, or where the administrator allowed plaintext.
+// canAuth applies the front door's plaintext-password rule.
 func (c *session) canAuth() bool {
-	return c.tls || c.srv.opts.IsLoopback(c.raw.RemoteAddr()) || c.cfg.POP3.AllowInsecureAuth
+	return frontdoor.PlaintextAllowed(c.tls, c.raw.RemoteAddr(), c.cfg.POP3.AllowInsecureAuth, c.srv.opts.IsLoopback)
 }
 
 func (c *session) tlsRequired() string {

@@ -3,27 +3,20 @@ package pop3proxy
 import (
 	"context"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/oauthbridge/oauthbridge/internal/transcript"
 	"github.com/oauthbridge/oauthbridge/tokens"
 	"github.com/oauthbridge/oauthbridge/tokens/tokenstest"
 )
 
-// TestTranscripts replays testdata/*.txt over net.Pipe against a stub
-// upstream. Format:
-//
-//	# comment
-//	! directive [value]   set-up, before the first C:/S: line
-//	C: line               client sends line + CRLF; "C: <STARTTLS>" runs the TLS handshake
-//	W: "go string"        client writes the unquoted bytes as they are (pipelining)
-//	S: pattern            server line; * matches any run of characters
-//	S: <EOF>              server closed the connection
-//	A: result             the next audit line's result (checked at the end, in order)
+// TestTranscripts replays testdata/*.txt (the format of internal/transcript)
+// over net.Pipe against a stub upstream. "C: <STARTTLS>" runs the client's
+// TLS handshake; A: notes are the audit results, in order.
 //
 // Directives: tls, loopback false, allow_insecure_auth, token
 // good|bad|stale|needs_login|failing|temporary, upstream down|challenge|greeting-err,
@@ -37,33 +30,25 @@ func TestTranscripts(t *testing.T) {
 	for _, f := range files {
 		t.Run(strings.TrimSuffix(filepath.Base(f), ".txt"), func(t *testing.T) {
 			t.Parallel()
-			src, err := os.ReadFile(f)
+			sc, err := transcript.ParseFile(f)
 			if err != nil {
 				t.Fatal(err)
 			}
-			runTranscript(t, string(src))
+			runTranscript(t, sc)
 		})
 	}
 }
 
-func runTranscript(t *testing.T, src string) {
-	lines := strings.Split(strings.ReplaceAll(src, "\r\n", "\n"), "\n")
+func runTranscript(t *testing.T, sc *transcript.Script) {
 	stub := startStub(t)
 	tc := testConfig{Upstream: stub.Addr, PreauthTimeout: "5s", ConnectionWait: "20ms", UpstreamTimeout: "5s"}
 	var eo envOptions
 	var limitFull bool
-	var wantAudits []string
 
-	i := 0
-	for ; i < len(lines); i++ {
-		l := strings.TrimSpace(lines[i])
-		if l == "" || strings.HasPrefix(l, "#") {
-			continue
-		}
-		if !strings.HasPrefix(l, "!") {
-			break
-		}
-		f := strings.Fields(strings.TrimPrefix(l, "!"))
+	for _, d := range sc.Directives {
+		i := d.Line - 1
+		f := d.Args
+
 		arg := ""
 		if len(f) > 1 {
 			arg = f[1]
@@ -126,8 +111,7 @@ func runTranscript(t *testing.T, src string) {
 		case "max_connections":
 			tc.MaxConnections, _ = strconv.Atoi(arg)
 		case "deliver":
-			_, text, _ := strings.Cut(strings.TrimSpace(strings.TrimPrefix(l, "!")), " ")
-			uid, body, _ := strings.Cut(text, " ")
+			uid, body, _ := strings.Cut(d.Rest, " ")
 			stub.Deliver(uid, []byte(strings.ReplaceAll(body, `\r\n`, "\r\n")))
 		default:
 			t.Fatalf("line %d: unknown directive %q", i+1, f[0])
@@ -143,53 +127,23 @@ func runTranscript(t *testing.T, src string) {
 		defer release()
 	}
 	c := e.pipe()
-	for ; i < len(lines); i++ {
-		l := lines[i]
-		if strings.TrimSpace(l) == "" || strings.HasPrefix(l, "#") {
-			continue
-		}
-		kind, rest, ok := strings.Cut(l, ": ")
-		if !ok {
-			kind, rest = strings.TrimSuffix(l, ":"), ""
-		}
-		switch kind {
-		case "C":
-			if rest == "<STARTTLS>" {
-				c.startTLS()
-			} else {
-				c.send(rest)
-			}
-		case "W":
-			s, err := strconv.Unquote(rest)
-			if err != nil {
-				t.Fatalf("line %d: W: needs a quoted string: %v", i+1, err)
-			}
-			c.write(s)
-		case "S":
-			if rest == "<EOF>" {
-				c.expectEOF()
-			} else {
-				line, err := c.readLine()
-				if err != nil {
-					t.Fatalf("line %d: reading, want %q: %v (partial %q)", i+1, rest, err, line)
-				}
-				if !match(rest, line) {
-					t.Fatalf("line %d: got %q, want %q", i+1, line, rest)
-				}
-			}
-		case "A":
-			wantAudits = append(wantAudits, rest)
-		default:
-			t.Fatalf("line %d: unknown line kind %q", i+1, kind)
-		}
-	}
+	sc.Run(t, clientConn{c}, transcript.Hooks{Actions: map[string]func() error{
+		"STARTTLS": func() error { c.startTLS(); return nil },
+	}})
 	// Close the client, then wait for the session to end so every audit
 	// line has been written.
 	c.conn.Close()
 	if err := e.srv.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if got := e.logs.audits(); !slices.Equal(got, wantAudits) {
-		t.Errorf("audit results = %q, want %q", got, wantAudits)
+	if got, want := e.logs.audits(), sc.Notes["A"]; !slices.Equal(got, want) {
+		t.Errorf("audit results = %q, want %q", got, want)
 	}
 }
+
+// clientConn adapts client to transcript.Conn.
+type clientConn struct{ c *client }
+
+func (cc clientConn) Write(s string) error { cc.c.write(s); return nil }
+
+func (cc clientConn) ReadLine() (string, error) { return cc.c.readLine() }

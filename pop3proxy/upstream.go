@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/oauthbridge/oauthbridge/config"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
+	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
 
@@ -73,13 +73,12 @@ type upstream struct {
 // connectUpstream gets a token and logs in to the account's POP3 server.
 // When the server refuses the token it tells the token source and tries
 // once more with a fresh one (the token may have been revoked early).
-func (s *Server) connectUpstream(ctx context.Context, log *slog.Logger, acct *config.Account, timeout time.Duration) (*upstream, error) {
+func (s *Server) connectUpstream(ctx context.Context, log *slog.Logger, g *frontdoor.Grant, timeout time.Duration) (*upstream, *frontdoor.Failure) {
+	acct := g.Account
 	for attempt := 1; ; attempt++ {
-		tctx, cancel := context.WithTimeout(ctx, timeout)
-		tok, err := s.opts.Tokens.AccessToken(tctx, acct.Name)
-		cancel()
-		if err != nil {
-			return nil, err
+		tok, f := g.Token(ctx)
+		if f != nil {
+			return nil, f
 		}
 		uctx, cancel := context.WithTimeout(ctx, timeout)
 		up, err := dialXOAUTH2(uctx, acct, tok)
@@ -89,16 +88,16 @@ func (s *Server) connectUpstream(ctx context.Context, log *slog.Logger, acct *co
 		}
 		var ue *upstreamError
 		if errors.As(err, &ue) {
-			metrics.UpstreamErrors.WithLabelValues("pop3", ue.Class).Inc()
+			s.m.UpstreamErrors.WithLabelValues("pop3", ue.Class).Inc()
 			if ue.Class == classAuth && ue.TokenSent {
-				s.opts.Tokens.Rejected(acct.Name, tok)
+				g.Rejected(tok)
 				if attempt == 1 && ctx.Err() == nil {
 					log.Warn("upstream refused the token; retrying with a fresh one", "error", err)
 					continue
 				}
 			}
 		}
-		return nil, err
+		return nil, upstreamFailure(acct.Name, acct.Mailbox, err)
 	}
 }
 

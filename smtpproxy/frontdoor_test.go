@@ -5,35 +5,31 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/base64"
+	"errors"
 	"net"
 	"net/textproto"
 	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/emersion/go-smtp"
 )
 
 // An AUTH that succeeds while the bridge drains is refused with 421 4.3.2,
 // as IMAP and POP3 refuse such a login.
 func TestLoginDuringDrainRefused(t *testing.T) {
-	var armed atomic.Bool
 	entered := make(chan struct{}, 1)
 	gate := make(chan struct{})
 	ms := startStubMS(t)
-	br := startBridge(t, ms.addr, bridgeOpts{wrapConfig: func(next func() *config.Config) func() *config.Config {
-		return func() *config.Config {
-			if armed.CompareAndSwap(true, false) {
-				entered <- struct{}{}
-				<-gate
-			}
-			return next()
-		}
-	}})
+	br := startBridge(t, ms.addr, bridgeOpts{})
+	// Hold the login between the password check and the drain check.
+	br.srv.afterCheck = func() {
+		entered <- struct{}{}
+		<-gate
+	}
 	conn, err := net.Dial("tcp", br.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -55,8 +51,6 @@ func TestLoginDuringDrainRefused(t *testing.T) {
 	expect(334, "VXNlcm5hbWU6")
 	tp.PrintfLine("%s", base64.StdEncoding.EncodeToString([]byte("otrs")))
 	expect(334, "UGFzc3dvcmQ6")
-	// The next Config() call is the login's, after the password check.
-	armed.Store(true)
 	tp.PrintfLine("%s", base64.StdEncoding.EncodeToString([]byte(testPassword)))
 	<-entered
 	res := make(chan error, 1)
@@ -138,5 +132,50 @@ func TestAcceptSurvivesENOBUFS(t *testing.T) {
 	br.srv.Shutdown(ctx)
 	if err := <-served; err != ErrServerClosed {
 		t.Errorf("Serve() = %v, want ErrServerClosed", err)
+	}
+}
+
+// An idle session when the drain starts ends with the bridge's own 421
+// "shutting down" (what the refusal of a new connection says), not
+// go-smtp's "Idle timeout" text, which would send the admin looking for a
+// timeout.
+func TestIdleSessionDrainText(t *testing.T) {
+	ms := startStubMS(t)
+	br := startBridge(t, ms.addr, bridgeOpts{})
+	tp, _ := smtpDial(t, br.addr)
+	ehlo(t, tp)
+	res := make(chan error, 1)
+	go func() { res <- br.srv.Shutdown(context.Background()) }()
+	code, msg, err := tp.ReadResponse(421)
+	if err != nil || !strings.Contains(msg, "Server shutting down") || strings.Contains(msg, "Idle timeout") {
+		t.Fatalf("idle session at drain got %d %q, %v; want 421 4.3.2 Server shutting down", code, msg, err)
+	}
+	if err := <-res; err != nil {
+		t.Errorf("Shutdown() = %v", err)
+	}
+}
+
+// The same through STARTTLS: the 421 goes through the session's TLS.
+func TestIdleSessionDrainTextSTARTTLS(t *testing.T) {
+	ms := startStubMS(t)
+	br := startBridge(t, ms.addr, bridgeOpts{})
+	c, err := smtp.DialStartTLS(br.addr, &tls.Config{RootCAs: getPKI(t).pool, ServerName: "127.0.0.1"})
+	if err != nil {
+		t.Fatalf("DialStartTLS() = %v", err)
+	}
+	defer c.Close()
+	if err := c.Noop(); err != nil {
+		t.Fatal(err)
+	}
+	res := make(chan error, 1)
+	go func() { res <- br.srv.Shutdown(context.Background()) }()
+	waitFor(t, "idle session closed", func() bool { return br.srv.ActiveSessions() == 0 })
+	err = c.Noop()
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) || se.Code != 421 || se.EnhancedCode != (smtp.EnhancedCode{4, 3, 2}) {
+		t.Fatalf("Noop() after the drain over STARTTLS = %v, want 421 4.3.2", err)
+	}
+	if err := <-res; err != nil {
+		t.Errorf("Shutdown() = %v", err)
 	}
 }

@@ -18,8 +18,8 @@ import (
 
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/graph"
+	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
 
@@ -166,8 +166,8 @@ func (s *Server) switchToGraph(sess *session, se *smtp.SMTPError) string {
 		sess.log.Warn("send_via = auto: switching this account to Microsoft Graph because Microsoft 365 refused SMTP AUTH; the message is sent through Graph, and SMTP is tried again later",
 			"reason", codeString(se), "recheck_in", recheck.String(),
 			"fix", fmt.Sprintf("none needed; to use SMTP again an Exchange administrator runs 'Set-CASMailbox -Identity %s -SmtpClientAuthenticationDisabled $false' (or tenant-wide Set-TransportConfig)", a.Mailbox))
-		metrics.SendPathSwitches.WithLabelValues(a.Name, "graph").Inc()
-		metrics.SetSendPath(a.Name, "graph")
+		s.m.SendPathSwitches.WithLabelValues(a.Name, "graph").Inc()
+		s.m.SetSendPath(a.Name, "graph")
 		if ps, ok := s.opts.Tokens.(sendPathSetter); ok {
 			ps.SetSendPath(a.Name, "graph", reason)
 		}
@@ -193,8 +193,8 @@ func (s *Server) smtpWorks(sess *session) {
 	s.gb.mu.Unlock()
 	if back {
 		sess.log.Info("send_via = auto: SMTP AUTH works again for this account; back on SMTP")
-		metrics.SendPathSwitches.WithLabelValues(a.Name, "smtp").Inc()
-		metrics.SetSendPath(a.Name, "smtp")
+		s.m.SendPathSwitches.WithLabelValues(a.Name, "smtp").Inc()
+		s.m.SetSendPath(a.Name, "smtp")
 		if ps, ok := s.opts.Tokens.(sendPathSetter); ok {
 			ps.SetSendPath(a.Name, "smtp", "SMTP AUTH works again")
 		}
@@ -206,7 +206,7 @@ func (s *Server) smtpWorks(sess *session) {
 // (454) as on the SMTP path.
 func (s *session) graphMail(why string) error {
 	if _, werr := s.graphToken(s.log); werr != nil {
-		metrics.SMTPMessages.WithLabelValues("failed").Inc()
+		s.srv.m.SMTPMessages.WithLabelValues("failed").Inc()
 		return werr
 	}
 	s.gtx = &graphTx{why: why}
@@ -217,7 +217,7 @@ func (s *session) graphToken(log *slog.Logger) (string, *smtp.SMTPError) {
 	src := s.srv.graphTokens()
 	if src == nil {
 		log.Error("this account sends through Microsoft Graph, but the bridge has no Graph token source; this is a bug or a wiring problem")
-		return "", errTokenFailing
+		return "", failureReply(&frontdoor.Failure{Kind: frontdoor.Failing}, false)
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.limits().UpstreamTimeout)
 	defer cancel()
@@ -268,7 +268,7 @@ func (s *session) graphData(r io.Reader) error {
 	f, err := s.spool()
 	if err != nil {
 		io.Copy(io.Discard, r)
-		metrics.SMTPMessages.WithLabelValues("failed").Inc()
+		s.srv.m.SMTPMessages.WithLabelValues("failed").Inc()
 		s.log.Error("cannot create the spool file for the Graph path; client told to retry", "error", err.Error())
 		return errSpool
 	}
@@ -281,7 +281,7 @@ func (s *session) graphData(r io.Reader) error {
 	n, err := io.Copy(f, src)
 	s.bytesIn += n
 	if err != nil {
-		metrics.SMTPMessages.WithLabelValues("failed").Inc()
+		s.srv.m.SMTPMessages.WithLabelValues("failed").Inc()
 		switch {
 		case errors.Is(src.err, smtp.ErrDataTooLarge):
 			s.log.Warn("message too large, not delivered", "from", s.from, "bytes_in", n, "limit", lim.MaxMessageBytes)
@@ -299,12 +299,12 @@ func (s *session) graphData(r io.Reader) error {
 		s.log.Info("bare CR or LF in the message normalised to CRLF", "from", s.from, "count", norm.fixed)
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		metrics.SMTPMessages.WithLabelValues("failed").Inc()
+		s.srv.m.SMTPMessages.WithLabelValues("failed").Inc()
 		return errSpool
 	}
 	rh, err := fitRecipients(f, tx.rcpts)
 	if err != nil {
-		metrics.SMTPMessages.WithLabelValues("refused").Inc()
+		s.srv.m.SMTPMessages.WithLabelValues("refused").Inc()
 		s.log.Warn("message refused on the Graph path", "from", s.from, "error", err.Error())
 		if errors.Is(err, errHeaderTooLarge) {
 			return errHeaderTooBig
@@ -320,8 +320,8 @@ func (s *session) graphData(r io.Reader) error {
 	mbKey := "graph:" + strings.ToLower(s.account.Mailbox)
 	release, err := s.srv.gb.limiter.Acquire(s.ctx, mbKey, config.DefaultGraphConcurrency, lim.ConnectionWait)
 	if err != nil {
-		metrics.SMTPMessages.WithLabelValues("failed").Inc()
-		metrics.UpstreamErrors.WithLabelValues("graph", "limit").Inc()
+		s.srv.m.SMTPMessages.WithLabelValues("failed").Inc()
+		s.srv.m.UpstreamErrors.WithLabelValues("graph", "limit").Inc()
 		s.log.Warn("per-mailbox Microsoft Graph concurrency limit reached; client told to retry", "limit", config.DefaultGraphConcurrency)
 		return errGraphBusy
 	}
@@ -346,9 +346,9 @@ func (s *session) graphData(r io.Reader) error {
 		return s.graphFailure(method, err, n)
 	}
 	s.messages++
-	metrics.SMTPMessages.WithLabelValues("relayed").Inc()
-	metrics.GraphMessages.WithLabelValues(method, "sent").Inc()
-	metrics.BytesRelayed.WithLabelValues("smtp", "up").Add(float64(n))
+	s.srv.m.SMTPMessages.WithLabelValues("relayed").Inc()
+	s.srv.m.GraphMessages.WithLabelValues(method, "sent").Inc()
+	s.srv.m.BytesRelayed.WithLabelValues("smtp", "up").Add(float64(n))
 	s.log.Info("message sent through Microsoft Graph", "from", s.from, "rcpts", len(tx.rcpts), "bytes_in", n,
 		"method", method, "added_bcc", len(rh.added), "why", tx.why,
 		"duration", time.Since(start).Round(time.Millisecond).String())
@@ -411,25 +411,12 @@ func (m *spooled) open() (io.Reader, error) {
 	return io.MultiReader(strings.NewReader(string(m.header)), io.NewSectionReader(m.f, m.bodyOff, m.size-m.bodyOff)), nil
 }
 
-// tokenFailure maps a token error to the reply, as session.token does.
+// tokenFailure logs a Graph token error and maps it to the reply through
+// the front door's Failure, as session.token does.
 func (s *session) tokenFailure(log *slog.Logger, err error) *smtp.SMTPError {
-	acct := s.account.Name
-	attrs := []any{"error", err.Error(), "resource", "graph"}
-	var te *tokens.Error
-	if errors.As(err, &te) && te.AADSTS != 0 {
-		attrs = append(attrs, "aadsts", te.AADSTS)
-	}
-	switch tokens.KindOf(err) {
-	case tokens.NeedsLogin:
-		log.Error(fmt.Sprintf("no Microsoft Graph token for this account: run 'oauthbridge login %s' (after adding any missing Graph permission); mail is kept by the client (454) until then", acct), attrs...)
-		return errNeedsLogin(acct)
-	case tokens.Failing:
-		log.Error("cannot get a Microsoft Graph token: bridge or app registration configuration problem; mail is kept by the client (454)", attrs...)
-		return errTokenFailing
-	default:
-		log.Warn("Microsoft Graph token temporarily unavailable; client told to retry", attrs...)
-		return errTokenTemporary
-	}
+	f := frontdoor.TokenFailure(s.account.Name, err)
+	logTokenFailure(log, f, "graph")
+	return failureReply(f, false)
 }
 
 // graphFailure logs a failed Graph submission and returns the reply.
@@ -439,15 +426,15 @@ func (s *session) graphFailure(method string, err error, n int64) error {
 	log := s.log.With("from", s.from, "bytes_in", n, "method", method)
 	var te *tokens.Error
 	if errors.As(err, &te) {
-		metrics.SMTPMessages.WithLabelValues("failed").Inc()
-		metrics.GraphMessages.WithLabelValues(method, "failed").Inc()
+		s.srv.m.SMTPMessages.WithLabelValues("failed").Inc()
+		s.srv.m.GraphMessages.WithLabelValues(method, "failed").Inc()
 		return s.tokenFailure(log, err)
 	}
 	var tre *graph.TransportError
 	if errors.As(err, &tre) {
-		metrics.SMTPMessages.WithLabelValues("failed").Inc()
-		metrics.GraphMessages.WithLabelValues(method, "failed").Inc()
-		metrics.UpstreamErrors.WithLabelValues("graph", errorClass(err)).Inc()
+		s.srv.m.SMTPMessages.WithLabelValues("failed").Inc()
+		s.srv.m.GraphMessages.WithLabelValues(method, "failed").Inc()
+		s.srv.m.UpstreamErrors.WithLabelValues("graph", errorClass(err)).Inc()
 		if tre.Sent {
 			log.Warn("no answer from Microsoft Graph after the message was sent; the client will retry (possible duplicate)", "error", err.Error())
 		} else {
@@ -456,15 +443,15 @@ func (s *session) graphFailure(method string, err error, n int64) error {
 		return errGraphLost
 	}
 	if errors.Is(err, errTooLargeForGraph) || errors.Is(err, errCannotSplit) {
-		metrics.SMTPMessages.WithLabelValues("refused").Inc()
-		metrics.GraphMessages.WithLabelValues(method, "refused").Inc()
+		s.srv.m.SMTPMessages.WithLabelValues("refused").Inc()
+		s.srv.m.GraphMessages.WithLabelValues(method, "refused").Inc()
 		log.Warn("message cannot be sent through Microsoft Graph", "error", err.Error())
 		return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "message too large for Microsoft Graph: " + err.Error()}
 	}
 	ge, ok := graph.AsError(err)
 	if !ok {
-		metrics.SMTPMessages.WithLabelValues("failed").Inc()
-		metrics.GraphMessages.WithLabelValues(method, "failed").Inc()
+		s.srv.m.SMTPMessages.WithLabelValues("failed").Inc()
+		s.srv.m.GraphMessages.WithLabelValues(method, "failed").Inc()
 		log.Error("Microsoft Graph submission failed; client told to retry", "error", err.Error())
 		return errGraphLost
 	}
@@ -474,11 +461,11 @@ func (s *session) graphFailure(method string, err error, n int64) error {
 	if reply.Code/100 == 5 {
 		result = "refused"
 	}
-	metrics.SMTPMessages.WithLabelValues(result).Inc()
-	metrics.GraphMessages.WithLabelValues(method, result).Inc()
+	s.srv.m.SMTPMessages.WithLabelValues(result).Inc()
+	s.srv.m.GraphMessages.WithLabelValues(method, result).Inc()
 	switch {
 	case ge.Temporary():
-		metrics.UpstreamErrors.WithLabelValues("graph", "throttled").Inc()
+		s.srv.m.UpstreamErrors.WithLabelValues("graph", "throttled").Inc()
 		log.Warn("Microsoft Graph is throttling or unavailable; client told to retry", attrs...)
 	case ge.IsODataDisabled():
 		log.Error(fmt.Sprintf("Microsoft Graph refused access to %s: an application access policy or RBAC for Applications scope of the tenant excludes this mailbox. "+

@@ -21,7 +21,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/oauthbridge/oauthbridge/graph"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
 
@@ -720,7 +719,7 @@ func TestAutoFallsBackToGraphOn5_7_139(t *testing.T) {
 	ms.set(func(s *stubMS) {
 		s.authReply = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 139}, Message: "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant. Visit https://aka.ms/smtp_auth_disabled for more information."}
 	})
-	before := testutil.ToFloat64(metrics.SendPathSwitches.WithLabelValues("helpdesk", "graph"))
+	before := testutil.ToFloat64(br.srv.m.SendPathSwitches.WithLabelValues("helpdesk", "graph"))
 	c := loginClient(t, br.addr, "otrs")
 	// The message that hit 5.7.139 is sent through Graph in the same transaction.
 	if _, err := send(c, "helpdesk@contoso.com", []string{"bob@contoso.com"}, []byte("To: bob@contoso.com\r\nSubject: first\r\n\r\nx\r\n")); err != nil {
@@ -742,10 +741,10 @@ func TestAutoFallsBackToGraphOn5_7_139(t *testing.T) {
 	if strings.Count(logs, "switching this account to Microsoft Graph") != 1 || !strings.Contains(logs, "5.7.139") {
 		t.Errorf("switch not logged exactly once with the reason:\n%s", logs)
 	}
-	if got := testutil.ToFloat64(metrics.SendPathSwitches.WithLabelValues("helpdesk", "graph")) - before; got != 1 {
+	if got := testutil.ToFloat64(br.srv.m.SendPathSwitches.WithLabelValues("helpdesk", "graph")) - before; got != 1 {
 		t.Errorf("switch metric +%v", got)
 	}
-	if testutil.ToFloat64(metrics.SendPath.WithLabelValues("helpdesk", "graph")) != 1 {
+	if testutil.ToFloat64(br.srv.m.SendPath.WithLabelValues("helpdesk", "graph")) != 1 {
 		t.Error("send path gauge not graph")
 	}
 }

@@ -411,7 +411,6 @@ func testHash() string {
 type bridgeOpts struct {
 	smtpExtra    string // inside smtp { }
 	accountExtra string // inside account "helpdesk" { }
-	upstreamAddr string // default: the stub's
 	caFile       string // default: the test CA
 	noTLS        bool   // no tls block (no STARTTLS)
 	remote       net.Addr
@@ -534,13 +533,14 @@ func startBridge(t testing.TB, upstreamAddr string, o bridgeOpts) *bridge {
 		failures = *o.failures
 	}
 	b.srv = New(Options{
-		Config:      current,
-		Auth:        localauth.New(cfg, o.auth),
-		Tokens:      src,
-		Limiter:     &limiter.Limiter{},
-		GraphTokens: o.graphTokens,
-		Logger:      slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Failures:    failures,
+		Config:       current,
+		Auth:         localauth.New(cfg, o.auth),
+		Tokens:       src,
+		Limiter:      &limiter.Limiter{},
+		GraphTokens:  o.graphTokens,
+		Logger:       slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		FailureDelay: failures.FailureDelay,
+		MaxFailures:  failures.MaxFailures,
 	})
 	b.srv.noBDAT = o.noBDAT
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -16,11 +16,13 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
-	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/internal/logging"
+	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
 
@@ -41,15 +43,19 @@ const (
 // Options configure a Server. Config, Auth and Tokens are required.
 type Options struct {
 	Config  func() *config.Config // current configuration snapshot (reload); read per session
-	Auth    *localauth.Authenticator
-	Tokens  tokens.Source    // AccessToken(ctx, account) / Rejected(account, tok)
-	Limiter *limiter.Limiter // key "smtp:"+account; nil = a private limiter
-	Logger  *slog.Logger     // nil = discard
+	Auth    PasswordChecker
+	Tokens  tokens.Source // AccessToken(ctx, account) / Rejected(account, tok)
+	Limiter SlotLimiter   // key "smtp:"+account; nil = a private limiter
+	Logger  *slog.Logger  // nil = discard
+	// Registerer receives the oauthbridge_* metrics (the daemon passes one
+	// registry to every component); nil: a private registry.
+	Registerer prometheus.Registerer
 
-	// Failures is the per-connection failure policy shared with IMAP and
-	// POP3 (delay before each failed AUTH's reply, disconnect after a few);
-	// zero values take frontdoor's defaults.
-	Failures frontdoor.Policy
+	// FailureDelay is how long the reply to a failed login waits (0:
+	// 1 s, negative: none); MaxFailures failed logins
+	// end the connection (0: 3). IMAP, POP3 and SMTP apply the same policy.
+	FailureDelay time.Duration
+	MaxFailures  int
 	// GraphTokens serves Microsoft Graph tokens for accounts with send_via
 	// "graph" or "auto". Nil: Tokens.For(tokens.Graph) when Tokens is a
 	// *tokens.Manager.
@@ -64,18 +70,26 @@ type Options struct {
 // max_connections after TLS, drain) owns the connections: it hands each
 // admitted one to go-smtp through a frontdoor.Handoff.
 type Server struct {
-	opts Options
-	log  *slog.Logger
+	opts     Options
+	m        *metrics.Metrics
+	log      *slog.Logger
+	failures frontdoor.Policy
 
-	fd      *frontdoor.Server
-	handoff *frontdoor.Handoff
-	ctx     context.Context // cancelled when Shutdown gives up waiting
+	fd   *frontdoor.Server
+	gate *frontdoor.Gate
+	ctx  context.Context // cancelled when Shutdown gives up waiting
 
-	mu sync.Mutex
-	gs *smtp.Server // created by the first Serve
+	// One go-smtp server per configuration generation: a connection is
+	// served by the one built from the configuration it was accepted
+	// under, so a reload's domain, sizes, timeouts and STARTTLS offer apply
+	// to new connections while older ones keep theirs.
+	mu     sync.Mutex
+	gens   map[*config.Config]*generation
+	closed bool
 
-	noBDAT bool         // tests: send DATA upstream even where CHUNKING is offered
-	gb     graphBackend // the Graph path (graph.go)
+	noBDAT     bool         // tests: send DATA upstream even where CHUNKING is offered
+	afterCheck func()       // tests: runs between a login's password check and its drain check
+	gb         graphBackend // the Graph path (graph.go)
 }
 
 // New returns a Server; call Serve for each listener.
@@ -86,13 +100,24 @@ func New(opts Options) *Server {
 	if opts.Limiter == nil {
 		opts.Limiter = &limiter.Limiter{}
 	}
-	opts.Failures = opts.Failures.Resolved()
 	s := &Server{
-		opts:    opts,
-		log:     opts.Logger.With("proto", "smtp"),
-		handoff: frontdoor.NewHandoff(nil),
+		opts: opts,
+		log:  opts.Logger.With("proto", "smtp"),
+		gens: map[*config.Config]*generation{},
+
+		failures: frontdoor.Policy{FailureDelay: opts.FailureDelay, MaxFailures: opts.MaxFailures}.Resolved(),
 	}
+	s.gate = &frontdoor.Gate{
+		Auth: opts.Auth, Tokens: opts.Tokens, Limiter: opts.Limiter,
+		// Exchange allows three concurrent submissions per mailbox.
+		Slot: func(l *frontdoor.Login) frontdoor.Slot {
+			return frontdoor.Slot{Key: "smtp:" + l.Account.Name, Max: l.Account.SMTPMaxConnections, Wait: smtpLimits(l.Config).ConnectionWait}
+		},
+		TokenTimeout: func(l *frontdoor.Login) time.Duration { return smtpLimits(l.Config).UpstreamTimeout },
+	}
+	s.m = metrics.New(opts.Registerer)
 	s.fd = frontdoor.New(frontdoor.Options{
+		Metrics:  s.m,
 		Proto:    "smtp",
 		Logger:   opts.Logger,
 		Limits:   s.limits,
@@ -107,12 +132,25 @@ func New(opts Options) *Server {
 func (s *Server) limits() frontdoor.Limits {
 	lim := frontdoor.Limits{MaxConnections: config.DefaultMaxConnections}
 	if cfg := s.opts.Config(); cfg != nil {
+		lim.Snapshot = cfg
 		lim.TLS = cfg.LocalTLS
 		if cfg.SMTP != nil && cfg.SMTP.Limits.MaxConnections > 0 {
 			lim.MaxConnections = cfg.SMTP.Limits.MaxConnections
 		}
 	}
 	return lim
+}
+
+// snapshot is the configuration the connection was accepted under: its
+// limits, its plaintext rule and the account a login resolves to all come
+// from it. Without a front-door connection (tests), the current one.
+func (s *Server) snapshot(tc *trackedConn) *config.Config {
+	if tc != nil {
+		if cfg, ok := tc.fs.Snapshot.(*config.Config); ok && cfg != nil {
+			return cfg
+		}
+	}
+	return s.opts.Config()
 }
 
 // refuse is the only line of a connection refused before its greeting
@@ -122,7 +160,7 @@ func refuse(w io.Writer, why frontdoor.Reason) {
 	case frontdoor.TooManyConnections:
 		_, _ = io.WriteString(w, "421 4.3.2 Too many connections, try again later\r\n")
 	default:
-		_, _ = io.WriteString(w, "421 4.3.2 Server shutting down, try again later\r\n")
+		_, _ = io.WriteString(w, drainLine)
 	}
 }
 
@@ -134,9 +172,10 @@ var ErrServerClosed = fmt.Errorf("smtpproxy: server closed: %w", net.ErrClosed)
 // Serve accepts connections on ln until Shutdown. With implicitTLS every
 // connection starts with a TLS handshake using Config().LocalTLS (the "465"
 // style); otherwise STARTTLS is offered when a tls block is configured.
-// The SMTP settings (domain, sizes, timeouts) are those of the configuration
-// current at the first Serve. It returns ErrServerClosed after Shutdown, or
-// an error wrapping a *frontdoor.ListenerError when the listener fails.
+// The SMTP settings (domain, sizes, timeouts, the STARTTLS offer) are those
+// of the configuration current when each connection is accepted. It
+// returns ErrServerClosed after Shutdown, or an error wrapping a
+// *frontdoor.ListenerError when the listener fails.
 func (s *Server) Serve(ln net.Listener, implicitTLS bool) error {
 	if s.opts.Config == nil || s.opts.Auth == nil || s.opts.Tokens == nil {
 		return errors.New("smtpproxy: Options.Config, Auth and Tokens are required")
@@ -149,19 +188,16 @@ func (s *Server) Serve(ln net.Listener, implicitTLS bool) error {
 		return errors.New("smtpproxy: an implicit-TLS listener needs a tls block")
 	}
 
-	s.mu.Lock()
 	if s.fd.Draining() {
-		s.mu.Unlock()
 		ln.Close()
 		return ErrServerClosed
 	}
-	if s.gs == nil {
-		s.gs = s.newSMTPServer(cfg)
-		go s.gs.Serve(s.handoff) // returns when Shutdown closes the handoff
+	// The current configuration's go-smtp server runs from the start (its
+	// loop is one goroutine for the life of the configuration).
+	if g := s.acquire(cfg); g != nil {
+		s.release(g)
 	}
-	starttls := s.gs.TLSConfig != nil
-	s.mu.Unlock()
-
+	starttls := cfg.LocalTLS != nil
 	s.log.Info("smtp listener started", "listen", ln.Addr().String(), "implicit_tls", implicitTLS, "starttls", !implicitTLS && starttls)
 	if err := s.fd.Serve(ln, implicitTLS); err != nil {
 		return fmt.Errorf("smtpproxy: serve %s: %w", ln.Addr(), err)
@@ -207,16 +243,75 @@ func (s *Server) localTLS(*tls.ClientHelloInfo) (*tls.Config, error) {
 // wrapConn puts smtpproxy's per-connection state under TLS, where go-smtp's
 // reads and writes pass through it.
 func (s *Server) wrapConn(fs *frontdoor.Session, c net.Conn) net.Conn {
-	tc := &trackedConn{Conn: c, fs: fs, id: fs.ID, log: fs.Log, fails: s.opts.Failures.Conn()}
+	tc := &trackedConn{Conn: c, fs: fs, id: fs.ID, log: fs.Log, fails: s.failures.Conn()}
 	fs.Value = tc
 	return tc
 }
 
-// serveConn runs while go-smtp serves one admitted connection.
+// generation is the go-smtp server of one configuration and the handoff
+// that feeds it; conns counts the connections it serves.
+type generation struct {
+	cfg     *config.Config
+	gs      *smtp.Server
+	handoff *frontdoor.Handoff
+	conns   int
+}
+
+// acquire returns the generation for cfg, creating it if needed; nil after
+// Shutdown.
+func (s *Server) acquire(cfg *config.Config) *generation {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	g := s.gens[cfg]
+	if g == nil {
+		g = &generation{cfg: cfg, gs: s.newSMTPServer(cfg), handoff: frontdoor.NewHandoff(nil)}
+		go g.gs.Serve(g.handoff) // returns when the handoff is closed
+		s.gens[cfg] = g
+	}
+	g.conns++
+	s.retireIdleLocked()
+	return g
+}
+
+// release ends one connection of g.
+func (s *Server) release(g *generation) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g.conns--
+	s.retireIdleLocked()
+}
+
+// retireIdleLocked ends the go-smtp loop of every generation that serves
+// no connection and is not the current configuration's.
+func (s *Server) retireIdleLocked() {
+	cur := s.opts.Config()
+	for cfg, g := range s.gens {
+		if g.conns == 0 && cfg != cur {
+			g.handoff.Close()
+			delete(s.gens, cfg)
+		}
+	}
+}
+
+// serveConn runs while go-smtp serves one admitted connection, with the
+// go-smtp server of the configuration the connection was accepted under.
 func (s *Server) serveConn(fs *frontdoor.Session) {
 	tc := fs.Value.(*trackedConn)
+	cfg := s.snapshot(tc)
+	if cfg == nil || cfg.SMTP == nil {
+		tc.log.Error("no smtp block in the configuration; closing connection")
+		return
+	}
+	g := s.acquire(cfg)
+	if g == nil {
+		return
+	}
+	defer s.release(g)
 	tc.log.Debug("connection accepted")
-	s.handoff.Serve(fs)
+	g.handoff.Serve(fs)
 	tc.setSession(nil)
 }
 
@@ -225,7 +320,12 @@ func (s *Server) serveConn(fs *frontdoor.Session) {
 // whatever is left (an unfinished DATA is never completed upstream).
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.fd.Shutdown(ctx)
-	s.handoff.Close() // go-smtp's loop ends
+	s.mu.Lock()
+	s.closed = true
+	for _, g := range s.gens {
+		g.handoff.Close() // go-smtp's loops end
+	}
+	s.mu.Unlock()
 	return err
 }
 
@@ -253,6 +353,7 @@ type trackedConn struct {
 	inData    bool        // a message body is being received
 	release   func()      // the front door's drain hold while inData
 	stopAbort func() bool // unregisters the abort of the current session
+	top       net.Conn    // what go-smtp reads and writes (TLS after STARTTLS); nil before EHLO
 
 	// Read-ahead while a body is received; only the connection's reading
 	// goroutine touches these.
@@ -283,7 +384,11 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 			readAheadPool.Put(c.ra)
 			c.ra, c.raRest = nil, nil
 		}
-		return c.Conn.Read(p)
+		n, err := c.Conn.Read(p)
+		if n == 0 && err != nil && !inData {
+			err = c.drained(err)
+		}
+		return n, err
 	}
 	if c.ra == nil {
 		c.ra = readAheadPool.Get().(*[]byte)
@@ -297,6 +402,31 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 		return m, nil
 	}
 	return m, err
+}
+
+// drainLine ends a session that the drain catches between commands; a
+// connection refused during the drain gets the same text (refuse).
+const drainLine = "421 4.3.2 Server shutting down, try again later\r\n"
+
+// drained turns the read timeout with which the front door's drain ends an
+// idle session into the bridge's own 421, written through the session's
+// TLS if it has any (go-smtp would answer a timeout with its "Idle
+// timeout" text); the error returned makes go-smtp end quietly.
+func (c *trackedConn) drained(err error) error {
+	var ne net.Error
+	if !c.fs.Draining() || !errors.As(err, &ne) || !ne.Timeout() {
+		return err
+	}
+	c.mu.Lock()
+	top := c.top
+	c.mu.Unlock()
+	if top == nil {
+		top = c.fs.Conn()
+	}
+	_ = top.SetWriteDeadline(time.Now().Add(frontdoor.RefusalWriteTimeout))
+	_, _ = io.WriteString(top, drainLine)
+	c.log.Info("session ended: shutting down")
+	return fmt.Errorf("smtpproxy: session ended by the drain: %w", net.ErrClosed)
 }
 
 // Write writes to the client and, once the failure limit was reached,
@@ -342,8 +472,12 @@ func (c *trackedConn) setSession(sess *session) {
 		c.stopAbort()
 		c.stopAbort = nil
 	}
+	c.top = nil
 	if sess != nil {
 		c.stopAbort = context.AfterFunc(c.fs.Context(), sess.abortUpstream)
+		if sess.conn != nil {
+			c.top = sess.conn.Conn()
+		}
 	}
 }
 
@@ -351,18 +485,6 @@ func (c *trackedConn) setSession(sess *session) {
 // (RFC 5321 section 4.2.5: 421 may answer any command when the service must
 // shut down).
 var errShuttingDown = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Server shutting down, try again later"}
-
-// refuseDuringDrain refuses a login that completes while the server drains,
-// as the IMAP and POP3 proxies do, and writes its audit line; it returns
-// nil when the server is not draining.
-func (s *session) refuseDuringDrain(user string, acct *config.Account) error {
-	if s.tc == nil || !s.tc.fs.Draining() {
-		return nil
-	}
-	s.audit(localauth.Attempt{User: user, Result: localauth.ResultTemporary, Account: acct.Name, Mailbox: acct.Mailbox,
-		Err: fmt.Errorf("smtpproxy: login completed during shutdown: %w", frontdoor.ErrShuttingDown)})
-	return errShuttingDown
-}
 
 // connOf finds the trackedConn under a go-smtp connection (which may have
 // been upgraded to TLS by STARTTLS or the implicit-TLS listener).

@@ -3,6 +3,7 @@ package smtpproxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -15,7 +16,6 @@ import (
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
 )
 
 // session is one local SMTP session (go-smtp creates it at EHLO and again
@@ -35,8 +35,9 @@ type session struct {
 	start  time.Time
 
 	opMu sync.Mutex
-	cfg  *config.Config // snapshot: at EHLO, refreshed at AUTH
+	cfg  *config.Config // the snapshot the connection was accepted under
 
+	checked *frontdoor.Login // after AUTH
 	user    string
 	account *config.Account
 	fails   *frontdoor.Conn // failed AUTHs when there is no trackedConn (tests)
@@ -82,8 +83,8 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 		ctx:    ctx,
 		cancel: cancel,
 		start:  time.Now(),
-		cfg:    s.opts.Config(),
-		fails:  s.opts.Failures.Conn(),
+		cfg:    s.snapshot(tc),
+		fails:  s.failures.Conn(),
 	}
 	if tc != nil {
 		tc.setSession(sess)
@@ -91,9 +92,12 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	return sess, nil
 }
 
-func (s *session) limits() config.SMTPLimits {
-	if s.cfg != nil && s.cfg.SMTP != nil {
-		return s.cfg.SMTP.Limits
+func (s *session) limits() config.SMTPLimits { return smtpLimits(s.cfg) }
+
+// smtpLimits are cfg's smtp limits, or the defaults.
+func smtpLimits(cfg *config.Config) config.SMTPLimits {
+	if cfg != nil && cfg.SMTP != nil {
+		return cfg.SMTP.Limits
 	}
 	return config.SMTPLimits{
 		MaxMessageBytes: config.DefaultMaxMessageBytes,
@@ -106,16 +110,11 @@ func (s *session) limits() config.SMTPLimits {
 	}
 }
 
-// authAllowed applies the plaintext-password rule: AUTH needs TLS unless
-// the client is on loopback or allow_insecure_auth is set in the smtp block.
+// authAllowed applies the front door's plaintext-password rule with the
+// smtp block's allow_insecure_auth.
 func (s *session) authAllowed() bool {
-	if _, ok := s.conn.TLSConnectionState(); ok {
-		return true
-	}
-	if cfg := s.srv.opts.Config(); cfg != nil && cfg.SMTP != nil && cfg.SMTP.AllowInsecureAuth {
-		return true
-	}
-	return localauth.IsLoopback(s.remote)
+	_, isTLS := s.conn.TLSConnectionState()
+	return frontdoor.PlaintextAllowed(isTLS, s.remote, s.cfg != nil && s.cfg.SMTP != nil && s.cfg.SMTP.AllowInsecureAuth, nil)
 }
 
 // AuthMechanisms implements smtp.AuthSession. Where AUTH would be refused,
@@ -137,9 +136,9 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	case sasl.Plain:
 		return malformedIs501{sasl.NewPlainServer(func(identity, user, pass string) error {
 			if identity != "" && identity != user {
-				s.audit(localauth.Attempt{User: user, Result: localauth.ResultBadCredentials,
-					Err: errors.New("smtpproxy: PLAIN authorization identity differs from the user name")})
-				return s.authFailed(frontdoor.BadCredentials)
+				f := &frontdoor.Failure{Kind: frontdoor.BadCredentials, Err: errors.New("smtpproxy: PLAIN authorization identity differs from the user name")}
+				s.audit(localauth.Attempt{User: user, Result: f.Kind.String(), Err: f.Err})
+				return s.authFailed(f)
 			}
 			return s.login(user, pass)
 		})}, nil
@@ -176,25 +175,53 @@ func (s *session) audit(a localauth.Attempt) {
 	if s.tc != nil {
 		log = log.With("conn", s.tc.id)
 	}
-	localauth.Audit(log, a)
+	localauth.Audit(log, s.srv.m, a)
 }
 
-// failureReply is the one mapping from a failed local login to SMTP's
-// reply: only a checked wrong password is 535 5.7.8.
-func failureReply(k frontdoor.Kind) *smtp.SMTPError {
-	switch k {
+// failureReply is the one mapping from a failed login to SMTP's reply:
+// only a checked wrong password is 535 5.7.8; everything else keeps the
+// message on the client (4xx). A temporary failure is 454 4.7.0 at AUTH and
+// 451 4.7.0 when the token fails at MAIL (atAuth false).
+func failureReply(f *frontdoor.Failure, atAuth bool) *smtp.SMTPError {
+	switch f.Kind {
 	case frontdoor.BadCredentials:
 		return errBadCreds
 	case frontdoor.Throttled:
 		return errThrottled
+	case frontdoor.Busy:
+		return errBusy
+	case frontdoor.AccountBusy:
+		return errTooManyConns
+	case frontdoor.NeedsLogin:
+		return errNeedsLogin(f.Account)
+	case frontdoor.Failing:
+		if atAuth {
+			return errLocalTemp
+		}
+		return errTokenFailing
+	case frontdoor.Unreachable:
+		return errUpstreamUnreachable
+	case frontdoor.Rejected:
+		if f.Google {
+			return errGoogleRefusedAuth // implicit.go
+		}
+		return errUpstreamRefusedAuth
+	case frontdoor.Stopping:
+		return errShuttingDown
 	}
-	return errBusy
+	if atAuth {
+		return errLocalTemp
+	}
+	return errTokenTemporary
 }
 
 // authFailed applies the shared per-connection failure policy to a failed
 // AUTH (the delay before the reply; after the limit the connection is
 // closed once the reply is written) and returns the reply.
-func (s *session) authFailed(k frontdoor.Kind) error {
+func (s *session) authFailed(f *frontdoor.Failure) error {
+	if !f.Kind.Local() {
+		return failureReply(f, true)
+	}
 	fails := s.fails
 	if s.tc != nil {
 		fails = s.tc.fails
@@ -206,41 +233,39 @@ func (s *session) authFailed(k frontdoor.Kind) error {
 	if hangUp && s.tc != nil {
 		s.tc.hangUp.Store(true)
 	}
-	return failureReply(k)
+	return failureReply(f, true)
 }
 
-// login checks local credentials. Every outcome writes one audit line.
+// login runs the front door's local login (credentials, then the account
+// in the configuration the connection was accepted under). The slot and
+// the token follow at the first MAIL (dial). Every outcome writes one
+// audit line.
 func (s *session) login(user, pass string) error {
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
-	u, err := s.srv.opts.Auth.Check(s.ctx, user, pass, localauth.RemoteIP(s.remote))
-	if err != nil {
+	l, f := s.srv.gate.Check(s.ctx, s.cfg, user, pass, localauth.RemoteIP(s.remote))
+	if f != nil {
 		if s.ctx.Err() != nil { // shutdown gave up on this connection
-			s.audit(localauth.Attempt{User: user, Result: localauth.ResultError, Err: err})
+			s.audit(localauth.Attempt{User: user, Result: localauth.ResultError, Err: f.Err})
 			return errLocalTemp
 		}
-		f := frontdoor.Classify(err)
-		s.audit(localauth.Attempt{User: user, Result: f.Kind.String(), Err: err})
-		return s.authFailed(f.Kind)
+		s.audit(localauth.Attempt{User: user, Result: f.Kind.String(), Err: f.Err})
+		return s.authFailed(f)
 	}
-	// Resolve the account in the newest configuration, so a reload that
-	// moved the user to another account takes effect at the next login.
-	cfg := s.srv.opts.Config()
-	acct := u.Account
-	if cu := cfg.UserByName[u.Name]; cu != nil && cu.Account != nil {
-		acct = cu.Account
+	acct := l.Account
+	if s.srv.afterCheck != nil {
+		s.srv.afterCheck()
 	}
-	if acct == nil {
-		s.audit(localauth.Attempt{User: user, Result: localauth.ResultError, Err: errors.New("smtpproxy: user has no account")})
-		return errLocalTemp
+	// A login that completes during a drain is refused like in every proxy.
+	if s.tc != nil && s.tc.fs.Draining() {
+		s.audit(localauth.Attempt{User: user, Result: frontdoor.Stopping.String(), Account: acct.Name, Mailbox: acct.Mailbox,
+			Err: fmt.Errorf("smtpproxy: login completed during shutdown: %w", frontdoor.ErrShuttingDown)})
+		return failureReply(&frontdoor.Failure{Kind: frontdoor.Stopping}, true)
 	}
-	if err := s.refuseDuringDrain(user, acct); err != nil {
-		return err
-	}
-	s.cfg = cfg
-	s.user = u.Name
+	s.checked = l
+	s.user = l.Name
 	s.account = acct
-	s.log = s.log.With("user", u.Name, "account", acct.Name, "mailbox", acct.Mailbox)
+	s.log = s.log.With("user", l.Name, "account", acct.Name, "mailbox", acct.Mailbox)
 	s.audit(localauth.Attempt{User: user, Result: localauth.ResultOK, Account: acct.Name, Mailbox: acct.Mailbox})
 	return nil
 }
@@ -261,15 +286,15 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	s.from, s.rcpts = from, nil
 	if !s.account.SenderAllowed(from) {
 		s.log.Warn("sender refused by policy", "from", from)
-		metrics.SMTPMessages.WithLabelValues("refused").Inc()
+		s.srv.m.SMTPMessages.WithLabelValues("refused").Inc()
 		return errSenderNotAllowed(from, s.account.AllowedSenders())
 	}
 	if opts != nil && opts.Size > s.limits().MaxMessageBytes {
-		metrics.SMTPMessages.WithLabelValues("refused").Inc()
+		s.srv.m.SMTPMessages.WithLabelValues("refused").Inc()
 		return smtp.ErrDataTooLarge
 	}
 	if ok, why := s.srv.useGraph(s.account); ok {
-		metrics.SetSendPath(s.account.Name, "graph")
+		s.srv.m.SetSendPath(s.account.Name, "graph")
 		return s.graphMail(why)
 	}
 	for attempt := 0; ; attempt++ {
@@ -282,7 +307,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 			return s.graphMail(autoWhy)
 		}
 		if werr != nil {
-			metrics.SMTPMessages.WithLabelValues("failed").Inc()
+			s.srv.m.SMTPMessages.WithLabelValues("failed").Inc()
 			return werr
 		}
 		if opts != nil && opts.UTF8 {
@@ -294,19 +319,19 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		if err == nil {
 			s.inTx = true
 			s.srv.smtpWorks(s)
-			metrics.SetSendPath(s.account.Name, "smtp")
+			s.srv.m.SetSendPath(s.account.Name, "smtp")
 			return nil
 		}
 		se, isSMTP := asSMTP(err)
 		if isSMTP && se.Code != 421 {
 			s.log.Info("upstream refused MAIL", "from", from, "error", codeString(se))
-			countRefusal(se)
+			s.countRefusal(se)
 			return se // bare: go-smtp type-asserts *smtp.SMTPError
 		}
 		s.dropUpstream(up)
 		if fresh || attempt > 0 {
-			metrics.UpstreamErrors.WithLabelValues("smtp", errorClass(err)).Inc()
-			metrics.SMTPMessages.WithLabelValues("failed").Inc()
+			s.srv.m.UpstreamErrors.WithLabelValues("smtp", errorClass(err)).Inc()
+			s.srv.m.SMTPMessages.WithLabelValues("failed").Inc()
 			s.log.Warn("upstream connection failed at MAIL", "upstream", up.addr, "error", err.Error())
 			if isSMTP {
 				return se
@@ -328,11 +353,11 @@ func upstreamMailOptions(o *smtp.MailOptions) *smtp.MailOptions {
 	return &smtp.MailOptions{Body: o.Body, Size: o.Size, UTF8: o.UTF8, Return: o.Return, EnvelopeID: o.EnvelopeID}
 }
 
-func countRefusal(se *smtp.SMTPError) {
+func (s *session) countRefusal(se *smtp.SMTPError) {
 	if se.Code/100 == 5 {
-		metrics.SMTPMessages.WithLabelValues("refused").Inc()
+		s.srv.m.SMTPMessages.WithLabelValues("refused").Inc()
 	} else {
-		metrics.SMTPMessages.WithLabelValues("failed").Inc()
+		s.srv.m.SMTPMessages.WithLabelValues("failed").Inc()
 	}
 }
 
@@ -363,7 +388,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		s.log.Info("upstream refused recipient", "to", to, "error", codeString(se))
 		return se
 	}
-	metrics.UpstreamErrors.WithLabelValues("smtp", errorClass(err)).Inc()
+	s.srv.m.UpstreamErrors.WithLabelValues("smtp", errorClass(err)).Inc()
 	s.log.Warn("upstream connection lost at RCPT", "upstream", up.addr, "error", err.Error())
 	s.dropUpstream(up)
 	s.inTx = false
@@ -397,7 +422,7 @@ func (s *session) Data(r io.Reader) error {
 	reply, err := up.sendMessage(src, lim.UpstreamTimeout)
 	n := src.n
 	s.bytesIn += n
-	metrics.BytesRelayed.WithLabelValues("smtp", "up").Add(float64(n))
+	s.srv.m.BytesRelayed.WithLabelValues("smtp", "up").Add(float64(n))
 	if err != nil {
 		return s.relayFailed(up, src, err)
 	}
@@ -406,7 +431,7 @@ func (s *session) Data(r io.Reader) error {
 		s.log.Info("bare CR or LF in the message normalised to CRLF", "from", s.from, "count", norm.fixed)
 	}
 	s.messages++
-	metrics.SMTPMessages.WithLabelValues("relayed").Inc()
+	s.srv.m.SMTPMessages.WithLabelValues("relayed").Inc()
 	ok := replyError(250, reply)
 	s.log.Info("message relayed", "from", s.from, "rcpts", len(s.rcpts), "bytes_in", n,
 		"duration", time.Since(start).Round(time.Millisecond).String(), "upstream_reply", codeString(ok))
@@ -432,12 +457,12 @@ func (s *session) relayFailed(up *upstream, src *bodyReader, err error) error {
 			s.inTx = false
 			s.log.Info("upstream refused the message", "from", s.from, "rcpts", len(s.rcpts), "bytes_in", n, "error", codeString(se))
 		}
-		countRefusal(se)
+		s.countRefusal(se)
 		return se // bare: go-smtp type-asserts *smtp.SMTPError
 	}
 	s.dropUpstream(up)
 	s.inTx = false
-	metrics.SMTPMessages.WithLabelValues("failed").Inc()
+	s.srv.m.SMTPMessages.WithLabelValues("failed").Inc()
 	switch {
 	case errors.Is(src.err, smtp.ErrDataTooLarge):
 		s.log.Warn("message too large, not delivered", "from", s.from, "bytes_in", n, "limit", src.limit)
@@ -446,7 +471,7 @@ func (s *session) relayFailed(up *upstream, src *bodyReader, err error) error {
 		s.log.Warn("client stopped sending the message, not delivered", "from", s.from, "bytes_in", n, "error", src.err.Error())
 		return errClientGone
 	}
-	metrics.UpstreamErrors.WithLabelValues("smtp", errorClass(re.err)).Inc()
+	s.srv.m.UpstreamErrors.WithLabelValues("smtp", errorClass(re.err)).Inc()
 	switch re.stage {
 	case stageStart:
 		s.log.Warn("upstream connection lost at DATA", "upstream", up.addr, "error", re.err.Error())

@@ -535,9 +535,9 @@ func TestShutdownLetsDataFinish(t *testing.T) {
 		defer cancel()
 		shut <- br.srv.Shutdown(ctx)
 	}()
-	// The idle session is told 421 and closed.
+	// The idle session is told the bridge's 421 4.3.2 "shutting down" and closed.
 	waitFor(t, "idle session closed", func() bool { return br.srv.ActiveSessions() == 1 })
-	wantCode(t, "idle.Noop()", idle.Noop(), 421, smtp.EnhancedCode{4, 4, 2})
+	wantCode(t, "idle.Noop()", idle.Noop(), 421, smtp.EnhancedCode{4, 3, 2})
 
 	w.Write([]byte("second half\r\n"))
 	if err := w.Close(); err != nil {

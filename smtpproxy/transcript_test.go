@@ -6,20 +6,17 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net"
-	"os"
-	"path"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/oauthbridge/oauthbridge/internal/transcript"
 )
 
-// TestTranscripts replays testdata/*.txt against the bridge (with the stub
-// upstream). Lines: "C: text" sends text+CRLF; "C+ text" queues it and
-// sends it with the next "C:" line in one write (pipelining); "C:" alone
-// sends an empty line; "S: pattern" must match the next reply line
-// (path.Match); "S~ pattern" skips reply lines until one matches.
-// {USER64}, {PASS64} and {PLAIN64} expand to the test credentials.
+// TestTranscripts replays testdata/*.txt (the format of internal/transcript)
+// against the bridge (with the stub upstream). In C: lines {USER64},
+// {PASS64} and {PLAIN64} expand to the test credentials.
 // Files named graph_*.txt run against an account with send_via = "graph"
 // and a Graph stand-in; there "G: status code retry-after message" queues
 // a Graph error answer.
@@ -36,7 +33,7 @@ func TestTranscripts(t *testing.T) {
 	)
 	for _, file := range files {
 		t.Run(filepath.Base(file), func(t *testing.T) {
-			src, err := os.ReadFile(file)
+			sc, err := transcript.ParseFile(file)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -55,51 +52,44 @@ func TestTranscripts(t *testing.T) {
 			}
 			defer conn.Close()
 			conn.SetDeadline(time.Now().Add(10 * time.Second))
-			r := bufio.NewReader(conn)
-			var queued strings.Builder
-			for i, line := range strings.Split(strings.TrimRight(string(src), "\n"), "\n") {
-				n := i + 1
-				switch {
-				case line == "" || strings.HasPrefix(line, "#"):
-				case strings.HasPrefix(line, "G: ") && g != nil:
+			sc.Run(t, &lineConn{c: conn, r: bufio.NewReader(conn)}, transcript.Hooks{
+				Expand: repl.Replace,
+				Note: func(key, text string) error {
+					if key != "G" || g == nil {
+						return fmt.Errorf("unknown note %s: %q", key, text)
+					}
 					var f fault
-					parts := strings.SplitN(line[3:], " ", 4)
+					parts := strings.SplitN(text, " ", 4)
 					if len(parts) != 4 {
-						t.Fatalf("%s:%d: bad G: line", file, n)
+						return fmt.Errorf("bad G: line %q", text)
 					}
 					fmt.Sscan(parts[0], &f.status)
 					f.code, f.retryAt, f.msg = parts[1], strings.Trim(parts[2], "-"), parts[3]
 					g.set(func(g *stubGraph) { g.faults = append(g.faults, f) })
-				case strings.HasPrefix(line, "C+ "):
-					queued.WriteString(repl.Replace(line[3:]) + "\r\n")
-				case line == "C:" || strings.HasPrefix(line, "C: "):
-					queued.WriteString(repl.Replace(strings.TrimPrefix(strings.TrimPrefix(line, "C:"), " ")) + "\r\n")
-					if _, err := conn.Write([]byte(queued.String())); err != nil {
-						t.Fatalf("%s:%d: write: %v", file, n, err)
-					}
-					queued.Reset()
-				case strings.HasPrefix(line, "S: "), strings.HasPrefix(line, "S~ "):
-					want, skip := line[3:], line[1] == '~'
-					for {
-						got, err := r.ReadString('\n')
-						if err != nil {
-							t.Fatalf("%s:%d: want %q, read error %v", file, n, want, err)
-						}
-						got = strings.TrimRight(got, "\r\n")
-						ok, _ := path.Match(want, got)
-						if ok {
-							break
-						}
-						if !skip {
-							t.Fatalf("%s:%d: got %q, want %q", file, n, got, want)
-						}
-					}
-				default:
-					t.Fatalf("%s:%d: bad transcript line %q", file, n, line)
-				}
-			}
+					return nil
+				},
+			})
 		})
 	}
+}
+
+// lineConn adapts a client connection to transcript.Conn.
+type lineConn struct {
+	c net.Conn
+	r *bufio.Reader
+}
+
+func (l *lineConn) Write(s string) error {
+	_, err := l.c.Write([]byte(s))
+	return err
+}
+
+func (l *lineConn) ReadLine() (string, error) {
+	line, err := l.r.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimRight(line, "\r\n"), nil
 }
 
 // TestStartTLSDuringBDAT: go-smtp logs the session out on STARTTLS while

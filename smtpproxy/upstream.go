@@ -18,7 +18,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/oauthbridge/oauthbridge/config"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
+	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
 
@@ -69,20 +69,22 @@ func (s *session) dial() (*upstream, *smtp.SMTPError) {
 
 	// Exchange allows three concurrent submissions per mailbox and answers
 	// a fourth with 432 4.3.2; wait briefly for a slot, then answer 4xx.
-	release, err := s.srv.opts.Limiter.Acquire(s.ctx, "smtp:"+acct.Name, acct.SMTPMaxConnections, lim.ConnectionWait)
-	if err != nil {
-		metrics.UpstreamErrors.WithLabelValues("smtp", "limit").Inc()
-		log.Warn("per-mailbox SMTP connection limit reached; client told to retry", "limit", acct.SMTPMaxConnections, "error", err.Error())
-		return nil, errTooManyConns
+	g, f := s.srv.gate.Open(s.ctx, s.checked)
+	if f != nil {
+		if f.Class != "" {
+			s.srv.m.UpstreamErrors.WithLabelValues("smtp", f.Class).Inc()
+		}
+		log.Warn("per-mailbox SMTP connection limit reached; client told to retry", "limit", acct.SMTPMaxConnections, "error", f.Error())
+		return nil, failureReply(f, false)
 	}
 	ok := false
 	defer func() {
 		if !ok {
-			release()
+			g.Release()
 		}
 	}()
 
-	tok, werr := s.token(log)
+	tok, werr := s.token(log, g)
 	if werr != nil {
 		return nil, werr
 	}
@@ -90,9 +92,9 @@ func (s *session) dial() (*upstream, *smtp.SMTPError) {
 	if se, rejected := authRejected(err); rejected && !isSMTPAuthDisabled(se) {
 		// The token may have been revoked early: forget it and try once
 		// more with a fresh one.
-		s.srv.opts.Tokens.Rejected(acct.Name, tok)
+		g.Rejected(tok)
 		log.Warn("upstream rejected the access token; retrying once with a fresh token", "error", codeString(se))
-		tok, werr = s.token(log)
+		tok, werr = s.token(log, g)
 		if werr != nil {
 			return nil, werr
 		}
@@ -101,45 +103,56 @@ func (s *session) dial() (*upstream, *smtp.SMTPError) {
 	if se, rejected := authRejected(err); rejected && isSMTPAuthDisabled(se) && acct.SendVia == config.SendViaAuto {
 		// send_via = "auto": Mail switches this account to Graph.
 		s.smtpAuthOff = se
-		metrics.UpstreamErrors.WithLabelValues("smtp", "auth").Inc()
-		return nil, errUpstreamRefusedAuth
+		s.srv.m.UpstreamErrors.WithLabelValues("smtp", "auth").Inc()
+		return nil, failureReply(&frontdoor.Failure{Kind: frontdoor.Rejected}, false)
 	}
 	notifyUpstreamLogin(acct, err) // send.go
 	if err != nil {
 		return nil, s.connectFailure(log, err)
 	}
-	up.release = release
+	up.release = g.Release
 	ok = true
 	log.Debug("upstream connection ready")
 	return up, nil
 }
 
-// token gets an access token and maps token errors to replies that keep
-// the message on the client: 454 when a person or an administrator must
-// act, 451 for temporary trouble.
-func (s *session) token(log *slog.Logger) (string, *smtp.SMTPError) {
-	ctx, cancel := context.WithTimeout(s.ctx, s.limits().UpstreamTimeout)
-	defer cancel()
-	acct := s.account.Name
-	tok, err := s.srv.opts.Tokens.AccessToken(ctx, acct)
-	if err == nil {
-		return tok, nil
+// token gets an access token; a failure is logged and answered with a
+// reply that keeps the message on the client: 454 when a person or an
+// administrator must act, 451 for temporary trouble.
+func (s *session) token(log *slog.Logger, g *frontdoor.Grant) (string, *smtp.SMTPError) {
+	tok, f := g.Token(s.ctx)
+	if f != nil {
+		logTokenFailure(log, f, "")
+		return "", failureReply(f, false)
 	}
-	attrs := []any{"error", err.Error()}
+	return tok, nil
+}
+
+// logTokenFailure says who has to act on a token failure; resource is ""
+// for the SMTP token, "graph" for Microsoft Graph's.
+func logTokenFailure(log *slog.Logger, f *frontdoor.Failure, resource string) {
+	attrs := []any{"error", f.Err.Error()}
+	if resource != "" {
+		attrs = append(attrs, "resource", resource)
+	}
 	var te *tokens.Error
-	if errors.As(err, &te) && te.AADSTS != 0 {
+	if errors.As(f.Err, &te) && te.AADSTS != 0 {
 		attrs = append(attrs, "aadsts", te.AADSTS)
 	}
-	switch tokens.KindOf(err) {
-	case tokens.NeedsLogin:
-		log.Error(fmt.Sprintf("mailbox needs re-authorisation: run 'oauthbridge login %s'; mail is kept by the client (454) until then", acct), attrs...)
-		return "", errNeedsLogin(acct)
-	case tokens.Failing:
+	graph := resource == "graph"
+	switch {
+	case f.Kind == frontdoor.NeedsLogin && graph:
+		log.Error(fmt.Sprintf("no Microsoft Graph token for this account: run 'oauthbridge login %s' (after adding any missing Graph permission); mail is kept by the client (454) until then", f.Account), attrs...)
+	case f.Kind == frontdoor.NeedsLogin:
+		log.Error(fmt.Sprintf("mailbox needs re-authorisation: run 'oauthbridge login %s'; mail is kept by the client (454) until then", f.Account), attrs...)
+	case f.Kind == frontdoor.Failing && graph:
+		log.Error("cannot get a Microsoft Graph token: bridge or app registration configuration problem; mail is kept by the client (454)", attrs...)
+	case f.Kind == frontdoor.Failing:
 		log.Error("cannot get an access token: bridge or app registration configuration problem; mail is kept by the client (454)", attrs...)
-		return "", errTokenFailing
+	case graph:
+		log.Warn("Microsoft Graph token temporarily unavailable; client told to retry", attrs...)
 	default:
 		log.Warn("access token temporarily unavailable; client told to retry", attrs...)
-		return "", errTokenTemporary
 	}
 }
 
@@ -284,36 +297,33 @@ func (s *session) connectFailure(log *slog.Logger, err error) *smtp.SMTPError {
 	se, isSMTP := asSMTP(ce.err)
 	switch {
 	case ce.stage == "auth" && isSMTP && se.Code/100 == 5:
-		metrics.UpstreamErrors.WithLabelValues("smtp", "auth").Inc()
+		s.srv.m.UpstreamErrors.WithLabelValues("smtp", "auth").Inc()
 		msg := explainAuthRejection(se, s.account.Mailbox)
 		if s.account.Provider.IsGoogle() {
 			msg = fmt.Sprintf("Gmail rejected the access token for %s even after a refresh. Check that the token is the mailbox's own (a person signs in as %s; a service account needs domain-wide delegation for https://mail.google.com/). Clients are told to retry (454) until then", s.account.Mailbox, s.account.Mailbox)
 		}
 		log.Error(msg, "error", codeString(se))
-		if s.account.Provider.IsGoogle() {
-			return errGoogleRefusedAuth // implicit.go
-		}
-		return errUpstreamRefusedAuth
+		return failureReply(&frontdoor.Failure{Kind: frontdoor.Rejected, Google: s.account.Provider.IsGoogle()}, false)
 	case isSMTP && se.Code/100 == 4:
 		class := "protocol"
 		if se.EnhancedCode == (smtp.EnhancedCode{4, 3, 2}) {
 			class = "limit"
 		}
-		metrics.UpstreamErrors.WithLabelValues("smtp", class).Inc()
+		s.srv.m.UpstreamErrors.WithLabelValues("smtp", class).Inc()
 		log.Warn("upstream refused the connection temporarily; client told to retry", "stage", ce.stage, "error", codeString(se))
 		return se
 	case ce.stage == "tls":
-		metrics.UpstreamErrors.WithLabelValues("smtp", "tls").Inc()
+		s.srv.m.UpstreamErrors.WithLabelValues("smtp", "tls").Inc()
 		log.Error("upstream TLS handshake failed (is the server certificate trusted? see the provider's ca_file)", "error", ce.err.Error())
-		return errUpstreamUnreachable
+		return failureReply(&frontdoor.Failure{Kind: frontdoor.Unreachable}, false)
 	case ce.stage == "dial":
-		metrics.UpstreamErrors.WithLabelValues("smtp", "dial").Inc()
+		s.srv.m.UpstreamErrors.WithLabelValues("smtp", "dial").Inc()
 		log.Warn("upstream unreachable; client told to retry", "error", ce.err.Error())
-		return errUpstreamUnreachable
+		return failureReply(&frontdoor.Failure{Kind: frontdoor.Unreachable}, false)
 	default:
-		metrics.UpstreamErrors.WithLabelValues("smtp", errorClass(ce.err)).Inc()
+		s.srv.m.UpstreamErrors.WithLabelValues("smtp", errorClass(ce.err)).Inc()
 		log.Warn("upstream connection failed; client told to retry", "stage", ce.stage, "error", ce.err.Error())
-		return errUpstreamUnreachable
+		return failureReply(&frontdoor.Failure{Kind: frontdoor.Unreachable}, false)
 	}
 }
 

@@ -14,7 +14,6 @@ import (
 
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/fakems"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	. "github.com/oauthbridge/oauthbridge/tokens"
 )
 
@@ -53,7 +52,7 @@ func benchManager(b *testing.B, dsn string, n int) (*Manager, *fakeClock, *fakem
 		b.Fatal(err)
 	}
 	c := newFakeClock()
-	m, err := NewManager(cfg, Options{Now: c.Now, KeyFile: keyFile})
+	m, err := NewManager(cfg, Options{Now: c.Now, KeyFile: keyFile, Registerer: testRegistry})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -101,7 +100,7 @@ func BenchmarkLoginToken(b *testing.B) {
 func storeStatements() float64 {
 	var total float64
 	for _, op := range []string{"get", "claim", "renew", "release", "write"} {
-		total += testutil.ToFloat64(metrics.TokenStoreQueries.WithLabelValues(op))
+		total += testutil.ToFloat64(testMetrics.TokenStoreQueries.WithLabelValues(op))
 	}
 	return total
 }

@@ -20,7 +20,6 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/oauthbridge/oauthbridge/config"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
 )
 
 // Certificate credentials: the app registration authenticates with a
@@ -407,11 +406,11 @@ func (m *Manager) publishCredentialMetrics() {
 		}
 		k := [3]string{ci.Provider, ci.Kind, ci.Name}
 		now[k] = true
-		metrics.CredentialExpiry.WithLabelValues(k[:]...).Set(float64(ci.NotAfter.Unix()))
+		m.met.CredentialExpiry.WithLabelValues(k[:]...).Set(float64(ci.NotAfter.Unix()))
 	}
 	for k := range m.certs.published {
 		if !now[k] {
-			metrics.CredentialExpiry.DeleteLabelValues(k[:]...)
+			m.met.CredentialExpiry.DeleteLabelValues(k[:]...)
 		}
 	}
 	m.certs.published = now

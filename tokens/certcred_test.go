@@ -23,7 +23,6 @@ import (
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/certgen"
 	"github.com/oauthbridge/oauthbridge/internal/fakems"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	. "github.com/oauthbridge/oauthbridge/tokens"
 )
 
@@ -93,7 +92,7 @@ func newCertEnv(t *testing.T, certs []*testCert, register []*testCert, manager f
 	e.cfg = certConfig(t, e.dir, f.AuthorityURL, certs...)
 	log, buf := testLogger()
 	e.logs = buf
-	e.opts = Options{Logger: log, Now: clock.Now, RetryMin: 20 * time.Millisecond, RetryMax: 80 * time.Millisecond, StorePoll: 50 * time.Millisecond, RequestTimeout: 2 * time.Second}
+	e.opts = Options{Registerer: testRegistry, Logger: log, Now: clock.Now, RetryMin: 20 * time.Millisecond, RetryMax: 80 * time.Millisecond, StorePoll: 50 * time.Millisecond, RequestTimeout: 2 * time.Second}
 	if manager != nil {
 		manager(&e.opts)
 	}
@@ -175,7 +174,7 @@ func TestCertificateAppFlow(t *testing.T) {
 	if ci.Kind != CredentialCertificate || !ci.InUse || !ci.NotAfter.Equal(tc.cert.NotAfter) || ci.Provider != "p" {
 		t.Fatalf("Credentials() = %+v", e.m.Credentials())
 	}
-	if got := testutil.ToFloat64(metrics.CredentialExpiry.WithLabelValues("p", "certificate", tc.thumbprint)); got != float64(tc.cert.NotAfter.Unix()) {
+	if got := testutil.ToFloat64(testMetrics.CredentialExpiry.WithLabelValues("p", "certificate", tc.thumbprint)); got != float64(tc.cert.NotAfter.Unix()) {
 		t.Fatalf("expiry metric = %v, want %d", got, tc.cert.NotAfter.Unix())
 	}
 	if strings.Contains(e.logs.String(), "BEGIN") {
@@ -348,7 +347,7 @@ func TestCertificateRotation(t *testing.T) {
 		t.Fatalf("client_credentials requests = %d, want 3", n)
 	}
 	for _, c := range []*testCert{old, next} {
-		if got := testutil.ToFloat64(metrics.CredentialExpiry.WithLabelValues("p", "certificate", c.thumbprint)); got != float64(c.cert.NotAfter.Unix()) {
+		if got := testutil.ToFloat64(testMetrics.CredentialExpiry.WithLabelValues("p", "certificate", c.thumbprint)); got != float64(c.cert.NotAfter.Unix()) {
 			t.Fatalf("expiry metric of %s = %v", c.thumbprint, got)
 		}
 	}
@@ -373,7 +372,7 @@ func TestCertificateRotation(t *testing.T) {
 	if _, ok := creds[third.thumbprint]; !ok || len(creds) != 2 {
 		t.Fatalf("after replacing the file: %+v", e.m.Credentials())
 	}
-	if metrics.CredentialExpiry.DeleteLabelValues("p", "certificate", old.thumbprint) {
+	if testMetrics.CredentialExpiry.DeleteLabelValues("p", "certificate", old.thumbprint) {
 		t.Fatal("the replaced certificate's expiry metric is still exported")
 	}
 }

@@ -32,6 +32,10 @@ func (m *Manager) TamperVerifierForTest(state string) {
 	}
 }
 
+// SetLoginStoredHookForTest calls f in a sign-in between its store write
+// and installing its tokens.
+func (m *Manager) SetLoginStoredHookForTest(f func(account string)) { m.loginStoredHook = f }
+
 // SetStoreWriteErrorForTest makes every store write fail with err (nil: normal).
 func (m *Manager) SetStoreWriteErrorForTest(err error) {
 	st := m.store.(*store)
@@ -125,7 +129,7 @@ type SharedRowForTest struct {
 
 // OpenSharedForTest opens cfg's shared store with keyFile.
 func OpenSharedForTest(cfg *config.Config, keyFile string) (*SharedForTest, error) {
-	s, _, err := openPostgres(cfg.Store, keyFile, slog.New(slog.DiscardHandler))
+	s, _, err := openPostgres(cfg.Store, keyFile, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		return nil, err
 	}

@@ -15,7 +15,6 @@ import (
 
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/fakems"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	. "github.com/oauthbridge/oauthbridge/tokens"
 )
 
@@ -79,7 +78,7 @@ account %q {
 	}
 	log, buf := testLogger()
 	e.logs = buf
-	e.opts = Options{Logger: log, Now: clock.Now, RetryMin: 20 * time.Millisecond, RetryMax: 80 * time.Millisecond, StorePoll: 50 * time.Millisecond, RequestTimeout: 5 * time.Second}
+	e.opts = Options{Registerer: testRegistry, Logger: log, Now: clock.Now, RetryMin: 20 * time.Millisecond, RetryMax: 80 * time.Millisecond, StorePoll: 50 * time.Millisecond, RequestTimeout: 5 * time.Second}
 	e.m = e.open()
 	return e
 }
@@ -131,7 +130,7 @@ func TestGoogleBrowserLoginRefreshAndInvalidGrant(t *testing.T) {
 	if s.State != StateNeedsLogin || !strings.Contains(s.Fix, "In production") || !strings.Contains(s.LastError, "invalid_grant") {
 		t.Fatalf("status after invalid_grant: %+v", s)
 	}
-	if v := testutil.ToFloat64(metrics.AccountState.WithLabelValues(gPerson, "needs_login")); v != 1 {
+	if v := testutil.ToFloat64(testMetrics.AccountState.WithLabelValues(gPerson, "needs_login")); v != 1 {
 		t.Fatalf("account_state{needs_login} = %v", v)
 	}
 	// Signing in again fixes it.

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/oauthbridge/oauthbridge/config"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
 )
 
 // Resource is the audience of an access token. One sign-in (one refresh
@@ -301,7 +300,7 @@ func (m *Manager) refreshGraph(a *account, done chan struct{}, gen uint64, ac *c
 	now := m.now()
 	if err != nil {
 		te := graphError(ac, classify(ac, err))
-		metrics.GraphTokenRefreshes.WithLabelValues(a.name, te.Kind.String()).Inc()
+		m.met.GraphTokenRefreshes.WithLabelValues(a.name, te.Kind.String()).Inc()
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		defer finish()
@@ -343,7 +342,7 @@ func (m *Manager) refreshGraph(a *account, done chan struct{}, gen uint64, ac *c
 	}
 	newer, serr := m.store.update(map[string]*entry{a.name: &ent})
 	m.noteStoreErr(serr)
-	metrics.GraphTokenRefreshes.WithLabelValues(a.name, "ok").Inc()
+	m.met.GraphTokenRefreshes.WithLabelValues(a.name, "ok").Inc()
 
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -21,7 +21,6 @@ import (
 
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/fakems"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	. "github.com/oauthbridge/oauthbridge/tokens"
 )
 
@@ -127,7 +126,7 @@ func (h *ha) add(name string) *replica {
 	log, buf := testLogger()
 	r.logs = buf
 	opts := Options{Logger: log, Now: r.clock.Now, RetryMin: 20 * time.Millisecond, RetryMax: 80 * time.Millisecond,
-		RequestTimeout: 5 * time.Second, KeyFile: h.keyFile,
+		RequestTimeout: 5 * time.Second, KeyFile: h.keyFile, Registerer: testRegistry,
 		HTTPClient: &http.Client{Timeout: 5 * time.Second, Transport: &rtCheck{h: h, base: http.DefaultTransport}}}
 	m, err := NewManager(r.cfg, opts)
 	if err != nil {
@@ -378,7 +377,7 @@ func TestPGStalledHolderFenced(t *testing.T) {
 			<-unblock
 		})
 	})
-	conflicts := testutil.ToFloat64(metrics.TokenStoreConflicts)
+	conflicts := testutil.ToFloat64(testMetrics.TokenStoreConflicts)
 	due(stalled)
 	select {
 	case <-redeemed:
@@ -399,7 +398,7 @@ func TestPGStalledHolderFenced(t *testing.T) {
 	}
 	eventually(t, "the stalled replica's refused write to be logged and counted", func() bool {
 		return strings.Contains(stalled.logs.String(), "refresh result is discarded") &&
-			testutil.ToFloat64(metrics.TokenStoreConflicts) >= conflicts+1
+			testutil.ToFloat64(testMetrics.TokenStoreConflicts) >= conflicts+1
 	})
 	if n := h.refreshes(); n != 2 {
 		t.Fatalf("redemptions = %d, want 2 (the stalled one's and the take-over)", n)
@@ -548,7 +547,7 @@ func TestPGDatabaseDown(t *testing.T) {
 			t.Fatalf("%s: status with the database down and a valid token = %+v; want ok, naming the store", r.name, st)
 		}
 	}
-	if got := testutil.ToFloat64(metrics.TokenStoreUp); got != 0 {
+	if got := testutil.ToFloat64(testMetrics.TokenStoreUp); got != 0 {
 		t.Fatalf("oauthbridge_token_store_up = %v while down", got)
 	}
 	for _, r := range h.replicas {
@@ -640,7 +639,7 @@ func (h *ha) replicaToken(r *replica) string {
 func storeQueries() float64 {
 	var n float64
 	for _, op := range []string{"poll", "load", "get", "claim", "renew", "release", "write"} {
-		n += testutil.ToFloat64(metrics.TokenStoreQueries.WithLabelValues(op))
+		n += testutil.ToFloat64(testMetrics.TokenStoreQueries.WithLabelValues(op))
 	}
 	return n
 }
@@ -700,7 +699,7 @@ func TestPGQueriesPer100Accounts(t *testing.T) {
 	ops := []string{"get", "claim", "renew", "release", "write"}
 	count := func() (total float64) {
 		for _, op := range ops {
-			total += testutil.ToFloat64(metrics.TokenStoreQueries.WithLabelValues(op))
+			total += testutil.ToFloat64(testMetrics.TokenStoreQueries.WithLabelValues(op))
 		}
 		return total
 	}
@@ -709,7 +708,7 @@ func TestPGQueriesPer100Accounts(t *testing.T) {
 	q0 := count()
 	for range 2 {
 		c := newFakeClock()
-		m, err := NewManager(cfg, Options{Now: c.Now, KeyFile: keyFile, RetryMin: 20 * time.Millisecond, RetryMax: 80 * time.Millisecond})
+		m, err := NewManager(cfg, Options{Now: c.Now, KeyFile: keyFile, RetryMin: 20 * time.Millisecond, RetryMax: 80 * time.Millisecond, Registerer: testRegistry})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -9,7 +9,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/internal/metrics"
+)
+
+// testRegistry is what every manager of these tests registers its metrics
+// on (Options.Registerer), so that the tests read them in testMetrics, as
+// the daemon's single registry does (replicas of the HA tests add up).
+var (
+	testRegistry = prometheus.NewRegistry()
+	testMetrics  = metrics.New(testRegistry)
 )
 
 // testAccount describes one account block of a test configuration.

@@ -7,10 +7,11 @@ import (
 	"time"
 
 	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/internal/metrics"
 )
 
 // openTokenStore opens the store that cfg's store block names.
-func openTokenStore(cfg *config.Config, opts Options) (tokenStore, map[string]*entry, error) {
+func openTokenStore(cfg *config.Config, opts Options, met *metrics.Metrics) (tokenStore, map[string]*entry, error) {
 	if !cfg.Store.Shared() {
 		return openStore(cfg.StateDir, opts.KeyFile)
 	}
@@ -18,7 +19,7 @@ func openTokenStore(cfg *config.Config, opts Options) (tokenStore, map[string]*e
 	if kf == "" {
 		kf = filepath.Join(cfg.StateDir, KeyFileName)
 	}
-	return openPostgres(cfg.Store, kf, opts.Logger)
+	return openPostgres(cfg.Store, kf, opts.Logger, met)
 }
 
 // storeDown is the error of a refresh that did not run because the shared

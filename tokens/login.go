@@ -11,7 +11,6 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/oauthbridge/oauthbridge/config"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
 )
 
 // slowDownStep is added to the device-code poll interval on slow_down
@@ -240,6 +239,15 @@ func (m *Manager) loginError(ac *config.Account, what string, err error) error {
 	return te
 }
 
+// bindingChanged is the refusal of a sign-in whose account's binding
+// changed (by a reload) while it ran.
+func bindingChanged(a *account) error {
+	e := &Error{Account: a.name, Kind: NeedsLogin, Reason: "the account's configuration (delegate, provider or flow) changed while the sign-in was running",
+		Fix: fmt.Sprintf("run 'oauthbridge login %s' again", a.name)}
+	a.log.Error("tokens: sign-in refused", "error", e.Error())
+	return e
+}
+
 // finishLogin checks who signed in, then stores and installs the tokens.
 // On a user mismatch nothing is stored.
 func (m *Manager) finishLogin(a *account, ac *config.Account, tr *tokenResponse, how string) error {
@@ -250,10 +258,7 @@ func (m *Manager) finishLogin(a *account, ac *config.Account, tr *tokenResponse,
 	changed := binding(a.cfg) != binding(ac)
 	a.mu.Unlock()
 	if changed {
-		e := &Error{Account: a.name, Kind: NeedsLogin, Reason: "the account's configuration (delegate, provider or flow) changed while the sign-in was running",
-			Fix: fmt.Sprintf("run 'oauthbridge login %s' again", a.name)}
-		a.log.Error("tokens: sign-in refused", "error", e.Error())
-		return e
+		return bindingChanged(a)
 	}
 	who, err := signedInAs(tr.IDToken)
 	if err != nil {
@@ -294,8 +299,18 @@ func (m *Manager) finishLogin(a *account, ac *config.Account, tr *tokenResponse,
 	}
 	_, serr := m.store.update(map[string]*entry{a.name: &ent})
 	m.noteStoreErr(serr)
+	if m.loginStoredHook != nil {
+		m.loginStoredHook(a.name)
+	}
 
 	a.mu.Lock()
+	// Check again under the lock that installs: a reload during the store
+	// write may have changed the binding (the written entry then carries
+	// the old binding, which the new one never adopts).
+	if binding(a.cfg) != ent.Binding {
+		a.mu.Unlock()
+		return bindingChanged(a)
+	}
 	a.ent = ent
 	a.unsaved = serr != nil && m.store.shared() // written first when the store is back
 	a.gen++
@@ -303,7 +318,7 @@ func (m *Manager) finishLogin(a *account, ac *config.Account, tr *tokenResponse,
 	a.jitter = randJitter(min(m.opts.RefreshMargin, a.margin()))
 	m.publishMetricsLocked(a)
 	a.mu.Unlock()
-	metrics.TokenRefreshes.WithLabelValues(a.name, "ok").Inc()
+	m.met.TokenRefreshes.WithLabelValues(a.name, "ok").Inc()
 	a.log.Info("tokens: signed in", "user", who, "via", how)
 	m.signal()
 	if serr != nil {

@@ -16,7 +16,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/internal/metrics"
 )
 
 // Named defaults of Options.
@@ -81,6 +84,9 @@ type Options struct {
 	// (e.g. a certificate). Nil or a nil result: the provider's
 	// client_secret, or none for a public client.
 	Credential func(p *config.Provider) ClientCredential
+	// Registerer receives the token metrics (oauthbridge_token_*); nil: a
+	// private registry.
+	Registerer prometheus.Registerer
 }
 
 // Manager keeps every account's tokens valid, serves them to the proxies
@@ -88,12 +94,16 @@ type Options struct {
 // the encrypted store.
 type Manager struct {
 	opts  Options
+	met   *metrics.Metrics
 	log   *slog.Logger
 	now   func() time.Time
 	store tokenStore
 	// leaseHook, if set, is called at the steps of a shared store's lease
 	// ("claimed", "redeemed", "waiting"); tests freeze a replica there.
 	leaseHook func(step, account string, l *lease)
+	// loginStoredHook, if set, is called by a sign-in between its store
+	// write and installing the tokens (tests reload there).
+	loginStoredHook func(account string)
 	// sleep waits between device-code polls; tests replace it.
 	sleep func(ctx context.Context, d time.Duration) error
 
@@ -179,12 +189,14 @@ func NewManager(cfg *config.Config, opts Options) (*Manager, error) {
 	if opts.KeyFile == "" {
 		opts.KeyFile = credentialKeyFile()
 	}
-	st, disk, err := openTokenStore(cfg, opts)
+	met := metrics.New(opts.Registerer)
+	st, disk, err := openTokenStore(cfg, opts, met)
 	if err != nil {
 		return nil, err
 	}
 	m := &Manager{
 		opts:     opts,
+		met:      met,
 		log:      opts.Logger,
 		now:      opts.Now,
 		store:    st,

@@ -23,7 +23,6 @@ import (
 
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/fakems"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	. "github.com/oauthbridge/oauthbridge/tokens"
 )
 
@@ -87,7 +86,7 @@ func newEnv(t *testing.T, eo envOpts) *env {
 	e.cfg = testConfig(t, e.dir, f.AuthorityURL, cs, accts...)
 	log, buf := testLogger()
 	e.logs = buf
-	e.opts = Options{Logger: log, Now: clock.Now, RetryMin: 20 * time.Millisecond, RetryMax: 80 * time.Millisecond, StorePoll: 50 * time.Millisecond, RequestTimeout: 2 * time.Second}
+	e.opts = Options{Registerer: testRegistry, Logger: log, Now: clock.Now, RetryMin: 20 * time.Millisecond, RetryMax: 80 * time.Millisecond, StorePoll: 50 * time.Millisecond, RequestTimeout: 2 * time.Second}
 	if eo.manager != nil {
 		eo.manager(&e.opts)
 	}
@@ -219,7 +218,7 @@ func TestDeviceLoginCacheRotationRestart(t *testing.T) {
 	if s := statusOf(e.m, helpdesk); s.State != StateNeedsLogin || !strings.Contains(s.Fix, "oauthbridge login helpdesk") {
 		t.Fatalf("status before login = %+v, want needs_login with the login command as fix", s)
 	}
-	if v := testutil.ToFloat64(metrics.AccountState.WithLabelValues(helpdesk, "needs_login")); v != 1 {
+	if v := testutil.ToFloat64(testMetrics.AccountState.WithLabelValues(helpdesk, "needs_login")); v != 1 {
 		t.Fatalf("needs_login gauge before login = %v, want 1", v)
 	}
 	if err := e.deviceLogin(e.m, helpdesk, alice); err != nil {
@@ -275,7 +274,7 @@ func TestDeviceLoginCacheRotationRestart(t *testing.T) {
 		t.Fatalf("Status = %+v", s)
 	}
 
-	if v := testutil.ToFloat64(metrics.TokenExpiry.WithLabelValues(helpdesk)); v <= 0 {
+	if v := testutil.ToFloat64(testMetrics.TokenExpiry.WithLabelValues(helpdesk)); v <= 0 {
 		t.Fatalf("token_expiry_seconds = %v, want > 0", v)
 	}
 	// Nothing secret in the logs or Status.
@@ -510,13 +509,13 @@ func TestRevokedRefreshTokenNeedsLogin(t *testing.T) {
 	if s.State != StateNeedsLogin || s.AADSTS != 50173 || !strings.Contains(s.Fix, "oauthbridge login helpdesk") || s.LastError == "" {
 		t.Fatalf("Status = %+v", s)
 	}
-	if v := testutil.ToFloat64(metrics.AccountState.WithLabelValues(helpdesk, "needs_login")); v != 1 {
+	if v := testutil.ToFloat64(testMetrics.AccountState.WithLabelValues(helpdesk, "needs_login")); v != 1 {
 		t.Fatalf("account_state{needs_login} = %v, want 1", v)
 	}
-	if v := testutil.ToFloat64(metrics.AccountState.WithLabelValues(helpdesk, "ok")); v != 0 {
+	if v := testutil.ToFloat64(testMetrics.AccountState.WithLabelValues(helpdesk, "ok")); v != 0 {
 		t.Fatalf("account_state{ok} = %v, want 0", v)
 	}
-	if v := testutil.ToFloat64(metrics.TokenRefreshes.WithLabelValues(helpdesk, "needs_login")); v < 1 {
+	if v := testutil.ToFloat64(testMetrics.TokenRefreshes.WithLabelValues(helpdesk, "needs_login")); v < 1 {
 		t.Fatalf("token_refreshes{needs_login} = %v, want >= 1", v)
 	}
 	// The state survives a restart, still without token requests.
@@ -890,6 +889,43 @@ func TestUnknownAccount(t *testing.T) {
 		t.Fatalf("AccessToken(unknown) = %v", err)
 	}
 	e.m.Rejected("nope", "x") // must not panic
+}
+
+// TestReloadDuringLoginStoreWrite: the delegate changes while a finished
+// sign-in writes its tokens to the store (after the binding was checked);
+// the old delegate's tokens are not installed, and the account waits for
+// the new delegate.
+func TestReloadDuringLoginStoreWrite(t *testing.T) {
+	e := newEnv(t, envOpts{secret: secret})
+	cfg := testConfig(t, e.dir, e.f.AuthorityURL, secret, testAccount{name: helpdesk, mailbox: "hd@contoso.com", delegate: bob})
+	e.m.SetLoginStoredHookForTest(func(string) {
+		if err := e.m.Reload(cfg); err != nil {
+			t.Errorf("Reload() = %v", err)
+		}
+	})
+	dl, done, err := e.m.StartDeviceLogin(context.Background(), helpdesk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.f.ApproveDevice(dl.UserCode, alice); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "changed while the sign-in was running") {
+			t.Errorf("device login with a delegate change during its store write = %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("device login did not finish")
+	}
+	if _, err := e.m.AccessToken(context.Background(), helpdesk); KindOf(err) != NeedsLogin || !strings.Contains(err.Error(), bob) {
+		t.Fatalf("AccessToken after a delegate change during the sign-in's store write = %v, want needs_login naming %s", err, bob)
+	}
+	for _, st := range e.m.Status() {
+		if st.Account == helpdesk && strings.EqualFold(st.SignedInAs, alice) {
+			t.Fatalf("status shows delegate %s signed in as %s: %+v", bob, alice, st)
+		}
+	}
 }
 
 // TestReloadDuringDeviceLogin: the delegate changes while a device-code

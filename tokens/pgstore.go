@@ -14,6 +14,7 @@ import (
 	"golang.org/x/crypto/chacha20poly1305"
 
 	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/internal/metrics"
 )
 
 // postgres is the PostgreSQL (12 and later) dialect. A MySQL 8 / MariaDB
@@ -61,7 +62,10 @@ CREATE TABLE IF NOT EXISTS oauthbridge_meta (
 // checks that keyFile holds the key the store was created with. The key
 // is never created here: replicas creating keys of their own would each
 // write rows the others cannot read.
-func openPostgres(sc *config.StoreBlock, keyFile string, log *slog.Logger) (*sqlStore, map[string]*entry, error) {
+func openPostgres(sc *config.StoreBlock, keyFile string, log *slog.Logger, met *metrics.Metrics) (*sqlStore, map[string]*entry, error) {
+	if met == nil {
+		met = metrics.New(nil)
+	}
 	dsn := sc.DSN.Reveal()
 	pc, err := pgx.ParseConfig(dsn)
 	if err != nil {
@@ -91,7 +95,7 @@ func openPostgres(sc *config.StoreBlock, keyFile string, log *slog.Logger) (*sql
 	s := &sqlStore{
 		db: db, d: postgres, aead: aead, keyID: keyID(key),
 		owner: sc.Replica + "/" + randomID(4), lease: sc.Lease, beat: sc.Heartbeat,
-		timeout: DefaultStoreStatementTimeout, log: log, redact: redact,
+		timeout: DefaultStoreStatementTimeout, log: log, redact: redact, met: met,
 		known: map[string]bool{}, seen: map[string]int64{},
 	}
 	clear(key)

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/oauthbridge/oauthbridge/config"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
 )
 
 // startRefresh starts the account's refresh unless one runs already and
@@ -118,7 +117,7 @@ func (m *Manager) refresh(a *account, done chan struct{}, gen uint64, ac *config
 	defer a.mu.Unlock()
 	defer close(done)
 	a.inflight = nil
-	metrics.TokenRefreshes.WithLabelValues(a.name, "ok").Inc()
+	m.met.TokenRefreshes.WithLabelValues(a.name, "ok").Inc()
 	if a.gen != gen {
 		return // a sign-in or reload replaced the tokens meanwhile
 	}
@@ -139,7 +138,7 @@ func (m *Manager) refresh(a *account, done chan struct{}, gen uint64, ac *config
 
 func (m *Manager) refreshFailed(a *account, done chan struct{}, gen uint64, ac *config.Account, err error, now time.Time) {
 	te := classify(ac, err)
-	metrics.TokenRefreshes.WithLabelValues(a.name, te.Kind.String()).Inc()
+	m.met.TokenRefreshes.WithLabelValues(a.name, te.Kind.String()).Inc()
 	a.mu.Lock()
 	a.inflight = nil
 	if a.gen != gen {

@@ -55,6 +55,7 @@ import (
 // No advisory locks and no session state: every statement stands alone,
 // so a transaction-pooling PgBouncer in front of the database is fine.
 type sqlStore struct {
+	met     *metrics.Metrics
 	db      *sql.DB
 	d       *dialect
 	aead    cipher.AEAD
@@ -137,7 +138,7 @@ func (s *sqlStore) fail(op string, err error) error {
 	was := s.healthy
 	s.healthy = err
 	s.mu.Unlock()
-	metrics.TokenStoreUp.Set(0)
+	s.met.TokenStoreUp.Set(0)
 	if was == nil {
 		s.log.Error("tokens: the shared token store is unreachable; cached access tokens keep serving, no refresh token is redeemed until it is back", "error", err)
 	}
@@ -149,7 +150,7 @@ func (s *sqlStore) ok() {
 	was := s.healthy
 	s.healthy = nil
 	s.mu.Unlock()
-	metrics.TokenStoreUp.Set(1)
+	s.met.TokenStoreUp.Set(1)
 	if was != nil {
 		s.log.Info("tokens: the shared token store answers again")
 	}
@@ -164,7 +165,7 @@ func (s *sqlStore) health() error {
 func (s *sqlStore) exec(ctx context.Context, op, q string, args ...any) (int64, error) {
 	c, cancel := s.ctx(ctx)
 	defer cancel()
-	metrics.TokenStoreQueries.WithLabelValues(op).Inc()
+	s.met.TokenStoreQueries.WithLabelValues(op).Inc()
 	res, err := s.db.ExecContext(c, q, args...)
 	if err != nil {
 		return 0, s.fail(op, err)
@@ -184,7 +185,7 @@ func (s *sqlStore) exec(ctx context.Context, op, q string, args ...any) (int64, 
 // themselves are idempotent (IF NOT EXISTS), for databases whose DDL is not
 // transactional.
 func (s *sqlStore) migrate(ctx context.Context) error {
-	metrics.TokenStoreQueries.WithLabelValues("migrate").Inc()
+	s.met.TokenStoreQueries.WithLabelValues("migrate").Inc()
 	var err error
 	for try := 0; try < 5; try++ {
 		// Two replicas' CREATE TABLE IF NOT EXISTS at the same moment: one
@@ -324,7 +325,7 @@ func (s *sqlStore) ensure(ctx context.Context, account string) error {
 func (s *sqlStore) get(ctx context.Context, account string) (storeRow, error) {
 	c, cancel := s.ctx(ctx)
 	defer cancel()
-	metrics.TokenStoreQueries.WithLabelValues("get").Inc()
+	s.met.TokenStoreQueries.WithLabelValues("get").Inc()
 	var r storeRow
 	var data []byte
 	err := s.db.QueryRowContext(c, s.d.get, account).Scan(&r.version, &data)
@@ -353,7 +354,7 @@ func (s *sqlStore) get(ctx context.Context, account string) (storeRow, error) {
 func (s *sqlStore) load() (map[string]*entry, error) {
 	c, cancel := s.ctx(context.Background())
 	defer cancel()
-	metrics.TokenStoreQueries.WithLabelValues("load").Inc()
+	s.met.TokenStoreQueries.WithLabelValues("load").Inc()
 	rows, err := s.db.QueryContext(c, s.d.loadAll)
 	if err != nil {
 		return nil, s.fail("load", err)
@@ -405,7 +406,7 @@ func (s *sqlStore) load() (map[string]*entry, error) {
 func (s *sqlStore) poll() (map[string]*entry, error) {
 	c, cancel := s.ctx(context.Background())
 	defer cancel()
-	metrics.TokenStoreQueries.WithLabelValues("poll").Inc()
+	s.met.TokenStoreQueries.WithLabelValues("poll").Inc()
 	rows, err := s.db.QueryContext(c, s.d.poll)
 	if err != nil {
 		return nil, s.fail("poll", err)
@@ -520,7 +521,7 @@ func (s *sqlStore) update(changes map[string]*entry) (newer map[string]*entry, e
 			if signIn && try < maxSignInRetries {
 				continue // raced another write: read again
 			}
-			metrics.TokenStoreConflicts.Inc()
+			s.met.TokenStoreConflicts.Inc()
 			cur, err = s.get(context.Background(), name)
 			if err != nil {
 				return newer, err
@@ -549,27 +550,27 @@ func addNewer(m map[string]*entry, name string, e *entry) map[string]*entry {
 // claim implements tokenStore.
 func (s *sqlStore) claim(ctx context.Context, account string) (*lease, error) {
 	if err := s.ensure(ctx, account); err != nil {
-		metrics.TokenLeaseClaims.WithLabelValues("error").Inc()
+		s.met.TokenLeaseClaims.WithLabelValues("error").Inc()
 		return nil, err
 	}
 	n, err := s.exec(ctx, "claim", s.d.claim, account, s.owner, s.lease.Milliseconds(), s.owner)
 	if err != nil {
-		metrics.TokenLeaseClaims.WithLabelValues("error").Inc()
+		s.met.TokenLeaseClaims.WithLabelValues("error").Inc()
 		return nil, err
 	}
 	if n != 1 {
-		metrics.TokenLeaseClaims.WithLabelValues("held").Inc()
+		s.met.TokenLeaseClaims.WithLabelValues("held").Inc()
 		l := &lease{}
 		c, cancel := s.ctx(ctx)
 		defer cancel()
-		metrics.TokenStoreQueries.WithLabelValues("get").Inc()
+		s.met.TokenStoreQueries.WithLabelValues("get").Inc()
 		var until, now time.Time
 		if err := s.db.QueryRowContext(c, s.d.holder, account).Scan(&l.holder, &until, &now); err == nil {
 			l.until = time.Now().Add(until.Sub(now))
 		}
 		return l, nil
 	}
-	metrics.TokenLeaseClaims.WithLabelValues("acquired").Inc()
+	s.met.TokenLeaseClaims.WithLabelValues("acquired").Inc()
 	r, err := s.get(ctx, account)
 	if err != nil {
 		s.releaseLease(account)
@@ -605,7 +606,7 @@ func (s *sqlStore) heartbeat(account string, l *lease) {
 		n, err := s.exec(context.Background(), "renew", s.d.renew, account, s.owner, s.lease.Milliseconds())
 		if err == nil && n != 1 {
 			l.lost.Store(true)
-			metrics.TokenLeasesLost.Inc()
+			s.met.TokenLeasesLost.Inc()
 			s.log.Warn("tokens: this replica lost the refresh lease of an account (it stalled longer than lease_duration); its refresh result will be refused and the stored tokens used", "account", account)
 			return
 		}
@@ -622,7 +623,7 @@ func (s *sqlStore) confirm(account string, l *lease) bool {
 	n, err := s.exec(context.Background(), "renew", s.d.renew, account, s.owner, s.lease.Milliseconds())
 	if err != nil || n != 1 {
 		if err == nil {
-			metrics.TokenLeasesLost.Inc()
+			s.met.TokenLeasesLost.Inc()
 			s.log.Warn("tokens: this replica was stopped longer than its refresh lease; another replica has the grant now", "account", account)
 		}
 		l.lost.Store(true)

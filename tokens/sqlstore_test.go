@@ -34,9 +34,9 @@ func testStoreBlock(dsn, replica string, lease time.Duration) *config.StoreBlock
 
 func openTestPG(t *testing.T, sc *config.StoreBlock, keyFile string) *sqlStore {
 	t.Helper()
-	s, _, err := openPostgres(sc, keyFile, slog.New(slog.DiscardHandler))
+	s, _, err := openPostgres(sc, keyFile, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
-		t.Fatalf("openPostgres() = %v", err)
+		t.Fatalf("openPostgres(, nil) = %v", err)
 	}
 	t.Cleanup(func() { s.close() })
 	return s
@@ -191,7 +191,7 @@ func TestPGMigrationsConcurrentAndKeyCheck(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s, _, err := openPostgres(testStoreBlock(dsn, "r", time.Second), key, slog.New(slog.DiscardHandler))
+			s, _, err := openPostgres(testStoreBlock(dsn, "r", time.Second), key, slog.New(slog.DiscardHandler), nil)
 			if err == nil {
 				s.close()
 			}
@@ -212,11 +212,11 @@ func TestPGMigrationsConcurrentAndKeyCheck(t *testing.T) {
 		t.Fatalf("oauthbridge_schema: %d rows, max %d, %v; want one row, version 1", n, v, err)
 	}
 
-	_, _, err := openPostgres(testStoreBlock(dsn, "r", time.Second), writeTestKey(t), slog.New(slog.DiscardHandler))
+	_, _, err := openPostgres(testStoreBlock(dsn, "r", time.Second), writeTestKey(t), slog.New(slog.DiscardHandler), nil)
 	if err == nil || !strings.Contains(err.Error(), "not the key the shared token store was created with") || !strings.Contains(err.Error(), "copy the key file") {
 		t.Fatalf("open with another key = %v", err)
 	}
-	_, _, err = openPostgres(testStoreBlock(dsn, "r", time.Second), filepath.Join(t.TempDir(), "nokey"), slog.New(slog.DiscardHandler))
+	_, _, err = openPostgres(testStoreBlock(dsn, "r", time.Second), filepath.Join(t.TempDir(), "nokey"), slog.New(slog.DiscardHandler), nil)
 	if err == nil || !strings.Contains(err.Error(), "is missing") || !strings.Contains(err.Error(), "same key on every replica") {
 		t.Fatalf("open without a key = %v", err)
 	}
@@ -225,7 +225,7 @@ func TestPGMigrationsConcurrentAndKeyCheck(t *testing.T) {
 	if _, err := s.db.Exec(`INSERT INTO oauthbridge_schema (version) VALUES (99)`); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = openPostgres(testStoreBlock(dsn, "r", time.Second), key, slog.New(slog.DiscardHandler))
+	_, _, err = openPostgres(testStoreBlock(dsn, "r", time.Second), key, slog.New(slog.DiscardHandler), nil)
 	if err == nil || !strings.Contains(err.Error(), "upgrade this replica") {
 		t.Fatalf("open of a newer schema = %v", err)
 	}
@@ -238,7 +238,7 @@ func TestPGDSNSecretNotInErrors(t *testing.T) {
 	if bad == dsn {
 		t.Skip("the test DSN has no password")
 	}
-	_, _, err := openPostgres(testStoreBlock(bad, "r", time.Second), writeTestKey(t), slog.New(slog.DiscardHandler))
+	_, _, err := openPostgres(testStoreBlock(bad, "r", time.Second), writeTestKey(t), slog.New(slog.DiscardHandler), nil)
 	if err == nil {
 		t.Fatal("open with a wrong password succeeded")
 	}

@@ -61,9 +61,9 @@ func (m *Manager) Reload(cfg *config.Config) error {
 	for name := range m.accounts {
 		if _, ok := cfg.AccountByName[name]; !ok {
 			delete(m.accounts, name)
-			metrics.TokenExpiry.DeleteLabelValues(name)
+			m.met.TokenExpiry.DeleteLabelValues(name)
 			for _, s := range metrics.AccountStates {
-				metrics.AccountState.DeleteLabelValues(name, s)
+				m.met.AccountState.DeleteLabelValues(name, s)
 			}
 			m.log.Info("tokens: account removed", "account", name)
 		}
@@ -105,9 +105,9 @@ func (m *Manager) publishMetrics(a *account) {
 
 func (m *Manager) publishMetricsLocked(a *account) {
 	now := m.now()
-	metrics.SetAccountState(a.name, string(m.state(a, now)))
+	m.met.SetAccountState(a.name, string(m.state(a, now)))
 	if !a.ent.Expiry.IsZero() {
-		metrics.TokenExpiry.WithLabelValues(a.name).Set(a.ent.Expiry.Sub(now).Seconds())
+		m.met.TokenExpiry.WithLabelValues(a.name).Set(a.ent.Expiry.Sub(now).Seconds())
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/oauthbridge/oauthbridge/config"
@@ -73,6 +74,17 @@ type Options struct {
 	Auth localauth.Options
 	// Now is the clock for relative times on the status page; nil = time.Now.
 	Now func() time.Time
+	// Metrics is the registry served at /metrics (the daemon's, which every
+	// component registers on); nil: one with the Go and process collectors
+	// only.
+	Metrics prometheus.Gatherer
+}
+
+func (h *handler) gatherer() prometheus.Gatherer {
+	if h.opts.Metrics != nil {
+		return h.opts.Metrics
+	}
+	return metrics.NewRegistry()
 }
 
 type handler struct {
@@ -121,7 +133,7 @@ func New(opts Options) http.Handler {
 
 	open("GET /healthz", h.healthz)
 	monitored("GET /readyz", h.readyz)
-	monitored("GET /metrics", promhttp.HandlerFor(metrics.Registry, promhttp.HandlerOpts{}).ServeHTTP)
+	monitored("GET /metrics", promhttp.HandlerFor(h.gatherer(), promhttp.HandlerOpts{}).ServeHTTP)
 	open("GET "+CallbackPath, h.callback)
 	protected("GET /{$}", h.statusPage)
 	protected("POST /connect/{account}", h.connect)

@@ -100,6 +100,7 @@ func newFake() *fakeTokens {
 
 type env struct {
 	t     *testing.T
+	met   *metrics.Metrics
 	h     http.Handler
 	fake  *fakeTokens
 	cfg   *config.Config
@@ -123,7 +124,10 @@ func newEnv(t *testing.T, withAuth bool) *env {
 		e.cfg.Admin.Username = "admin"
 		e.cfg.Admin.PasswordHash = config.Secret(hash)
 	}
+	reg := metrics.NewRegistry()
+	e.met = metrics.New(reg)
 	e.h = New(Options{
+		Metrics: reg,
 		Config:  func() *config.Config { return e.cfg },
 		Tokens:  e.fake,
 		Ready:   func() error { return e.ready },
@@ -218,7 +222,7 @@ func TestReadyz(t *testing.T) {
 
 func TestMetrics(t *testing.T) {
 	e := newEnv(t, true)
-	metrics.SetAccountState("helpdesk", "ok")
+	e.met.SetAccountState("helpdesk", "ok")
 	body := wantStatus(t, e.do("GET", "/metrics", nil, basic("admin", adminPass)), 200)
 	if !strings.Contains(body, `oauthbridge_account_state{account="helpdesk",state="ok"} 1`) {
 		t.Errorf("/metrics lacks oauthbridge_account_state:\n%s", clip(body, 2000))

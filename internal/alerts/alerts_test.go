@@ -579,7 +579,7 @@ func TestLoginObserver(t *testing.T) {
 	defer stop()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for range 2 {
-		localauth.Audit(log, localauth.Attempt{Proto: "pop3", Account: "helpdesk", Result: localauth.ResultUpstreamRejected, Err: errors.New("-ERR Authentication failure")})
+		localauth.Audit(log, nil, localauth.Attempt{Proto: "pop3", Account: "helpdesk", Result: localauth.ResultUpstreamRejected, Err: errors.New("-ERR Authentication failure")})
 	}
 	// The second failure kicks an evaluation: no Evaluate call here.
 	if p := r.next(t); p.Condition != UpstreamLoginFailures || p.Account != "helpdesk" {

@@ -6,7 +6,6 @@ import (
 
 	"github.com/oauthbridge/oauthbridge/internal/alerts"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
-	"github.com/oauthbridge/oauthbridge/internal/metrics"
 )
 
 // newAlerts builds the alert engine (the alerts block): it reads the
@@ -37,7 +36,6 @@ func (d *Daemon) newAlerts(o alerts.Options) {
 func (d *Daemon) startAlerts(ctx context.Context) {
 	d.alerts.Start(ctx)
 	d.stopObserve = localauth.Observe(d.alerts.LoginAttempt)
-	metrics.SetReady(d.readyErr)
 	d.publishLimits()
 }
 
@@ -50,9 +48,9 @@ func (d *Daemon) reloadAlerts() {
 
 func (d *Daemon) publishLimits() {
 	cfg := d.cfg.Load()
-	metrics.MaxConnections.WithLabelValues("imap").Set(float64(cfg.IMAP.Limits.MaxConnections))
-	metrics.MaxConnections.WithLabelValues("pop3").Set(float64(cfg.POP3.Limits.MaxConnections))
-	metrics.MaxConnections.WithLabelValues("smtp").Set(float64(cfg.SMTP.Limits.MaxConnections))
+	d.met.MaxConnections.WithLabelValues("imap").Set(float64(cfg.IMAP.Limits.MaxConnections))
+	d.met.MaxConnections.WithLabelValues("pop3").Set(float64(cfg.POP3.Limits.MaxConnections))
+	d.met.MaxConnections.WithLabelValues("smtp").Set(float64(cfg.SMTP.Limits.MaxConnections))
 }
 
 // stopAlerts unsubscribes and stops the engine.

@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -26,6 +25,7 @@ import (
 	"github.com/oauthbridge/oauthbridge/internal/alerts"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
+	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/internal/sdnotify"
 	"github.com/oauthbridge/oauthbridge/pop3proxy"
 	"github.com/oauthbridge/oauthbridge/smtpproxy"
@@ -59,6 +59,7 @@ type Daemon struct {
 	log    *slog.Logger
 	cfg    atomic.Pointer[config.Config]
 	tokens *tokens.Manager
+	met    *metrics.Metrics // on the registry served at /metrics
 	auth   *localauth.Authenticator
 	mail   *limiter.Limiter // IMAP + POP3 per account
 	smtpL  *limiter.Limiter
@@ -97,7 +98,12 @@ func New(cfg *config.Config, opts Options) (*Daemon, error) {
 	}
 	d := &Daemon{log: log, mail: &limiter.Limiter{}, smtpL: &limiter.Limiter{}, fatal: make(chan error, 1)}
 	d.cfg.Store(cfg)
+	// One registry for every component's metrics, served at /metrics.
+	reg := metrics.NewRegistry()
+	d.met = metrics.New(reg)
+	reg.MustRegister(metrics.NewReadyGauge(d.readyErr))
 	to := opts.TokenOptions
+	to.Registerer = reg
 	if to.Logger == nil {
 		to.Logger = log.With("component", "tokens")
 	}
@@ -108,11 +114,11 @@ func New(cfg *config.Config, opts Options) (*Daemon, error) {
 	d.tokens = m
 	d.auth = localauth.New(cfg, localauth.Options{})
 	current := func() *config.Config { return d.cfg.Load() }
-	d.imap = imapproxy.New(imapproxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log})
-	d.pop3 = pop3proxy.New(pop3proxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log})
-	d.smtp = smtpproxy.New(smtpproxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.smtpL, Logger: log})
+	d.imap = imapproxy.New(imapproxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log, Registerer: reg})
+	d.pop3 = pop3proxy.New(pop3proxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log, Registerer: reg})
+	d.smtp = smtpproxy.New(smtpproxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.smtpL, Logger: log, Registerer: reg})
 	d.newAlerts(opts.Alerts)
-	h := admin.New(admin.Options{Config: current, Tokens: m, Ready: d.readyErr, Logger: log.With("component", "admin"), Version: Version})
+	h := admin.New(admin.Options{Config: current, Tokens: m, Ready: d.readyErr, Metrics: reg, Logger: log.With("component", "admin"), Version: Version})
 	d.admin = &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: AdminReadHeaderTimeout,
@@ -270,10 +276,12 @@ func (d *Daemon) Addr(proto string) string {
 	return ""
 }
 
-// Reload applies a new configuration: users, passwords, accounts and TLS
-// certificates take effect for new connections; established sessions keep
-// running on what they started with. Listener addresses cannot change
-// without a restart; a change is reported, not applied.
+// Reload applies a new configuration: users, passwords, accounts, TLS
+// certificates, limits and the SMTP listener settings take effect for new
+// connections (established sessions keep running on what they started
+// with); log_level and log_format at once. Listener addresses cannot change
+// without a restart; each change is logged by name, not applied (see
+// reload.go).
 func (d *Daemon) Reload(cfg *config.Config) error {
 	old := d.cfg.Load()
 	if err := d.tokens.Reload(cfg); err != nil {
@@ -282,20 +290,7 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 	d.cfg.Store(cfg)
 	d.auth.SetUsers(cfg)
 	d.reloadAlerts()
-	for _, c := range []struct {
-		name     string
-		old, new []string
-	}{
-		{"imap listen", old.IMAP.Listen, cfg.IMAP.Listen}, {"imap listen_tls", old.IMAP.ListenTLS, cfg.IMAP.ListenTLS},
-		{"pop3 listen", old.POP3.Listen, cfg.POP3.Listen}, {"pop3 listen_tls", old.POP3.ListenTLS, cfg.POP3.ListenTLS},
-		{"smtp listen", old.SMTP.Listen, cfg.SMTP.Listen}, {"smtp listen_tls", old.SMTP.ListenTLS, cfg.SMTP.ListenTLS},
-		{"admin listen", []string{old.Admin.Listen}, []string{cfg.Admin.Listen}},
-	} {
-		if !slices.Equal(c.old, c.new) {
-			d.log.Warn("reload: listener addresses changed; restart the service to apply", "setting", c.name)
-		}
-	}
-	d.log.Info("configuration reloaded", "users", len(cfg.Users), "accounts", len(cfg.Accounts))
+	d.reportReload(old, cfg)
 	return nil
 }
 

@@ -29,6 +29,10 @@ const (
 	// CutWait bounds how long Shutdown waits for sessions to notice that
 	// their connections were closed once its context ended.
 	CutWait = 5 * time.Second
+	// MaxRefusalHandshakes bounds the implicit-TLS handshakes run at once
+	// only to tell a client that max_connections is reached; beyond it such
+	// connections are closed without a word.
+	MaxRefusalHandshakes = 16
 	// minAcceptBackoff and maxAcceptBackoff: after a failed Accept the loop
 	// waits 5 ms, doubling up to 1 s, as net/http and imapserver do.
 	minAcceptBackoff = 5 * time.Millisecond
@@ -64,7 +68,8 @@ func (r Reason) String() string {
 // so that a reload applies to the next connection.
 type Limits struct {
 	// MaxConnections caps the sessions served at once; 0 or less: no cap.
-	// Checked after the implicit-TLS handshake, so the refusal is readable.
+	// A connection counts from its accept (its TLS handshake included); the
+	// refusal is written after the handshake, so it is readable.
 	MaxConnections int
 	// HandshakeTimeout bounds the implicit-TLS handshake; 0 means
 	// DefaultHandshakeTimeout.
@@ -82,6 +87,8 @@ type Options struct {
 	Proto string
 	// Logger receives the loop's lines; nil discards them.
 	Logger *slog.Logger
+	// Metrics counts the sessions; nil: a private set.
+	Metrics *metrics.Metrics
 	// Limits returns the limits for a new connection.
 	Limits func() Limits
 	// WrapConn, if set, wraps each accepted connection below TLS (smtpproxy
@@ -110,6 +117,7 @@ type Server struct {
 	cancel context.CancelFunc
 
 	draining  atomic.Bool
+	refusing  atomic.Int32 // implicit-TLS handshakes run only to refuse
 	drainOnce sync.Once
 	drainCh   chan struct{} // closed when Shutdown starts: stops accept backoffs
 
@@ -125,6 +133,9 @@ type Server struct {
 func New(opts Options) *Server {
 	if opts.Logger == nil {
 		opts.Logger = logging.Discard
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.New(nil)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
@@ -237,8 +248,9 @@ func (s *Server) Serve(ln net.Listener, implicitTLS bool) error {
 
 // ServeConn serves one accepted connection and returns when it is over; the
 // connection is closed on return. With implicitTLS it first runs the TLS
-// handshake, bounded by the handshake timeout; max_connections and the
-// drain are checked after it, so their refusal goes through TLS.
+// handshake, bounded by the handshake timeout; the connection counts toward
+// max_connections from its accept, and a refusal (too many connections,
+// shutting down) is written after the handshake, through TLS.
 func (s *Server) ServeConn(nc net.Conn, implicitTLS bool) {
 	lim := s.opts.Limits()
 	sess := s.track(nc, lim)
@@ -250,10 +262,25 @@ func (s *Server) ServeConn(nc net.Conn, implicitTLS bool) {
 			sess.Log.Error("panic in session", "error", fmt.Sprint(v), "stack", string(debug.Stack()))
 		}
 	}()
+	// A connection counts toward max_connections from its accept, so
+	// connections stuck in their TLS handshake cannot push the sessions
+	// past the cap.
+	why := s.admit(sess, lim.MaxConnections)
 	if implicitTLS {
 		if lim.TLS == nil {
 			sess.Log.Error("implicit-TLS listener without a tls block; closing connection")
 			return
+		}
+		if why == TooManyConnections {
+			// The refusal is only readable through TLS; a bounded number
+			// of refusal handshakes run at once, the others are closed
+			// without a word.
+			if n := s.refusing.Add(1); n > MaxRefusalHandshakes {
+				s.refusing.Add(-1)
+				sess.Log.Warn("connection closed: max_connections reached and too many refusals in progress", "max_connections", lim.MaxConnections)
+				return
+			}
+			defer s.refusing.Add(-1)
 		}
 		d := lim.HandshakeTimeout
 		if d <= 0 {
@@ -268,9 +295,12 @@ func (s *Server) ServeConn(nc net.Conn, implicitTLS bool) {
 		_ = tc.SetDeadline(time.Time{})
 		sess.conn = tc
 		sess.tls = true
+		if why == 0 && s.draining.Load() {
+			why = ShuttingDown // the drain started during the handshake
+		}
 	}
 
-	if why := s.admit(sess, lim.MaxConnections); why != 0 {
+	if why != 0 {
 		if why == TooManyConnections {
 			sess.Log.Warn("connection refused: max_connections reached", "max_connections", lim.MaxConnections)
 		} else {
@@ -284,9 +314,10 @@ func (s *Server) ServeConn(nc net.Conn, implicitTLS bool) {
 	// handshake above is bounded by the same context).
 	stop := context.AfterFunc(s.cut, func() { sess.raw.Close() })
 	defer stop()
-	metrics.SessionsTotal.WithLabelValues(s.opts.Proto).Inc()
-	metrics.SessionsActive.WithLabelValues(s.opts.Proto).Inc()
-	defer metrics.SessionsActive.WithLabelValues(s.opts.Proto).Dec()
+	m := s.opts.Metrics
+	m.SessionsTotal.WithLabelValues(s.opts.Proto).Inc()
+	m.SessionsActive.WithLabelValues(s.opts.Proto).Inc()
+	defer m.SessionsActive.WithLabelValues(s.opts.Proto).Dec()
 	s.opts.Serve(sess)
 }
 

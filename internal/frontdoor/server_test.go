@@ -332,6 +332,45 @@ func TestMaxConnectionsImplicitTLS(t *testing.T) {
 	b.expectClosed()
 }
 
+// A connection still in its TLS handshake counts toward max_connections:
+// silent half-open handshakes cannot push the sessions past the cap; the
+// refusals are readable (through TLS), and refusal handshakes themselves
+// are bounded.
+func TestMaxConnectionsCountsHandshakes(t *testing.T) {
+	cert, pool := testCert(t)
+	started := make(chan *Session, 4)
+	s := newTestServer(t, Limits{MaxConnections: 1, HandshakeTimeout: time.Minute, TLS: &tls.Config{Certificates: []tls.Certificate{cert}}}, started)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(ln, true)
+	// A client that connects and never says hello.
+	silent, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	waitFor(t, func() bool { return s.ActiveSessions() == 1 })
+
+	c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	if err != nil {
+		t.Fatalf("tls.Dial() = %v", err)
+	}
+	b := newLineClient(t, c)
+	b.expect("REFUSED too many connections")
+	b.expectClosed()
+
+	// The slot frees when the silent handshake ends.
+	silent.Close()
+	waitFor(t, func() bool { return s.ActiveSessions() == 0 })
+	c, err = tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	if err != nil {
+		t.Fatalf("tls.Dial() = %v", err)
+	}
+	newLineClient(t, c).expect("HELLO")
+}
+
 // Drain: a pre-auth session ends with its text, a spliced one runs until
 // the context ends and is then closed without a byte written into it, a
 // login completing during the drain is refused, new connections are refused.

@@ -35,10 +35,12 @@ type Attempt struct {
 }
 
 // Audit writes the one audit line for a login attempt and counts it in
-// oauthbridge_logins_total. Failures that need a person are logged at error
+// oauthbridge_logins_total of m (nil: not counted). Failures that need a person are logged at error
 // level, other failures at warn.
-func Audit(log *slog.Logger, a Attempt) {
-	metrics.Logins.WithLabelValues(a.Proto, a.Result).Inc()
+func Audit(log *slog.Logger, m *metrics.Metrics, a Attempt) {
+	if m != nil {
+		m.Logins.WithLabelValues(a.Proto, a.Result).Inc()
+	}
 	Notify(a) // observe.go
 	user := a.User
 	if len(user) > 64 {

@@ -7,38 +7,16 @@ package logging
 import (
 	"io"
 	"log/slog"
-	"os"
 	"strconv"
 	"sync/atomic"
-
-	"golang.org/x/term"
 )
 
 // New returns a logger writing to w in format ("auto", "json" or "text") at
-// level ("debug", "info", "warn" or "error").
+// level ("debug", "info", "warn" or "error"). ControlOf(logger) changes both
+// later (reload).
 func New(w io.Writer, format, level string) *slog.Logger {
-	var lv slog.Level
-	switch level {
-	case "debug":
-		lv = slog.LevelDebug
-	case "warn":
-		lv = slog.LevelWarn
-	case "error":
-		lv = slog.LevelError
-	default:
-		lv = slog.LevelInfo
-	}
-	opts := &slog.HandlerOptions{Level: lv}
-	if format == "auto" || format == "" {
-		format = "json"
-		if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-			format = "text"
-		}
-	}
-	if format == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
-	}
-	return slog.New(slog.NewJSONHandler(w, opts))
+	l, _ := NewControlled(w, format, level)
+	return l
 }
 
 var connSeq atomic.Uint64

@@ -155,8 +155,7 @@ type activity struct {
 
 func newActivity(idle time.Duration, onIdle func()) *activity {
 	a := &activity{idle: idle, last: time.Now()}
-	var check func()
-	check = func() {
+	check := func() {
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		if rest := a.idle - time.Since(a.last); rest > 0 {

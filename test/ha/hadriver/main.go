@@ -147,12 +147,11 @@ func own(path string) {
 // ---- replicas ----
 
 type replica struct {
-	name                      string
-	dir, conf, log            string
-	imap, smtp, admin         int
-	cmd                       *exec.Cmd
-	down                      atomic.Bool // killed or stopped: its client failures are not counted
-	disruptedSince, sinceOnce atomic.Int64
+	name              string
+	dir, conf, log    string
+	imap, smtp, admin int
+	cmd               *exec.Cmd
+	down              atomic.Bool // killed or stopped: its client failures are not counted
 }
 
 func (r *replica) start(env []string) {

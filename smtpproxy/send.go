@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 )
 
@@ -40,6 +41,8 @@ func (s *Server) Send(ctx context.Context, acct *config.Account, from string, rc
 		cfg:     cfg,
 		user:    "(bridge)",
 		account: acct,
+		// The bridge's own login: no local credential, the account given.
+		checked: &frontdoor.Login{Name: "(bridge)", Account: acct, Config: cfg},
 	}
 	defer sess.Logout()
 	if err := sess.Mail(from, nil); err != nil {

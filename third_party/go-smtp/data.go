@@ -2,6 +2,7 @@ package smtp
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 )
@@ -80,6 +81,14 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 
 	// Code below is taken from net/textproto with only one modification to
 	// not rewrite CRLF -> LF.
+	//
+	// oauthbridge patch: in the middle of a line (stateData) every byte up
+	// to the next CR is copied as it is, so such runs are copied in bulk
+	// from what the bufio.Reader already holds instead of one ReadByte
+	// call per byte. Every other byte still goes through the state machine
+	// below, so the result is the same byte for byte; only a Read now
+	// returns what it has once the buffered input is used up (as
+	// io.Reader allows) instead of blocking to fill b.
 
 	// Run data through a simple state machine to
 	// elide leading dots and detect End-of-Data (<CR><LF>.<CR><LF>) line.
@@ -92,6 +101,25 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 		stateEOF              // reached .\r\n end marker line
 	)
 	for n < len(b) && r.state != stateEOF {
+		avail := r.r.Buffered()
+		if avail == 0 && n > 0 {
+			// Return what is there rather than wait for more.
+			break
+		}
+		if r.state == stateData && avail > 0 {
+			if avail > len(b)-n {
+				avail = len(b) - n
+			}
+			run, _ := r.r.Peek(avail)
+			if i := bytes.IndexByte(run, '\r'); i >= 0 {
+				run = run[:i]
+			}
+			if len(run) > 0 {
+				n += copy(b[n:], run)
+				r.r.Discard(len(run))
+				continue
+			}
+		}
 		var c byte
 		c, err = r.r.ReadByte()
 		if err != nil {

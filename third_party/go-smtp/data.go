@@ -82,13 +82,14 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 	// Code below is taken from net/textproto with only one modification to
 	// not rewrite CRLF -> LF.
 	//
-	// oauthbridge patch: in the middle of a line (stateData) every byte up
-	// to the next CR is copied as it is, so such runs are copied in bulk
-	// from what the bufio.Reader already holds instead of one ReadByte
-	// call per byte. Every other byte still goes through the state machine
-	// below, so the result is the same byte for byte; only a Read now
-	// returns what it has once the buffered input is used up (as
-	// io.Reader allows) instead of blocking to fill b.
+	// oauthbridge patch: in the middle of a line (stateData), the bytes
+	// that the state machine below would copy unchanged and that leave it
+	// in stateData (see dataRun) are copied in bulk from what the
+	// bufio.Reader already holds, instead of one ReadByte call per byte.
+	// Every other byte still goes through the state machine, so the result
+	// is the same byte for byte; only a Read now returns what it has once
+	// the buffered input is used up (as io.Reader allows) instead of
+	// blocking to fill b.
 
 	// Run data through a simple state machine to
 	// elide leading dots and detect End-of-Data (<CR><LF>.<CR><LF>) line.
@@ -111,12 +112,9 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 				avail = len(b) - n
 			}
 			run, _ := r.r.Peek(avail)
-			if i := bytes.IndexByte(run, '\r'); i >= 0 {
-				run = run[:i]
-			}
-			if len(run) > 0 {
-				n += copy(b[n:], run)
-				r.r.Discard(len(run))
+			if i := dataRun(run); i > 0 {
+				n += copy(b[n:], run[:i])
+				r.r.Discard(i)
 				continue
 			}
 		}
@@ -173,4 +171,26 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 		r.n -= int64(n)
 	}
 	return
+}
+
+// dataRun returns how many leading bytes of p the dataReader state machine,
+// starting in stateData, copies unchanged and ends in stateData: bytes
+// other than CR, and each CR LF that is followed by a byte other than "."
+// and CR (which starts an ordinary line: CR -> stateCR, LF ->
+// stateBeginLine, that byte -> stateData). It stops at the first CR that
+// is not such a line break or whose next two bytes are not in p yet.
+// (oauthbridge patch)
+func dataRun(p []byte) int {
+	i := 0
+	for {
+		j := bytes.IndexByte(p[i:], '\r')
+		if j < 0 {
+			return len(p)
+		}
+		k := i + j
+		if k+2 >= len(p) || p[k+1] != '\n' || p[k+2] == '.' || p[k+2] == '\r' {
+			return k
+		}
+		i = k + 3
+	}
 }

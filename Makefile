@@ -75,10 +75,12 @@ fmt:
 vet:
 	$(GO) vet ./...
 
-## test: unit tests (net.Pipe, transcripts) and in-process end-to-end tests against the fake Microsoft 365;
+## test: unit tests (net.Pipe, transcripts, the patched go-smtp in third_party) and in-process end-to-end tests against the fake Microsoft 365;
 ## test/pg/run.sh starts a throwaway PostgreSQL (Debian's, installed as root if missing) for the shared-store tests
 test:
 	bash test/pg/run.sh $(GO) test -race -count=1 -timeout 15m ./...
+	@# The patched go-smtp is a module of its own (third_party/go-smtp/PATCHES.md): upstream's tests and the patch's.
+	cd third_party/go-smtp && $(GO) test -race -count=1 ./...
 
 ## pgtest: only the shared token store's tests, against a throwaway PostgreSQL (several replicas, leases, database down)
 pgtest:

@@ -44,5 +44,5 @@ require (
 	google.golang.org/protobuf v1.36.12 // indirect
 )
 
-// go-smtp v0.25.1 with a line-at-a-time DATA reader: see third_party/go-smtp/PATCHES.md.
+// go-smtp v0.25.1 whose DATA reader copies runs of bytes instead of one byte at a time: see third_party/go-smtp/PATCHES.md.
 replace github.com/emersion/go-smtp => ./third_party/go-smtp

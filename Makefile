@@ -78,15 +78,18 @@ vet:
 ## promtool: check and unit-test contrib/prometheus/alerts.yml with promtool (installs Debian's prometheus package as root if missing, without starting its service)
 promtool:
 	@bash scripts/promtool.sh
+
 ## lint: staticcheck, pinned in packaging/lint/go.mod (a module of its own, so its dependencies never move the bridge's)
 lint:
 	$(GO) -C packaging/lint build -o $(CURDIR)/build/staticcheck honnef.co/go/tools/cmd/staticcheck
 	$(CURDIR)/build/staticcheck ./...
 
-## test: unit tests (net.Pipe, transcripts) and in-process end-to-end tests against the fake Microsoft 365;
+## test: unit tests (net.Pipe, transcripts, the patched go-smtp in third_party) and in-process end-to-end tests against the fake Microsoft 365;
 ## test/pg/run.sh starts a throwaway PostgreSQL (Debian's, installed as root if missing) for the shared-store tests
 test:
 	bash test/pg/run.sh $(GO) test -race -count=1 -timeout 15m ./...
+	@# The patched go-smtp is a module of its own (third_party/go-smtp/PATCHES.md): upstream's tests and the patch's.
+	cd third_party/go-smtp && $(GO) test -race -count=1 ./...
 
 ## pgtest: only the shared token store's tests, against a throwaway PostgreSQL (several replicas, leases, database down)
 pgtest:

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -78,6 +80,10 @@ type Report struct {
 	CPUs     int
 	Elapsed  time.Duration
 	Warnings []string
+	// The machine: CPU model and the 1-minute load average at the start
+	// and the end of the run (other work on the machine skews the ratios).
+	CPUModel           string
+	LoadStart, LoadEnd string
 }
 
 // Met reports whether every row with a target met it.
@@ -95,7 +101,8 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if o.Rounds < 1 {
 		o.Rounds = 1
 	}
-	rep := &Report{CPUs: runtime.NumCPU()}
+	rep := &Report{CPUs: runtime.NumCPU(), CPUModel: cpuModel(), LoadStart: loadAverage()}
+	defer func() { rep.LoadEnd = loadAverage() }()
 	if o.BridgeBinary != "" {
 		// Each IDLE session costs two descriptors in the bridge process
 		// (client and upstream socket) and two in this one (the client
@@ -293,7 +300,18 @@ func (r *Report) WriteMarkdown(w io.Writer) {
 }
 
 func (r *Report) writeNotes(w io.Writer, bullet string) {
-	fmt.Fprintf(w, "%s%d CPU cores (runtime.NumCPU), %s, total %v.\n", bullet, r.CPUs, runtime.Version(), r.Elapsed.Round(time.Second))
+	fmt.Fprintf(w, "%s%d CPU cores (runtime.NumCPU)", bullet, r.CPUs)
+	if r.CPUModel != "" {
+		fmt.Fprintf(w, " of %q", r.CPUModel)
+	}
+	fmt.Fprintf(w, ", %s, total %v", runtime.Version(), r.Elapsed.Round(time.Second))
+	if r.LoadStart != "" {
+		fmt.Fprintf(w, "; load average %s at the start, %s at the end", r.LoadStart, r.LoadEnd)
+		if busy(r.LoadStart, r.CPUs) || busy(r.LoadEnd, r.CPUs) {
+			fmt.Fprint(w, " (above the core count: other work shared the machine)")
+		}
+	}
+	fmt.Fprintln(w, ".")
 	fmt.Fprintf(w, "%sClient-perceived: the direct client speaks TLS + XOAUTH2 to the fake upstream; the bridged client speaks TLS + password to the bridge on loopback (IDLE sessions: plaintext, as local legacy clients do), and the bridge speaks TLS + XOAUTH2 upstream. Direct and bridge rounds alternate in one run; rates are from each path's median round. CPU per MB is the bridge process's user+system time (/proc/PID/stat) divided by the bytes it relayed.\n", bullet)
 	for _, row := range r.Rows {
 		if row.Note != "" {
@@ -303,4 +321,35 @@ func (r *Report) writeNotes(w io.Writer, bullet string) {
 	for _, warn := range r.Warnings {
 		fmt.Fprintf(w, "%swarning: %s\n", bullet, warn)
 	}
+}
+
+// cpuModel is the first "model name" of /proc/cpuinfo, or "".
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+// loadAverage is the 1-minute load average from /proc/loadavg, or "".
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	if f := strings.Fields(string(b)); len(f) > 0 {
+		return f[0]
+	}
+	return ""
+}
+
+func busy(load string, cpus int) bool {
+	v, err := strconv.ParseFloat(load, 64)
+	return err == nil && v > float64(cpus)
 }

@@ -84,3 +84,29 @@ func TestHelpers(t *testing.T) {
 		t.Error("literalSize matched a line without a literal")
 	}
 }
+
+// TestReportMet: -strict exits 1 exactly when Met is false, that is when
+// a row with a target missed it; rows without a target never count.
+func TestReportMet(t *testing.T) {
+	yes, no := true, false
+	rep := &Report{Rows: []Row{{Workload: "a", OK: &yes}, {Workload: "b"}}}
+	if !rep.Met() {
+		t.Error("Met() = false with every target met")
+	}
+	rep.Rows = append(rep.Rows, Row{Workload: "c", OK: &no})
+	if rep.Met() {
+		t.Error("Met() = true with a missed target")
+	}
+	var text bytes.Buffer
+	rep.CPUs, rep.LoadStart, rep.LoadEnd = 2, "8.90", "1.00"
+	rep.WriteText(&text)
+	if !strings.Contains(text.String(), "load average 8.90 at the start, 1.00 at the end (above the core count") {
+		t.Errorf("notes do not say the machine was busy:\n%s", text.String())
+	}
+	text.Reset()
+	rep.LoadStart = "0.50"
+	rep.WriteText(&text)
+	if strings.Contains(text.String(), "above the core count") {
+		t.Errorf("notes call a quiet machine busy:\n%s", text.String())
+	}
+}

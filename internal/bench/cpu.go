@@ -88,7 +88,7 @@ func (e *env) runCPU(o Options, p *bridgeProc, smtpBig *bigResult) ([]Row, error
 		e.logf("cpu: smtp %.2f ms/MB (%v over %d MB)", smtpMB, smtpBig.cpu, smtpBig.size/1e6)
 		row := Row{Workload: "SMTP DATA (bridge process, large messages)", Metric: "bridge CPU ms per MB relayed", Direct: "-", Bridge: fmt.Sprintf("%.2f", smtpMB),
 			Ratio: "-", Target: "<= 2x IMAP",
-			Note: "the bridge reads the body from go-smtp's server (dot-unstuffed a byte at a time there), normalises newlines and sends BDAT chunks upstream"}
+			Note: "TLS on both sides as for FETCH; the bridge reads the body from go-smtp's server (dot-unstuffed a run of bytes at a time: third_party/go-smtp), normalises newlines a line at a time and sends 256 KiB BDAT chunks upstream"}
 		if imapMB > 0 {
 			ratio := smtpMB / imapMB
 			ok := ratio <= 2

@@ -85,7 +85,6 @@ func copyConn(dst io.Writer, src io.Reader, br *bufio.Reader, act *activity) int
 	if br != nil {
 		if n := br.Buffered(); n > 0 {
 			b, _ := br.Peek(n)
-			defer br.Discard(n)
 			if act != nil {
 				act.touch()
 			}
@@ -94,7 +93,11 @@ func copyConn(dst io.Writer, src io.Reader, br *bufio.Reader, act *activity) int
 			if err != nil {
 				return total
 			}
+			// Not deferred: a deferred call would keep br, and its
+			// buffer, alive for the rest of the session.
+			br.Discard(n)
 		}
+		br = nil
 	}
 	small := make([]byte, SmallBuffer)
 	buf := small

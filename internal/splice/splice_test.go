@@ -182,3 +182,58 @@ func TestCopyBufferSizes(t *testing.T) {
 		}
 	}
 }
+
+// TestRunDropsReaders: once a running splice has forwarded what the
+// pre-splice readers held, nothing keeps them (or their buffers) alive, so
+// an idle session holds only the small copy buffers.
+func TestRunDropsReaders(t *testing.T) {
+	client, clientSide := pair(t)
+	upSide, server := pair(t)
+	defer client.Close()
+	defer server.Close()
+	client.Write([]byte("a2 IDLE\r\n"))
+	server.Write([]byte("* OK still here\r\n"))
+	freed := make(chan string, 2)
+	cr := bufio.NewReaderSize(clientSide, 64<<10)
+	ur := bufio.NewReaderSize(upSide, 64<<10)
+	cr.Peek(1)
+	ur.Peek(1)
+	runtime.SetFinalizer(cr, func(*bufio.Reader) { freed <- "client" })
+	runtime.SetFinalizer(ur, func(*bufio.Reader) { freed <- "upstream" })
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func(cr, ur *bufio.Reader) { Run(ctx, clientSide, cr, upSide, ur, 0); close(done) }(cr, ur)
+	cr, ur = nil, nil
+	// The buffered bytes arrive: both readers have been drained.
+	if _, err := io.ReadFull(server, make([]byte, len("a2 IDLE\r\n"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(client, make([]byte, len("* OK still here\r\n"))); err != nil {
+		t.Fatal(err)
+	}
+	// The splice is still running (both directions blocked in Read).
+	got := map[string]bool{}
+	for i := 0; i < 20 && len(got) < 2; i++ {
+		runtime.GC()
+		for drained := false; !drained; {
+			select {
+			case who := <-freed:
+				got[who] = true
+			default:
+				drained = true
+			}
+		}
+		runtime.Gosched()
+	}
+	select {
+	case <-done:
+		t.Fatal("splice ended early")
+	default:
+	}
+	cancel()
+	<-done
+	if !got["client"] || !got["upstream"] {
+		t.Errorf("readers still referenced during the splice: freed %v", got)
+	}
+}

@@ -1,0 +1,216 @@
+package imapgraph
+
+import (
+	"cmp"
+	"container/list"
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"time"
+)
+
+// folderCache is the bridge's view of one folder of one account, shared by
+// every session that selects it and kept up to date with Graph's delta
+// query. It holds only the per-message fields of Message (about 200 bytes
+// per message), never content.
+type folderCache struct {
+	srv              *Server
+	account, folder  string
+	mu               sync.Mutex
+	state            FolderState
+	token            string // delta token; "" until the first full listing
+	synced           time.Time
+	byID             map[string]*cmsg
+	refs             int           // sessions that have it selected
+	elem             *list.Element // in Server.lru
+	generation       uint64        // bumped on every change, so sessions can skip diffing
+	lastFullListings int           // full listings made (tests, metrics)
+}
+
+type cmsg struct {
+	uid uint32
+	Message
+}
+
+// sync brings the cache up to date when it is older than maxAge (0: always).
+func (fc *folderCache) sync(ctx context.Context, mb Mailbox, maxAge time.Duration) error {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	if fc.token != "" && maxAge > 0 && fc.srv.opts.Now().Sub(fc.synced) < maxAge {
+		return nil
+	}
+	err := fc.syncLocked(ctx, mb)
+	if errors.Is(err, ErrDeltaExpired) {
+		fc.token = ""
+		err = fc.syncLocked(ctx, mb)
+	}
+	return err
+}
+
+func (fc *folderCache) syncLocked(ctx context.Context, mb Mailbox) error {
+	full := fc.token == ""
+	if fc.byID == nil {
+		fc.byID = map[string]*cmsg{}
+	}
+	var changes []Change
+	var next string
+	err := fc.srv.retry(ctx, true, func() error {
+		changes = changes[:0]
+		var err error
+		next, err = mb.Delta(ctx, fc.folder, fc.token, func(c Change) error {
+			changes = append(changes, c)
+			return nil
+		})
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	seen := map[string]bool{}
+	var added []Message
+	var gone []string
+	for _, c := range changes {
+		if c.Removed {
+			if _, ok := fc.byID[c.ID]; ok {
+				gone = append(gone, c.ID)
+			}
+			continue
+		}
+		seen[c.ID] = true
+		if m, ok := fc.byID[c.ID]; ok {
+			m.Message = c.Message
+			continue
+		}
+		added = append(added, c.Message)
+	}
+	if full {
+		fc.lastFullListings++
+		for id := range fc.byID {
+			if !seen[id] {
+				gone = append(gone, id)
+			}
+		}
+		// Messages that left the folder while the bridge was down.
+		for _, id := range fc.srv.opts.UIDs.Known(fc.account, fc.folder) {
+			if !seen[id] && fc.byID[id] == nil {
+				gone = append(gone, id)
+			}
+		}
+	}
+	// New messages get UIDs in arrival order.
+	slices.SortFunc(added, func(a, b Message) int {
+		return cmp.Or(a.Received.Compare(b.Received), cmp.Compare(a.ID, b.ID))
+	})
+	ids := make([]string, len(added))
+	for i := range added {
+		ids[i] = added[i].ID
+	}
+	uids, st, err := fc.srv.opts.UIDs.Assign(fc.account, fc.folder, ids, gone)
+	if err != nil {
+		return err
+	}
+	for _, id := range gone {
+		delete(fc.byID, id)
+	}
+	for i := range added {
+		fc.byID[added[i].ID] = &cmsg{uid: uids[i], Message: added[i]}
+	}
+	if len(added)+len(gone)+len(changes) > 0 {
+		fc.generation++
+	}
+	fc.state = st
+	fc.token = next
+	fc.synced = fc.srv.opts.Now()
+	return nil
+}
+
+// snapshot returns the folder's messages ordered by UID.
+func (fc *folderCache) snapshot() ([]smsg, FolderState, uint64) {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	out := make([]smsg, 0, len(fc.byID))
+	for _, m := range fc.byID {
+		out = append(out, smsg{uid: m.uid, Message: m.Message})
+	}
+	slices.SortFunc(out, func(a, b smsg) int { return cmp.Compare(a.uid, b.uid) })
+	return out, fc.state, fc.generation
+}
+
+// put records a message this bridge added to the folder (APPEND, COPY,
+// MOVE) with its UID, so that the next delta finds it known.
+func (fc *folderCache) put(m Message, uid uint32, st FolderState) {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	if fc.byID == nil || fc.token == "" {
+		return // not listed yet: the first listing finds it with its UID
+	}
+	fc.byID[m.ID] = &cmsg{uid: uid, Message: m}
+	if st.Next > fc.state.Next {
+		fc.state = st
+	}
+	fc.generation++
+}
+
+// update changes a cached message's flags after Graph accepted them.
+func (fc *folderCache) update(id string, u FlagUpdate) {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	if m := fc.byID[id]; m != nil {
+		if u.Read != nil {
+			m.Read = *u.Read
+		}
+		if u.Flagged != nil {
+			m.Flagged = *u.Flagged
+		}
+		fc.generation++
+	}
+}
+
+// remove forgets messages that left the folder through this bridge.
+func (fc *folderCache) remove(ids []string) error {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	_, st, err := fc.srv.opts.UIDs.Assign(fc.account, fc.folder, nil, ids)
+	for _, id := range ids {
+		delete(fc.byID, id)
+	}
+	if err == nil {
+		fc.state = st
+	}
+	fc.generation++
+	return err
+}
+
+// folder returns the shared cache of a folder and takes a reference on it;
+// release it with releaseFolder. Unreferenced caches are kept, least
+// recently used first out, up to Options.MaxCachedFolders.
+func (s *Server) folder(account, folderID string) *folderCache {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := folderKey{account, folderID}
+	fc := s.folders[k]
+	if fc == nil {
+		fc = &folderCache{srv: s, account: account, folder: folderID}
+		s.folders[k] = fc
+	} else if fc.elem != nil {
+		s.lru.Remove(fc.elem)
+		fc.elem = nil
+	}
+	fc.refs++
+	return fc
+}
+
+func (s *Server) releaseFolder(fc *folderCache) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if fc.refs--; fc.refs > 0 {
+		return
+	}
+	fc.elem = s.lru.PushBack(fc)
+	for s.lru.Len() > s.opts.MaxCachedFolders {
+		old := s.lru.Remove(s.lru.Front()).(*folderCache)
+		old.elem = nil
+		delete(s.folders, folderKey{old.account, old.folder})
+	}
+}

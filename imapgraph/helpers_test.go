@@ -18,7 +18,7 @@ import (
 const testAccount = "helpdesk"
 
 type harness struct {
-	t    *testing.T
+	t    testing.TB
 	mb   *memMailbox
 	dir  string
 	key  []byte
@@ -30,7 +30,7 @@ type harness struct {
 	sleeps []time.Duration
 }
 
-func newHarness(t *testing.T, tweak func(*Options)) *harness {
+func newHarness(t testing.TB, tweak func(*Options)) *harness {
 	t.Helper()
 	key := make([]byte, 32)
 	rand.Read(key)

@@ -15,6 +15,8 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
+
+	"github.com/oauthbridge/oauthbridge/config"
 )
 
 // Named defaults of Options.
@@ -38,7 +40,10 @@ type Options struct {
 	// Mailbox returns the Graph mailbox of a configured account.
 	Mailbox func(account string) (Mailbox, error)
 	// UIDs is the persistent UID map.
-	UIDs   *UIDStore
+	UIDs *UIDStore
+	// Serves reports whether an account's mail is read through Graph
+	// (read_via = "graph"); nil: none.
+	Serves func(acct *config.Account) bool
 	Logger *slog.Logger // nil: discard
 
 	IdlePoll         time.Duration // see DefaultIdlePoll
@@ -77,6 +82,7 @@ type handoff struct {
 	account string
 	user    string
 	log     *slog.Logger
+	started func(error) // called once: nil when the session runs
 }
 
 // New returns a running Server; Close stops it.
@@ -153,34 +159,69 @@ func (s *Server) newSession(c *imapserver.Conn) (imapserver.Session, *imapserver
 	h := v.(*handoff)
 	mb, err := s.opts.Mailbox(h.account)
 	if err != nil {
+		h.started(err)
 		h.log.Warn("Graph-served IMAP: no mailbox for the account", "error", err)
 		return nil, nil, &imap.Error{Type: imap.StatusResponseTypeBye, Code: imap.ResponseCodeUnavailable, Text: "mailbox unavailable: bridge configuration problem, see the bridge log"}
 	}
 	sess := &session{srv: s, ctx: h.ctx, account: h.account, user: h.user, mb: mb, log: h.log}
+	// Listing the folders checks the token and the permissions now, so
+	// that a login to an unusable mailbox is refused with the reason
+	// instead of failing at SELECT.
+	err = s.retry(h.ctx, true, func() error {
+		var err error
+		sess.folders, err = mb.Folders(h.ctx)
+		return err
+	})
+	if err != nil {
+		h.started(err)
+		var ie *imap.Error
+		if !errors.As(sess.imapError("login", err), &ie) {
+			ie = &imap.Error{Code: imap.ResponseCodeUnavailable, Text: textTemporary}
+		}
+		return nil, nil, &imap.Error{Type: imap.StatusResponseTypeBye, Code: ie.Code, Text: ie.Text}
+	}
+	h.started(nil)
 	return sess, &imapserver.GreetingData{PreAuth: true}, nil
+}
+
+// Serves reports whether acct's IMAP logins are served here.
+func (s *Server) Serves(acct *config.Account) bool {
+	return s.opts.Serves != nil && acct != nil && s.opts.Serves(acct)
 }
 
 // ServeLoggedIn serves a client whose LOGIN or AUTHENTICATE (tagged tag)
 // the IMAP proxy has accepted for account. in holds what the proxy read
-// ahead of the client (it is read before conn). The client gets
-// "tag OK [CAPABILITY ...] Logged in", then the Graph-served session. It
-// returns when the session is over; ctx ends it (shutdown).
-func (s *Server) ServeLoggedIn(ctx context.Context, conn net.Conn, in io.Reader, tag, account, user string, log *slog.Logger) {
-	s.serve(ctx, &handoffConn{Conn: conn, in: in, tag: tag}, account, user, log)
+// ahead of the client (it is read before conn). The mailbox is checked
+// (one folder listing); then the client gets "tag OK [CAPABILITY ...]
+// Logged in" and the Graph-served session, or "tag NO [code] reason".
+// started (may be nil) is called once with the outcome of that check,
+// before the client's answer. ServeLoggedIn returns when the session is
+// over; ctx ends it (shutdown).
+func (s *Server) ServeLoggedIn(ctx context.Context, conn net.Conn, in io.Reader, tag, account, user string, log *slog.Logger, started func(error)) {
+	s.serve(ctx, &handoffConn{Conn: conn, in: in, tag: tag}, account, user, log, started)
 }
 
 // ServePreauth serves conn as an already authenticated client of account:
 // the greeting is "* PREAUTH [CAPABILITY ...]". For tests and tools.
 func (s *Server) ServePreauth(ctx context.Context, conn net.Conn, account string) {
-	s.serve(ctx, &handoffConn{Conn: conn, in: conn}, account, account, s.opts.Logger)
+	s.serve(ctx, &handoffConn{Conn: conn, in: conn}, account, account, s.opts.Logger, nil)
 }
 
-func (s *Server) serve(ctx context.Context, hc *handoffConn, account, user string, log *slog.Logger) {
+func (s *Server) serve(ctx context.Context, hc *handoffConn, account, user string, log *slog.Logger, started func(error)) {
 	if log == nil {
 		log = s.opts.Logger
 	}
+	var once sync.Once
+	report := func(err error) {
+		once.Do(func() {
+			if started != nil {
+				started(err)
+			}
+		})
+	}
+	defer report(errors.New("imapgraph: server closed before the session started"))
 	hc.done = make(chan struct{})
-	s.pending.Store(net.Conn(hc), &handoff{ctx: ctx, account: account, user: user, log: log})
+	s.pending.Store(net.Conn(hc), &handoff{ctx: ctx, account: account, user: user, log: log, started: report})
 	stop := context.AfterFunc(ctx, func() { hc.Close() })
 	defer stop()
 	if !s.ln.give(hc) {
@@ -231,8 +272,12 @@ func (c *handoffConn) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// loginOK turns "* PREAUTH [CAPABILITY ...] text" into the tagged answer.
+// loginOK turns "* PREAUTH [CAPABILITY ...] text" into the tagged answer,
+// and a refusal "* BYE [code] text" into "tag NO [code] text".
 func loginOK(tag, greeting string) string {
+	if rest, ok := strings.CutPrefix(greeting, "* BYE "); ok {
+		return tag + " NO " + rest + "\r\n"
+	}
 	caps := ""
 	if i := strings.Index(greeting, "[CAPABILITY "); i >= 0 {
 		if j := strings.IndexByte(greeting[i:], ']'); j > 0 {

@@ -431,6 +431,9 @@ func (c *session) login(tag, user, pass string) bool {
 		return c.reply(tag, fmt.Sprintf(replyTooMany, acct.MaxConnections)) != nil
 	}
 
+	if c.srv.opts.Graph != nil && c.srv.opts.Graph.Serves(acct) {
+		return c.serveGraph(tag, user, acct, a, release)
+	}
 	up, caps, f := c.upstreamLogin(ctx, acct)
 	if f != nil {
 		release()

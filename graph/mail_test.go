@@ -157,7 +157,9 @@ func TestReadClient(t *testing.T) {
 
 	// Permission trouble is a 403 *graph.Error.
 	f.SetGraphFault(fakems.GraphFault{})
-	c.Token = func(context.Context) (string, error) { return f.IssueGraphToken(helpdesk, fakems.ScopeGraphMailSend), nil }
+	c.Token = func(context.Context) (string, error) {
+		return f.IssueGraphToken(helpdesk, fakems.ScopeGraphMailSend), nil
+	}
 	_, _, err = c.ListMessages(ctx, helpdesk, graph.FolderInbox, "", 0)
 	if ge, ok := graph.AsError(err); !ok || ge.Status != 403 || ge.Code != graph.CodeAccessDenied {
 		t.Errorf("send-only token: %v", err)

@@ -508,6 +508,7 @@ func (c *Config) validate() hcl.Diagnostics {
 			diags = append(diags, diagAt(a.SendViaRange, a.DefRange, "Invalid send_via",
 				fmt.Sprintf(`account %q: send_via must be "smtp" (SMTP submission with XOAUTH2, the default), "graph" (Microsoft Graph sendMail) or "auto" (SMTP, switching to Graph while the tenant or mailbox has SMTP AUTH disabled).`, a.Name)))
 		}
+		checkReadVia(&diags, a)
 		if p != nil && a.UsesGraph() {
 			p.UsesGraph = true
 		}

@@ -101,6 +101,7 @@ type Fake struct {
 	smtpAuthTenant   bool                       // Set-TransportConfig -SmtpClientAuthenticationDisabled
 	sendFromAlias    bool                       // Set-OrganizationConfig -SendFromAliasEnabled
 	graph            graphState                 // guarded by mu
+	gread            graphReadState             // guarded by mu
 
 	// storeMu serialises changes to the message store (imapmemserver
 	// mailboxes plus the raw-bytes index) so that UID bookkeeping is exact.
@@ -137,6 +138,8 @@ type mailbox struct {
 	// raw holds message bytes by folder and UID, guarded by Fake.storeMu.
 	// It may hold UIDs the mailbox no longer has; the mailbox is the truth.
 	raw map[string]map[imap.UID][]byte
+	// read is the Graph read state (graph_read.go), guarded by storeMu.
+	read *mbRead
 }
 
 // Folders every fake mailbox has, named as Exchange Online names them.
@@ -455,6 +458,7 @@ func (mb *mailbox) appendLocked(folder string, raw []byte, opts *imap.AppendOpti
 		return nil, err
 	}
 	mb.rememberLocked(folder, data.UID, buf)
+	mb.noteAppendLocked(folder, data.UID, opts.Time)
 	return data, nil
 }
 

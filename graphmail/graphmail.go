@@ -298,6 +298,8 @@ type Entry struct {
 	Seen     bool
 	Flagged  bool
 	Draft    bool
+	// MessageID is the internetMessageId (IMAP SEARCH HEADER Message-ID).
+	MessageID string
 }
 
 type folder struct {
@@ -361,7 +363,7 @@ func (m *Mailbox) round(ctx context.Context, f *folder, folderID, link string) e
 			target = fresh
 		}
 		for _, gm := range p.Changed {
-			e := &Entry{ID: gm.ID, Received: gm.ReceivedDateTime, Size: gm.Size, MIMESize: -1, Seen: gm.IsRead, Flagged: gm.Flagged, Draft: gm.IsDraft}
+			e := &Entry{ID: gm.ID, Received: gm.ReceivedDateTime, Size: gm.Size, MIMESize: -1, Seen: gm.IsRead, Flagged: gm.Flagged, Draft: gm.IsDraft, MessageID: gm.InternetMessageID}
 			// The MIME of a message does not change with its flags.
 			if old := f.entries[gm.ID]; old != nil {
 				e.MIMESize = old.MIMESize

@@ -21,18 +21,13 @@ type Folder struct {
 // SEARCH and FETCH answer without the message's content.
 type Message struct {
 	ID        string    // immutable id (Prefer: IdType="ImmutableId")
-	Size      int64     // size in bytes when known (exact once the MIME was read)
+	Size      int64     // size in bytes: Exchange's estimate unless SizeExact
+	SizeExact bool      // Size is the exact size of the MIME (it was read)
 	Received  time.Time // receivedDateTime: the INTERNALDATE
 	Read      bool      // isRead: \Seen
 	Flagged   bool      // flag.flagStatus == "flagged": \Flagged
 	Draft     bool      // isDraft: \Draft
 	MessageID string    // internetMessageId, when known (SEARCH HEADER Message-ID)
-}
-
-// Change is one entry of a delta listing.
-type Change struct {
-	Message
-	Removed bool // the message left the folder (deleted or moved)
 }
 
 // FlagUpdate changes a message's flags; nil fields are left alone.
@@ -47,10 +42,11 @@ type FlagUpdate struct {
 type Mailbox interface {
 	// Folders lists every mail folder (children included).
 	Folders(ctx context.Context) ([]Folder, error)
-	// Delta lists the folder's changes since token ("" lists every
-	// message) and returns the token for the next call. An expired token
-	// is ErrDeltaExpired: the caller starts over with "".
-	Delta(ctx context.Context, folderID, token string, fn func(Change) error) (next string, err error)
+	// List returns the folder's current messages. The backend keeps its
+	// own copy of the list current with Graph's messages/delta (a full
+	// paged listing first, then only changes), so a call costs one delta
+	// round, not a listing.
+	List(ctx context.Context, folderID string) ([]Message, error)
 	// Content opens the message's MIME ($value), byte-exact.
 	Content(ctx context.Context, id string) (io.ReadCloser, error)
 	// Update sets isRead and/or the follow-up flag.
@@ -64,10 +60,6 @@ type Mailbox interface {
 	// Append creates a message from MIME in the folder and returns its id.
 	Append(ctx context.Context, folderID string, mime []byte, read, flagged bool) (string, error)
 }
-
-// ErrDeltaExpired is returned by Mailbox.Delta when Graph no longer knows
-// the delta token (HTTP 410 syncStateNotFound).
-var ErrDeltaExpired = errors.New("imapgraph: delta token expired")
 
 // ErrNotFound is a message or folder that no longer exists.
 var ErrNotFound = errors.New("imapgraph: not found")

@@ -44,6 +44,9 @@ func retryable(err error, idempotent bool) (time.Duration, bool) {
 // retry runs op until it succeeds, fails for good, or the retries would
 // wait longer than budget in total (Options.ThrottleWait).
 func (s *Server) retry(ctx context.Context, idempotent bool, op func() error) error {
+	if s.opts.ThrottleWait < 0 {
+		return op()
+	}
 	var waited time.Duration
 	backoff := time.Second
 	for {

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"container/list"
 	"context"
-	"errors"
 	"slices"
 	"sync"
 	"time"
@@ -19,7 +18,7 @@ type folderCache struct {
 	account, folder  string
 	mu               sync.Mutex
 	state            FolderState
-	token            string // delta token; "" until the first full listing
+	listed           bool // the first listing is done
 	synced           time.Time
 	byID             map[string]*cmsg
 	refs             int           // sessions that have it selected
@@ -37,60 +36,44 @@ type cmsg struct {
 func (fc *folderCache) sync(ctx context.Context, mb Mailbox, maxAge time.Duration) error {
 	fc.mu.Lock()
 	defer fc.mu.Unlock()
-	if fc.token != "" && maxAge > 0 && fc.srv.opts.Now().Sub(fc.synced) < maxAge {
+	if fc.listed && maxAge > 0 && fc.srv.opts.Now().Sub(fc.synced) < maxAge {
 		return nil
 	}
-	err := fc.syncLocked(ctx, mb)
-	if errors.Is(err, ErrDeltaExpired) {
-		fc.token = ""
-		err = fc.syncLocked(ctx, mb)
-	}
-	return err
-}
-
-func (fc *folderCache) syncLocked(ctx context.Context, mb Mailbox) error {
-	full := fc.token == ""
-	if fc.byID == nil {
-		fc.byID = map[string]*cmsg{}
-	}
-	var changes []Change
-	var next string
+	var list []Message
 	err := fc.srv.retry(ctx, true, func() error {
-		changes = changes[:0]
 		var err error
-		next, err = mb.Delta(ctx, fc.folder, fc.token, func(c Change) error {
-			changes = append(changes, c)
-			return nil
-		})
+		list, err = mb.List(ctx, fc.folder)
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	seen := map[string]bool{}
-	var added []Message
-	var gone []string
-	for _, c := range changes {
-		if c.Removed {
-			if _, ok := fc.byID[c.ID]; ok {
-				gone = append(gone, c.ID)
-			}
-			continue
-		}
-		seen[c.ID] = true
-		if m, ok := fc.byID[c.ID]; ok {
-			m.Message = c.Message
-			continue
-		}
-		added = append(added, c.Message)
+	if fc.byID == nil {
+		fc.byID = map[string]*cmsg{}
 	}
-	if full {
-		fc.lastFullListings++
-		for id := range fc.byID {
-			if !seen[id] {
-				gone = append(gone, id)
+	seen := make(map[string]bool, len(list))
+	var added []Message
+	changed := false
+	for _, m := range list {
+		seen[m.ID] = true
+		if c, ok := fc.byID[m.ID]; ok {
+			if c.SizeExact && !m.SizeExact {
+				m.Size, m.SizeExact = c.Size, true // keep a measured size
 			}
+			if c.Message != m {
+				c.Message, changed = m, true
+			}
+			continue
 		}
+		added = append(added, m)
+	}
+	var gone []string
+	for id := range fc.byID {
+		if !seen[id] {
+			gone = append(gone, id)
+		}
+	}
+	if !fc.listed {
 		// Messages that left the folder while the bridge was down.
 		for _, id := range fc.srv.opts.UIDs.Known(fc.account, fc.folder) {
 			if !seen[id] && fc.byID[id] == nil {
@@ -116,13 +99,25 @@ func (fc *folderCache) syncLocked(ctx context.Context, mb Mailbox) error {
 	for i := range added {
 		fc.byID[added[i].ID] = &cmsg{uid: uids[i], Message: added[i]}
 	}
-	if len(added)+len(gone)+len(changes) > 0 {
+	if changed || len(added)+len(gone) > 0 {
 		fc.generation++
 	}
+	if !fc.listed {
+		fc.lastFullListings++
+	}
+	fc.listed = true
 	fc.state = st
-	fc.token = next
 	fc.synced = fc.srv.opts.Now()
 	return nil
+}
+
+// measured records a message's exact size (its MIME was read).
+func (fc *folderCache) measured(id string, n int64) {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	if c := fc.byID[id]; c != nil {
+		c.Size, c.SizeExact = n, true
+	}
 }
 
 // snapshot returns the folder's messages ordered by UID.
@@ -142,7 +137,7 @@ func (fc *folderCache) snapshot() ([]smsg, FolderState, uint64) {
 func (fc *folderCache) put(m Message, uid uint32, st FolderState) {
 	fc.mu.Lock()
 	defer fc.mu.Unlock()
-	if fc.byID == nil || fc.token == "" {
+	if !fc.listed {
 		return // not listed yet: the first listing finds it with its UID
 	}
 	fc.byID[m.ID] = &cmsg{uid: uid, Message: m}

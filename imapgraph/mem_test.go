@@ -19,26 +19,18 @@ type memMailbox struct {
 	folders []Folder
 	msgs    map[string]*memMsg
 	seq     int
-	changes []memChange // log for delta
 	calls   map[string]int
 
 	// throttle makes the next n calls of op fail with 429.
 	throttle map[string]int
 	// fail makes every call of op fail with err.
 	fail map[string]error
-	// expireDelta makes the next delta call with a token fail.
-	expireDelta bool
 }
 
 type memMsg struct {
 	Message
 	folder string
 	mime   []byte
-}
-
-type memChange struct {
-	folder string
-	id     string
 }
 
 func newMemMailbox() *memMailbox {
@@ -70,10 +62,6 @@ func (m *memMailbox) enter(op string) error {
 	return nil
 }
 
-func (m *memMailbox) logChange(folder, id string) {
-	m.changes = append(m.changes, memChange{folder, id})
-}
-
 // deliver adds a message to a folder (as mail arriving).
 func (m *memMailbox) deliver(folder string, mime string, received time.Time) string {
 	m.mu.Lock()
@@ -86,7 +74,6 @@ func (m *memMailbox) deliver(folder string, mime string, received time.Time) str
 		msgID = rest[:bytes.IndexByte([]byte(rest), '\r')]
 	}
 	m.msgs[id] = &memMsg{Message: Message{ID: id, Size: int64(len(mime)), Received: received, MessageID: msgID}, folder: folder, mime: []byte(mime)}
-	m.logChange(folder, id)
 	return id
 }
 
@@ -111,50 +98,19 @@ func (m *memMailbox) Folders(ctx context.Context) ([]Folder, error) {
 	return slices.Clone(m.folders), nil
 }
 
-func (m *memMailbox) Delta(ctx context.Context, folderID, token string, fn func(Change) error) (string, error) {
+func (m *memMailbox) List(ctx context.Context, folderID string) ([]Message, error) {
 	m.mu.Lock()
-	if err := m.enter("delta"); err != nil {
-		m.mu.Unlock()
-		return "", err
+	defer m.mu.Unlock()
+	if err := m.enter("list"); err != nil {
+		return nil, err
 	}
-	var out []Change
-	if token == "" {
-		for _, msg := range m.msgs {
-			if msg.folder == folderID {
-				out = append(out, Change{Message: msg.Message})
-			}
-		}
-	} else {
-		if m.expireDelta {
-			m.expireDelta = false
-			m.mu.Unlock()
-			return "", ErrDeltaExpired
-		}
-		var from int
-		fmt.Sscan(token, &from)
-		seen := map[string]bool{}
-		for _, c := range m.changes[from:] {
-			if seen[c.id] {
-				continue
-			}
-			seen[c.id] = true
-			msg := m.msgs[c.id]
-			switch {
-			case msg != nil && msg.folder == folderID:
-				out = append(out, Change{Message: msg.Message})
-			case c.folder == folderID || msg == nil:
-				out = append(out, Change{Message: Message{ID: c.id}, Removed: true})
-			}
+	var out []Message
+	for _, msg := range m.msgs {
+		if msg.folder == folderID {
+			out = append(out, msg.Message)
 		}
 	}
-	next := fmt.Sprint(len(m.changes))
-	m.mu.Unlock()
-	for _, c := range out {
-		if err := fn(c); err != nil {
-			return "", err
-		}
-	}
-	return next, nil
+	return out, nil
 }
 
 func (m *memMailbox) Content(ctx context.Context, id string) (io.ReadCloser, error) {
@@ -186,7 +142,6 @@ func (m *memMailbox) Update(ctx context.Context, id string, u FlagUpdate) error 
 	if u.Flagged != nil {
 		msg.Flagged = *u.Flagged
 	}
-	m.logChange(msg.folder, id)
 	return nil
 }
 
@@ -200,9 +155,7 @@ func (m *memMailbox) Move(ctx context.Context, id, dest string) (string, error) 
 	if msg == nil {
 		return "", ErrNotFound
 	}
-	m.logChange(msg.folder, id)
 	msg.folder = dest
-	m.logChange(dest, id)
 	return id, nil // immutable ids survive a move
 }
 
@@ -221,7 +174,6 @@ func (m *memMailbox) Copy(ctx context.Context, id, dest string) (string, error) 
 	c := *msg
 	c.ID, c.folder = nid, dest
 	m.msgs[nid] = &c
-	m.logChange(dest, nid)
 	return nid, nil
 }
 
@@ -236,7 +188,6 @@ func (m *memMailbox) Delete(ctx context.Context, id string) error {
 		return ErrNotFound
 	}
 	delete(m.msgs, id)
-	m.logChange(msg.folder, id)
 	return nil
 }
 
@@ -249,6 +200,5 @@ func (m *memMailbox) Append(ctx context.Context, folder string, mime []byte, rea
 	m.seq++
 	id := fmt.Sprintf("AAMk-%06d", m.seq)
 	m.msgs[id] = &memMsg{Message: Message{ID: id, Size: int64(len(mime)), Received: time.Now().UTC(), Read: read, Flagged: flagged, Draft: true}, folder: folder, mime: mime}
-	m.logChange(folder, id)
 	return id, nil
 }

@@ -46,12 +46,16 @@ type Options struct {
 	Serves func(acct *config.Account) bool
 	Logger *slog.Logger // nil: discard
 
-	IdlePoll         time.Duration // see DefaultIdlePoll
-	SyncAge          time.Duration // see DefaultSyncAge
-	MIMECacheBytes   int64         // see DefaultMIMECacheBytes
-	MaxMessageBytes  int64         // see DefaultMaxMessageBytes
-	ThrottleWait     time.Duration // see DefaultThrottleWait
-	MaxCachedFolders int           // see DefaultMaxCachedFolders
+	IdlePoll        time.Duration // see DefaultIdlePoll
+	SyncAge         time.Duration // see DefaultSyncAge
+	MIMECacheBytes  int64         // see DefaultMIMECacheBytes
+	MaxMessageBytes int64         // see DefaultMaxMessageBytes
+	// ThrottleWait bounds the total wait for 429/Retry-After (and 5xx on
+	// reads) before a command fails with NO [UNAVAILABLE]; see
+	// DefaultThrottleWait. Negative: no retries here, because the backend
+	// already waits out throttling (graphmail does).
+	ThrottleWait     time.Duration
+	MaxCachedFolders int // see DefaultMaxCachedFolders
 	// Expunge is ExpungeToDeletedItems (default) or ExpungeDelete. In
 	// Deleted Items itself EXPUNGE always deletes.
 	Expunge func(account string) string
@@ -105,7 +109,7 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxMessageBytes <= 0 {
 		opts.MaxMessageBytes = DefaultMaxMessageBytes
 	}
-	if opts.ThrottleWait <= 0 {
+	if opts.ThrottleWait == 0 {
 		opts.ThrottleWait = DefaultThrottleWait
 	}
 	if opts.MaxCachedFolders <= 0 {

@@ -490,6 +490,9 @@ func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *
 		return unsupported("CONDSTORE")
 	}
 	needContent := options.Envelope || options.BodyStructure != nil || len(options.BodySection) > 0
+	// RFC822.SIZE must be the size of the octets BODY[] returns (clients
+	// such as Mail::IMAPClient check it), and Graph only has an estimate:
+	// a message whose size was never measured is read once (and cached).
 	markSeen := false
 	for _, bs := range options.BodySection {
 		if !bs.Peek {
@@ -498,7 +501,7 @@ func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *
 	}
 	return s.forEach(numSet, func(seq uint32, m *smsg) error {
 		var data []byte
-		if needContent {
+		if needContent || (options.RFC822Size && !m.SizeExact) {
 			if m.gone {
 				return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeNonExistent,
 					Text: fmt.Sprintf("message UID %d left the folder", m.uid)}
@@ -507,7 +510,13 @@ func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *
 			if data, err = s.content(m.ID); err != nil {
 				return s.imapError("fetch", err)
 			}
-			m.Size = int64(len(data)) // exact from now on
+			if !m.SizeExact {
+				m.Size, m.SizeExact = int64(len(data)), true
+				s.sel.fc.measured(m.ID, m.Size)
+				if sm, ok := s.mb.(sizeNoter); ok {
+					sm.NoteSize(s.sel.folder.ID, m.ID, m.Size)
+				}
+			}
 		}
 		wroteFlags := options.Flags
 		if markSeen && !m.Read && !s.sel.readOnly {
@@ -546,6 +555,12 @@ func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *
 		}
 		return rw.Close()
 	})
+}
+
+// sizeNoter is a Mailbox that remembers measured sizes for other users
+// of the mailbox (POP3's LIST).
+type sizeNoter interface {
+	NoteSize(folderID, id string, n int64)
 }
 
 func envelope(data []byte) *imap.Envelope {
@@ -1002,7 +1017,10 @@ func (s *session) Append(mailbox string, r imap.LiteralReader, options *imap.App
 		id, err = s.mb.Append(s.ctx, f.ID, data, read, flagged)
 		return err
 	})
-	if err != nil {
+	if err != nil && id != "" {
+		s.log.Warn("Graph-served IMAP: APPEND created the message but not its flags", "folder", f.Name, "error", err)
+		read, flagged = false, false
+	} else if err != nil {
 		return nil, s.imapError("append", err)
 	}
 	uids, st, err := s.srv.opts.UIDs.Assign(s.account, f.ID, []string{id}, nil)

@@ -397,7 +397,7 @@ func TestThrottledFetchRetries(t *testing.T) {
 
 func TestPermissionErrorNamesTheFix(t *testing.T) {
 	h := newHarness(t, nil)
-	h.mb.fail["delta"] = graphErr(403, "ErrorAccessDenied")
+	h.mb.fail["list"] = graphErr(403, "ErrorAccessDenied")
 	c := h.dial(nil)
 	_, err := c.Select("INBOX", nil).Wait()
 	var ie *imap.Error
@@ -405,7 +405,7 @@ func TestPermissionErrorNamesTheFix(t *testing.T) {
 		t.Fatalf("403: %v", err)
 	}
 	h.mb.mu.Lock()
-	h.mb.fail["delta"] = graphErr(503, "")
+	h.mb.fail["list"] = graphErr(503, "")
 	h.mb.mu.Unlock()
 	if _, err := c.Select("INBOX", nil).Wait(); imapCode(err) != imap.ResponseCodeUnavailable {
 		t.Fatalf("503: %v", err)
@@ -495,24 +495,5 @@ func TestAppendCreatesDraft(t *testing.T) {
 	}
 	if !slices.Contains(msgs[0].Flags, imap.FlagDraft) || !slices.Contains(msgs[0].Flags, imap.FlagSeen) {
 		t.Errorf("appended message flags %v, want \\Seen \\Draft", msgs[0].Flags)
-	}
-}
-
-func TestDeltaExpiredStartsOver(t *testing.T) {
-	h := newHarness(t, nil)
-	h.mb.deliver("f-inbox", testMIME(1, "a"), day)
-	c := h.dial(nil)
-	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
-		t.Fatal(err)
-	}
-	h.mb.mu.Lock()
-	h.mb.expireDelta = true
-	h.mb.mu.Unlock()
-	h.mb.deliver("f-inbox", testMIME(2, "b"), day)
-	if err := c.Noop().Wait(); err != nil {
-		t.Fatal(err)
-	}
-	if got := uidSearch(t, c, &imap.SearchCriteria{}); !slices.Equal(got, []imap.UID{1, 2}) {
-		t.Errorf("after an expired delta token: %v", got)
 	}
 }

@@ -75,7 +75,7 @@ func (fc *folderCache) sync(ctx context.Context, mb Mailbox, maxAge time.Duratio
 	}
 	if !fc.listed {
 		// Messages that left the folder while the bridge was down.
-		for _, id := range fc.srv.opts.UIDs.Known(fc.account, fc.folder) {
+		for _, id := range fc.srv.uids.Load().Known(fc.account, fc.folder) {
 			if !seen[id] && fc.byID[id] == nil {
 				gone = append(gone, id)
 			}
@@ -89,7 +89,7 @@ func (fc *folderCache) sync(ctx context.Context, mb Mailbox, maxAge time.Duratio
 	for i := range added {
 		ids[i] = added[i].ID
 	}
-	uids, st, err := fc.srv.opts.UIDs.Assign(fc.account, fc.folder, ids, gone)
+	uids, st, err := fc.srv.uids.Load().Assign(fc.account, fc.folder, ids, gone)
 	if err != nil {
 		return err
 	}
@@ -166,7 +166,7 @@ func (fc *folderCache) update(id string, u FlagUpdate) {
 func (fc *folderCache) remove(ids []string) error {
 	fc.mu.Lock()
 	defer fc.mu.Unlock()
-	_, st, err := fc.srv.opts.UIDs.Assign(fc.account, fc.folder, nil, ids)
+	_, st, err := fc.srv.uids.Load().Assign(fc.account, fc.folder, nil, ids)
 	for _, id := range ids {
 		delete(fc.byID, id)
 	}

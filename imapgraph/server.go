@@ -11,6 +11,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -39,8 +40,11 @@ const (
 type Options struct {
 	// Mailbox returns the Graph mailbox of a configured account.
 	Mailbox func(account string) (Mailbox, error)
-	// UIDs is the persistent UID map.
-	UIDs *UIDStore
+	// UIDs is the persistent UID map; or OpenUIDs opens it at the first
+	// Graph-served login (a failure refuses that login and is tried again
+	// at the next). One of them is required.
+	UIDs     *UIDStore
+	OpenUIDs func() (*UIDStore, error)
 	// Serves reports whether an account's mail is read through Graph
 	// (read_via = "graph"); nil: none.
 	Serves func(acct *config.Account) bool
@@ -75,6 +79,9 @@ type Server struct {
 	mime    *mimeCache
 	pending sync.Map // net.Conn -> *handoff
 
+	uids   atomic.Pointer[UIDStore]
+	uidsMu sync.Mutex // opening it
+
 	mu      sync.Mutex
 	folders map[folderKey]*folderCache
 	lru     *list.List
@@ -91,8 +98,8 @@ type handoff struct {
 
 // New returns a running Server; Close stops it.
 func New(opts Options) (*Server, error) {
-	if opts.Mailbox == nil || opts.UIDs == nil {
-		return nil, errors.New("imapgraph: Options.Mailbox and Options.UIDs are required")
+	if opts.Mailbox == nil || (opts.UIDs == nil && opts.OpenUIDs == nil) {
+		return nil, errors.New("imapgraph: Options.Mailbox and Options.UIDs or OpenUIDs are required")
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -131,6 +138,9 @@ func New(opts Options) (*Server, error) {
 		folders: map[folderKey]*folderCache{},
 		lru:     list.New(),
 	}
+	if opts.UIDs != nil {
+		s.uids.Store(opts.UIDs)
+	}
 	s.imap = imapserver.New(&imapserver.Options{
 		NewSession: s.newSession,
 		Caps: imap.CapSet{
@@ -161,6 +171,11 @@ func (s *Server) newSession(c *imapserver.Conn) (imapserver.Session, *imapserver
 		return nil, nil, &imap.Error{Type: imap.StatusResponseTypeBye, Text: "not logged in"}
 	}
 	h := v.(*handoff)
+	if _, err := s.uidStore(); err != nil {
+		h.started(err)
+		h.log.Error("Graph-served IMAP: cannot open the UID map", "error", err)
+		return nil, nil, &imap.Error{Type: imap.StatusResponseTypeBye, Code: imap.ResponseCodeUnavailable, Text: "mailbox unavailable: the bridge cannot open its IMAP UID map, see the bridge log"}
+	}
 	mb, err := s.opts.Mailbox(h.account)
 	if err != nil {
 		h.started(err)
@@ -187,6 +202,28 @@ func (s *Server) newSession(c *imapserver.Conn) (imapserver.Session, *imapserver
 	h.started(nil)
 	return sess, &imapserver.GreetingData{PreAuth: true}, nil
 }
+
+// uidStore returns the UID map, opening it if needed.
+func (s *Server) uidStore() (*UIDStore, error) {
+	if u := s.uids.Load(); u != nil {
+		return u, nil
+	}
+	s.uidsMu.Lock()
+	defer s.uidsMu.Unlock()
+	if u := s.uids.Load(); u != nil {
+		return u, nil
+	}
+	u, err := s.opts.OpenUIDs()
+	if err != nil {
+		return nil, err
+	}
+	s.uids.Store(u)
+	return u, nil
+}
+
+// UIDs returns the UID map once it is open (nil before the first
+// Graph-served login when Options.OpenUIDs is used).
+func (s *Server) UIDs() *UIDStore { return s.uids.Load() }
 
 // Serves reports whether acct's IMAP logins are served here.
 func (s *Server) Serves(acct *config.Account) bool {

@@ -942,7 +942,7 @@ func (s *session) transfer(w *imapserver.MoveWriter, numSet imap.NumSet, dest st
 		}
 		return nil, firstErr
 	}
-	destUIDs, st, err := s.srv.opts.UIDs.Assign(s.account, df.ID, newIDs, nil)
+	destUIDs, st, err := s.srv.uids.Load().Assign(s.account, df.ID, newIDs, nil)
 	if err != nil {
 		return nil, s.imapError("copy", err)
 	}
@@ -1023,7 +1023,7 @@ func (s *session) Append(mailbox string, r imap.LiteralReader, options *imap.App
 	} else if err != nil {
 		return nil, s.imapError("append", err)
 	}
-	uids, st, err := s.srv.opts.UIDs.Assign(s.account, f.ID, []string{id}, nil)
+	uids, st, err := s.srv.uids.Load().Assign(s.account, f.ID, []string{id}, nil)
 	if err != nil {
 		return nil, s.imapError("append", err)
 	}

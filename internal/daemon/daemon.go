@@ -65,6 +65,9 @@ type Daemon struct {
 	smtp  *smtpproxy.Server
 	admin *http.Server
 
+	// graphIMAP serves the IMAP logins of read_via = "graph" accounts.
+	graphIMAP *graphIMAP
+
 	mu        sync.Mutex
 	listeners []boundListener
 	adminLn   net.Listener
@@ -102,7 +105,10 @@ func New(cfg *config.Config, opts Options) (*Daemon, error) {
 	d.tokens = m
 	d.auth = localauth.New(cfg, localauth.Options{})
 	current := func() *config.Config { return d.cfg.Load() }
-	d.imap = imapproxy.New(imapproxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log})
+	if d.graphIMAP, err = newGraphIMAP(current, m, log); err != nil {
+		return nil, err
+	}
+	d.imap = imapproxy.New(imapproxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log, Graph: d.graphIMAP.srv})
 	d.pop3 = pop3proxy.New(pop3proxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log})
 	d.smtp = smtpproxy.New(smtpproxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.smtpL, Logger: log})
 	h := admin.New(admin.Options{Config: current, Tokens: m, Ready: d.readyErr, Logger: log.With("component", "admin"), Version: Version})
@@ -313,7 +319,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	if d.cancel != nil {
 		d.cancel()
 	}
-	errs = append(errs, d.tokens.Close())
+	errs = append(errs, d.graphIMAP.close(), d.tokens.Close())
 	return errors.Join(errs...)
 }
 

@@ -86,3 +86,34 @@ func BenchmarkSelect10k(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkFakeMS365Select10k measures a cold SELECT (bridge just started:
+// graphmail's full paged delta listing over HTTP, UIDs from the map on
+// disk) of a 10,000-message Inbox in the fake Microsoft 365.
+func BenchmarkFakeMS365Select10k(b *testing.B) {
+	const n = 10000
+	e := newFakeEnv(b)
+	for i := range n {
+		e.deliver(i, "bulk")
+	}
+	c := e.dial()
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		b.Fatal(err)
+	}
+	c.Close()
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		e.stop()
+		e.start()
+		c := e.dial()
+		b.StartTimer()
+		sel, err := c.Select("INBOX", nil).Wait()
+		if err != nil || sel.NumMessages != n {
+			b.Fatal(sel, err)
+		}
+		b.StopTimer()
+		c.Close()
+		b.StartTimer()
+	}
+}

@@ -160,9 +160,11 @@ func New(opts Options) (*Server, error) {
 
 // Close stops the server and closes every connection it serves.
 func (s *Server) Close() error {
-	err := s.imap.Close()
+	// Stop the accept loop first: imapserver's Close must not race with
+	// its Serve still starting up.
+	s.ln.Close()
 	s.serveWG.Wait()
-	return err
+	return s.imap.Close()
 }
 
 func (s *Server) newSession(c *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"sync"
+
+	"github.com/emersion/go-imap/v2"
 )
 
 // mimeCache keeps recently fetched messages' MIME, least recently used out
@@ -88,7 +90,8 @@ func (s *session) content(id string) ([]byte, error) {
 		return nil, err
 	}
 	if int64(len(data)) > s.srv.opts.MaxMessageBytes {
-		return nil, fmt.Errorf("imapgraph: message %s is larger than max_message_bytes (%d)", id, s.srv.opts.MaxMessageBytes)
+		return nil, &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeLimit,
+			Text: fmt.Sprintf("message larger than the bridge's limit of %d bytes (imapgraph.DefaultMaxMessageBytes)", s.srv.opts.MaxMessageBytes)}
 	}
 	s.srv.mime.put(key, data)
 	return data, nil

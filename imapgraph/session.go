@@ -501,7 +501,8 @@ func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *
 	}
 	return s.forEach(numSet, func(seq uint32, m *smsg) error {
 		var data []byte
-		if needContent || (options.RFC822Size && !m.SizeExact) {
+		// A message that left the folder keeps its last known size.
+		if needContent || (options.RFC822Size && !m.SizeExact && !m.gone) {
 			if m.gone {
 				return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeNonExistent,
 					Text: fmt.Sprintf("message UID %d left the folder", m.uid)}

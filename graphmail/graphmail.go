@@ -294,7 +294,7 @@ type Entry struct {
 	ID       string    // immutable id
 	Received time.Time // receivedDateTime
 	Size     int64     // PR_MESSAGE_SIZE, Exchange's estimate; -1 unknown
-	MIMESize int64     // exact octets of $value once measured; -1 unknown
+	MIMESize int64     // exact octets of $value (CRLF line ends, see CRLF) once measured; -1 unknown
 	Seen     bool
 	Flagged  bool
 	Draft    bool
@@ -438,7 +438,8 @@ func (s *slotReader) Close() error {
 	return err
 }
 
-// MIMESize returns the exact size of a message's MIME content, measuring
+// MIMESize returns the exact size of a message's MIME content with CRLF
+// line ends (see CRLF), measuring
 // it (reading $value once) if no earlier call did, and remembers it in
 // folderID's list.
 func (m *Mailbox) MIMESize(ctx context.Context, folderID, id string) (int64, error) {
@@ -454,7 +455,7 @@ func (m *Mailbox) MIMESize(ctx context.Context, folderID, id string) (int64, err
 	if err != nil {
 		return 0, err
 	}
-	n, err := io.Copy(io.Discard, rc)
+	n, err := io.Copy(io.Discard, CRLF(rc))
 	rc.Close()
 	if err != nil {
 		return 0, classify("get message", err)

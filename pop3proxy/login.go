@@ -64,6 +64,9 @@ func (c *session) login(ctx context.Context, user, pass string) bool {
 	}
 	defer release()
 
+	if acct.ReadsViaGraph() {
+		return c.serveGraph(ctx, log, acct, &at) // graph.go: served locally, not spliced
+	}
 	up, err := c.srv.connectUpstream(ctx, log, acct, c.lim.UpstreamTimeout)
 	if err != nil {
 		reply := c.failure(err, &at)

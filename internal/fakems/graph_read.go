@@ -99,6 +99,7 @@ type mbRead struct {
 	meta    map[string]map[imap.UID]*readMeta
 	imm     map[string]msgLoc
 	folders map[string]bool // created with CreateFolder
+	uids    map[string]*uidCache
 	seq     uint64
 }
 
@@ -462,6 +463,12 @@ func messageID(l msgLoc) string {
 
 // lookupLocked finds a message by default or immutable id.
 func (mb *mailbox) lookupLocked(id string) (view, bool) {
+	return mb.lookupFlagsLocked(id, true)
+}
+
+// lookupFlagsLocked is lookupLocked; without flags the view's flags are
+// not read (cheaper, for $value).
+func (mb *mailbox) lookupFlagsLocked(id string, flags bool) (view, bool) {
 	var loc msgLoc
 	if l, ok := mb.readLocked().imm[id]; ok {
 		loc = l
@@ -480,15 +487,63 @@ func (mb *mailbox) lookupLocked(id string) (view, bool) {
 		return view{}, false
 	}
 	raw, ok := mb.raw[loc.folder][loc.uid]
-	if !ok {
+	if !ok || !mb.existsLocked(loc) {
 		return view{}, false
 	}
-	if uids, err := folderUIDs(mb.user, loc.folder); err != nil || !slices.Contains(uids, loc.uid) {
-		return view{}, false
+	if !flags {
+		return view{loc: loc, meta: mb.metaLocked(loc.folder, loc.uid, time.Time{}), raw: raw}, true
 	}
 	return view{loc: loc, meta: mb.metaLocked(loc.folder, loc.uid, time.Time{}), raw: raw,
-		seen: mb.flaggedLocked(loc.folder, imap.FlagSeen)[loc.uid], flagged: mb.flaggedLocked(loc.folder, imap.FlagFlagged)[loc.uid],
-		isDraft: mb.flaggedLocked(loc.folder, imap.FlagDraft)[loc.uid]}, true
+		seen: mb.hasLocked(loc, imap.FlagSeen), flagged: mb.hasLocked(loc, imap.FlagFlagged), isDraft: mb.hasLocked(loc, imap.FlagDraft)}, true
+}
+
+// existsLocked reports whether the message at l is in its folder. The
+// folder's UIDs are cached while its message count and UIDNEXT stay the
+// same (an append raises UIDNEXT, an expunge lowers the count).
+func (mb *mailbox) existsLocked(l msgLoc) bool {
+	st, err := mb.user.Status(l.folder, &imap.StatusOptions{NumMessages: true, UIDNext: true})
+	if err != nil || st.NumMessages == nil {
+		return false
+	}
+	rs := mb.readLocked()
+	c := rs.uids[l.folder]
+	if c == nil || c.n != *st.NumMessages || c.next != st.UIDNext {
+		uids, err := folderUIDs(mb.user, l.folder)
+		if err != nil {
+			return false
+		}
+		c = &uidCache{n: *st.NumMessages, next: st.UIDNext, set: make(map[imap.UID]bool, len(uids))}
+		for _, u := range uids {
+			c.set[u] = true
+		}
+		if rs.uids == nil {
+			rs.uids = map[string]*uidCache{}
+		}
+		rs.uids[l.folder] = c
+	}
+	return c.set[l.uid]
+}
+
+type uidCache struct {
+	n    uint32
+	next imap.UID
+	set  map[imap.UID]bool
+}
+
+// hasLocked reports whether the message at l exists and, if flag is set,
+// carries it (one search limited to its UID).
+func (mb *mailbox) hasLocked(l msgLoc, flag imap.Flag) bool {
+	sess := imapmemserver.NewUserSession(mb.user)
+	defer sess.Close()
+	if _, err := sess.Select(l.folder, nil); err != nil {
+		return false
+	}
+	c := &imap.SearchCriteria{UID: []imap.UIDSet{imap.UIDSetNum(l.uid)}}
+	if flag != "" {
+		c.Flag = []imap.Flag{flag}
+	}
+	data, err := sess.Search(imapserver.NumKindUID, c, &imap.SearchOptions{})
+	return err == nil && len(data.AllUIDs()) == 1
 }
 
 // render is a message's JSON; sel limits the properties ($select), size
@@ -673,7 +728,7 @@ func (f *Fake) handleGetMIME(w http.ResponseWriter, r *http.Request, g *graphReq
 		return
 	}
 	f.storeMu.Lock()
-	v, ok := g.mb.lookupLocked(r.PathValue("id"))
+	v, ok := g.mb.lookupFlagsLocked(r.PathValue("id"), false)
 	f.storeMu.Unlock()
 	if !ok {
 		f.notFound(w)

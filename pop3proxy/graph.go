@@ -110,7 +110,11 @@ func (s *Server) graphHTTP(p *config.Provider) *http.Client {
 // graphMailbox returns the account's shared graphmail.Mailbox.
 func (s *Server) graphMailbox(acct *config.Account) *graphmail.Mailbox {
 	sig := fmt.Sprintf("%s|%s|%p", acct.Provider.GraphURL, acct.Mailbox, acct.Provider)
-	return s.gb.mailboxes.Get(acct.Name, sig, func() *graphmail.Mailbox {
+	reg := &s.gb.mailboxes
+	if s.opts.GraphMailboxes != nil {
+		reg = s.opts.GraphMailboxes
+	}
+	return reg.Get(acct.Name, sig, func() *graphmail.Mailbox {
 		src := s.graphTokens()
 		c := &graph.Client{
 			BaseURL: acct.Provider.GraphURL,

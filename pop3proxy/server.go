@@ -64,6 +64,10 @@ type Options struct {
 	GraphTokens tokens.Source
 	GraphHTTP   *http.Client
 	GraphMail   graphmail.Options
+	// GraphMailboxes, if set, is the registry of graphmail mailboxes
+	// shared with the IMAP served from Graph, so that both count against
+	// one limiter of 4 requests per mailbox.
+	GraphMailboxes *graphmail.Registry
 }
 
 // Server is a POP3 front end that authenticates locally and splices to the

@@ -109,7 +109,8 @@ func New(cfg *config.Config, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.imap = imapproxy.New(imapproxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log, Graph: d.graphIMAP.srv})
-	d.pop3 = pop3proxy.New(pop3proxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log})
+	d.pop3 = pop3proxy.New(pop3proxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log,
+		GraphMailboxes: &d.graphIMAP.mailboxes})
 	d.smtp = smtpproxy.New(smtpproxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.smtpL, Logger: log})
 	h := admin.New(admin.Options{Config: current, Tokens: m, Ready: d.readyErr, Logger: log.With("component", "admin"), Version: Version})
 	d.admin = &http.Server{

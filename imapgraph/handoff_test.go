@@ -72,7 +72,7 @@ func TestServeLoggedInAnswersTheLoginTag(t *testing.T) {
 		t.Fatalf("SELECT answer %q", lines)
 	}
 	// Unknown and pre-auth commands get BAD/NO, and the session goes on.
-	c.Write([]byte("a3 FROBNICATE\r\na4 LOGIN x y\r\na5 UID SEARCH BODY fire\r\na6 NOOP\r\n"))
+	c.Write([]byte("a3 FROBNICATE\r\na4 LOGIN x y\r\na5 UID SEARCH SENTSINCE 1-Jan-2026\r\na6 NOOP\r\n"))
 	for _, want := range []string{"a3 BAD", "a4 BAD", "a5 NO [CANNOT]", "a6 OK"} {
 		l := readLine(t, r)
 		for strings.HasPrefix(l, "* ") {

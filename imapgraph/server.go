@@ -22,18 +22,18 @@ import (
 
 // Named defaults of Options.
 const (
-	DefaultIdlePoll         = 30 * time.Second    // IDLE re-reads the folder (delta) this often
-	DefaultSyncAge          = 5 * time.Second     // other commands re-read it when the view is older
-	DefaultMIMECacheBytes   = 64 << 20            // MIME kept for repeated FETCHes, all sessions together
-	DefaultMaxMessageBytes  = 150 << 20           // largest message read or appended (Exchange's own ceiling)
-	DefaultThrottleWait     = 60 * time.Second    // total wait for 429/Retry-After before a command fails
-	DefaultMaxCachedFolders = 64                  // folder listings kept while no session selects them
-	DefaultCommandTimeout   = 10 * time.Minute    // one command's Graph calls, retries included
-	ExpungeToDeletedItems   = "deleteditems"      // EXPUNGE moves to Deleted Items (default)
-	ExpungeDelete           = "delete"            // EXPUNGE deletes permanently
-	hierarchyDelim          = '/'                 // folder path separator
-	greetingMaxLine         = 4096                // bound on the PREAUTH line rewritten into the login's OK
-	pipeName                = "oauthbridge-graph" // pseudo listener address
+	DefaultIdlePoll           = 30 * time.Second    // IDLE re-reads the folder (delta) this often
+	DefaultSyncAge            = 5 * time.Second     // other commands re-read it when the view is older
+	DefaultMIMECacheBytes     = 64 << 20            // MIME kept for repeated FETCHes, all sessions together
+	DefaultMaxMessageBytes    = 150 << 20           // largest message read or appended (Exchange's own ceiling)
+	DefaultThrottleWait       = 60 * time.Second    // total wait for 429/Retry-After before a command fails
+	DefaultMaxCachedFolders   = 64                  // folder listings kept while no session selects them
+	DefaultMaxSearchDownloads = 500                 // messages one SEARCH may read for HEADER/BODY/TEXT keys
+	ExpungeToDeletedItems     = "deleteditems"      // EXPUNGE moves to Deleted Items (default)
+	ExpungeDelete             = "delete"            // EXPUNGE deletes permanently
+	hierarchyDelim            = '/'                 // folder path separator
+	greetingMaxLine           = 4096                // bound on the PREAUTH line rewritten into the login's OK
+	pipeName                  = "oauthbridge-graph" // pseudo listener address
 )
 
 // Options configure a Server. Mailbox and UIDs are required.
@@ -58,8 +58,9 @@ type Options struct {
 	// reads) before a command fails with NO [UNAVAILABLE]; see
 	// DefaultThrottleWait. Negative: no retries here, because the backend
 	// already waits out throttling (graphmail does).
-	ThrottleWait     time.Duration
-	MaxCachedFolders int // see DefaultMaxCachedFolders
+	ThrottleWait       time.Duration
+	MaxCachedFolders   int // see DefaultMaxCachedFolders
+	MaxSearchDownloads int // see DefaultMaxSearchDownloads
 	// Expunge is ExpungeToDeletedItems (default) or ExpungeDelete. In
 	// Deleted Items itself EXPUNGE always deletes.
 	Expunge func(account string) string
@@ -118,6 +119,9 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.ThrottleWait == 0 {
 		opts.ThrottleWait = DefaultThrottleWait
+	}
+	if opts.MaxSearchDownloads <= 0 {
+		opts.MaxSearchDownloads = DefaultMaxSearchDownloads
 	}
 	if opts.MaxCachedFolders <= 0 {
 		opts.MaxCachedFolders = DefaultMaxCachedFolders

@@ -682,9 +682,15 @@ func (s *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria,
 	if n > 0 {
 		maxUID = s.sel.msgs[n-1].uid
 	}
+	sr := &searcher{s: s, n: n, maxUID: maxUID, budget: s.srv.opts.MaxSearchDownloads}
 	for i := range s.sel.msgs {
 		m := &s.sel.msgs[i]
-		if !s.match(uint32(i+1), m, criteria, n, maxUID) {
+		sr.data, sr.loaded = nil, false
+		ok, err := sr.match(uint32(i+1), m, criteria)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
 			continue
 		}
 		num := uint32(i + 1)
@@ -708,21 +714,13 @@ func (s *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria,
 	return data, nil
 }
 
-// checkCriteria refuses what cannot be answered from the cached fields.
+// checkCriteria refuses what cannot be answered at all.
 func checkCriteria(c *imap.SearchCriteria) error {
-	if len(c.Body) > 0 || len(c.Text) > 0 {
-		return unsupported("SEARCH BODY/TEXT")
-	}
 	if c.ModSeq != nil {
 		return unsupported("SEARCH MODSEQ")
 	}
 	if !c.SentSince.IsZero() || !c.SentBefore.IsZero() {
 		return unsupported("SEARCH SENTSINCE/SENTBEFORE/SENTON (use SINCE/BEFORE/ON)")
-	}
-	for _, h := range c.Header {
-		if !strings.EqualFold(h.Key, "Message-ID") {
-			return unsupported("SEARCH HEADER " + h.Key + " (only HEADER Message-ID)")
-		}
 	}
 	for _, sub := range c.Not {
 		if err := checkCriteria(&sub); err != nil {
@@ -739,19 +737,59 @@ func checkCriteria(c *imap.SearchCriteria) error {
 	return nil
 }
 
+// searcher evaluates SEARCH keys on one message at a time: flags, dates,
+// sizes, Message-ID and number sets from the cached fields; other headers,
+// BODY and TEXT from the message's MIME, read (and cached) only when the
+// cheap keys have not decided, and at most budget downloads per SEARCH.
+type searcher struct {
+	s         *session
+	n, maxUID uint32
+	budget    int
+	data      []byte // the current message's MIME, once loaded
+	loaded    bool
+}
+
+func (sr *searcher) content(m *smsg) ([]byte, error) {
+	if sr.loaded {
+		return sr.data, nil
+	}
+	if m.gone {
+		sr.loaded = true
+		return nil, nil
+	}
+	if _, cached := sr.s.srv.mime.get(sr.s.account + "\x00" + m.ID); !cached {
+		if sr.budget <= 0 {
+			return nil, &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeLimit,
+				Text: fmt.Sprintf("this SEARCH would read more than %d messages from Microsoft Graph (imapgraph.DefaultMaxSearchDownloads); search by UID, flags or date, or HEADER Message-ID", sr.s.srv.opts.MaxSearchDownloads)}
+		}
+		sr.budget--
+	}
+	data, err := sr.s.content(m.ID)
+	if err != nil {
+		return nil, sr.s.imapError("search", err)
+	}
+	sr.data, sr.loaded = data, true
+	return data, nil
+}
+
+func containsFold(s, sub string) bool {
+	return strings.Contains(strings.ToLower(s), strings.ToLower(sub))
+}
+
 func dateOf(t time.Time) time.Time {
 	y, mo, d := t.Date()
 	return time.Date(y, mo, d, 0, 0, 0, 0, time.UTC)
 }
 
-func (s *session) match(seq uint32, m *smsg, c *imap.SearchCriteria, n, maxUID uint32) bool {
+func (sr *searcher) match(seq uint32, m *smsg, c *imap.SearchCriteria) (bool, error) {
+	s, n, maxUID := sr.s, sr.n, sr.maxUID
 	for _, set := range c.SeqNum {
 		set = slices.Clone(set)
 		for i := range set {
 			staticRange(&set[i].Start, &set[i].Stop, n)
 		}
 		if !set.Contains(seq) {
-			return false
+			return false, nil
 		}
 	}
 	for _, set := range c.UID {
@@ -760,24 +798,16 @@ func (s *session) match(seq uint32, m *smsg, c *imap.SearchCriteria, n, maxUID u
 			staticRange((*uint32)(&set[i].Start), (*uint32)(&set[i].Stop), maxUID)
 		}
 		if !set.Contains(imap.UID(m.uid)) {
-			return false
+			return false, nil
 		}
 	}
 	// SINCE/BEFORE compare the INTERNALDATE's date (in UTC: Graph's
 	// receivedDateTime is UTC).
 	if !c.Since.IsZero() && dateOf(m.Received).Before(dateOf(c.Since)) {
-		return false
+		return false, nil
 	}
 	if !c.Before.IsZero() && !dateOf(m.Received).Before(dateOf(c.Before)) {
-		return false
-	}
-	for _, h := range c.Header {
-		if h.Value != "" && !strings.Contains(strings.ToLower(m.MessageID), strings.ToLower(h.Value)) {
-			return false
-		}
-		if h.Value == "" && m.MessageID == "" {
-			return false
-		}
+		return false, nil
 	}
 	has := func(f imap.Flag) bool {
 		switch imap.Flag(strings.ToLower(string(f))) {
@@ -794,31 +824,85 @@ func (s *session) match(seq uint32, m *smsg, c *imap.SearchCriteria, n, maxUID u
 	}
 	for _, f := range c.Flag {
 		if !has(f) {
-			return false
+			return false, nil
 		}
 	}
 	for _, f := range c.NotFlag {
 		if has(f) {
-			return false
+			return false, nil
 		}
 	}
 	if c.Larger > 0 && m.Size <= c.Larger {
-		return false
+		return false, nil
 	}
 	if c.Smaller > 0 && m.Size >= c.Smaller {
-		return false
+		return false, nil
+	}
+	// Message-ID from the cached field when Graph gave it.
+	var other []imap.SearchCriteriaHeaderField
+	for _, h := range c.Header {
+		if strings.EqualFold(h.Key, "Message-ID") && m.MessageID != "" {
+			if !containsFold(m.MessageID, h.Value) {
+				return false, nil
+			}
+			continue
+		}
+		other = append(other, h)
 	}
 	for i := range c.Not {
-		if s.match(seq, m, &c.Not[i], n, maxUID) {
-			return false
+		if ok, err := sr.match(seq, m, &c.Not[i]); err != nil || ok {
+			return false, err
 		}
 	}
 	for _, or := range c.Or {
-		if !s.match(seq, m, &or[0], n, maxUID) && !s.match(seq, m, &or[1], n, maxUID) {
-			return false
+		ok, err := sr.match(seq, m, &or[0])
+		if err == nil && !ok {
+			ok, err = sr.match(seq, m, &or[1])
+		}
+		if err != nil || !ok {
+			return false, err
 		}
 	}
-	return true
+	if len(other) == 0 && len(c.Body) == 0 && len(c.Text) == 0 {
+		return true, nil
+	}
+	// The keys that need the message itself.
+	data, err := sr.content(m)
+	if err != nil || data == nil {
+		return false, err
+	}
+	br := bufio.NewReader(bytes.NewReader(data))
+	h, err := textproto.ReadHeader(br)
+	if err != nil {
+		return false, nil
+	}
+	for _, f := range other {
+		vals := h.Values(f.Key)
+		found := len(vals) > 0 && f.Value == ""
+		for _, v := range vals {
+			if containsFold(v, f.Value) {
+				found = true
+			}
+		}
+		if !found {
+			return false, nil
+		}
+	}
+	body := data[len(data)-br.Buffered():]
+	if rest, err := io.ReadAll(br); err == nil {
+		body = rest
+	}
+	for _, b := range c.Body {
+		if !containsFold(string(body), b) {
+			return false, nil
+		}
+	}
+	for _, t := range c.Text {
+		if !containsFold(string(data), t) {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // ---- EXPUNGE, COPY, MOVE, APPEND ----

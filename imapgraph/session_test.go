@@ -276,6 +276,12 @@ func TestSearchCriteria(t *testing.T) {
 		{"OR", imap.SearchCriteria{Or: [][2]imap.SearchCriteria{{{UID: []imap.UIDSet{imap.UIDSetNum(1)}}, {UID: []imap.UIDSet{imap.UIDSetNum(3)}}}}}, []imap.UID{1, 3}},
 		{"seq 2:3 UNSEEN", imap.SearchCriteria{SeqNum: []imap.SeqSet{{{Start: 2, Stop: 3}}}, NotFlag: []imap.Flag{imap.FlagSeen}}, []imap.UID{2, 3}},
 		{"LARGER", imap.SearchCriteria{Larger: 10000}, nil},
+		// Keys read from the MIME.
+		{"SUBJECT", imap.SearchCriteria{Header: []imap.SearchCriteriaHeaderField{{Key: "Subject", Value: "B"}}}, []imap.UID{2}},
+		{"FROM", imap.SearchCriteria{Header: []imap.SearchCriteriaHeaderField{{Key: "From", Value: "alice@"}}}, []imap.UID{1, 2, 3}},
+		{"BODY", imap.SearchCriteria{Body: []string{"message 3"}}, []imap.UID{3}},
+		{"BODY not in headers", imap.SearchCriteria{Body: []string{"Subject"}}, nil},
+		{"NOT TEXT", imap.SearchCriteria{Not: []imap.SearchCriteria{{Text: []string{"SUBJECT: A"}}}}, []imap.UID{2, 3}},
 	}
 	for _, tc := range cases {
 		if got := uidSearch(t, c, &tc.crit); !slices.Equal(got, tc.want) {
@@ -283,9 +289,8 @@ func TestSearchCriteria(t *testing.T) {
 		}
 	}
 	for _, crit := range []imap.SearchCriteria{
-		{Body: []string{"fire"}},
-		{Header: []imap.SearchCriteriaHeaderField{{Key: "Subject", Value: "x"}}},
-		{Not: []imap.SearchCriteria{{Text: []string{"x"}}}},
+		{SentSince: day},
+		{Not: []imap.SearchCriteria{{SentBefore: day}}},
 	} {
 		if _, err := c.UIDSearch(&crit, nil).Wait(); imapCode(err) != imap.ResponseCodeCannot {
 			t.Errorf("unsupported search %+v: %v, want NO [CANNOT]", crit, err)
@@ -294,6 +299,27 @@ func TestSearchCriteria(t *testing.T) {
 	// The session still works after refused commands.
 	if err := c.Noop().Wait(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestSearchDownloadBudget(t *testing.T) {
+	h := newHarness(t, func(o *Options) { o.MaxSearchDownloads = 2 })
+	for i := range 3 {
+		h.mb.deliver("f-inbox", testMIME(i, "x"), day.Add(time.Duration(i)*time.Hour))
+	}
+	c := h.dial(nil)
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	subject := &imap.SearchCriteria{Header: []imap.SearchCriteriaHeaderField{{Key: "Subject", Value: "x"}}}
+	if _, err := c.UIDSearch(subject, nil).Wait(); imapCode(err) != imap.ResponseCodeLimit {
+		t.Fatalf("SEARCH over budget: %v, want NO [LIMIT]", err)
+	}
+	// Narrowed by UID first, it stays within the budget.
+	narrow := *subject
+	narrow.UID = []imap.UIDSet{imap.UIDSetNum(3)}
+	if got := uidSearch(t, c, &narrow); !slices.Equal(got, []imap.UID{3}) {
+		t.Fatalf("narrowed SEARCH = %v", got)
 	}
 }
 

@@ -128,6 +128,12 @@ type IMAPBlock struct {
 	MaxLineRange        hcl.Range `hcl:"max_line_bytes,attr_range"`
 	MaxLiteralRange     hcl.Range `hcl:"max_literal_bytes,attr_range"`
 
+	// GraphPollInterval: how often a Graph-served IMAP session in IDLE
+	// asks Graph for changes (read_via = "graph"); see graphpoll.go.
+	GraphPollInterval      string        `hcl:"graph_poll_interval,optional"`
+	GraphPollIntervalRange hcl.Range     `hcl:"graph_poll_interval,attr_range"`
+	GraphPoll              time.Duration // derived
+
 	Limits ProxyLimits // derived
 }
 

@@ -327,6 +327,7 @@ func (c *Config) validate() hcl.Diagnostics {
 		MaxLiteralBytes: orInt(im.MaxLiteralBytes, DefaultMaxLiteralBytes),
 		MaxConnections:  orInt(im.MaxConnections, DefaultMaxConnections),
 	}
+	checkGraphPoll(&diags, im)
 	positive(&diags, im.DefRange, "imap", "max_connections", im.MaxConnections, im.MaxConnRange, DefaultMaxConnections)
 	positive(&diags, im.DefRange, "imap", "max_line_bytes", im.MaxLineBytes, im.MaxLineRange, DefaultMaxLineBytes)
 	positive(&diags, im.DefRange, "imap", "max_literal_bytes", im.MaxLiteralBytes, im.MaxLiteralRange, DefaultMaxLiteralBytes)

@@ -50,7 +50,10 @@ type Options struct {
 	Serves func(acct *config.Account) bool
 	Logger *slog.Logger // nil: discard
 
-	IdlePoll        time.Duration // see DefaultIdlePoll
+	IdlePoll time.Duration // see DefaultIdlePoll
+	// PollInterval, if set, is read at each IDLE instead of IdlePoll (the
+	// configuration's graph_poll_interval, which a reload may change).
+	PollInterval    func() time.Duration
 	SyncAge         time.Duration // see DefaultSyncAge
 	MIMECacheBytes  int64         // see DefaultMIMECacheBytes
 	MaxMessageBytes int64         // see DefaultMaxMessageBytes
@@ -207,6 +210,16 @@ func (s *Server) newSession(c *imapserver.Conn) (imapserver.Session, *imapserver
 	}
 	h.started(nil)
 	return sess, &imapserver.GreetingData{PreAuth: true}, nil
+}
+
+// idlePoll is the IDLE polling interval now in force.
+func (s *Server) idlePoll() time.Duration {
+	if s.opts.PollInterval != nil {
+		if d := s.opts.PollInterval(); d > 0 {
+			return d
+		}
+	}
+	return s.opts.IdlePoll
 }
 
 // uidStore returns the UID map, opening it if needed.

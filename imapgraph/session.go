@@ -334,7 +334,8 @@ func (s *session) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
 		<-stop
 		return nil
 	}
-	t := time.NewTicker(s.srv.opts.IdlePoll)
+	poll := s.srv.idlePoll()
+	t := time.NewTicker(poll)
 	defer t.Stop()
 	for {
 		select {
@@ -344,7 +345,8 @@ func (s *session) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
 			return nil
 		case <-t.C:
 		}
-		if err := s.sel.fc.sync(s.ctx, s.mb, 0); err != nil {
+		// Sessions idling on the same folder share one delta round.
+		if err := s.sel.fc.sync(s.ctx, s.mb, poll/2); err != nil {
 			s.log.Info("Graph-served IMAP: IDLE refresh failed; trying again at the next poll", "folder", s.sel.path, "error", err)
 			continue
 		}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/graph"
@@ -55,6 +56,7 @@ func newGraphIMAP(current func() *config.Config, m *tokens.Manager, log *slog.Lo
 			}
 			return imapgraph.ExpungeToDeletedItems
 		},
+		PollInterval: func() time.Duration { return current().IMAP.GraphPoll },
 		ThrottleWait: -1, // graphmail waits out throttling (graphmail.DefaultMaxThrottleWait)
 		Logger:       log.With("component", "imap-graph"),
 	})

@@ -9,6 +9,9 @@ Subcommands (all configuration comes from the environment run.sh exports):
   find USER PASSWORD SUBJECT [FOLDER]    wait until a message with SUBJECT is in FOLDER (bridge IMAP)
   imap-login USER PASSWORD               one login through the bridge; prints OK or the server's answer
   pop3-login USER PASSWORD               the same over POP3
+  graph                                  imaplib scenarios against the account served from Microsoft Graph
+  graph-seed SUBJECT [USER]              send one message to a Graph-served account (gr) through the bridge
+                                         (SMTP, send_via = "graph"): it lands in the fake's mailbox
   hold USER PASSWORD                     log in, SELECT, then wait for a line on stdin, then NOOP
                                          and report how the session ended (upstream restart)
 
@@ -561,6 +564,136 @@ def python_scenarios():
     scenario("python-poplib", "wrong-password")(pop3_wrong_password)
 
 
+def graph_seed(subject, user="gr"):
+    """Send one message to gr@DOMAIN through the bridge's SMTP; the account
+    sends through Graph, and the fake delivers it into the mailbox's Inbox."""
+    pw = ENV["PW_" + user]
+    box = "%s@%s" % (user, DOMAIN)
+    s = smtplib.SMTP(HOST, int(ENV["B_SMTP"]), timeout=30)
+    try:
+        s.ehlo()
+        s.login(user, pw)
+        s.sendmail(box, [box], build_message(box, box, subject))
+    finally:
+        s.quit()
+
+
+def graph_scenarios():
+    """The read_via = "graph" account: imaplib through the bridge, which
+    serves IMAP itself from the fake Microsoft 365's Graph endpoint."""
+    user, pw = "gr", ENV["PW_gr"]
+    t = tag()
+    subj = {k: "gr-%s-%s" % (k, t) for k in ("one", "two", "three")}
+
+    def seeded():
+        for k in ("one", "two", "three"):
+            graph_seed(subj[k])
+        for k in ("one", "two", "three"):
+            wait_subject(user, pw, subj[k])
+        return True, ""
+
+    def read_inbox():
+        m = blogin(user, pw)
+        try:
+            if "MOVE" not in m.capabilities or "IDLE" not in m.capabilities:
+                return False, "capabilities after login: %s" % (m.capabilities,)
+            typ, data = m.select("INBOX")
+            typ, data = m.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+            got = b" ".join(x[1] for x in data if isinstance(x, tuple)).decode()
+            missing = [s for s in subj.values() if s not in got]
+            return not missing, "missing %s" % missing
+        finally:
+            m.logout()
+
+    def body_and_size():
+        m = blogin(user, pw)
+        try:
+            m.select("INBOX", readonly=True)
+            u = uids_by_subject(m, subj["one"])
+            typ, data = m.uid("FETCH", u[0], "(RFC822.SIZE)")
+            size = int(data[0].decode().split("RFC822.SIZE ")[1].split(")")[0].split()[0])
+            typ, data = m.uid("FETCH", u[0], "(BODY.PEEK[])")
+            body = data[0][1]
+            msg = email.message_from_bytes(body, policy=email.policy.default)
+            return size == len(body) and msg["Subject"] == subj["one"], "RFC822.SIZE %d, BODY[] %d bytes, subject %r" % (size, len(body), msg["Subject"])
+        finally:
+            m.logout()
+
+    def uids_stable():
+        got = []
+        for _ in range(2):
+            m = blogin(user, pw)
+            try:
+                typ, data = m.select("INBOX", readonly=True)
+                typ, v = m.response("UIDVALIDITY")
+                got.append((v, uids_by_subject(m, subj["two"])))
+            finally:
+                m.logout()
+        return got[0] == got[1] and got[0][1], "sessions saw %s" % got
+
+    def mark_seen():
+        m = blogin(user, pw)
+        try:
+            m.select("INBOX")
+            u = uids_by_subject(m, subj["one"])
+            m.uid("STORE", u[0], "+FLAGS", "(\\Seen)")
+        finally:
+            m.logout()
+        m = blogin(user, pw)
+        try:
+            m.select("INBOX", readonly=True)
+            typ, data = m.uid("FETCH", u[0], "(FLAGS)")
+            typ, unseen = m.uid("SEARCH", None, "UNSEEN")
+            return b"\\Seen" in data[0] and u[0] not in unseen[0].split(), "flags %s, unseen %s" % (data, unseen)
+        finally:
+            m.logout()
+
+    def move():
+        m = blogin(user, pw)
+        try:
+            m.select("INBOX")
+            u = uids_by_subject(m, subj["two"])
+            typ, data = m.uid("MOVE", u[0], '"Junk Email"')
+            if typ != "OK":
+                return False, "MOVE: %s %s" % (typ, data)
+            left = uids_by_subject(m, subj["two"])
+            m.select('"Junk Email"', readonly=True)
+            there = uids_by_subject(m, subj["two"])
+            return not left and len(there) == 1, "inbox still has %s, Junk Email has %s" % (left, there)
+        finally:
+            m.logout()
+
+    def delete_expunge():
+        m = blogin(user, pw)
+        try:
+            m.select("INBOX")
+            u = uids_by_subject(m, subj["three"])
+            m.uid("STORE", u[0], "+FLAGS", "(\\Deleted)")
+            typ, data = m.expunge()
+            left = uids_by_subject(m, subj["three"])
+            m.select('"Deleted Items"', readonly=True)
+            trash = uids_by_subject(m, subj["three"])
+            return typ == "OK" and not left and len(trash) == 1, "expunge %s %s, left %s, in Deleted Items %s" % (typ, data, left, trash)
+        finally:
+            m.logout()
+
+    def unsupported():
+        m = blogin(user, pw)
+        try:
+            typ, data = m.create("NewFolder")
+            refused = "%s %s" % (typ, data)
+            m.noop()
+            return typ == "NO" and "CANNOT" in refused, refused
+        finally:
+            m.logout()
+
+    for name, fn in (("seed-through-graph", seeded), ("read-inbox", read_inbox), ("body-and-size", body_and_size),
+                     ("uids-stable", uids_stable), ("mark-seen", mark_seen), ("move", move),
+                     ("delete-expunge", delete_expunge), ("create-refused", unsupported)):
+        if not scenario("python-graph", name)(fn) and name == "seed-through-graph":
+            return
+
+
 def imap_login(user, pw):
     """One login; prints OK or the refusal text. Exit 0 on OK, 1 on NO, 2 on anything else."""
     m = bimap()
@@ -673,6 +806,10 @@ def main(argv):
         upstream()
     elif cmd == "python":
         python_scenarios()
+    elif cmd == "graph":
+        graph_scenarios()
+    elif cmd == "graph-seed":
+        graph_seed(argv[2], *argv[3:4])
     elif cmd == "find":
         folder = argv[5] if len(argv) > 5 else "INBOX"
         sys.stdout.buffer.write(wait_subject(argv[2], argv[3], argv[4], folder))

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -60,7 +61,7 @@ func (g *graphFake) bridge(t testing.TB, tc testConfig) (*env, string) {
 		tokens: tokenstest.StaticSource{"acct": "unused"},
 		graph: &Options{
 			GraphTokens: tokenstest.StaticSource{"acct": g.tok},
-			GraphHTTP:   g.f.GraphHTTPClient(),
+			GraphHTTP:   &http.Client{Transport: &http.Transport{TLSClientConfig: g.f.ClientTLS(), MaxIdleConnsPerHost: 16}},
 			GraphMail: graphmail.Options{Sleep: func(_ context.Context, d time.Duration) error {
 				g.mu.Lock()
 				g.sleeps = append(g.sleeps, d)

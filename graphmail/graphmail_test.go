@@ -38,7 +38,7 @@ type env struct {
 	sleeps chan time.Duration
 }
 
-func newEnv(t *testing.T, scopes ...string) *env {
+func newEnv(t testing.TB, scopes ...string) *env {
 	t.Helper()
 	f, err := fakems.Start(fakems.Options{})
 	if err != nil {
@@ -69,7 +69,7 @@ func (e *env) mailbox(opts graphmail.Options) *graphmail.Mailbox {
 	return graphmail.New(e.c, box, opts)
 }
 
-func deliver(t *testing.T, f *fakems.Fake, n int) {
+func deliver(t testing.TB, f *fakems.Fake, n int) {
 	t.Helper()
 	for i := range n {
 		if err := f.Deliver(box, []byte(fmt.Sprintf("Subject: s%d\r\n\r\nbody %d\r\n", i, i))); err != nil {

@@ -102,6 +102,9 @@ func (s *Server) graphHTTP(p *config.Provider) *http.Client {
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = &tls.Config{RootCAs: p.RootCAs, MinVersion: tls.VersionTLS12}
+	// Keep a connection per concurrent request of a few mailboxes, not
+	// http's default of 2, so that listing sizes does not redo TLS.
+	tr.MaxIdleConnsPerHost = 4 * graphmail.MailboxConcurrency
 	c := &http.Client{Transport: tr}
 	s.gb.clients[p.Name] = providerClient{p: p, c: c}
 	return c

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -29,7 +30,7 @@ type graphFake struct {
 	sleeps []time.Duration
 }
 
-func newGraphFake(t *testing.T) *graphFake {
+func newGraphFake(t testing.TB) *graphFake {
 	t.Helper()
 	f, err := fakems.Start(fakems.Options{})
 	if err != nil {
@@ -52,7 +53,7 @@ func (g *graphFake) slept() []time.Duration {
 
 // bridge starts a bridge (a new Server: a restart) serving the account
 // from the fake's Graph.
-func (g *graphFake) bridge(t *testing.T, tc testConfig) (*env, string) {
+func (g *graphFake) bridge(t testing.TB, tc testConfig) (*env, string) {
 	t.Helper()
 	tc.Upstream, tc.CAFile, tc.Authority, tc.ReadVia, tc.GraphURL = "127.0.0.1:9", g.ca, g.f.AuthorityURL, "graph", g.f.GraphURL()
 	e := newEnv(t, tc, envOptions{
@@ -60,7 +61,7 @@ func (g *graphFake) bridge(t *testing.T, tc testConfig) (*env, string) {
 		tokens: tokenstest.StaticSource{"acct": "unused"},
 		graph: &Options{
 			GraphTokens: tokenstest.StaticSource{"acct": g.tok},
-			GraphHTTP:   g.f.GraphHTTPClient(),
+			GraphHTTP:   &http.Client{Transport: &http.Transport{TLSClientConfig: g.f.ClientTLS(), MaxIdleConnsPerHost: 16}},
 			GraphMail: graphmail.Options{Sleep: func(_ context.Context, d time.Duration) error {
 				g.mu.Lock()
 				g.sleeps = append(g.sleeps, d)
@@ -69,10 +70,15 @@ func (g *graphFake) bridge(t *testing.T, tc testConfig) (*env, string) {
 			}},
 		},
 	})
-	return e, serveTCP(t, e)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go e.srv.Serve(ln, false)
+	return e, ln.Addr().String()
 }
 
-func dialPop(t *testing.T, addr string) *popClient {
+func dialPop(t testing.TB, addr string) *popClient {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {

@@ -91,6 +91,9 @@ func (g *graphIMAP) httpClient(p *config.Provider) *http.Client {
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = &tls.Config{RootCAs: p.RootCAs, MinVersion: tls.VersionTLS12}
+	// A connection per concurrent request of a few mailboxes (http's
+	// default keeps 2), so that reading messages does not redo TLS.
+	tr.MaxIdleConnsPerHost = 4 * graphmail.MailboxConcurrency
 	c := &http.Client{Transport: tr}
 	g.clients[p] = c
 	return c

@@ -28,7 +28,10 @@ package fakems
 //     aliases and SendFromAliasEnabled, the 4-concurrent-requests limit per
 //     app and mailbox, and injected 429/503/500/hang faults.
 //
-// Not modelled: reading mail through Graph, reply/forward, JSON attachments,
+// Reading mail (folders, messages, $value, delta, PATCH, move, copy,
+// delete, immutable ids) is in graph_read.go.
+//
+// Not modelled: reply/forward, JSON attachments,
 // item attachments, S/MIME specifics, the 10,000 requests per 10 minutes and
 // 150 MB per 5 minutes limits, $batch, national-cloud hosts, and
 // "always save a copy" for delegates. The upload URL lives on the fake's

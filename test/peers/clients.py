@@ -10,7 +10,8 @@ Subcommands (all configuration comes from the environment run.sh exports):
   imap-login USER PASSWORD               one login through the bridge; prints OK or the server's answer
   pop3-login USER PASSWORD               the same over POP3
   graph                                  imaplib scenarios against the account served from Microsoft Graph
-  graph-seed SUBJECT [USER]              send one message to a Graph-served account (gr) through the bridge
+  graph-seed SUBJECT [USER [FILE]]       send one message (FILE attached) to a Graph-served account (gr)
+                                         through the bridge
                                          (SMTP, send_via = "graph"): it lands in the fake's mailbox
   hold USER PASSWORD                     log in, SELECT, then wait for a line on stdin, then NOOP
                                          and report how the session ended (upstream restart)
@@ -564,7 +565,7 @@ def python_scenarios():
     scenario("python-poplib", "wrong-password")(pop3_wrong_password)
 
 
-def graph_seed(subject, user="gr"):
+def graph_seed(subject, user="gr", attach_file=None):
     """Send one message to gr@DOMAIN through the bridge's SMTP; the account
     sends through Graph, and the fake delivers it into the mailbox's Inbox."""
     pw = ENV["PW_" + user]
@@ -573,7 +574,8 @@ def graph_seed(subject, user="gr"):
     try:
         s.ehlo()
         s.login(user, pw)
-        s.sendmail(box, [box], build_message(box, box, subject))
+        attach = open(attach_file, "rb").read() if attach_file else None
+        s.sendmail(box, [box], build_message(box, box, subject, attach))
     finally:
         s.quit()
 
@@ -809,7 +811,7 @@ def main(argv):
     elif cmd == "graph":
         graph_scenarios()
     elif cmd == "graph-seed":
-        graph_seed(argv[2], *argv[3:4])
+        graph_seed(argv[2], *argv[3:5])
     elif cmd == "find":
         folder = argv[5] if len(argv) > 5 else "INBOX"
         sys.stdout.buffer.write(wait_subject(argv[2], argv[3], argv[4], folder))

@@ -117,7 +117,7 @@ export CA_FILE="$T/ca/ca.pem" LMTP_SOCKET="$T/dovecot/run/lmtp" PEERS_DIR="$HERE
 ACCOUNTS="helpdesk:helpdesk:alice:support,ceo pop:pop:-: curl:curl:-: php:php:alice: perl:perl:alice: fm:fm:-: swaks:swaks:-:swaks-alias rv:rv:-:"
 # Local users: user=account (passwords pw-<user>)
 # otrs and cron share the helpdesk mailbox (the stale-client scenario).
-USERS="py=helpdesk pop=pop curl=curl php=php perl=perl fm=fm swaks=swaks rv=rv appuser=app otrs=helpdesk cron=helpdesk gr=gr grfm=grfm grpl=grpl"
+USERS="py=helpdesk pop=pop curl=curl php=php perl=perl fm=fm swaks=swaks rv=rv appuser=app otrs=helpdesk cron=helpdesk gr=gr grfm=grfm grpl=grpl grph=grph"
 # One more account uses the app flow (client credentials) through a
 # confidential client of its own; Dovecot lets the app's token open it.
 APP_ID=bridge-daemon
@@ -139,8 +139,8 @@ export MAILBOXES ALIASES
 # One account reads and sends through the fake's Microsoft Graph endpoint
 # (read_via = "graph", send_via = "graph"): its mailbox lives in the fake
 # Microsoft 365 only, not in Dovecot.
-# gr: Python imaplib; grfm: fetchmail; grpl: Perl Mail::IMAPClient.
-GRAPH_ACCOUNTS="gr grfm grpl"
+# gr: Python imaplib; grfm: fetchmail; grpl: Perl Mail::IMAPClient; grph: PHP imap.
+GRAPH_ACCOUNTS="gr grfm grpl grph"
 idp_args+=(-graph-url-file "$T/graph.url" -ca-file "$T/graph-ca.pem")
 for g in $GRAPH_ACCOUNTS; do idp_args+=(-user "$g@$DOMAIN" -mailbox "$g@$DOMAIN"); done
 
@@ -339,7 +339,8 @@ peers_log "perl"
 perl_scenarios
 peers_log "fetchmail"
 fetchmail_scenarios
-peers_log "served from Microsoft Graph: Perl, fetchmail"
+peers_log "served from Microsoft Graph: PHP, Perl, fetchmail"
+php_graph_scenarios
 perl_graph_scenarios
 fetchmail_graph_scenarios
 peers_log "swaks"

@@ -88,6 +88,17 @@ perl_graph_scenarios() {
 	PERL_USER=grpl PERL_GRAPH=1 PERL_ARCHIVE="Junk Email" SUBJ_PREFIX=$p record perl "$HERE/clients.pl"
 }
 
+# PHP imap (c-client) against an account served from Microsoft Graph.
+php_graph_scenarios() {
+	local p s
+	p="grph-$(rtag)"
+	head -c 30000 /dev/urandom >"$T/grph-attach.bin"
+	for s in one two three; do python3 "$HERE/clients.py" graph-seed "$p-$s" grph; done
+	python3 "$HERE/clients.py" graph-seed "$p-attach" grph "$T/grph-attach.bin"
+	for s in one two three attach; do python3 "$HERE/clients.py" find grph "$PW_grph" "$p-$s" >/dev/null; done
+	PHP_USER=grph PHP_GRAPH=1 PHP_ARCHIVE="Junk Email" SUBJ_PREFIX=$p ATTACH_FILE="$T/grph-attach.bin" record php "$HERE/clients.php"
+}
+
 # ---- fetchmail ----
 fetchmail_scenarios() {
 	local p box="fm@$DOMAIN" d="$T/fetchmail" out rc

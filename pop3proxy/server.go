@@ -64,6 +64,10 @@ type Options struct {
 	GraphTokens tokens.Source
 	GraphHTTP   *http.Client
 	GraphMail   graphmail.Options
+	// GraphMailboxes, if set, is shared with the IMAP side so that both
+	// count against one limit of 4 Graph requests per mailbox (key: the
+	// account name; see graphMailbox). Nil: a private one.
+	GraphMailboxes *graphmail.Registry
 }
 
 // Server is a POP3 front end that authenticates locally and splices to the

@@ -110,13 +110,15 @@ func (s *Server) graphHTTP(p *config.Provider) *http.Client {
 	return c
 }
 
-// graphMailbox returns the account's shared graphmail.Mailbox.
+// graphMailbox returns the account's shared graphmail.Mailbox: key the
+// account name, signature the Graph URL, the mailbox and the provider
+// snapshot (a reload that changes them starts a new Mailbox).
 func (s *Server) graphMailbox(acct *config.Account) *graphmail.Mailbox {
-	sig := fmt.Sprintf("%s|%s|%p", acct.Provider.GraphURL, acct.Mailbox, acct.Provider)
-	reg := &s.gb.mailboxes
-	if s.opts.GraphMailboxes != nil {
-		reg = s.opts.GraphMailboxes
+	reg := s.opts.GraphMailboxes
+	if reg == nil {
+		reg = &s.gb.mailboxes
 	}
+	sig := fmt.Sprintf("%s|%s|%p", acct.Provider.GraphURL, acct.Mailbox, acct.Provider)
 	return reg.Get(acct.Name, sig, func() *graphmail.Mailbox {
 		src := s.graphTokens()
 		c := &graph.Client{

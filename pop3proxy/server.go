@@ -64,9 +64,9 @@ type Options struct {
 	GraphTokens tokens.Source
 	GraphHTTP   *http.Client
 	GraphMail   graphmail.Options
-	// GraphMailboxes, if set, is the registry of graphmail mailboxes
-	// shared with the IMAP served from Graph, so that both count against
-	// one limiter of 4 requests per mailbox.
+	// GraphMailboxes, if set, is shared with the IMAP side so that both
+	// count against one limit of 4 Graph requests per mailbox (key: the
+	// account name; see graphMailbox). Nil: a private one.
 	GraphMailboxes *graphmail.Registry
 }
 

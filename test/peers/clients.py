@@ -13,6 +13,8 @@ Subcommands (all configuration comes from the environment run.sh exports):
   graph-seed SUBJECT [USER [FILE]]       send one message (FILE attached) to a Graph-served account (gr)
                                          through the bridge
                                          (SMTP, send_via = "graph"): it lands in the fake's mailbox
+  graph-pop                              poplib against an account served from the fake's Graph
+                                         (read_via = "graph"; mail put in with fakeidp /test/deliver)
   hold USER PASSWORD                     log in, SELECT, then wait for a line on stdin, then NOOP
                                          and report how the session ended (upstream restart)
 
@@ -799,6 +801,112 @@ def hold_smtp(user, pw):
     print("NEW %s" % new, flush=True)
 
 
+# ---- POP3 served from Microsoft Graph (read_via = "graph") ----
+
+
+def idp_get(path, **q):
+    with urllib.request.urlopen(ENV["IDP_URL"] + path + "?" + urllib.parse.urlencode(q), timeout=10) as r:
+        return json.load(r)
+
+
+def graph_pop_scenarios():
+    box = "graphpop@" + DOMAIN
+    pw = ENV["PW_gpop"]
+    t = tag()
+    msgs = [
+        ("From: a@example.com\r\nTo: %s\r\nSubject: gp-%s-1\r\nMessage-ID: <gp1-%s@example.com>\r\n\r\n"
+         "first\r\n.a line with a leading dot\r\n" % (box, t, t)).encode(),
+        ("From: b@example.com\r\nTo: %s\r\nSubject: gp-%s-2\r\n\r\n" % (box, t)).encode() + b"x" * 70000 + b"\r\n",
+    ]
+    for m in msgs:
+        idp("/test/deliver", mailbox=box, message=m.decode())
+
+    def login():
+        p = poplib.POP3(HOST, int(ENV["B_POP3"]), timeout=60)
+        p.user("gpop")
+        p.pass_(pw)
+        return p
+
+    state = {}
+
+    def fetch_all():
+        p = login()
+        count, total = p.stat()
+        _, listing, _ = p.list()
+        sizes = [int(l.split()[1]) for l in listing]
+        _, uidl, _ = p.uidl()
+        got = []
+        for i in range(1, count + 1):
+            _, lines, octets = p.retr(i)
+            got.append(b"\r\n".join(lines) + b"\r\n")
+        p.quit()
+        state["uidl"] = [l.split()[1] for l in uidl]
+        if count != 2 or sorted(got) != sorted(msgs):
+            return False, "stat %d, retrieved %r" % (count, [g[:60] for g in got])
+        if sizes != [len(g) for g in got] or total != sum(sizes):
+            return False, "LIST sizes %r, RETR octets %r, STAT %d" % (sizes, [len(g) for g in got], total)
+        if any(len(u) > 70 for u in state["uidl"]):
+            return False, "UIDL longer than 70: %r" % state["uidl"]
+        return True, ""
+
+    def uidl_stable():
+        p = login()
+        _, uidl, _ = p.uidl()
+        _, top, _ = p.top(1, 0)
+        p.quit()
+        again = [l.split()[1] for l in uidl]
+        if again != state.get("uidl"):
+            return False, "UIDL %r, earlier %r" % (again, state.get("uidl"))
+        if not any(l.startswith(b"Subject: gp-") for l in top):
+            return False, "TOP 1 0 = %r" % top[:5]
+        return True, ""
+
+    def rset_then_delete():
+        p = login()
+        p.dele(1)
+        p.rset()
+        p.quit()
+        if idp_get("/test/folder", mailbox=box, folder="INBOX")["count"] != 2:
+            return False, "RSET did not undo DELE"
+        p = login()
+        p.dele(1)
+        p.quit()
+        inbox = idp_get("/test/folder", mailbox=box, folder="INBOX")["count"]
+        deleted = idp_get("/test/folder", mailbox=box, folder="Deleted Items")["count"]
+        if inbox != 1 or deleted != 1:
+            return False, "after DELE 1 + QUIT: INBOX %d, Deleted Items %d" % (inbox, deleted)
+        return True, ""
+
+    def throttled_retr():
+        # Graph throttles the next message download once (Retry-After 1):
+        # the bridge waits and RETR succeeds.
+        idp("/test/graph-fault", status="429", count="1", retry_after="1", route="getMIME")
+        p = login()
+        _, lines, _ = p.retr(1)
+        p.quit()
+        if not lines:
+            return False, "empty RETR"
+        # Throttled for an hour: -ERR [SYS/TEMP], the session goes on.
+        idp("/test/graph-fault", status="429", retry_after="3600", route="getMIME")
+        p = login()
+        try:
+            p.retr(1)
+            return False, "RETR succeeded while Graph throttles"
+        except poplib.error_proto as e:
+            if not str(e).startswith("b'-ERR [SYS/TEMP]"):
+                return False, "RETR while throttled: %s" % e
+        finally:
+            idp("/test/graph-fault", status="")
+        p.noop()
+        p.quit()
+        return True, ""
+
+    scenario("python-poplib-graph", "stat-list-retr-byte-exact")(fetch_all)
+    scenario("python-poplib-graph", "uidl-stable-top")(uidl_stable)
+    scenario("python-poplib-graph", "rset-dele-moves-to-deleted-items")(rset_then_delete)
+    scenario("python-poplib-graph", "throttled-retr")(throttled_retr)
+
+
 def main(argv):
     cmd = argv[1]
     if cmd == "seed":
@@ -812,6 +920,8 @@ def main(argv):
         graph_scenarios()
     elif cmd == "graph-seed":
         graph_seed(argv[2], *argv[3:5])
+    elif cmd == "graph-pop":
+        graph_pop_scenarios()
     elif cmd == "find":
         folder = argv[5] if len(argv) > 5 else "INBOX"
         sys.stdout.buffer.write(wait_subject(argv[2], argv[3], argv[4], folder))

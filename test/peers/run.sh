@@ -117,7 +117,7 @@ export CA_FILE="$T/ca/ca.pem" LMTP_SOCKET="$T/dovecot/run/lmtp" PEERS_DIR="$HERE
 ACCOUNTS="helpdesk:helpdesk:alice:support,ceo pop:pop:-: curl:curl:-: php:php:alice: perl:perl:alice: fm:fm:-: swaks:swaks:-:swaks-alias rv:rv:-:"
 # Local users: user=account (passwords pw-<user>)
 # otrs and cron share the helpdesk mailbox (the stale-client scenario).
-USERS="py=helpdesk pop=pop curl=curl php=php perl=perl fm=fm swaks=swaks rv=rv appuser=app otrs=helpdesk cron=helpdesk gr=gr grfm=grfm grpl=grpl grph=grph"
+USERS="py=helpdesk pop=pop curl=curl php=php perl=perl fm=fm swaks=swaks rv=rv appuser=app otrs=helpdesk cron=helpdesk gpop=graphpop gr=gr grfm=grfm grpl=grpl grph=grph"
 # One more account uses the app flow (client credentials) through a
 # confidential client of its own; Dovecot lets the app's token open it.
 APP_ID=bridge-daemon
@@ -126,6 +126,9 @@ export PW_special='Sp"e\ci{5}al %x 1'"'"'2'
 MAILBOXES="alice@$DOMAIN bob@$DOMAIN app@$DOMAIN"
 ALIASES="support@$DOMAIN=helpdesk@$DOMAIN swaks-alias@$DOMAIN=swaks@$DOMAIN"
 idp_args=(-app bridge-app -app "$APP_ID:$PEERS_APP_SECRET" -grant-app "$APP_ID=app@$DOMAIN" -mailbox "app@$DOMAIN" -user "alice@$DOMAIN" -user "bob@$DOMAIN" -mailbox "alice@$DOMAIN" -mailbox "bob@$DOMAIN")
+# One account is read through the fake's Microsoft Graph (read_via = "graph",
+# graph.sh): its mailbox lives in the fake's store, not in Dovecot.
+idp_args+=(-user "graphpop@$DOMAIN" -mailbox "graphpop@$DOMAIN" -graph-url-file "$T/graph.url" -ca-file "$T/graph-ca.pem")
 for a in $ACCOUNTS; do
 	IFS=: read -r name local deleg _ <<<"$a"
 	MAILBOXES="$MAILBOXES $local@$DOMAIN"
@@ -141,7 +144,6 @@ export MAILBOXES ALIASES
 # Microsoft 365 only, not in Dovecot.
 # gr: Python imaplib; grfm: fetchmail; grpl: Perl Mail::IMAPClient; grph: PHP imap.
 GRAPH_ACCOUNTS="gr grfm grpl grph"
-idp_args+=(-graph-url-file "$T/graph.url" -ca-file "$T/graph-ca.pem")
 for g in $GRAPH_ACCOUNTS; do idp_args+=(-user "$g@$DOMAIN" -mailbox "$g@$DOMAIN"); done
 
 # ---- fake identity platform ----
@@ -224,14 +226,16 @@ mkdir -p "$T/bridge/state"
 		  flow     = "app"
 		}
 		provider "fakegraph" {
-		  tenant      = "$DOMAIN"
-		  client_id   = "bridge-app"
-		  authority   = "$IDP_URL"
-		  imap_server = "127.0.0.1:$IMAPS_PORT"
-		  pop3_server = "127.0.0.1:$POP3S_PORT"
-		  smtp_server = "127.0.0.1:$SUBMIT_PORT"
-		  graph_url   = "$GRAPH_URL"
-		  ca_file     = "$T/graph-ca.pem"
+		  tenant    = "$DOMAIN"
+		  client_id = "bridge-app"
+		  authority = "$IDP_URL"
+		  graph_url = "$GRAPH_URL"
+		  ca_file   = "$T/graph-ca.pem"
+		}
+		account "graphpop" {
+		  provider = "fakegraph"
+		  mailbox  = "graphpop@$DOMAIN"
+		  read_via = "graph"
 		}
 	EOF
 	for g in $GRAPH_ACCOUNTS; do
@@ -316,8 +320,10 @@ for g in $GRAPH_ACCOUNTS; do
 	signin "$g" "$g@$DOMAIN" &
 	signin_pids+=($!)
 done
+signin graphpop "graphpop@$DOMAIN" &
+signin_pids+=($!)
 wait "${signin_pids[@]}" || true # not a bare wait: the daemons are children too
-n_accounts=$(wc -w <<<"$ACCOUNTS")
+n_accounts=$(($(wc -w <<<"$ACCOUNTS") + 1 + $(wc -w <<<"$GRAPH_ACCOUNTS")))
 bad=$(grep -c '^FAIL bridge signin' "$RESULTS" || true)
 if [ "$bad" = 0 ]; then pass bridge "device-login-$n_accounts-accounts"; fi
 peers_log "bridge up: imap :$B_IMAP pop3 :$B_POP3 smtp :$B_SMTP admin :$B_ADMIN ($(($(date +%s) - START)) s)"
@@ -343,6 +349,12 @@ peers_log "served from Microsoft Graph: PHP, Perl, fetchmail"
 php_graph_scenarios
 perl_graph_scenarios
 fetchmail_graph_scenarios
+peers_log "POP3 served from Microsoft Graph"
+# shellcheck source=graph.sh
+if [ -f "$HERE/graph.sh" ]; then
+	. "$HERE/graph.sh"
+	graph_scenarios
+fi
 peers_log "swaks"
 swaks_scenarios
 special_password_scenarios

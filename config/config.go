@@ -120,6 +120,10 @@ type IMAPBlock struct {
 
 	// Where the block and its listen lists are written, for diagnostics.
 	DefRange, ListenRange, ListenTLSRange hcl.Range
+
+	// GraphPoll: how often a Graph-served IMAP session in IDLE asks Graph
+	// for changes (read_via = "graph"; imap { graph_poll_interval }, graphpoll.go).
+	GraphPoll time.Duration
 }
 
 // POP3Block is the pop3 listener's runtime configuration (see IMAPBlock).
@@ -272,7 +276,10 @@ type Account struct {
 	Flow               string   `hcl:"flow,optional"`
 	Delegate           string   `hcl:"delegate,optional"`
 	SendAs             []string `hcl:"send_as,optional"`
-	SendVia            string   `hcl:"send_via,optional"` // smtp | graph | auto
+	SendVia            string   `hcl:"send_via,optional"`    // smtp | graph | auto
+	ReadVia            string   `hcl:"read_via,optional"`    // imap | graph
+	POP3Folder         string   `hcl:"pop3_folder,optional"` // read_via = "graph": the folder POP3 serves
+	POP3Delete         string   `hcl:"pop3_delete,optional"` // read_via = "graph": move | delete
 	MaxConnections     int      `hcl:"max_connections,optional"`
 	SMTPMaxConnections int      `hcl:"smtp_max_connections,optional"`
 
@@ -285,6 +292,8 @@ type Account struct {
 	MaxConnRange  hcl.Range `hcl:"max_connections,attr_range"`
 	SMTPConnRange hcl.Range `hcl:"smtp_max_connections,attr_range"`
 	SendViaRange  hcl.Range `hcl:"send_via,attr_range"`
+	ReadViaRange  hcl.Range `hcl:"read_via,attr_range"`
+	POP3DelRange  hcl.Range `hcl:"pop3_delete,attr_range"`
 
 	Provider *Provider // resolved
 }
@@ -302,8 +311,27 @@ const (
 	SendViaAuto  = "auto"  // SMTP; Graph while SMTP AUTH is disabled (535 5.7.139)
 )
 
-// UsesGraph reports whether the account may send through Microsoft Graph.
-func (a *Account) UsesGraph() bool { return a.SendVia == SendViaGraph || a.SendVia == SendViaAuto }
+// UsesGraph reports whether the account may send or read through
+// Microsoft Graph (its sign-in then includes the Graph permissions).
+func (a *Account) UsesGraph() bool {
+	return a.SendVia == SendViaGraph || a.SendVia == SendViaAuto || a.ReadVia == ReadViaGraph
+}
+
+// Read paths of an account (read_via), and what POP3 DELE does on Graph.
+const (
+	ReadViaIMAP  = "imap"  // IMAP/POP3 logins are spliced to Exchange (the default)
+	ReadViaGraph = "graph" // IMAP/POP3 logins are served by the bridge from Microsoft Graph
+
+	// DefaultPOP3Folder is the folder POP3 serves with read_via = "graph":
+	// a Graph well-known folder name or a path such as "Inbox/Tickets".
+	DefaultPOP3Folder = "inbox"
+	POP3DeleteMove    = "move"   // DELE + QUIT moves the message to Deleted Items (the default)
+	POP3DeleteDelete  = "delete" // DELE + QUIT deletes it (Graph DELETE: to Recoverable Items)
+)
+
+// ReadsViaGraph reports whether the account's IMAP and POP3 logins are
+// served from Microsoft Graph.
+func (a *Account) ReadsViaGraph() bool { return a.ReadVia == ReadViaGraph }
 
 // User is a local credential used by a legacy system.
 type User struct {

@@ -584,3 +584,35 @@ smtp {
 		t.Errorf("auto_smtp_recheck = %v", cfg.SMTP.Limits.AutoSMTPRecheck)
 	}
 }
+
+func TestReadVia(t *testing.T) {
+	src := base(t) + `account "g" {
+  provider    = "p"
+  mailbox     = "g@contoso.com"
+  read_via    = "graph"
+  pop3_folder = "/Inbox/Tickets/"
+  pop3_delete = "delete"
+}
+`
+	cfg, err := Parse("ok.hcl", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := cfg.AccountByName["a"]
+	if a.ReadVia != ReadViaIMAP || a.ReadsViaGraph() || a.POP3Folder != DefaultPOP3Folder || a.POP3Delete != POP3DeleteMove {
+		t.Errorf("defaults: read_via %q pop3_folder %q pop3_delete %q", a.ReadVia, a.POP3Folder, a.POP3Delete)
+	}
+	g := cfg.AccountByName["g"]
+	if !g.ReadsViaGraph() || !g.UsesGraph() || !g.Provider.UsesGraph || g.POP3Folder != "Inbox/Tickets" || g.POP3Delete != POP3DeleteDelete {
+		t.Errorf("g: read_via %q uses graph %v pop3_folder %q pop3_delete %q", g.ReadVia, g.UsesGraph(), g.POP3Folder, g.POP3Delete)
+	}
+	for _, bad := range []struct{ attr, want string }{
+		{`read_via = "ews"`, "Invalid read_via"},
+		{`pop3_delete = "expunge"`, "Invalid pop3_delete"},
+	} {
+		_, err := Parse("bad.hcl", []byte(base(t)+"account \"x\" {\n  provider = \"p\"\n  mailbox = \"x@contoso.com\"\n  "+bad.attr+"\n}\n"))
+		if err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%s: err = %v, want %q", bad.attr, err, bad.want)
+		}
+	}
+}

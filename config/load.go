@@ -340,6 +340,7 @@ func (c *Config) validate() hcl.Diagnostics {
 		MaxLiteralBytes: orInt(im.MaxLiteralBytes, DefaultMaxLiteralBytes),
 		MaxConnections:  orInt(im.MaxConnections, DefaultMaxConnections),
 	}
+	checkGraphPoll(&diags, im)
 	positive(&diags, im.DefRange, "imap", "max_connections", im.MaxConnections, im.MaxConnRange, DefaultMaxConnections)
 	positive(&diags, im.DefRange, "imap", "max_line_bytes", im.MaxLineBytes, im.MaxLineRange, DefaultMaxLineBytes)
 	positive(&diags, im.DefRange, "imap", "max_literal_bytes", im.MaxLiteralBytes, im.MaxLiteralRange, DefaultMaxLiteralBytes)
@@ -530,6 +531,7 @@ func (c *Config) validate() hcl.Diagnostics {
 			diags = append(diags, diagAt(a.SendViaRange, a.DefRange, "Invalid send_via",
 				fmt.Sprintf(`account %q: send_via must be "smtp" (SMTP submission with XOAUTH2, the default), "graph" (Microsoft Graph sendMail) or "auto" (SMTP, switching to Graph while the tenant or mailbox has SMTP AUTH disabled).`, a.Name)))
 		}
+		checkReadVia(&diags, a)
 		if p != nil && a.UsesGraph() {
 			p.UsesGraph = true
 		}

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"time"
+
 	"github.com/hashicorp/hcl/v2"
 )
 
@@ -21,7 +23,7 @@ type listenerSchema struct {
 
 func (im *imapSchema) runtime() *IMAPBlock {
 	return &IMAPBlock{Listen: im.Listen, ListenTLS: im.ListenTLS, AllowInsecureAuth: im.AllowInsecureAuth,
-		MaxConnections: im.MaxConnections, Limits: im.Limits,
+		MaxConnections: im.MaxConnections, Limits: im.Limits, GraphPoll: im.GraphPoll,
 		DefRange: im.DefRange, ListenRange: im.ListenRange, ListenTLSRange: im.ListenTLSRange}
 }
 
@@ -62,7 +64,12 @@ type imapSchema struct {
 	MaxLineRange        hcl.Range `hcl:"max_line_bytes,attr_range"`
 	MaxLiteralRange     hcl.Range `hcl:"max_literal_bytes,attr_range"`
 
-	Limits ProxyLimits // built by validate
+	// graph_poll_interval (graphpoll.go).
+	GraphPollInterval      string    `hcl:"graph_poll_interval,optional"`
+	GraphPollIntervalRange hcl.Range `hcl:"graph_poll_interval,attr_range"`
+
+	Limits    ProxyLimits   // built by validate
+	GraphPoll time.Duration // built by validate
 }
 
 // pop3Schema is the pop3 { } block as written (first stage).

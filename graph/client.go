@@ -123,6 +123,27 @@ func userPath(user string) string { return "/v1.0/users/" + url.PathEscape(user)
 // answer with status want. 429 and 503 are retried within the retry
 // budget; 401 once with a fresh token.
 func (c *Client) do(ctx context.Context, op, method, path string, b *body, want int) ([]byte, error) {
+	return c.doH(ctx, op, method, path, nil, b, want)
+}
+
+// doH is do with extra request headers.
+func (c *Client) doH(ctx context.Context, op, method, path string, hdr http.Header, b *body, want int) ([]byte, error) {
+	resp, err := c.roundTrip(ctx, op, method, path, hdr, b, want)
+	if err != nil {
+		return nil, err
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxJSONBody))
+	resp.Body.Close()
+	if err != nil {
+		// The operation succeeded; only its answer's body is lost.
+		return nil, nil
+	}
+	return data, nil
+}
+
+// roundTrip sends one authenticated Graph request with the retry policy
+// of do and returns the answer with status want, its body unread.
+func (c *Client) roundTrip(ctx context.Context, op, method, path string, hdr http.Header, b *body, want int) (*http.Response, error) {
 	maxWait := c.MaxRetryWait
 	if maxWait <= 0 {
 		maxWait = DefaultMaxRetryWait
@@ -138,18 +159,12 @@ func (c *Client) do(ctx context.Context, op, method, path string, b *body, want 
 		if err != nil {
 			return nil, err
 		}
-		resp, sent, err := c.send(ctx, method, strings.TrimSuffix(c.BaseURL, "/")+path, b, tok)
+		resp, sent, err := c.send(ctx, method, strings.TrimSuffix(c.BaseURL, "/")+path, hdr, b, tok)
 		if err != nil {
 			return nil, &TransportError{Op: op, Sent: sent, Err: err}
 		}
 		if resp.StatusCode == want {
-			data, err := io.ReadAll(io.LimitReader(resp.Body, maxJSONBody))
-			resp.Body.Close()
-			if err != nil {
-				// The operation succeeded; only its answer's body is lost.
-				return nil, nil
-			}
-			return data, nil
+			return resp, nil
 		}
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 		resp.Body.Close()
@@ -180,7 +195,7 @@ func (c *Client) do(ctx context.Context, op, method, path string, b *body, want 
 
 // send performs one HTTP request; sent reports whether the whole body was
 // handed to the transport before the error.
-func (c *Client) send(ctx context.Context, method, u string, b *body, tok string) (*http.Response, bool, error) {
+func (c *Client) send(ctx context.Context, method, u string, hdr http.Header, b *body, tok string) (*http.Response, bool, error) {
 	var rd io.Reader = http.NoBody
 	var length int64
 	var cr *countingReader
@@ -204,6 +219,9 @@ func (c *Client) send(ctx context.Context, method, u string, b *body, tok string
 		req.Header.Set("Content-Type", b.contentType)
 	}
 	req.Header.Set("Accept", "application/json")
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
 	if tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}

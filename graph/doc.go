@@ -1,5 +1,5 @@
-// Package graph is a small Microsoft Graph client for the mail-sending
-// calls oauthbridge makes on behalf of legacy SMTP clients:
+// Package graph is a small Microsoft Graph client for the mail calls
+// oauthbridge makes on behalf of legacy clients. Sending (SMTP clients):
 //
 //	POST /v1.0/users/{id}/sendMail                       base64 MIME, 202
 //	POST /v1.0/users/{id}/messages                       draft from base64 MIME, 201
@@ -8,6 +8,20 @@
 //	PUT  {uploadUrl}                                     ranged upload, no bearer token
 //	POST /v1.0/users/{id}/messages/{msg}/send            202
 //	DELETE /v1.0/users/{id}/messages/{msg}               drop a draft after a failure
+//
+// Reading (POP3 and IMAP served from Graph, mail.go; every read call asks
+// for immutable ids with Prefer: IdType="ImmutableId"):
+//
+//	GET  .../mailFolders, .../mailFolders/{f}, .../childFolders      ListFolders, GetFolder, FolderByPath
+//	GET  .../mailFolders/{f}/messages?$select&$top&$orderby&$expand   ListMessages (paged, PR_MESSAGE_SIZE)
+//	GET  .../mailFolders/{f}/messages/delta, then next/delta links    DeltaMessages, Delta
+//	GET  .../messages/{msg}, .../messages/{msg}/$value                GetMessage, MIME (streamed)
+//	PATCH .../messages/{msg}                                          PatchMessage (isRead, flag)
+//	POST .../messages/{msg}/move, /copy                               Move, Copy
+//	POST .../mailFolders/{f}/messages                                 CreateMessageMIME (always a draft)
+//
+// Links in answers (@odata.nextLink, @odata.deltaLink) are followed only
+// on graph_url's host.
 //
 // Authentication comes from a token function (tokens.Manager's Graph
 // source); the client never speaks OAuth. Error answers

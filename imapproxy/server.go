@@ -51,6 +51,11 @@ type Options struct {
 	// IsLoopback decides whether a remote address is local enough to accept
 	// a plaintext password without TLS. nil uses localauth.IsLoopback.
 	IsLoopback func(net.Addr) bool
+
+	// Graph serves the accounts whose mail is read through Microsoft
+	// Graph (read_via = "graph") after the local login, instead of the
+	// splice to Exchange's IMAP. nil: every account is spliced.
+	Graph GraphServer
 }
 
 // Server is the IMAP side of the bridge.

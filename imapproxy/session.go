@@ -453,6 +453,11 @@ func (c *session) login(tag, user, pass string) bool {
 func (c *session) loggedIn(tag string, a *localauth.Attempt, g *frontdoor.Grant) bool {
 	acct, user := g.Account, a.User
 	a.Account, a.Mailbox = acct.Name, acct.Mailbox
+	if c.srv.opts.Graph != nil && c.srv.opts.Graph.Serves(acct) {
+		// read_via = "graph": served here, not spliced (graph.go). The
+		// slot is g's, released when login returns.
+		return c.serveGraph(tag, user, acct, *a, func() {})
+	}
 	up, caps, f := c.upstreamLogin(c.srv.ctx, g)
 	if f != nil {
 		return c.loginFailed(tag, a, f)

@@ -164,6 +164,10 @@ type testConfig struct {
 	MaxLineBytes      int
 	MaxConnections    int // pop3 block, all users
 	AccountMax        int // account max_connections
+	ReadVia           string
+	GraphURL          string
+	POP3Delete        string
+	POP3Folder        string
 }
 
 func (tc testConfig) hcl() string {
@@ -197,12 +201,21 @@ func (tc testConfig) hcl() string {
 	if tc.Authority != "" {
 		fmt.Fprintf(&b, "  authority = %q\n", tc.Authority)
 	}
+	if tc.GraphURL != "" {
+		fmt.Fprintf(&b, "  graph_url = %q\n", tc.GraphURL)
+	}
 	b.WriteString("}\n")
 	max := tc.AccountMax
 	if max == 0 {
 		max = 4
 	}
-	fmt.Fprintf(&b, "account \"acct\" {\n  provider = \"m365\"\n  mailbox = %q\n  max_connections = %d\n}\n", testMailbox, max)
+	fmt.Fprintf(&b, "account \"acct\" {\n  provider = \"m365\"\n  mailbox = %q\n  max_connections = %d\n", testMailbox, max)
+	for _, kv := range [][2]string{{"read_via", tc.ReadVia}, {"pop3_delete", tc.POP3Delete}, {"pop3_folder", tc.POP3Folder}} {
+		if kv[1] != "" {
+			fmt.Fprintf(&b, "  %s = %q\n", kv[0], kv[1])
+		}
+	}
+	b.WriteString("}\n")
 	fmt.Fprintf(&b, "user %q {\n  password_hash = %q\n  account = \"acct\"\n}\n", testUser, testHash)
 	return b.String()
 }
@@ -300,6 +313,7 @@ type envOptions struct {
 	tokens   tokens.Source
 	loopback *bool             // nil: localauth.IsLoopback
 	auth     localauth.Options // zero: localauth's defaults
+	graph    *Options          // GraphTokens, GraphHTTP, GraphMail for read_via = "graph"
 }
 
 func newEnv(t testing.TB, tc testConfig, eo envOptions) *env {
@@ -318,6 +332,9 @@ func newEnv(t testing.TB, tc testConfig, eo envOptions) *env {
 		Limiter:      e.lim,
 		Logger:       e.logs.logger(),
 		FailureDelay: 5 * time.Millisecond,
+	}
+	if eo.graph != nil {
+		opts.GraphTokens, opts.GraphHTTP, opts.GraphMail = eo.graph.GraphTokens, eo.graph.GraphHTTP, eo.graph.GraphMail
 	}
 	if eo.loopback != nil {
 		lb := *eo.loopback

@@ -32,6 +32,9 @@ func (c *session) loggedIn(ctx context.Context, at *localauth.Attempt, g *frontd
 	at.Account, at.Mailbox = acct.Name, acct.Mailbox
 	log := c.log.With("user", at.User, "account", acct.Name, "mailbox", acct.Mailbox, "upstream", acct.Provider.POP3Server)
 
+	if acct.ReadsViaGraph() {
+		return c.serveGraph(ctx, log, acct, at) // graph.go: served locally, not spliced
+	}
 	up, f := c.srv.connectUpstream(ctx, log, g, c.lim.UpstreamTimeout)
 	if f != nil {
 		return c.loginFailed(ctx, at, f)

@@ -5,11 +5,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/graphmail"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
@@ -61,6 +63,18 @@ type Options struct {
 	// IsLoopback decides whether a peer is on this host, where a password may
 	// cross without TLS. nil uses localauth.IsLoopback.
 	IsLoopback func(net.Addr) bool
+
+	// Accounts with read_via = "graph" (graph.go): GraphTokens serves their
+	// Microsoft Graph tokens (nil: Tokens.For(tokens.Graph) when Tokens is
+	// a *tokens.Manager); GraphHTTP talks to Graph (nil: a client per
+	// provider trusting its ca_file); GraphMail tunes graphmail.
+	GraphTokens tokens.Source
+	GraphHTTP   *http.Client
+	GraphMail   graphmail.Options
+	// GraphMailboxes, if set, is shared with the IMAP side so that both
+	// count against one limit of 4 Graph requests per mailbox (key: the
+	// account name; see graphMailbox). Nil: a private one.
+	GraphMailboxes *graphmail.Registry
 }
 
 // Server is a POP3 front end that authenticates locally and splices to the
@@ -72,6 +86,7 @@ type Server struct {
 	gate     *frontdoor.Gate
 	failures frontdoor.Policy
 	base     context.Context // cancelled when Shutdown gives up waiting
+	gb       graphBackend    // read_via = "graph" (graph.go)
 }
 
 // New returns a Server; call Serve or ServeConn to use it. A nil Limiter

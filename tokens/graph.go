@@ -142,7 +142,7 @@ func (m *Manager) graphDue(a *account, now time.Time) time.Time {
 	if !a.cfg.UsesGraph() || g.inflight != nil || a.ent.State == StateNeedsLogin {
 		return time.Time{}
 	}
-	if !g.used && a.cfg.SendVia != config.SendViaGraph {
+	if !g.used && a.cfg.SendVia != config.SendViaGraph && !a.cfg.ReadsViaGraph() {
 		return time.Time{}
 	}
 	if a.cfg.Flow != config.FlowApp && a.ent.RefreshToken == "" {
@@ -391,6 +391,9 @@ func graphError(ac *config.Account, te *Error) *Error {
 	if ac.Flow == config.FlowApp {
 		e.Kind = Failing
 		e.Reason = fmt.Sprintf("the app registration has no admin consent for the Microsoft Graph application permission Mail.Send (send_via = %q)", ac.SendVia)
+		if ac.ReadsViaGraph() {
+			e.Reason = fmt.Sprintf("the app registration has no admin consent for the Microsoft Graph application permissions Mail.Send and Mail.ReadWrite (send_via = %q, read_via = %q)", ac.SendVia, ac.ReadVia)
+		}
 		e.Fix = fmt.Sprintf("in Entra: App registrations > the app of provider %s > API permissions > Add a permission > Microsoft Graph > Application permissions: add Mail.Send and Mail.ReadWrite (messages over 3 MB), then 'Grant admin consent' (or open the URL of 'oauthbridge consent-url %s'); scope it to the mailbox with RBAC for Applications or an application access policy",
 			ac.ProviderName, ac.ProviderName)
 		return &e

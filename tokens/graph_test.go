@@ -343,3 +343,33 @@ func TestGraphTokenRefreshedAhead(t *testing.T) {
 		}
 	}
 }
+
+// read_via = "graph" alone makes the sign-in ask for the Graph permissions
+// (Mail.ReadWrite, and the .Shared ones for a delegate).
+func TestLoginScopesReadViaGraph(t *testing.T) {
+	src := fmt.Sprintf(`state_dir = %q
+provider "p" {
+  tenant = "t"
+  client_id = "app1"
+}
+account "hd" {
+  provider = "p"
+  mailbox = "hd@contoso.com"
+  delegate = "alice@contoso.com"
+  read_via = "graph"
+}
+`, t.TempDir())
+	cfg, err := config.Parse("t.hcl", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(LoginScopes(cfg.AccountByName["hd"]), " ")
+	for _, s := range []string{"https://graph.microsoft.com/Mail.ReadWrite", "https://graph.microsoft.com/Mail.ReadWrite.Shared"} {
+		if !strings.Contains(got, s) {
+			t.Errorf("LoginScopes() = %s, want %s", got, s)
+		}
+	}
+	if !cfg.AccountByName["hd"].Provider.UsesGraph {
+		t.Error("provider does not consent to Graph")
+	}
+}

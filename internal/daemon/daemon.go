@@ -72,6 +72,9 @@ type Daemon struct {
 	alerts      *alerts.Engine // alerts.go
 	stopObserve func()
 
+	// graphIMAP serves the IMAP logins of read_via = "graph" accounts.
+	graphIMAP *graphIMAP
+
 	mu        sync.Mutex
 	listeners []boundListener
 	adminLn   net.Listener
@@ -114,8 +117,12 @@ func New(cfg *config.Config, opts Options) (*Daemon, error) {
 	d.tokens = m
 	d.auth = localauth.New(cfg, localauth.Options{})
 	current := func() *config.Config { return d.cfg.Load() }
-	d.imap = imapproxy.New(imapproxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log, Registerer: reg})
-	d.pop3 = pop3proxy.New(pop3proxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log, Registerer: reg})
+	if d.graphIMAP, err = newGraphIMAP(current, m, log); err != nil {
+		return nil, err
+	}
+	d.imap = imapproxy.New(imapproxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log, Registerer: reg, Graph: d.graphIMAP.srv})
+	d.pop3 = pop3proxy.New(pop3proxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log, Registerer: reg,
+		GraphMailboxes: &d.graphIMAP.mailboxes})
 	d.smtp = smtpproxy.New(smtpproxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.smtpL, Logger: log, Registerer: reg})
 	d.newAlerts(opts.Alerts)
 	h := admin.New(admin.Options{Config: current, Tokens: m, Ready: d.readyErr, Metrics: reg, Logger: log.With("component", "admin"), Version: Version})
@@ -318,7 +325,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 		d.cancel()
 	}
 	d.stopAlerts()
-	errs = append(errs, d.tokens.Close())
+	errs = append(errs, d.graphIMAP.close(), d.tokens.Close())
 	return errors.Join(errs...)
 }
 

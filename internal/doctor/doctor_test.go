@@ -442,7 +442,7 @@ func TestGraphAllPass(t *testing.T) {
 	if n := w.f.GraphRequestCount(fakems.RouteSendMail, 202); n != 0 || len(w.f.GraphSent()) != 0 {
 		t.Errorf("doctor sent through Graph")
 	}
-	if w.f.GraphRequestCount(fakems.RouteGetMailFolder, 200) != 1 {
+	if w.f.GraphRequestCount(fakems.RouteGetFolder, 200) != 1 {
 		t.Errorf("graph check did not read the mailbox: %v", w.f.GraphRequests())
 	}
 }

@@ -105,6 +105,7 @@ type Fake struct {
 	sendFromAlias    bool                       // Set-OrganizationConfig -SendFromAliasEnabled
 	graph            graphState                 // guarded by mu
 	knobs            knobState                  // guarded by mu (knobs.go)
+	gread            graphReadState             // guarded by mu
 
 	// Certificate credentials (identity_certs.go), guarded by mu:
 	// registered certificates and spent client-assertion jtis by client ID.
@@ -147,6 +148,8 @@ type mailbox struct {
 	// raw holds message bytes by folder and UID, guarded by Fake.storeMu.
 	// It may hold UIDs the mailbox no longer has; the mailbox is the truth.
 	raw map[string]map[imap.UID][]byte
+	// read is the Graph read state (graph_read.go), guarded by storeMu.
+	read *mbRead
 }
 
 // Folders every fake mailbox has, named as Exchange Online names them.
@@ -465,6 +468,7 @@ func (mb *mailbox) appendLocked(folder string, raw []byte, opts *imap.AppendOpti
 		return nil, err
 	}
 	mb.rememberLocked(folder, data.UID, buf)
+	mb.noteAppendLocked(folder, data.UID, opts.Time)
 	return data, nil
 }
 

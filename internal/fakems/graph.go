@@ -28,7 +28,10 @@ package fakems
 //     aliases and SendFromAliasEnabled, the 4-concurrent-requests limit per
 //     app and mailbox, and injected 429/503/500/hang faults.
 //
-// Not modelled: reading mail through Graph, reply/forward, JSON attachments,
+// Reading mail (folders, messages, $value, delta, PATCH, move, copy,
+// delete, immutable ids) is in graph_read.go.
+//
+// Not modelled: reply/forward, JSON attachments,
 // item attachments, S/MIME specifics, the 10,000 requests per 10 minutes and
 // 150 MB per 5 minutes limits, $batch, national-cloud hosts, and
 // "always save a copy" for delegates. The upload URL lives on the fake's
@@ -416,8 +419,8 @@ func (f *Fake) graphHandler() http.Handler {
 		mux.Handle("POST "+base+"/messages/{id}/attachments/createUploadSession", f.graphAPI(RouteCreateUploadSession, f.handleCreateUploadSession))
 		mux.Handle("POST "+base+"/messages/{id}/send", f.graphAPI(RouteSendDraft, f.handleSendDraft))
 		mux.Handle("DELETE "+base+"/messages/{id}", f.graphAPI(RouteDeleteMessage, f.handleDeleteMessage))
-		mux.Handle("GET "+base+"/mailFolders/{folder}", f.graphAPI(RouteGetMailFolder, f.handleGetMailFolder)) // graph_folders.go
 	}
+	f.registerReadRoutes(mux)
 	mux.HandleFunc("PUT /api/v2.0/AttachmentSessions/{sid}", f.handleUploadChunk)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		sw := &statusWriter{ResponseWriter: w}

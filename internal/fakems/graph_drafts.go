@@ -344,8 +344,11 @@ func (f *Fake) handleDeleteMessage(w http.ResponseWriter, r *http.Request, g *gr
 	if !f.checkReadWrite(w, g) {
 		return
 	}
-	d := f.lookupDraft(w, r, g)
-	if d == nil {
+	f.mu.Lock()
+	d := f.graph.drafts[r.PathValue("id")]
+	f.mu.Unlock()
+	if d == nil || d.mailbox != g.mb {
+		f.deleteStoredMessage(w, r, g) // graph_read.go
 		return
 	}
 	f.mu.Lock()

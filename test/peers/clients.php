@@ -7,14 +7,19 @@ error_reporting(E_ALL & ~E_WARNING & ~E_NOTICE & ~E_DEPRECATED);
 imap_timeout(IMAP_OPENTIMEOUT, 20);
 imap_timeout(IMAP_READTIMEOUT, 20);
 
-$user = 'php';
-$pw = getenv('PW_php');
+// PHP_USER, PHP_GRAPH and PHP_ARCHIVE run the same scenarios against an
+// account served from Microsoft Graph (scenarios.sh php_graph_scenarios).
+$user = getenv('PHP_USER') ?: 'php';
+$pw = getenv('PW_' . $user);
+$archive = getenv('PHP_ARCHIVE') ?: 'Archive';
+$client = getenv('PHP_GRAPH') ? 'php-imap-graph' : 'php-imap';
 $p = getenv('SUBJ_PREFIX');
 $mbox = '{127.0.0.1:' . getenv('B_IMAP') . '/imap/notls/norsh}';
 $attach = file_get_contents(getenv('ATTACH_FILE'));
 
 function result($ok, $scenario, $why = '') {
-    echo ($ok ? 'PASS' : 'FAIL') . " php-imap $scenario" . ($ok || $why === '' ? '' : ': ' . preg_replace('/\s+/', ' ', $why)) . "\n";
+    global $client;
+    echo ($ok ? 'PASS' : 'FAIL') . " $client $scenario" . ($ok || $why === '' ? '' : ': ' . preg_replace('/\s+/', ' ', $why)) . "\n";
     flush();
 }
 
@@ -92,19 +97,19 @@ run('mark-seen', function () use ($p) {
     return [$o && $o[0]->seen, 'not seen after reconnect'];
 });
 
-run('move', function () use ($p) {
+run('move', function () use ($p, $archive) {
     $c = open_box();
     $no = find_msgno($c, "$p-two");
     if (!$no) {
         return [false, 'message not found'];
     }
-    if (!imap_mail_move($c, (string)$no, 'Archive')) {
+    if (!imap_mail_move($c, (string)$no, $archive)) {
         return [false, 'imap_mail_move: ' . errors()];
     }
     imap_expunge($c);
     $left = find_msgno($c, "$p-two");
     imap_close($c);
-    $c = open_box('Archive', OP_READONLY);
+    $c = open_box($archive, OP_READONLY);
     $there = find_msgno($c, "$p-two");
     imap_close($c);
     return [!$left && $there, "inbox $left, archive $there"];

@@ -9,11 +9,16 @@ use Net::SMTP;
 use Time::HiRes qw(time sleep);
 
 $| = 1;
-my $user = 'perl';
-my $pw   = $ENV{PW_perl};
+# PERL_USER, PERL_GRAPH and PERL_ARCHIVE run the same scenarios against an
+# account served from Microsoft Graph (scenarios.sh perl_graph_scenarios).
+my $user = $ENV{PERL_USER} // 'perl';
+my $pw   = $ENV{"PW_$user"};
 my $p    = $ENV{SUBJ_PREFIX};
 my $dom  = $ENV{DOMAIN};
-my $box  = "perl\@$dom";
+my $box  = "$user\@$dom";
+my $archive = $ENV{PERL_ARCHIVE} // 'Archive';
+my $imapclient = $ENV{PERL_GRAPH} ? 'perl-imapclient-graph' : 'perl-imapclient';
+my $netsmtp    = $ENV{PERL_GRAPH} ? 'perl-netsmtp-graph'    : 'perl-netsmtp';
 
 sub result {
     my ($ok, $client, $scenario, $why) = @_;
@@ -43,7 +48,7 @@ sub find_uid {
     return $r->[0];
 }
 
-run('perl-imapclient', 'read-inbox', sub {
+run($imapclient, 'read-inbox', sub {
     my $c = imap();
     $c->select('INBOX') or die "select: " . $c->LastError . "\n";
     my $n = $c->message_count('INBOX');
@@ -55,7 +60,7 @@ run('perl-imapclient', 'read-inbox', sub {
     return (!@missing && $n >= 3, "missing @missing of $n");
 });
 
-run('perl-imapclient', 'mark-seen', sub {
+run($imapclient, 'mark-seen', sub {
     my $c = imap();
     $c->select('INBOX');
     my $u = find_uid($c, "$p-one") or return (0, 'message not found');
@@ -68,20 +73,20 @@ run('perl-imapclient', 'mark-seen', sub {
     return ((grep { $_ eq '\\Seen' } @$flags) ? 1 : 0, "flags @$flags");
 });
 
-run('perl-imapclient', 'move', sub {
+run($imapclient, 'move', sub {
     my $c = imap();
     $c->select('INBOX');
     my $u = find_uid($c, "$p-two") or return (0, 'message not found');
-    $c->move('Archive', $u) or return (0, 'move: ' . $c->LastError);
+    $c->move($archive, $u) or return (0, 'move: ' . $c->LastError);
     $c->expunge;
     my $left = find_uid($c, "$p-two");
-    $c->select('Archive');
+    $c->select($archive);
     my $there = find_uid($c, "$p-two");
     $c->logout;
     return (!$left && $there, "inbox " . ($left // '-') . " archive " . ($there // '-'));
 });
 
-run('perl-imapclient', 'delete-expunge', sub {
+run($imapclient, 'delete-expunge', sub {
     my $c = imap();
     $c->select('INBOX');
     my $u = find_uid($c, "$p-three") or return (0, 'message not found');
@@ -92,11 +97,12 @@ run('perl-imapclient', 'delete-expunge', sub {
     return (!$left, "still there: " . ($left // ''));
 });
 
-run('perl-imapclient', 'idle-wakeup', sub {
+run($imapclient, 'idle-wakeup', sub {
     my $c = imap();
     $c->select('INBOX');
     my $tag = $c->idle or return (0, 'idle: ' . $c->LastError);
-    system('python3', "$ENV{PEERS_DIR}/clients.py", 'seed', $box, "$p-idle") == 0 or return (0, 'seed failed');
+    my @seed = $ENV{PERL_GRAPH} ? ('graph-seed', "$p-idle", $user) : ('seed', $box, "$p-idle");
+    system('python3', "$ENV{PEERS_DIR}/clients.py", @seed) == 0 or return (0, 'seed failed');
     my $deadline = time + 15;
     my $woke;
     while (time < $deadline && !$woke) {
@@ -108,7 +114,7 @@ run('perl-imapclient', 'idle-wakeup', sub {
     return ($woke ? 1 : 0, 'no EXISTS within 15 s');
 });
 
-run('perl-imapclient', 'wrong-password', sub {
+run($imapclient, 'wrong-password', sub {
     my $c = Mail::IMAPClient->new(Server => '127.0.0.1', Port => $ENV{B_IMAP}, User => $user,
         Password => 'wrong', Timeout => 20);
     return (0, 'wrong password accepted') if $c && $c->IsAuthenticated;
@@ -128,7 +134,7 @@ sub smtp_send {
     return ($ok, $answer);
 }
 
-run('perl-netsmtp', 'send-read-back', sub {
+run($netsmtp, 'send-read-back', sub {
     my ($ok, $answer) = smtp_send($box, "$p-sent");
     return (0, $answer) unless $ok;
     my $deadline = time + 15;
@@ -143,7 +149,7 @@ run('perl-netsmtp', 'send-read-back', sub {
     return (0, 'sent message never arrived');
 });
 
-run('perl-netsmtp', 'spoof-refused', sub {
+run($netsmtp, 'spoof-refused', sub {
     my ($ok, $answer) = smtp_send("bob\@$dom", "$p-spoof");
     return (!$ok && $answer =~ /^5/, "answer $answer");
 });

@@ -9,6 +9,12 @@ Subcommands (all configuration comes from the environment run.sh exports):
   find USER PASSWORD SUBJECT [FOLDER]    wait until a message with SUBJECT is in FOLDER (bridge IMAP)
   imap-login USER PASSWORD               one login through the bridge; prints OK or the server's answer
   pop3-login USER PASSWORD               the same over POP3
+  graph                                  imaplib scenarios against the account served from Microsoft Graph
+  graph-seed SUBJECT [USER [FILE]]       send one message (FILE attached) to a Graph-served account (gr)
+                                         through the bridge
+                                         (SMTP, send_via = "graph"): it lands in the fake's mailbox
+  graph-pop                              poplib against an account served from the fake's Graph
+                                         (read_via = "graph"; mail put in with fakeidp /test/deliver)
   hold USER PASSWORD                     log in, SELECT, then wait for a line on stdin, then NOOP
                                          and report how the session ended (upstream restart)
 
@@ -561,6 +567,137 @@ def python_scenarios():
     scenario("python-poplib", "wrong-password")(pop3_wrong_password)
 
 
+def graph_seed(subject, user="gr", attach_file=None):
+    """Send one message to gr@DOMAIN through the bridge's SMTP; the account
+    sends through Graph, and the fake delivers it into the mailbox's Inbox."""
+    pw = ENV["PW_" + user]
+    box = "%s@%s" % (user, DOMAIN)
+    s = smtplib.SMTP(HOST, int(ENV["B_SMTP"]), timeout=30)
+    try:
+        s.ehlo()
+        s.login(user, pw)
+        attach = open(attach_file, "rb").read() if attach_file else None
+        s.sendmail(box, [box], build_message(box, box, subject, attach))
+    finally:
+        s.quit()
+
+
+def graph_scenarios():
+    """The read_via = "graph" account: imaplib through the bridge, which
+    serves IMAP itself from the fake Microsoft 365's Graph endpoint."""
+    user, pw = "gr", ENV["PW_gr"]
+    t = tag()
+    subj = {k: "gr-%s-%s" % (k, t) for k in ("one", "two", "three")}
+
+    def seeded():
+        for k in ("one", "two", "three"):
+            graph_seed(subj[k])
+        for k in ("one", "two", "three"):
+            wait_subject(user, pw, subj[k])
+        return True, ""
+
+    def read_inbox():
+        m = blogin(user, pw)
+        try:
+            if "MOVE" not in m.capabilities or "IDLE" not in m.capabilities:
+                return False, "capabilities after login: %s" % (m.capabilities,)
+            typ, data = m.select("INBOX")
+            typ, data = m.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+            got = b" ".join(x[1] for x in data if isinstance(x, tuple)).decode()
+            missing = [s for s in subj.values() if s not in got]
+            return not missing, "missing %s" % missing
+        finally:
+            m.logout()
+
+    def body_and_size():
+        m = blogin(user, pw)
+        try:
+            m.select("INBOX", readonly=True)
+            u = uids_by_subject(m, subj["one"])
+            typ, data = m.uid("FETCH", u[0], "(RFC822.SIZE)")
+            size = int(data[0].decode().split("RFC822.SIZE ")[1].split(")")[0].split()[0])
+            typ, data = m.uid("FETCH", u[0], "(BODY.PEEK[])")
+            body = data[0][1]
+            msg = email.message_from_bytes(body, policy=email.policy.default)
+            return size == len(body) and msg["Subject"] == subj["one"], "RFC822.SIZE %d, BODY[] %d bytes, subject %r" % (size, len(body), msg["Subject"])
+        finally:
+            m.logout()
+
+    def uids_stable():
+        got = []
+        for _ in range(2):
+            m = blogin(user, pw)
+            try:
+                typ, data = m.select("INBOX", readonly=True)
+                typ, v = m.response("UIDVALIDITY")
+                got.append((v, uids_by_subject(m, subj["two"])))
+            finally:
+                m.logout()
+        return got[0] == got[1] and got[0][1], "sessions saw %s" % got
+
+    def mark_seen():
+        m = blogin(user, pw)
+        try:
+            m.select("INBOX")
+            u = uids_by_subject(m, subj["one"])
+            m.uid("STORE", u[0], "+FLAGS", "(\\Seen)")
+        finally:
+            m.logout()
+        m = blogin(user, pw)
+        try:
+            m.select("INBOX", readonly=True)
+            typ, data = m.uid("FETCH", u[0], "(FLAGS)")
+            typ, unseen = m.uid("SEARCH", None, "UNSEEN")
+            return b"\\Seen" in data[0] and u[0] not in unseen[0].split(), "flags %s, unseen %s" % (data, unseen)
+        finally:
+            m.logout()
+
+    def move():
+        m = blogin(user, pw)
+        try:
+            m.select("INBOX")
+            u = uids_by_subject(m, subj["two"])
+            typ, data = m.uid("MOVE", u[0], '"Junk Email"')
+            if typ != "OK":
+                return False, "MOVE: %s %s" % (typ, data)
+            left = uids_by_subject(m, subj["two"])
+            m.select('"Junk Email"', readonly=True)
+            there = uids_by_subject(m, subj["two"])
+            return not left and len(there) == 1, "inbox still has %s, Junk Email has %s" % (left, there)
+        finally:
+            m.logout()
+
+    def delete_expunge():
+        m = blogin(user, pw)
+        try:
+            m.select("INBOX")
+            u = uids_by_subject(m, subj["three"])
+            m.uid("STORE", u[0], "+FLAGS", "(\\Deleted)")
+            typ, data = m.expunge()
+            left = uids_by_subject(m, subj["three"])
+            m.select('"Deleted Items"', readonly=True)
+            trash = uids_by_subject(m, subj["three"])
+            return typ == "OK" and not left and len(trash) == 1, "expunge %s %s, left %s, in Deleted Items %s" % (typ, data, left, trash)
+        finally:
+            m.logout()
+
+    def unsupported():
+        m = blogin(user, pw)
+        try:
+            typ, data = m.create("NewFolder")
+            refused = "%s %s" % (typ, data)
+            m.noop()
+            return typ == "NO" and "CANNOT" in refused, refused
+        finally:
+            m.logout()
+
+    for name, fn in (("seed-through-graph", seeded), ("read-inbox", read_inbox), ("body-and-size", body_and_size),
+                     ("uids-stable", uids_stable), ("mark-seen", mark_seen), ("move", move),
+                     ("delete-expunge", delete_expunge), ("create-refused", unsupported)):
+        if not scenario("python-graph", name)(fn) and name == "seed-through-graph":
+            return
+
+
 def imap_login(user, pw):
     """One login; prints OK or the refusal text. Exit 0 on OK, 1 on NO, 2 on anything else."""
     m = bimap()
@@ -664,6 +801,112 @@ def hold_smtp(user, pw):
     print("NEW %s" % new, flush=True)
 
 
+# ---- POP3 served from Microsoft Graph (read_via = "graph") ----
+
+
+def idp_get(path, **q):
+    with urllib.request.urlopen(ENV["IDP_URL"] + path + "?" + urllib.parse.urlencode(q), timeout=10) as r:
+        return json.load(r)
+
+
+def graph_pop_scenarios():
+    box = "graphpop@" + DOMAIN
+    pw = ENV["PW_gpop"]
+    t = tag()
+    msgs = [
+        ("From: a@example.com\r\nTo: %s\r\nSubject: gp-%s-1\r\nMessage-ID: <gp1-%s@example.com>\r\n\r\n"
+         "first\r\n.a line with a leading dot\r\n" % (box, t, t)).encode(),
+        ("From: b@example.com\r\nTo: %s\r\nSubject: gp-%s-2\r\n\r\n" % (box, t)).encode() + b"x" * 70000 + b"\r\n",
+    ]
+    for m in msgs:
+        idp("/test/deliver", mailbox=box, message=m.decode())
+
+    def login():
+        p = poplib.POP3(HOST, int(ENV["B_POP3"]), timeout=60)
+        p.user("gpop")
+        p.pass_(pw)
+        return p
+
+    state = {}
+
+    def fetch_all():
+        p = login()
+        count, total = p.stat()
+        _, listing, _ = p.list()
+        sizes = [int(l.split()[1]) for l in listing]
+        _, uidl, _ = p.uidl()
+        got = []
+        for i in range(1, count + 1):
+            _, lines, octets = p.retr(i)
+            got.append(b"\r\n".join(lines) + b"\r\n")
+        p.quit()
+        state["uidl"] = [l.split()[1] for l in uidl]
+        if count != 2 or sorted(got) != sorted(msgs):
+            return False, "stat %d, retrieved %r" % (count, [g[:60] for g in got])
+        if sizes != [len(g) for g in got] or total != sum(sizes):
+            return False, "LIST sizes %r, RETR octets %r, STAT %d" % (sizes, [len(g) for g in got], total)
+        if any(len(u) > 70 for u in state["uidl"]):
+            return False, "UIDL longer than 70: %r" % state["uidl"]
+        return True, ""
+
+    def uidl_stable():
+        p = login()
+        _, uidl, _ = p.uidl()
+        _, top, _ = p.top(1, 0)
+        p.quit()
+        again = [l.split()[1] for l in uidl]
+        if again != state.get("uidl"):
+            return False, "UIDL %r, earlier %r" % (again, state.get("uidl"))
+        if not any(l.startswith(b"Subject: gp-") for l in top):
+            return False, "TOP 1 0 = %r" % top[:5]
+        return True, ""
+
+    def rset_then_delete():
+        p = login()
+        p.dele(1)
+        p.rset()
+        p.quit()
+        if idp_get("/test/folder", mailbox=box, folder="INBOX")["count"] != 2:
+            return False, "RSET did not undo DELE"
+        p = login()
+        p.dele(1)
+        p.quit()
+        inbox = idp_get("/test/folder", mailbox=box, folder="INBOX")["count"]
+        deleted = idp_get("/test/folder", mailbox=box, folder="Deleted Items")["count"]
+        if inbox != 1 or deleted != 1:
+            return False, "after DELE 1 + QUIT: INBOX %d, Deleted Items %d" % (inbox, deleted)
+        return True, ""
+
+    def throttled_retr():
+        # Graph throttles the next message download once (Retry-After 1):
+        # the bridge waits and RETR succeeds.
+        idp("/test/graph-fault", status="429", count="1", retry_after="1", route="getMIME")
+        p = login()
+        _, lines, _ = p.retr(1)
+        p.quit()
+        if not lines:
+            return False, "empty RETR"
+        # Throttled for an hour: -ERR [SYS/TEMP], the session goes on.
+        idp("/test/graph-fault", status="429", retry_after="3600", route="getMIME")
+        p = login()
+        try:
+            p.retr(1)
+            return False, "RETR succeeded while Graph throttles"
+        except poplib.error_proto as e:
+            if not str(e).startswith("b'-ERR [SYS/TEMP]"):
+                return False, "RETR while throttled: %s" % e
+        finally:
+            idp("/test/graph-fault", status="")
+        p.noop()
+        p.quit()
+        return True, ""
+
+    scenario("python-poplib-graph", "stat-list-retr-byte-exact")(fetch_all)
+    scenario("python-poplib-graph", "uidl-stable-top")(uidl_stable)
+    scenario("python-poplib-graph", "rset-dele-moves-to-deleted-items")(rset_then_delete)
+    scenario("python-poplib-graph", "throttled-retr")(throttled_retr)
+
+
 def main(argv):
     cmd = argv[1]
     if cmd == "seed":
@@ -673,6 +916,12 @@ def main(argv):
         upstream()
     elif cmd == "python":
         python_scenarios()
+    elif cmd == "graph":
+        graph_scenarios()
+    elif cmd == "graph-seed":
+        graph_seed(argv[2], *argv[3:5])
+    elif cmd == "graph-pop":
+        graph_pop_scenarios()
     elif cmd == "find":
         folder = argv[5] if len(argv) > 5 else "INBOX"
         sys.stdout.buffer.write(wait_subject(argv[2], argv[3], argv[4], folder))

@@ -117,7 +117,7 @@ export CA_FILE="$T/ca/ca.pem" LMTP_SOCKET="$T/dovecot/run/lmtp" PEERS_DIR="$HERE
 ACCOUNTS="helpdesk:helpdesk:alice:support,ceo pop:pop:-: curl:curl:-: php:php:alice: perl:perl:alice: fm:fm:-: swaks:swaks:-:swaks-alias rv:rv:-:"
 # Local users: user=account (passwords pw-<user>)
 # otrs and cron share the helpdesk mailbox (the stale-client scenario).
-USERS="py=helpdesk pop=pop curl=curl php=php perl=perl fm=fm swaks=swaks rv=rv appuser=app otrs=helpdesk cron=helpdesk"
+USERS="py=helpdesk pop=pop curl=curl php=php perl=perl fm=fm swaks=swaks rv=rv appuser=app otrs=helpdesk cron=helpdesk gpop=graphpop gr=gr grfm=grfm grpl=grpl grph=grph"
 # One more account uses the app flow (client credentials) through a
 # confidential client of its own; Dovecot lets the app's token open it.
 APP_ID=bridge-daemon
@@ -126,6 +126,9 @@ export PW_special='Sp"e\ci{5}al %x 1'"'"'2'
 MAILBOXES="alice@$DOMAIN bob@$DOMAIN app@$DOMAIN"
 ALIASES="support@$DOMAIN=helpdesk@$DOMAIN swaks-alias@$DOMAIN=swaks@$DOMAIN"
 idp_args=(-app bridge-app -app "$APP_ID:$PEERS_APP_SECRET" -grant-app "$APP_ID=app@$DOMAIN" -mailbox "app@$DOMAIN" -user "alice@$DOMAIN" -user "bob@$DOMAIN" -mailbox "alice@$DOMAIN" -mailbox "bob@$DOMAIN")
+# One account is read through the fake's Microsoft Graph (read_via = "graph",
+# graph.sh): its mailbox lives in the fake's store, not in Dovecot.
+idp_args+=(-user "graphpop@$DOMAIN" -mailbox "graphpop@$DOMAIN" -graph-url-file "$T/graph.url" -ca-file "$T/graph-ca.pem")
 for a in $ACCOUNTS; do
 	IFS=: read -r name local deleg _ <<<"$a"
 	MAILBOXES="$MAILBOXES $local@$DOMAIN"
@@ -136,6 +139,12 @@ for a in $ACCOUNTS; do
 	fi
 done
 export MAILBOXES ALIASES
+# One account reads and sends through the fake's Microsoft Graph endpoint
+# (read_via = "graph", send_via = "graph"): its mailbox lives in the fake
+# Microsoft 365 only, not in Dovecot.
+# gr: Python imaplib; grfm: fetchmail; grpl: Perl Mail::IMAPClient; grph: PHP imap.
+GRAPH_ACCOUNTS="gr grfm grpl grph"
+for g in $GRAPH_ACCOUNTS; do idp_args+=(-user "$g@$DOMAIN" -mailbox "$g@$DOMAIN"); done
 
 # ---- fake identity platform ----
 "$T/fakeidp" -listen 127.0.0.1:0 -url-file "$T/idp.url" -log "$T/fakeidp.log" -token-lifetime "$TOKEN_LIFETIME" \
@@ -143,7 +152,9 @@ export MAILBOXES ALIASES
 IDP_PID=$!
 for _ in $(seq 100); do [ -s "$T/idp.url" ] && break; sleep 0.1; done
 IDP_URL=$(cat "$T/idp.url")
-export IDP_URL
+for _ in $(seq 100); do [ -s "$T/graph.url" ] && break; sleep 0.1; done
+GRAPH_URL=$(cat "$T/graph.url")
+export IDP_URL GRAPH_URL
 peers_log "fakeidp at $IDP_URL"
 
 # ---- upstream servers ----
@@ -173,6 +184,7 @@ mkdir -p "$T/bridge/state"
 		  listen     = ["127.0.0.1:$B_IMAP"]
 		  listen_tls = ["127.0.0.1:$B_IMAPS"]
 		  upstream_timeout = "15s"
+		  graph_poll_interval = "1s" # IDLE on Graph-served accounts wakes within the clients' 15 s
 		}
 		pop3 {
 		  listen     = ["127.0.0.1:$B_POP3"]
@@ -213,7 +225,27 @@ mkdir -p "$T/bridge/state"
 		  mailbox  = "app@$DOMAIN"
 		  flow     = "app"
 		}
+		provider "fakegraph" {
+		  tenant    = "$DOMAIN"
+		  client_id = "bridge-app"
+		  authority = "$IDP_URL"
+		  graph_url = "$GRAPH_URL"
+		  ca_file   = "$T/graph-ca.pem"
+		}
+		account "graphpop" {
+		  provider = "fakegraph"
+		  mailbox  = "graphpop@$DOMAIN"
+		  read_via = "graph"
+		}
 	EOF
+	for g in $GRAPH_ACCOUNTS; do
+		echo "account \"$g\" {"
+		echo "  provider = \"fakegraph\""
+		echo "  mailbox  = \"$g@$DOMAIN\""
+		echo "  read_via = \"graph\""
+		echo "  send_via = \"graph\""
+		echo "}"
+	done
 	for a in $ACCOUNTS; do
 		IFS=: read -r name local deleg sendas <<<"$a"
 		echo "account \"$name\" {"
@@ -284,8 +316,14 @@ for a in $ACCOUNTS; do
 	signin "$name" "$who@$DOMAIN" &
 	signin_pids+=($!)
 done
+for g in $GRAPH_ACCOUNTS; do
+	signin "$g" "$g@$DOMAIN" &
+	signin_pids+=($!)
+done
+signin graphpop "graphpop@$DOMAIN" &
+signin_pids+=($!)
 wait "${signin_pids[@]}" || true # not a bare wait: the daemons are children too
-n_accounts=$(wc -w <<<"$ACCOUNTS")
+n_accounts=$(($(wc -w <<<"$ACCOUNTS") + 1 + $(wc -w <<<"$GRAPH_ACCOUNTS")))
 bad=$(grep -c '^FAIL bridge signin' "$RESULTS" || true)
 if [ "$bad" = 0 ]; then pass bridge "device-login-$n_accounts-accounts"; fi
 peers_log "bridge up: imap :$B_IMAP pop3 :$B_POP3 smtp :$B_SMTP admin :$B_ADMIN ($(($(date +%s) - START)) s)"
@@ -296,6 +334,8 @@ peers_log "bridge up: imap :$B_IMAP pop3 :$B_POP3 smtp :$B_SMTP admin :$B_ADMIN 
 
 peers_log "python"
 record python3 "$HERE/clients.py" python
+peers_log "python: IMAP served from Microsoft Graph"
+record python3 "$HERE/clients.py" graph
 app_scenarios
 peers_log "curl"
 curl_scenarios
@@ -305,6 +345,16 @@ peers_log "perl"
 perl_scenarios
 peers_log "fetchmail"
 fetchmail_scenarios
+peers_log "served from Microsoft Graph: PHP, Perl, fetchmail"
+php_graph_scenarios
+perl_graph_scenarios
+fetchmail_graph_scenarios
+peers_log "POP3 served from Microsoft Graph"
+# shellcheck source=graph.sh
+if [ -f "$HERE/graph.sh" ]; then
+	. "$HERE/graph.sh"
+	graph_scenarios
+fi
 peers_log "swaks"
 swaks_scenarios
 special_password_scenarios

@@ -77,6 +77,28 @@ perl_scenarios() {
 	SUBJ_PREFIX=$p record perl "$HERE/clients.pl"
 }
 
+# Perl against an account served from Microsoft Graph (read_via = "graph"):
+# the messages are sent through the bridge (send_via = "graph") into the
+# fake Microsoft 365's mailbox; "Junk Email" stands in for Archive.
+perl_graph_scenarios() {
+	local p
+	p="grpl-$(rtag)"
+	for s in one two three; do python3 "$HERE/clients.py" graph-seed "$p-$s" grpl; done
+	for s in one two three; do python3 "$HERE/clients.py" find grpl "$PW_grpl" "$p-$s" >/dev/null; done
+	PERL_USER=grpl PERL_GRAPH=1 PERL_ARCHIVE="Junk Email" SUBJ_PREFIX=$p record perl "$HERE/clients.pl"
+}
+
+# PHP imap (c-client) against an account served from Microsoft Graph.
+php_graph_scenarios() {
+	local p s
+	p="grph-$(rtag)"
+	head -c 30000 /dev/urandom >"$T/grph-attach.bin"
+	for s in one two three; do python3 "$HERE/clients.py" graph-seed "$p-$s" grph; done
+	python3 "$HERE/clients.py" graph-seed "$p-attach" grph "$T/grph-attach.bin"
+	for s in one two three attach; do python3 "$HERE/clients.py" find grph "$PW_grph" "$p-$s" >/dev/null; done
+	PHP_USER=grph PHP_GRAPH=1 PHP_ARCHIVE="Junk Email" SUBJ_PREFIX=$p ATTACH_FILE="$T/grph-attach.bin" record php "$HERE/clients.php"
+}
+
 # ---- fetchmail ----
 fetchmail_scenarios() {
 	local p box="fm@$DOMAIN" d="$T/fetchmail" out rc
@@ -111,13 +133,43 @@ fetchmail_scenarios() {
 	if [ "$rc" = 3 ]; then pass fetchmail wrong-password; else fail fetchmail wrong-password "rc=$rc (want 3) $out"; fi
 }
 
+# fetchmail IMAP against an account served from Microsoft Graph: keep,
+# then fetch-and-delete (EXPUNGE moves to Deleted Items), then nothing left.
+fetchmail_graph_scenarios() {
+	local p d="$T/fetchmail" out rc
+	p="grfm-$(rtag)"
+	mkdir -p "$d"
+	chmod 0700 "$d"
+	: >"$d/mbox"
+	python3 "$HERE/clients.py" graph-seed "$p-one" grfm
+	python3 "$HERE/clients.py" graph-seed "$p-two" grfm
+	python3 "$HERE/clients.py" find grfm "$PW_grfm" "$p-two" >/dev/null
+	write_fetchmailrc imap keep "$PW_grfm" grfm
+	out=$(run_fetchmail) && rc=0 || rc=$?
+	if [ "$rc" = 0 ] && grep -q "Subject: $p-one" "$d/mbox" && grep -q "Subject: $p-two" "$d/mbox"; then
+		pass fetchmail-graph imap-fetch-keep
+	else
+		fail fetchmail-graph imap-fetch-keep "rc=$rc $out"
+	fi
+	: >"$d/mbox"
+	write_fetchmailrc imap "nokeep fetchall" "$PW_grfm" grfm
+	out=$(run_fetchmail) && rc=0 || rc=$?
+	if [ "$rc" = 0 ] && grep -q "Subject: $p-one" "$d/mbox" && grep -q "Subject: $p-two" "$d/mbox"; then
+		pass fetchmail-graph imap-fetch-delete
+	else
+		fail fetchmail-graph imap-fetch-delete "rc=$rc $out"
+	fi
+	out=$(run_fetchmail) && rc=0 || rc=$?
+	if [ "$rc" = 1 ]; then pass fetchmail-graph imap-deleted-gone; else fail fetchmail-graph imap-deleted-gone "rc=$rc (want 1, no mail) $out"; fi
+}
+
 write_fetchmailrc() {
-	local proto=$1 keep=$2 pw=${3:-$PW_fm} port=$B_POP3
+	local proto=$1 keep=$2 pw=${3:-$PW_fm} user=${4:-fm} port=$B_POP3
 	[ "$proto" = imap ] && port=$B_IMAP
 	cat >"$T/fetchmail/rc" <<-EOF
 		set no syslog
 		poll 127.0.0.1 service $port protocol $proto auth password timeout 30
-		  user "fm" password "$pw" is root here
+		  user "$user" password "$pw" is root here
 		  $keep
 		  sslproto ''
 		  mda "/bin/sh -c 'cat >> $T/fetchmail/mbox'"

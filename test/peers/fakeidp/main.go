@@ -16,8 +16,12 @@
 //	POST /test/revoke         upn= revokes upn's refresh tokens.
 //	POST /test/token          upn= mints an access token (direct checks).
 //	POST /test/fault          grant=503|"" makes Dovecot's logins fail temporarily.
-//	POST /test/graph-fault    status=&count=&retry_after=&code= sets the fake Graph
-//	                          endpoint's fault (status="" clears it).
+//	POST /test/graph-fault    status=&count=&retry_after=&code=&route= sets the fake
+//	                          Graph endpoint's fault (status="" clears it; route
+//	                          limits it to one route, e.g. getMIME).
+//	POST /test/deliver        mailbox=&message= puts a message into the mailbox's
+//	                          INBOX (the store the fake's IMAP, POP3 and Graph serve).
+//	GET  /test/folder         ?mailbox=&folder= -> {"count": messages in the folder}.
 //	GET  /test/refresh-stats  the refresh-token audit (refresh.go): refreshes per
 //	                          sign-in, re-presented and stale refresh tokens.
 //	POST /test/token-hold     ms=&count= holds the next count refresh answers.
@@ -208,6 +212,8 @@ func run(log *slog.Logger, listen, urlFile, envFile string, lifetime time.Durati
 	mux.HandleFunc("POST /test/token", s.token)
 	mux.HandleFunc("POST /test/fault", s.setFault)
 	mux.HandleFunc("POST /test/graph-fault", s.setGraphFault)
+	mux.HandleFunc("POST /test/deliver", s.deliver)
+	mux.HandleFunc("GET /test/folder", s.folder)
 
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
@@ -394,8 +400,21 @@ func (s *idp) setGraphFault(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	fault.Code, fault.Message = r.FormValue("code"), r.FormValue("message")
+	fault.Code, fault.Message, fault.Route = r.FormValue("code"), r.FormValue("message"), r.FormValue("route")
 	s.fake.SetGraphFault(fault)
 	s.log.Info("graph fault set", "status", fault.Status, "count", fault.Count)
 	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
+}
+
+func (s *idp) deliver(w http.ResponseWriter, r *http.Request) {
+	if err := s.fake.Deliver(r.FormValue("mailbox"), []byte(r.FormValue("message"))); err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]any{"error": err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
+}
+
+func (s *idp) folder(w http.ResponseWriter, r *http.Request) {
+	n := len(s.fake.FolderMessages(r.FormValue("mailbox"), r.FormValue("folder")))
+	writeJSON(w, http.StatusOK, map[string]any{"count": n})
 }

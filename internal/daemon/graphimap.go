@@ -1,0 +1,116 @@
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/graph"
+	"github.com/oauthbridge/oauthbridge/graphmail"
+	"github.com/oauthbridge/oauthbridge/imapgraph"
+	"github.com/oauthbridge/oauthbridge/tokens"
+)
+
+// UIDMapKeyPurpose names the key, derived from the token store's key,
+// that encrypts the IMAP UID map.
+const UIDMapKeyPurpose = "imap uid map"
+
+// graphIMAP is the IMAP served from Microsoft Graph for read_via = "graph"
+// accounts: imapgraph over one graphmail.Mailbox per account.
+type graphIMAP struct {
+	srv       *imapgraph.Server
+	mailboxes graphmail.Registry
+
+	mu      sync.Mutex
+	clients map[*config.Provider]*http.Client
+}
+
+func newGraphIMAP(current func() *config.Config, m *tokens.Manager, log *slog.Logger) (*graphIMAP, error) {
+	g := &graphIMAP{clients: map[*config.Provider]*http.Client{}}
+	src := m.For(tokens.Graph)
+	srv, err := imapgraph.New(imapgraph.Options{
+		Serves: func(a *config.Account) bool { return a.ReadsViaGraph() },
+		Mailbox: func(name string) (imapgraph.Mailbox, error) {
+			acct := current().AccountByName[name]
+			if acct == nil || acct.Provider == nil {
+				return nil, fmt.Errorf("daemon: account %q is not configured (any more)", name)
+			}
+			return imapgraph.NewGraphMailbox(g.mailbox(acct, src)), nil
+		},
+		OpenUIDs: func() (*imapgraph.UIDStore, error) {
+			key, err := m.DerivedKey(UIDMapKeyPurpose)
+			if err != nil {
+				return nil, err
+			}
+			defer clear(key)
+			return imapgraph.OpenUIDStore(current().StateDir, key)
+		},
+		Expunge: func(name string) string {
+			if a := current().AccountByName[name]; a != nil && a.POP3Delete == config.POP3DeleteDelete {
+				return imapgraph.ExpungeDelete
+			}
+			return imapgraph.ExpungeToDeletedItems
+		},
+		PollInterval: func() time.Duration { return current().IMAP.GraphPoll },
+		ThrottleWait: -1, // graphmail waits out throttling (graphmail.DefaultMaxThrottleWait)
+		Logger:       log.With("component", "imap-graph"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	g.srv = srv
+	return g, nil
+}
+
+// mailbox returns the account's shared graphmail.Mailbox (its limiter of
+// 4 requests and its delta lists serve every IMAP session of the account).
+func (g *graphIMAP) mailbox(acct *config.Account, src tokens.Source) *graphmail.Mailbox {
+	sig := fmt.Sprintf("%s|%s|%p", acct.Provider.GraphURL, acct.Mailbox, acct.Provider)
+	return g.mailboxes.Get(acct.Name, sig, func() *graphmail.Mailbox {
+		name := acct.Name
+		c := &graph.Client{
+			BaseURL:  acct.Provider.GraphURL,
+			HTTP:     g.httpClient(acct.Provider),
+			Token:    func(ctx context.Context) (string, error) { return src.AccessToken(ctx, name) },
+			Rejected: func(tok string) { src.Rejected(name, tok) },
+		}
+		return graphmail.New(c, acct.Mailbox, graphmail.Options{})
+	})
+}
+
+func (g *graphIMAP) httpClient(p *config.Provider) *http.Client {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if c := g.clients[p]; c != nil {
+		return c
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: p.RootCAs, MinVersion: tls.VersionTLS12}
+	// A connection per concurrent request of a few mailboxes (http's
+	// default keeps 2), so that reading messages does not redo TLS.
+	tr.MaxIdleConnsPerHost = 4 * graphmail.MailboxConcurrency
+	c := &http.Client{Transport: tr}
+	g.clients[p] = c
+	return c
+}
+
+// close stops the Graph-served sessions and closes the UID map.
+func (g *graphIMAP) close() error {
+	err := g.srv.Close()
+	if u := g.srv.UIDs(); u != nil {
+		if cerr := u.Close(); err == nil {
+			err = cerr
+		}
+	}
+	g.mu.Lock()
+	for _, c := range g.clients {
+		c.CloseIdleConnections()
+	}
+	g.mu.Unlock()
+	return err
+}

@@ -816,7 +816,7 @@ def graph_pop_scenarios():
     msgs = [
         ("From: a@example.com\r\nTo: %s\r\nSubject: gp-%s-1\r\nMessage-ID: <gp1-%s@example.com>\r\n\r\n"
          "first\r\n.a line with a leading dot\r\n" % (box, t, t)).encode(),
-        ("From: b@example.com\r\nTo: %s\r\nSubject: gp-%s-2\r\n\r\n" % (box, t)).encode() + b"x" * 70000 + b"\r\n",
+        ("From: b@example.com\r\nTo: %s\r\nSubject: gp-%s-2\r\n\r\n" % (box, t)).encode() + (b"x" * 74 + b"\r\n") * 1000,
     ]
     for m in msgs:
         idp("/test/deliver", mailbox=box, message=m.decode())

@@ -97,8 +97,12 @@ func (r *run) checkReach() {
 		notes = append(notes, "resolved "+strings.Join(resolved, ", "))
 	}
 
-	// TLS and clock: the tenant's OpenID configuration document.
+	// TLS and clock: the tenant's OpenID configuration document (Google:
+	// the identity platform's one discovery document).
 	u := strings.TrimSuffix(p.Authority, "/") + "/" + url.PathEscape(p.Tenant) + "/v2.0/.well-known/openid-configuration"
+	if p.IsGoogle() {
+		u = strings.TrimSuffix(p.Authority, "/") + "/.well-known/openid-configuration"
+	}
 	hc := r.opts.HTTPClient
 	if hc == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()

@@ -156,6 +156,20 @@ func (f *Fake) googleRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /o/oauth2/v2/auth", f.handleGoogleAuthPage)
 	mux.HandleFunc("POST /o/oauth2/v2/auth", f.handleGoogleAuthSignIn)
 	mux.HandleFunc("POST /token", f.handleGoogleToken)
+	mux.HandleFunc("GET /.well-known/openid-configuration", f.handleGoogleDiscovery)
+}
+
+// handleGoogleDiscovery serves Google's OpenID discovery document
+// (https://accounts.google.com/.well-known/openid-configuration), trimmed
+// to the endpoints the bridge uses.
+func (f *Fake) handleGoogleDiscovery(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{
+		"issuer":                           f.AuthorityURL,
+		"authorization_endpoint":           f.AuthorityURL + "/o/oauth2/v2/auth",
+		"token_endpoint":                   f.GoogleTokenURL(),
+		"code_challenge_methods_supported": []string{"plain", "S256"},
+		"grant_types_supported":            []string{"authorization_code", "refresh_token", "urn:ietf:params:oauth:grant-type:jwt-bearer"},
+	})
 }
 
 // GoogleTokenURL is the Google mode's token endpoint (the service account

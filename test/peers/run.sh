@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real-peer suite: the bridge between real legacy clients (Python imaplib/
 # poplib/smtplib, curl, PHP imap, Perl Mail::IMAPClient and Net::SMTP,
-# fetchmail, swaks) and real upstream servers (Dovecot 2.3 and Postfix 3.7)
+# fetchmail, getmail, swaks) and real upstream servers (Dovecot 2.3 and Postfix 3.7)
 # that demand SASL XOAUTH2 with tokens from internal/fakems's identity
 # platform (test/peers/fakeidp).
 #
@@ -20,7 +20,7 @@ DOMAIN=contoso.test
 # throughout the run and a revoked refresh token shows up quickly.
 TOKEN_LIFETIME=${PEERS_TOKEN_LIFETIME:-20s}
 PACKAGES="dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix php-cli php8.2-imap libmail-imapclient-perl
-libauthen-sasl-perl libio-socket-ssl-perl fetchmail swaks curl openssl ca-certificates"
+libauthen-sasl-perl libio-socket-ssl-perl fetchmail getmail6 swaks curl openssl ca-certificates"
 
 T=$(mktemp -d /tmp/oauthbridge-peers.XXXXXX)
 chmod 0755 "$T" # Postfix (as postfix) and Dovecot's login processes reach sockets under it
@@ -69,7 +69,7 @@ record() {
 # ---- packages ----
 need_packages() {
 	local missing=0
-	for c in dovecot postfix php swaks fetchmail curl openssl; do
+	for c in dovecot postfix php swaks fetchmail getmail curl openssl; do
 		command -v "$c" >/dev/null || missing=1
 	done
 	[ -x /usr/lib/postfix/sbin/master ] || missing=1
@@ -114,10 +114,10 @@ export CA_FILE="$T/ca/ca.pem" LMTP_SOCKET="$T/dovecot/run/lmtp" PEERS_DIR="$HERE
 
 # Mailboxes: shared ones have a delegate (alice) who signs in for them.
 # name:mailbox-localpart:delegate-localpart(or -):send_as localparts (comma)
-ACCOUNTS="helpdesk:helpdesk:alice:support,ceo pop:pop:-: curl:curl:-: php:php:alice: perl:perl:alice: fm:fm:-: swaks:swaks:-:swaks-alias rv:rv:-:"
+ACCOUNTS="helpdesk:helpdesk:alice:support,ceo pop:pop:-: curl:curl:-: php:php:alice: perl:perl:alice: fm:fm:-: gm:gm:-: swaks:swaks:-:swaks-alias rv:rv:-:"
 # Local users: user=account (passwords pw-<user>)
 # otrs and cron share the helpdesk mailbox (the stale-client scenario).
-USERS="py=helpdesk pop=pop curl=curl php=php perl=perl fm=fm swaks=swaks rv=rv appuser=app otrs=helpdesk cron=helpdesk gpop=graphpop gr=gr grfm=grfm grpl=grpl grph=grph"
+USERS="py=helpdesk pop=pop curl=curl php=php perl=perl fm=fm swaks=swaks rv=rv appuser=app otrs=helpdesk cron=helpdesk gpop=graphpop gr=gr grfm=grfm grpl=grpl grph=grph gm=gm grgp=grgp grgi=grgi"
 # One more account uses the app flow (client credentials) through a
 # confidential client of its own; Dovecot lets the app's token open it.
 APP_ID=bridge-daemon
@@ -142,8 +142,9 @@ export MAILBOXES ALIASES
 # One account reads and sends through the fake's Microsoft Graph endpoint
 # (read_via = "graph", send_via = "graph"): its mailbox lives in the fake
 # Microsoft 365 only, not in Dovecot.
-# gr: Python imaplib; grfm: fetchmail; grpl: Perl Mail::IMAPClient; grph: PHP imap.
-GRAPH_ACCOUNTS="gr grfm grpl grph"
+# gr: Python imaplib; grfm: fetchmail; grpl: Perl Mail::IMAPClient; grph: PHP imap;
+# grgp, grgi: getmail POP3, IMAP (getmail.sh).
+GRAPH_ACCOUNTS="gr grfm grpl grph grgp grgi"
 for g in $GRAPH_ACCOUNTS; do idp_args+=(-user "$g@$DOMAIN" -mailbox "$g@$DOMAIN"); done
 
 # ---- fake identity platform ----
@@ -354,6 +355,10 @@ peers_log "POP3 served from Microsoft Graph"
 if [ -f "$HERE/graph.sh" ]; then
 	. "$HERE/graph.sh"
 	graph_scenarios
+	peers_log "getmail"
+	# shellcheck source=getmail.sh
+	. "$HERE/getmail.sh"
+	getmail_scenarios
 fi
 peers_log "swaks"
 swaks_scenarios

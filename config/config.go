@@ -73,12 +73,12 @@ type Config struct {
 
 	TLS       *TLSBlock   `hcl:"tls,block"`
 	Admin     *AdminBlock `hcl:"admin,block"`
-	Store     *StoreBlock `hcl:"store,block"`
-	Providers []*Provider `hcl:"provider,block"`
+	Store     *StoreBlock // built from storeSchema by validateStore
+	Providers []*Provider // built from providerSchema (schema.go)
 	Accounts  []*Account  `hcl:"account,block"`
 	Users     []*User     `hcl:"user,block"`
 
-	Alerts *AlertsBlock `hcl:"alerts,block"` // alerts.go
+	Alerts *AlertsBlock // alerts.go; built from alertsSchema by validateAlerts
 
 	StateDirRange  hcl.Range `hcl:"state_dir,attr_range"`
 	LogFormatRange hcl.Range `hcl:"log_format,attr_range"`
@@ -227,11 +227,10 @@ type Provider struct {
 	// assertion instead of client_secret (certs.go).
 	ClientCertificates []*ClientCertificate `hcl:"client_certificate,block"`
 
-	// ClientSecretExpires is the secret's Expires date from Entra
-	// ("2027-06-30" or RFC 3339): shown in status, alerted on (alerts.go).
-	ClientSecretExpires string    `hcl:"client_secret_expires,optional"`
-	SecretExpiresRange  hcl.Range `hcl:"client_secret_expires,attr_range"`
-	SecretExpires       time.Time // parsed client_secret_expires; zero when unset
+	// SecretExpires is the secret's Expires date from Entra
+	// (client_secret_expires, parsed from providerSchema): shown in status,
+	// alerted on (alerts.go); zero when unset.
+	SecretExpires time.Time
 	// ServiceAccountKey is a Google service account's JSON key (type =
 	// "google", flow = "app"), usually file("...json") or credential("...").
 	ServiceAccountKey Secret `hcl:"service_account_key,optional"`

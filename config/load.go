@@ -131,6 +131,11 @@ func ParseWith(filename string, src []byte, o Options) (*Config, error) {
 		diags = append(diags, filterUnknown(gohcl.DecodeBody(f.Body, ls.evalContext(), sch))...)
 		if !diags.HasErrors() {
 			diags = append(diags, filterUnknown(gohcl.DecodeBody(sch.Remain, ls.evalContext(), cfg))...)
+			for _, ps := range sch.Providers {
+				ps.rt = &Provider{Name: ps.Name, DefRange: ps.DefRange}
+				diags = append(diags, filterUnknown(gohcl.DecodeBody(ps.Remain, ls.evalContext(), ps.rt))...)
+				cfg.Providers = append(cfg.Providers, ps.rt)
+			}
 		}
 		cfg.schema = sch
 	}
@@ -393,7 +398,7 @@ func (c *Config) validate() hcl.Diagnostics {
 			"The imap, pop3 and smtp blocks all have empty listen and listen_tls lists, so the bridge would serve nothing. Remove a block to get its default loopback listener, or give it a listen address."))
 	}
 
-	c.validateStore(file, &diags)
+	c.validateStore(sch.Store, file, &diags)
 
 	// Admin listener.
 	if c.Admin == nil {
@@ -566,7 +571,7 @@ func (c *Config) validate() hcl.Diagnostics {
 		u.Account = a
 	}
 
-	c.validateAlerts(file, &diags)
+	c.validateAlerts(sch.Providers, sch.Alerts, file, &diags)
 
 	// A configuration that serves nothing is a mistake, not a setup: serve
 	// would start, create the store and answer every login with "no such

@@ -72,7 +72,7 @@ type Config struct {
 	SMTP *SMTPBlock
 
 	TLS       *TLSBlock   `hcl:"tls,block"`
-	Admin     *AdminBlock `hcl:"admin,block"`
+	Admin     *AdminBlock // admin { }: adminSchema, then Remain into AdminBlock
 	Store     *StoreBlock // built from storeSchema by validateStore
 	Providers []*Provider // built from providerSchema (schema.go)
 	Accounts  []*Account  `hcl:"account,block"`
@@ -190,20 +190,16 @@ type AdminBlock struct {
 	PublicURL    string `hcl:"public_url,optional"`
 	Username     string `hcl:"username,optional"`
 	PasswordHash Secret `hcl:"password_hash,optional"`
-	// TLS serves the admin listener over TLS with the tls block's
-	// certificate. Off loopback it defaults to true and cannot be false:
-	// Basic auth and the status page must not cross the network in clear.
-	TLS *bool `hcl:"tls,optional"`
 	// MetricsPublic leaves /metrics and /readyz open when a password_hash
 	// is set (they show account names and token state, so by default they
 	// need the password too; Prometheus supports basic_auth).
 	MetricsPublic bool `hcl:"metrics_public,optional"`
 
-	// UseTLS is the resolved TLS setting.
+	// UseTLS is the resolved tls setting (adminSchema.TLS): the admin
+	// listener serves TLS with the tls block's certificate.
 	UseTLS bool
 
 	ListenRange    hcl.Range `hcl:"listen,attr_range"`
-	TLSRange       hcl.Range `hcl:"tls,attr_range"`
 	PublicURLRange hcl.Range `hcl:"public_url,attr_range"`
 	HashRange      hcl.Range `hcl:"password_hash,attr_range"`
 	DefRange       hcl.Range `hcl:",def_range"`

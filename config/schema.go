@@ -19,6 +19,7 @@ type listenerSchema struct {
 	Store           *storeSchema      `hcl:"store,block"`
 	Alerts          *alertsSchema     `hcl:"alerts,block"`
 	Providers       []*providerSchema `hcl:"provider,block"`
+	Admin           *adminSchema      `hcl:"admin,block"`
 	Remain          hcl.Body          `hcl:",remain"`
 
 	ShutdownTimeoutRange hcl.Range `hcl:"shutdown_timeout,attr_range"`
@@ -144,4 +145,17 @@ type providerSchema struct {
 	Remain              hcl.Body  `hcl:",remain"`
 
 	rt *Provider
+}
+
+// adminSchema is the first stage of the admin block: tls as written (unset,
+// true or false) beside its range. validate resolves it into
+// AdminBlock.UseTLS; Remain is decoded into the AdminBlock.
+type adminSchema struct {
+	// TLS serves the admin listener over TLS with the tls block's
+	// certificate. Off loopback it defaults to true and cannot be false:
+	// Basic auth and the status page must not cross the network in clear.
+	TLS      *bool     `hcl:"tls,optional"`
+	TLSRange hcl.Range `hcl:"tls,attr_range"`
+	DefRange hcl.Range `hcl:",def_range"`
+	Remain   hcl.Body  `hcl:",remain"`
 }

@@ -108,6 +108,14 @@ func TestConfigHasNoFirstStage(t *testing.T) {
 		}
 	}
 
+	// admin tls (unset, true, false) is resolved into UseTLS only.
+	if _, ok := reflect.TypeOf(AdminBlock{}).FieldByName("TLS"); ok {
+		t.Error("AdminBlock still carries tls as written beside UseTLS")
+	}
+	if cfg.Admin.UseTLS {
+		t.Error("admin on loopback without tls = true uses TLS")
+	}
+
 	// The first stage's errors keep their place in the file.
 	_, err = Parse("t.hcl", []byte(base+"store {\n  poll_interval = \"often\"\n}\n"))
 	var ce *Error

@@ -32,6 +32,23 @@ type AlertsBlock struct {
 	// WebhookURL receives a JSON POST per alert (Teams, Slack, Mattermost
 	// incoming webhooks; Alertmanager-style receivers). Its query string
 	// and path may hold a secret: it is never logged.
+	WebhookURL      string
+	Headers         map[string]string
+	WebhookRedacted string // scheme://host of webhook_url, for logs
+
+	Recipients     []string      // email_to as a list
+	Sender         *Account      // email_account resolved
+	RefreshFailing time.Duration // refresh_failing_for
+	ExpiryWarning  time.Duration // credential_expiry_warning
+	LoginFailures  int           // upstream_login_failures
+	LoginWindow    time.Duration // upstream_login_window
+	EvaluateEvery  time.Duration // check_interval
+}
+
+// alertsSchema is the alerts { } block as written (first stage): raw
+// strings, email_to as HCL wrote it, and the ranges. validateAlerts
+// builds AlertsBlock from it.
+type alertsSchema struct {
 	WebhookURL string            `hcl:"webhook_url,optional"`
 	Headers    map[string]string `hcl:"headers,optional"`
 	// EmailTo is one address or a list; EmailAccount is the account
@@ -55,16 +72,6 @@ type AlertsBlock struct {
 	FailuresRange     hcl.Range `hcl:"upstream_login_failures,attr_range"`
 	WindowRange       hcl.Range `hcl:"upstream_login_window,attr_range"`
 	IntervalRange     hcl.Range `hcl:"check_interval,attr_range"`
-
-	// Derived.
-	Recipients      []string      // email_to as a list
-	Sender          *Account      // email_account resolved
-	RefreshFailing  time.Duration // refresh_failing_for
-	ExpiryWarning   time.Duration // credential_expiry_warning
-	LoginFailures   int           // upstream_login_failures
-	LoginWindow     time.Duration // upstream_login_window
-	EvaluateEvery   time.Duration // check_interval
-	WebhookRedacted string        // scheme://host of webhook_url, for logs
 }
 
 // parseExpiryDate reads client_secret_expires: a date ("2027-06-30",
@@ -98,9 +105,9 @@ func parseDays(s string) (time.Duration, error) {
 
 // validateAlerts resolves client_secret_expires of every provider and the
 // alerts block. It runs after the accounts are resolved.
-func (c *Config) validateAlerts(file hcl.Range, diags *hcl.Diagnostics) {
-	for _, p := range c.Providers {
-		if p.ClientSecretExpires == "" {
+func (c *Config) validateAlerts(providers []*providerSchema, a *alertsSchema, file hcl.Range, diags *hcl.Diagnostics) {
+	for _, p := range providers {
+		if p.ClientSecretExpires == "" || p.rt == nil {
 			continue
 		}
 		t, err := parseExpiryDate(p.ClientSecretExpires)
@@ -109,12 +116,12 @@ func (c *Config) validateAlerts(file hcl.Range, diags *hcl.Diagnostics) {
 				fmt.Sprintf("provider %q: client_secret_expires = %q is neither a date such as \"2027-06-30\" nor an RFC 3339 time such as \"2027-06-30T12:00:00Z\". Copy the Expires date of the secret from Entra: App registrations > the app > Certificates & secrets.", p.Name, p.ClientSecretExpires)))
 			continue
 		}
-		p.SecretExpires = t
+		p.rt.SecretExpires = t
 	}
-	a := c.Alerts
 	if a == nil {
 		return
 	}
+	rt := &AlertsBlock{WebhookURL: a.WebhookURL, Headers: a.Headers}
 	def := orRange(a.DefRange, file)
 	if a.WebhookURL != "" {
 		u, err := url.Parse(a.WebhookURL)
@@ -122,7 +129,7 @@ func (c *Config) validateAlerts(file hcl.Range, diags *hcl.Diagnostics) {
 			*diags = append(*diags, diagAt(a.WebhookRange, def, "Invalid webhook_url",
 				"alerts webhook_url must be an absolute http:// or https:// URL, such as the incoming-webhook URL Teams, Slack or Mattermost gives you, or an Alertmanager-style receiver (\"https://alerts.example.com/hook\")."))
 		} else {
-			a.WebhookRedacted = u.Scheme + "://" + u.Host
+			rt.WebhookRedacted = u.Scheme + "://" + u.Host
 		}
 	}
 	for k := range a.Headers {
@@ -135,20 +142,20 @@ func (c *Config) validateAlerts(file hcl.Range, diags *hcl.Diagnostics) {
 		ty := a.EmailTo.Type()
 		switch {
 		case ty == cty.String:
-			a.Recipients = []string{a.EmailTo.AsString()}
+			rt.Recipients = []string{a.EmailTo.AsString()}
 		case ty.IsListType() || ty.IsTupleType() || ty.IsSetType():
 			for it := a.EmailTo.ElementIterator(); it.Next(); {
 				_, v := it.Element()
 				if v.IsNull() || !v.IsKnown() || v.Type() != cty.String {
-					a.Recipients = append(a.Recipients, "")
+					rt.Recipients = append(rt.Recipients, "")
 					continue
 				}
-				a.Recipients = append(a.Recipients, v.AsString())
+				rt.Recipients = append(rt.Recipients, v.AsString())
 			}
 		default:
-			a.Recipients = []string{""}
+			rt.Recipients = []string{""}
 		}
-		for _, r := range a.Recipients {
+		for _, r := range rt.Recipients {
 			if !strings.Contains(r, "@") || strings.ContainsAny(r, " \t\r\n<>,") {
 				*diags = append(*diags, diagAt(a.EmailToRange, def, "Invalid email_to",
 					fmt.Sprintf("alerts email_to: %q is not an e-mail address; write email_to = \"admin@contoso.com\" or a list [\"a@contoso.com\", \"b@contoso.com\"].", r)))
@@ -156,37 +163,38 @@ func (c *Config) validateAlerts(file hcl.Range, diags *hcl.Diagnostics) {
 		}
 	}
 	switch {
-	case len(a.Recipients) > 0 && a.EmailAccount == "":
+	case len(rt.Recipients) > 0 && a.EmailAccount == "":
 		*diags = append(*diags, diagAt(a.EmailToRange, def, "email_to needs email_account",
 			fmt.Sprintf("alerts email_to is set, so email_account must name the account whose mailbox sends the alert mail (one of %s).", names(c.AccountByName))))
-	case a.EmailAccount != "" && len(a.Recipients) == 0:
+	case a.EmailAccount != "" && len(rt.Recipients) == 0:
 		*diags = append(*diags, diagAt(a.EmailAccountRange, def, "email_account without email_to",
 			"alerts email_account names the sending account, but email_to (the administrator's address) is missing; add email_to = \"admin@contoso.com\"."))
 	case a.EmailAccount != "":
 		if ac, ok := c.AccountByName[a.EmailAccount]; ok {
-			a.Sender = ac
+			rt.Sender = ac
 		} else {
 			*diags = append(*diags, diagAt(a.EmailAccountRange, def, "Undefined email_account",
 				fmt.Sprintf("alerts email_account = %q is not an account of this configuration. It must name an account block whose mailbox sends the alert mail; defined accounts: %s.", a.EmailAccount, names(c.AccountByName))))
 		}
 	}
-	if a.WebhookURL == "" && len(a.Recipients) == 0 {
+	if a.WebhookURL == "" && len(rt.Recipients) == 0 {
 		*diags = append(*diags, diagAt(a.DefRange, file, "Alerts go nowhere",
 			"the alerts block has neither webhook_url nor email_to, so no alert could be delivered; add webhook_url = \"https://...\" and/or email_to with email_account."))
 	}
-	a.RefreshFailing = parseDuration(a.RefreshFailingFor, DefaultRefreshFailingFor, a.RefreshRange, def, "alerts refresh_failing_for", diags)
-	a.LoginWindow = parseDuration(a.UpstreamLoginWindow, DefaultUpstreamLoginWindow, a.WindowRange, def, "alerts upstream_login_window", diags)
-	a.EvaluateEvery = parseDuration(a.CheckInterval, DefaultAlertCheckInterval, a.IntervalRange, def, "alerts check_interval", diags)
-	a.ExpiryWarning = DefaultCredentialExpiryWarning
+	rt.RefreshFailing = parseDuration(a.RefreshFailingFor, DefaultRefreshFailingFor, a.RefreshRange, def, "alerts refresh_failing_for", diags)
+	rt.LoginWindow = parseDuration(a.UpstreamLoginWindow, DefaultUpstreamLoginWindow, a.WindowRange, def, "alerts upstream_login_window", diags)
+	rt.EvaluateEvery = parseDuration(a.CheckInterval, DefaultAlertCheckInterval, a.IntervalRange, def, "alerts check_interval", diags)
+	rt.ExpiryWarning = DefaultCredentialExpiryWarning
 	if a.CredentialExpiryWarning != "" {
 		d, err := parseDays(a.CredentialExpiryWarning)
 		if err != nil {
 			*diags = append(*diags, diagAt(a.ExpiryRange, def, "Invalid credential_expiry_warning",
 				fmt.Sprintf("alerts credential_expiry_warning must be a number of days such as \"30d\" or a Go duration such as \"720h\": %v", err)))
 		} else {
-			a.ExpiryWarning = d
+			rt.ExpiryWarning = d
 		}
 	}
 	positive(diags, def, "alerts", "upstream_login_failures", a.UpstreamLoginFailures, a.FailuresRange, DefaultUpstreamLoginFailures)
-	a.LoginFailures = orInt(a.UpstreamLoginFailures, DefaultUpstreamLoginFailures)
+	rt.LoginFailures = orInt(a.UpstreamLoginFailures, DefaultUpstreamLoginFailures)
+	c.Alerts = rt
 }

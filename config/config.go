@@ -72,13 +72,13 @@ type Config struct {
 	SMTP *SMTPBlock
 
 	TLS       *TLSBlock   `hcl:"tls,block"`
-	Admin     *AdminBlock `hcl:"admin,block"`
-	Store     *StoreBlock `hcl:"store,block"`
-	Providers []*Provider `hcl:"provider,block"`
+	Admin     *AdminBlock // admin { }: adminSchema, then Remain into AdminBlock
+	Store     *StoreBlock // built from storeSchema by validateStore
+	Providers []*Provider // built from providerSchema (schema.go)
 	Accounts  []*Account  `hcl:"account,block"`
 	Users     []*User     `hcl:"user,block"`
 
-	Alerts *AlertsBlock `hcl:"alerts,block"` // alerts.go
+	Alerts *AlertsBlock // alerts.go; built from alertsSchema by validateAlerts
 
 	StateDirRange  hcl.Range `hcl:"state_dir,attr_range"`
 	LogFormatRange hcl.Range `hcl:"log_format,attr_range"`
@@ -190,20 +190,16 @@ type AdminBlock struct {
 	PublicURL    string `hcl:"public_url,optional"`
 	Username     string `hcl:"username,optional"`
 	PasswordHash Secret `hcl:"password_hash,optional"`
-	// TLS serves the admin listener over TLS with the tls block's
-	// certificate. Off loopback it defaults to true and cannot be false:
-	// Basic auth and the status page must not cross the network in clear.
-	TLS *bool `hcl:"tls,optional"`
 	// MetricsPublic leaves /metrics and /readyz open when a password_hash
 	// is set (they show account names and token state, so by default they
 	// need the password too; Prometheus supports basic_auth).
 	MetricsPublic bool `hcl:"metrics_public,optional"`
 
-	// UseTLS is the resolved TLS setting.
+	// UseTLS is the resolved tls setting (adminSchema.TLS): the admin
+	// listener serves TLS with the tls block's certificate.
 	UseTLS bool
 
 	ListenRange    hcl.Range `hcl:"listen,attr_range"`
-	TLSRange       hcl.Range `hcl:"tls,attr_range"`
 	PublicURLRange hcl.Range `hcl:"public_url,attr_range"`
 	HashRange      hcl.Range `hcl:"password_hash,attr_range"`
 	DefRange       hcl.Range `hcl:",def_range"`
@@ -227,11 +223,10 @@ type Provider struct {
 	// assertion instead of client_secret (certs.go).
 	ClientCertificates []*ClientCertificate `hcl:"client_certificate,block"`
 
-	// ClientSecretExpires is the secret's Expires date from Entra
-	// ("2027-06-30" or RFC 3339): shown in status, alerted on (alerts.go).
-	ClientSecretExpires string    `hcl:"client_secret_expires,optional"`
-	SecretExpiresRange  hcl.Range `hcl:"client_secret_expires,attr_range"`
-	SecretExpires       time.Time // parsed client_secret_expires; zero when unset
+	// SecretExpires is the secret's Expires date from Entra
+	// (client_secret_expires, parsed from providerSchema): shown in status,
+	// alerted on (alerts.go); zero when unset.
+	SecretExpires time.Time
 	// ServiceAccountKey is a Google service account's JSON key (type =
 	// "google", flow = "app"), usually file("...json") or credential("...").
 	ServiceAccountKey Secret `hcl:"service_account_key,optional"`

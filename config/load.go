@@ -131,6 +131,15 @@ func ParseWith(filename string, src []byte, o Options) (*Config, error) {
 		diags = append(diags, filterUnknown(gohcl.DecodeBody(f.Body, ls.evalContext(), sch))...)
 		if !diags.HasErrors() {
 			diags = append(diags, filterUnknown(gohcl.DecodeBody(sch.Remain, ls.evalContext(), cfg))...)
+			for _, ps := range sch.Providers {
+				ps.rt = &Provider{Name: ps.Name, DefRange: ps.DefRange}
+				diags = append(diags, filterUnknown(gohcl.DecodeBody(ps.Remain, ls.evalContext(), ps.rt))...)
+				cfg.Providers = append(cfg.Providers, ps.rt)
+			}
+			if as := sch.Admin; as != nil {
+				cfg.Admin = &AdminBlock{DefRange: as.DefRange}
+				diags = append(diags, filterUnknown(gohcl.DecodeBody(as.Remain, ls.evalContext(), cfg.Admin))...)
+			}
 		}
 		cfg.schema = sch
 	}
@@ -393,7 +402,7 @@ func (c *Config) validate() hcl.Diagnostics {
 			"The imap, pop3 and smtp blocks all have empty listen and listen_tls lists, so the bridge would serve nothing. Remove a block to get its default loopback listener, or give it a listen address."))
 	}
 
-	c.validateStore(file, &diags)
+	c.validateStore(sch.Store, file, &diags)
 
 	// Admin listener.
 	if c.Admin == nil {
@@ -406,12 +415,13 @@ func (c *Config) validate() hcl.Diagnostics {
 	c.checkAddressClashes(&diags, file)
 	adminOffLoopback := !isLoopbackHostPort(c.Admin.Listen)
 	c.Admin.UseTLS = adminOffLoopback
-	if c.Admin.TLS != nil {
-		c.Admin.UseTLS = *c.Admin.TLS
+	var adminTLSRange hcl.Range
+	if as := sch.Admin; as != nil && as.TLS != nil {
+		c.Admin.UseTLS, adminTLSRange = *as.TLS, as.TLSRange
 	}
 	switch {
 	case adminOffLoopback && !c.Admin.UseTLS:
-		diags = append(diags, diagAt(c.Admin.TLSRange, orRange(c.Admin.DefRange, file), "Admin listener without TLS",
+		diags = append(diags, diagAt(adminTLSRange, orRange(c.Admin.DefRange, file), "Admin listener without TLS",
 			"The admin listener is not on a loopback address, so it must use TLS: the admin password and the status page would cross the network in clear. Remove tls = false (the admin listener then uses the tls block), or listen on 127.0.0.1 behind a reverse proxy."))
 	case c.Admin.UseTLS && c.TLS == nil:
 		why := "admin tls = true"
@@ -566,7 +576,7 @@ func (c *Config) validate() hcl.Diagnostics {
 		u.Account = a
 	}
 
-	c.validateAlerts(file, &diags)
+	c.validateAlerts(sch.Providers, sch.Alerts, file, &diags)
 
 	// A configuration that serves nothing is a mistake, not a setup: serve
 	// would start, create the store and answer every login with "no such

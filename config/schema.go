@@ -12,11 +12,15 @@ import (
 // POP3Block, SMTPBlock, Config.Shutdown) from it; consumers only ever see
 // those. Remain is the rest of the file, decoded into Config.
 type listenerSchema struct {
-	IMAP            *imapSchema `hcl:"imap,block"`
-	POP3            *pop3Schema `hcl:"pop3,block"`
-	SMTP            *smtpSchema `hcl:"smtp,block"`
-	ShutdownTimeout string      `hcl:"shutdown_timeout,optional"`
-	Remain          hcl.Body    `hcl:",remain"`
+	IMAP            *imapSchema       `hcl:"imap,block"`
+	POP3            *pop3Schema       `hcl:"pop3,block"`
+	SMTP            *smtpSchema       `hcl:"smtp,block"`
+	ShutdownTimeout string            `hcl:"shutdown_timeout,optional"`
+	Store           *storeSchema      `hcl:"store,block"`
+	Alerts          *alertsSchema     `hcl:"alerts,block"`
+	Providers       []*providerSchema `hcl:"provider,block"`
+	Admin           *adminSchema      `hcl:"admin,block"`
+	Remain          hcl.Body          `hcl:",remain"`
 
 	ShutdownTimeoutRange hcl.Range `hcl:"shutdown_timeout,attr_range"`
 }
@@ -125,4 +129,33 @@ type smtpSchema struct {
 	MaxRcptRange      hcl.Range `hcl:"max_recipients,attr_range"`
 
 	Limits SMTPLimits // built by validate
+}
+
+// providerSchema is the first stage of a provider block: the attributes
+// whose raw string is parsed into another field (client_secret_expires,
+// a date, into Provider.SecretExpires). Remain, the rest of the block, is
+// decoded into rt, the runtime Provider.
+type providerSchema struct {
+	Name string `hcl:"name,label"`
+	// ClientSecretExpires is the secret's Expires date from Entra
+	// ("2027-06-30" or RFC 3339).
+	ClientSecretExpires string    `hcl:"client_secret_expires,optional"`
+	SecretExpiresRange  hcl.Range `hcl:"client_secret_expires,attr_range"`
+	DefRange            hcl.Range `hcl:",def_range"`
+	Remain              hcl.Body  `hcl:",remain"`
+
+	rt *Provider
+}
+
+// adminSchema is the first stage of the admin block: tls as written (unset,
+// true or false) beside its range. validate resolves it into
+// AdminBlock.UseTLS; Remain is decoded into the AdminBlock.
+type adminSchema struct {
+	// TLS serves the admin listener over TLS with the tls block's
+	// certificate. Off loopback it defaults to true and cannot be false:
+	// Basic auth and the status page must not cross the network in clear.
+	TLS      *bool     `hcl:"tls,optional"`
+	TLSRange hcl.Range `hcl:"tls,attr_range"`
+	DefRange hcl.Range `hcl:",def_range"`
+	Remain   hcl.Body  `hcl:",remain"`
 }

@@ -32,9 +32,22 @@ const (
 //	  dsn  = credential("oauthbridge-dsn")
 //	}
 type StoreBlock struct {
+	Type    string
+	DSN     Secret
+	Replica string // name shown as lease holder; default: the host name
+
+	// Resolved lease_duration, lease_heartbeat and poll_interval.
+	Lease     time.Duration
+	Heartbeat time.Duration
+	Poll      time.Duration
+}
+
+// storeSchema is the store { } block as written (first stage): the raw
+// duration strings and their ranges. validateStore builds StoreBlock.
+type storeSchema struct {
 	Type           string `hcl:"type,optional"`
 	DSN            Secret `hcl:"dsn,optional"`
-	Replica        string `hcl:"replica,optional"` // name shown as lease holder; default: the host name
+	Replica        string `hcl:"replica,optional"`
 	LeaseDuration  string `hcl:"lease_duration,optional"`
 	LeaseHeartbeat string `hcl:"lease_heartbeat,optional"`
 	PollInterval   string `hcl:"poll_interval,optional"`
@@ -45,22 +58,16 @@ type StoreBlock struct {
 	LeaseRange     hcl.Range `hcl:"lease_duration,attr_range"`
 	HeartbeatRange hcl.Range `hcl:"lease_heartbeat,attr_range"`
 	PollRange      hcl.Range `hcl:"poll_interval,attr_range"`
-
-	// Derived.
-	Lease     time.Duration
-	Heartbeat time.Duration
-	Poll      time.Duration
 }
 
 // Shared reports whether several bridges may share this store.
 func (s *StoreBlock) Shared() bool { return s != nil && s.Type == StorePostgres }
 
 // validateStore fills in the store block's defaults and checks it.
-func (c *Config) validateStore(file hcl.Range, diags *hcl.Diagnostics) {
-	if c.Store == nil {
-		c.Store = &StoreBlock{}
+func (c *Config) validateStore(s *storeSchema, file hcl.Range, diags *hcl.Diagnostics) {
+	if s == nil {
+		s = &storeSchema{}
 	}
-	s := c.Store
 	def := orRange(s.DefRange, file)
 	if s.Type == "" {
 		s.Type = StoreFile
@@ -83,12 +90,14 @@ func (c *Config) validateStore(file hcl.Range, diags *hcl.Diagnostics) {
 	if s.Replica == "" {
 		s.Replica, _ = os.Hostname()
 	}
-	s.Lease = parseDuration(s.LeaseDuration, DefaultLeaseDuration, s.LeaseRange, def, "lease_duration", diags)
-	s.Heartbeat = parseDuration(s.LeaseHeartbeat, DefaultLeaseHeartbeat, s.HeartbeatRange, def, "lease_heartbeat", diags)
-	s.Poll = parseDuration(s.PollInterval, DefaultStorePoll, s.PollRange, def, "poll_interval", diags)
-	if s.Lease > 0 && s.Heartbeat > 0 && s.Heartbeat*2 > s.Lease {
+	rt := &StoreBlock{Type: s.Type, DSN: s.DSN, Replica: s.Replica}
+	rt.Lease = parseDuration(s.LeaseDuration, DefaultLeaseDuration, s.LeaseRange, def, "lease_duration", diags)
+	rt.Heartbeat = parseDuration(s.LeaseHeartbeat, DefaultLeaseHeartbeat, s.HeartbeatRange, def, "lease_heartbeat", diags)
+	rt.Poll = parseDuration(s.PollInterval, DefaultStorePoll, s.PollRange, def, "poll_interval", diags)
+	if rt.Lease > 0 && rt.Heartbeat > 0 && rt.Heartbeat*2 > rt.Lease {
 		*diags = append(*diags, diagAt(s.HeartbeatRange, def, "lease_heartbeat too long",
 			fmt.Sprintf("lease_heartbeat (%s) must be at most half of lease_duration (%s), so that one late renewal does not lose the lease; the defaults are %s and %s.",
-				s.Heartbeat, s.Lease, DefaultLeaseHeartbeat, DefaultLeaseDuration)))
+				rt.Heartbeat, rt.Lease, DefaultLeaseHeartbeat, DefaultLeaseDuration)))
 	}
+	c.Store = rt
 }

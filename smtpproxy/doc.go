@@ -6,7 +6,9 @@
 //
 //	accept -> EHLO -> [STARTTLS -> EHLO] -> AUTH PLAIN|LOGIN (local bcrypt check)
 //	       -> MAIL (sender policy, then upstream: dial, EHLO, STARTTLS, EHLO,
-//	          AUTH XOAUTH2, MAIL) -> RCPT... (relayed one by one)
+//	          AUTH XOAUTH2) -> RCPT... (relayed one by one; the upstream MAIL
+//	          goes in the same write as the first RCPT where the upstream
+//	          offers PIPELINING, else on its own at MAIL)
 //	       -> DATA or BDAT (streamed upstream as BDAT chunks where the upstream
 //	          offers CHUNKING, else as DATA; 250 only after the upstream's 250)
 //	       -> more transactions on the same upstream connection -> QUIT
@@ -35,6 +37,10 @@
 //   - Upstream replies reach the client verbatim: go-smtp type-asserts
 //     *smtp.SMTPError, so upstream errors are returned bare, never wrapped
 //     (a wrapped 550 would become a 451).
+//     With a pipelined MAIL, the upstream's refusal of MAIL is the reply to
+//     every RCPT of that transaction (MAIL itself got 250 from the bridge;
+//     no message can follow without an accepted RCPT). Dial, token and
+//     upstream-login failures still answer MAIL.
 //
 // Listener-level settings (SIZE, MaxRecipients, timeouts, line length) are
 // taken from the configuration when Serve is called; reloads change them for

@@ -81,9 +81,17 @@ func TestFakeMSEndToEnd(t *testing.T) {
 	before := len(f.Sent())
 	wantCode(t, "Mail(ceo)", c.Mail("ceo@contoso.com", nil), 550, smtp.EnhancedCode{5, 7, 1})
 	// Allowed locally (send_as) but not by Exchange: its 550 arrives as 550.
-	se := wantCode(t, "Mail(shared)", c.Mail("shared@contoso.com", nil), 550, smtp.EnhancedCode{5, 7, 60})
+	// MAIL goes up with the first RCPT (PIPELINING), so Exchange's refusal of
+	// the sender is the reply to RCPT.
+	if err := c.Mail("shared@contoso.com", nil); err != nil {
+		t.Fatalf("Mail(shared) = %v", err)
+	}
+	se := wantCode(t, "Rcpt after Mail(shared)", c.Rcpt("x@example.com", nil), 550, smtp.EnhancedCode{5, 7, 60})
 	if !strings.Contains(se.Message, "permissions to send as this sender") {
-		t.Errorf("Mail(shared) text = %q", se.Message)
+		t.Errorf("Rcpt text = %q", se.Message)
+	}
+	if err := c.Reset(); err != nil {
+		t.Fatalf("RSET: %v", err)
 	}
 	if len(f.Sent()) != before {
 		t.Errorf("refused senders reached the fake")

@@ -784,3 +784,31 @@ func TestAutoStaysOnSMTPForOtherAuthErrors(t *testing.T) {
 		t.Error("Graph used for a 5.7.3")
 	}
 }
+
+// The cached SMTP connection dies while idle, and the re-dial at the first
+// RCPT (MAIL goes up with it) finds SMTP AUTH disabled: with send_via =
+// "auto" the transaction moves to Graph right there.
+func TestAutoFallsBackToGraphAtPipelinedRedial(t *testing.T) {
+	br, g, ms, _ := graphBridge(t, "auto", "smtp:auto_smtp_recheck = \"1h\"")
+	c := loginClient(t, br.addr, "otrs")
+	if _, err := send(c, "helpdesk@contoso.com", []string{"bob@contoso.com"}, []byte("To: bob@contoso.com\r\nSubject: first\r\n\r\nx\r\n")); err != nil {
+		t.Fatalf("send(first) = %v", err)
+	}
+	ms.set(func(s *stubMS) {
+		s.authReply = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 139}, Message: "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant. Visit https://aka.ms/smtp_auth_disabled for more information."}
+	})
+	ms.dropConnections()
+	if _, err := send(c, "helpdesk@contoso.com", []string{"bob@contoso.com", "carol@contoso.com"}, []byte("To: bob@contoso.com\r\nCc: carol@contoso.com\r\nSubject: second\r\n\r\nx\r\n")); err != nil {
+		t.Fatalf("send(second) = %v", err)
+	}
+	if n := len(ms.Sent()); n != 1 {
+		t.Errorf("SMTP got %d messages, want only the first", n)
+	}
+	s := g.Sent()
+	if len(s) != 1 || !bytes.Contains(s[0].MIME, []byte("Subject: second")) {
+		t.Fatalf("Graph got %+v", s)
+	}
+	if !strings.Contains(br.logs.String(), "switching this account to Microsoft Graph") {
+		t.Errorf("switch not logged:\n%s", br.logs.String())
+	}
+}

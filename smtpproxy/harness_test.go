@@ -418,6 +418,7 @@ type bridgeOpts struct {
 	auth         localauth.Options // zero: localauth's defaults
 	failures     *frontdoor.Policy // nil: 10 ms failure delay, default limit
 	noBDAT       bool              // send DATA upstream even where CHUNKING is offered
+	noPipelining bool              // one command per upstream round trip, as without PIPELINING
 	// The Graph path (graph_test.go).
 	providerExtra string // inside provider "ms" { }
 	graphTokens   tokens.Source
@@ -543,6 +544,7 @@ func startBridge(t testing.TB, upstreamAddr string, o bridgeOpts) *bridge {
 		MaxFailures:  failures.MaxFailures,
 	})
 	b.srv.noBDAT = o.noBDAT
+	b.srv.noPipelining = o.noPipelining
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("net.Listen() = %v", err)

@@ -58,9 +58,5 @@ func (s *session) connectImplicitTLS(addr, tok, domain string, timeout time.Dura
 	if err := c.Auth(tokens.NewXOAUTH2Client(s.account.Mailbox, tok)); err != nil {
 		return fail("auth", err)
 	}
-	up := &upstream{c: c, conn: conn, addr: addr}
-	up.chunking, _ = c.Extension("CHUNKING")
-	up.chunking = up.chunking && !s.srv.noBDAT
-	up.pipelining, _ = c.Extension("PIPELINING")
-	return up, nil
+	return s.srv.newUpstream(c, conn, addr), nil
 }

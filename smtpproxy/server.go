@@ -87,9 +87,10 @@ type Server struct {
 	gens   map[*config.Config]*generation
 	closed bool
 
-	noBDAT     bool         // tests: send DATA upstream even where CHUNKING is offered
-	afterCheck func()       // tests: runs between a login's password check and its drain check
-	gb         graphBackend // the Graph path (graph.go)
+	noBDAT       bool         // tests: send DATA upstream even where CHUNKING is offered
+	noPipelining bool         // tests: treat the upstream as not offering PIPELINING
+	afterCheck   func()       // tests: runs between a login's password check and its drain check
+	gb           graphBackend // the Graph path (graph.go)
 }
 
 // New returns a Server; call Serve for each listener.

@@ -48,6 +48,14 @@ type session struct {
 	inTx  bool     // the upstream accepted MAIL and the transaction is open there
 	gtx   *graphTx // the transaction goes through Microsoft Graph (graph.go)
 
+	// With an upstream that offers PIPELINING, MAIL is held back (pending)
+	// and sent with the first RCPT; mailRefused is then the upstream's
+	// refusal of it, the reply to every RCPT of the transaction.
+	mailOpts     *smtp.MailOptions
+	pending      bool
+	pendingFresh bool // the connection was dialled for this MAIL
+	mailRefused  *smtp.SMTPError
+
 	// smtpAuthOff is the upstream's "535 5.7.139" (SMTP AUTH disabled)
 	// from the last dial, for send_via = "auto".
 	smtpAuthOff *smtp.SMTPError
@@ -284,6 +292,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	}
 	s.gtx = nil
 	s.from, s.rcpts = from, nil
+	s.pending, s.mailRefused = false, nil
 	if !s.account.SenderAllowed(from) {
 		s.log.Warn("sender refused by policy", "from", from)
 		s.srv.m.SMTPMessages.WithLabelValues("refused").Inc()
@@ -297,50 +306,117 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		s.srv.m.SetSendPath(s.account.Name, "graph")
 		return s.graphMail(why)
 	}
+	s.mailOpts = upstreamMailOptions(opts)
+	up, fresh, viaGraph, err := s.connectForMail()
+	if viaGraph {
+		return s.graphMail(autoWhy)
+	}
+	if err != nil {
+		return err
+	}
+	if up.pipelining {
+		// MAIL goes up with the first RCPT, in one write (RFC 2920): the
+		// client's MAIL costs no upstream round trip. A refusal of MAIL
+		// is relayed verbatim as the reply to that RCPT.
+		s.pending, s.pendingFresh = true, fresh
+		return nil
+	}
+	return s.openTx(up, fresh, nil)
+}
+
+// connectForMail returns the upstream connection for a new transaction,
+// dialling one if there is none. viaGraph reports that the upstream has
+// SMTP AUTH disabled and, with send_via = "auto", the transaction goes
+// through Graph instead. err is the client's reply.
+func (s *session) connectForMail() (up *upstream, fresh, viaGraph bool, err error) {
+	s.smtpAuthOff = nil
+	up, fresh, werr := s.ensureUpstream()
+	if werr != nil && s.smtpAuthOff != nil && s.account.SendVia == config.SendViaAuto {
+		// SMTP AUTH is disabled for the tenant or mailbox: this
+		// transaction and the next ones go through Graph.
+		s.srv.switchToGraph(s, s.smtpAuthOff)
+		return nil, false, true, nil
+	}
+	if werr != nil {
+		s.srv.m.SMTPMessages.WithLabelValues("failed").Inc()
+		return nil, false, false, werr
+	}
+	if s.mailOpts != nil && s.mailOpts.UTF8 {
+		if ok, _ := up.c.Extension("SMTPUTF8"); !ok {
+			return nil, false, false, errNoUTF8Upstream
+		}
+	}
+	return up, fresh, false, nil
+}
+
+// firstRcpt is a RCPT sent upstream together with the deferred MAIL.
+type firstRcpt struct {
+	to   string
+	opts *smtp.RcptOptions
+}
+
+// openTx sends the transaction's MAIL on up (nil: dial one), with rcpt
+// also its first RCPT in the same write, and returns the client's reply
+// to the command that triggered it. A cached connection that turns out
+// to be gone (Exchange closes idle connections) is re-dialled once: no
+// transaction exists upstream yet.
+func (s *session) openTx(up *upstream, fresh bool, rcpt *firstRcpt) error {
 	for attempt := 0; ; attempt++ {
-		s.smtpAuthOff = nil
-		up, fresh, werr := s.ensureUpstream()
-		if werr != nil && s.smtpAuthOff != nil && s.account.SendVia == config.SendViaAuto {
-			// SMTP AUTH is disabled for the tenant or mailbox: this
-			// transaction and the next ones go through Graph.
-			s.srv.switchToGraph(s, s.smtpAuthOff)
-			return s.graphMail(autoWhy)
-		}
-		if werr != nil {
-			s.srv.m.SMTPMessages.WithLabelValues("failed").Inc()
-			return werr
-		}
-		if opts != nil && opts.UTF8 {
-			if ok, _ := up.c.Extension("SMTPUTF8"); !ok {
-				return errNoUTF8Upstream
+		if up == nil {
+			var viaGraph bool
+			var err error
+			up, fresh, viaGraph, err = s.connectForMail()
+			if viaGraph {
+				if err := s.graphMail(autoWhy); err != nil || rcpt == nil {
+					return err
+				}
+				return s.graphRcpt(rcpt.to)
+			}
+			if err != nil {
+				return err
 			}
 		}
-		err := up.c.Mail(from, upstreamMailOptions(opts))
-		if err == nil {
+		var mailErr, rcptErr error
+		if rcpt != nil {
+			mailErr, rcptErr = up.c.MailRcpt(s.from, s.mailOpts, rcpt.to, rcpt.opts)
+		} else {
+			mailErr = up.c.Mail(s.from, s.mailOpts)
+		}
+		if mailErr == nil {
 			s.inTx = true
 			s.srv.smtpWorks(s)
 			s.srv.m.SetSendPath(s.account.Name, "smtp")
-			return nil
+			if rcpt == nil {
+				return nil
+			}
+			return s.rcptDone(up, rcpt.to, rcptErr)
 		}
-		se, isSMTP := asSMTP(err)
+		se, isSMTP := asSMTP(mailErr)
 		if isSMTP && se.Code != 421 {
-			s.log.Info("upstream refused MAIL", "from", from, "error", codeString(se))
+			s.log.Info("upstream refused MAIL", "from", s.from, "error", codeString(se))
 			s.countRefusal(se)
+			if rcpt != nil {
+				// Every further RCPT of this transaction gets the same reply.
+				s.mailRefused = se
+				if _, ok := asSMTP(rcptErr); !ok {
+					// The RCPT's reply never came: out of step.
+					s.dropUpstream(up)
+				}
+			}
 			return se // bare: go-smtp type-asserts *smtp.SMTPError
 		}
 		s.dropUpstream(up)
+		up = nil
 		if fresh || attempt > 0 {
-			s.srv.m.UpstreamErrors.WithLabelValues("smtp", errorClass(err)).Inc()
+			s.srv.m.UpstreamErrors.WithLabelValues("smtp", errorClass(mailErr)).Inc()
 			s.srv.m.SMTPMessages.WithLabelValues("failed").Inc()
-			s.log.Warn("upstream connection failed at MAIL", "upstream", up.addr, "error", err.Error())
+			s.log.Warn("upstream connection failed at MAIL", "error", mailErr.Error())
 			if isSMTP {
 				return se
 			}
 			return errUpstreamLost
 		}
-		// The cached connection died while idle (Exchange closes idle
-		// connections); no transaction exists yet, so re-dial once.
-		s.log.Debug("cached upstream connection is gone, re-dialling", "error", err.Error())
+		s.log.Debug("cached upstream connection is gone, re-dialling", "error", mailErr.Error())
 	}
 }
 
@@ -372,14 +448,25 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if s.gtx != nil {
 		return s.graphRcpt(to)
 	}
-	up := s.current()
-	if up == nil || !s.inTx {
-		return errUpstreamLost
+	if s.mailRefused != nil {
+		return s.mailRefused
 	}
 	if max := s.limits().MaxRecipients; max > 0 && len(s.rcpts) >= max {
 		return errTooManyRcpts
 	}
-	err := up.c.Rcpt(to, opts)
+	if s.pending {
+		s.pending = false
+		return s.openTx(s.current(), s.pendingFresh, &firstRcpt{to: to, opts: opts})
+	}
+	up := s.current()
+	if up == nil || !s.inTx {
+		return errUpstreamLost
+	}
+	return s.rcptDone(up, to, up.c.Rcpt(to, opts))
+}
+
+// rcptDone turns the upstream's answer to RCPT into the client's reply.
+func (s *session) rcptDone(up *upstream, to string, err error) error {
 	if err == nil {
 		s.rcpts = append(s.rcpts, to)
 		return nil
@@ -494,6 +581,7 @@ func (s *session) Reset() {
 	defer s.opMu.Unlock()
 	s.from, s.rcpts = "", nil
 	s.gtx = nil
+	s.pending, s.mailRefused = false, nil
 	if s.inTx {
 		s.resetUpstream()
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -163,10 +164,24 @@ func TestUpstream550RelayedAs550(t *testing.T) {
 	br.tokens.set("helpdesk", ms.issue("helpdesk@contoso.com"))
 	c := loginClient(t, br.addr, "otrs")
 
-	// Allowed by the bridge's send_as but not by Exchange's Send As.
-	se := wantCode(t, "Mail(shared)", c.Mail("shared@contoso.com", nil), 550, smtp.EnhancedCode{5, 7, 60})
-	if se.Message != "SMTP; Client does not have permissions to send as this sender" {
-		t.Errorf("Mail text = %q, want upstream's verbatim", se.Message)
+	// Allowed by the bridge's send_as but not by Exchange's Send As. The
+	// stub offers PIPELINING, so MAIL goes up with the first RCPT and its
+	// refusal is the reply to every RCPT of the transaction (as Postfix's
+	// smtpd_delay_reject does), verbatim.
+	if err := c.Mail("shared@contoso.com", nil); err != nil {
+		t.Fatalf("Mail(shared) = %v, want it held until RCPT", err)
+	}
+	for _, to := range []string{"x@example.com", "y@example.com"} {
+		se := wantCode(t, "Rcpt("+to+")", c.Rcpt(to, nil), 550, smtp.EnhancedCode{5, 7, 60})
+		if se.Message != "SMTP; Client does not have permissions to send as this sender" {
+			t.Errorf("Rcpt text = %q, want upstream's MAIL refusal verbatim", se.Message)
+		}
+	}
+	if len(ms.Sent()) != 0 {
+		t.Errorf("upstream got a message")
+	}
+	if err := c.Reset(); err != nil {
+		t.Fatalf("RSET after the refusal: %v", err)
 	}
 	// The session is still usable.
 	if _, err := send(c, "helpdesk@contoso.com", []string{"x@example.com"}, []byte("Subject: ok\r\n\r\n.\r\n")); err != nil {
@@ -332,19 +347,48 @@ func TestUpstreamUntrustedCertificate(t *testing.T) {
 }
 
 func TestIdleUpstreamRedial(t *testing.T) {
+	// With PIPELINING the dead connection shows at the first RCPT (MAIL
+	// goes up with it), without it at MAIL; either way it is re-dialled.
+	for _, noPipe := range []bool{false, true} {
+		t.Run(fmt.Sprintf("noPipelining=%v", noPipe), func(t *testing.T) {
+			ms := startStubMS(t)
+			br := startBridge(t, ms.addr, bridgeOpts{noPipelining: noPipe})
+			br.tokens.set("helpdesk", ms.issue("helpdesk@contoso.com"))
+			c := loginClient(t, br.addr, "otrs")
+			if _, err := send(c, "helpdesk@contoso.com", []string{"x@example.com"}, []byte("Subject: 1\r\n\r\nx\r\n")); err != nil {
+				t.Fatalf("send(1) = %v", err)
+			}
+			ms.dropConnections()
+			if _, err := send(c, "helpdesk@contoso.com", []string{"x@example.com", "y@example.com"}, []byte("Subject: 2\r\n\r\nx\r\n")); err != nil {
+				t.Fatalf("send(2) after the upstream dropped the idle connection = %v", err)
+			}
+			sent := ms.Sent()
+			if len(sent) != 2 {
+				t.Fatalf("upstream got %d messages, want 2", len(sent))
+			}
+			if got := strings.Join(sent[1].To, ","); got != "x@example.com,y@example.com" {
+				t.Errorf("second message's recipients upstream = %q", got)
+			}
+			if !strings.Contains(br.logs.String(), "re-dialling") {
+				t.Error("the re-dial was not logged")
+			}
+		})
+	}
+}
+
+// Without PIPELINING upstream, MAIL goes up on its own and Exchange's
+// refusal of the sender is the reply to MAIL.
+func TestUpstream550AtMailWithoutPipelining(t *testing.T) {
 	ms := startStubMS(t)
-	br := startBridge(t, ms.addr, bridgeOpts{})
+	br := startBridge(t, ms.addr, bridgeOpts{noPipelining: true})
 	br.tokens.set("helpdesk", ms.issue("helpdesk@contoso.com"))
 	c := loginClient(t, br.addr, "otrs")
-	if _, err := send(c, "helpdesk@contoso.com", []string{"x@example.com"}, []byte("Subject: 1\r\n\r\nx\r\n")); err != nil {
-		t.Fatalf("send(1) = %v", err)
+	se := wantCode(t, "Mail(shared)", c.Mail("shared@contoso.com", nil), 550, smtp.EnhancedCode{5, 7, 60})
+	if se.Message != "SMTP; Client does not have permissions to send as this sender" {
+		t.Errorf("Mail text = %q, want upstream's verbatim", se.Message)
 	}
-	ms.dropConnections()
-	if _, err := send(c, "helpdesk@contoso.com", []string{"x@example.com"}, []byte("Subject: 2\r\n\r\nx\r\n")); err != nil {
-		t.Fatalf("send(2) after the upstream dropped the idle connection = %v", err)
-	}
-	if n := len(ms.Sent()); n != 2 {
-		t.Errorf("upstream got %d messages, want 2", n)
+	if _, err := send(c, "helpdesk@contoso.com", []string{"x@example.com"}, []byte("Subject: ok\r\n\r\nx\r\n")); err != nil {
+		t.Fatalf("send() after 550 = %v", err)
 	}
 }
 

@@ -30,7 +30,7 @@ type upstream struct {
 	release func() // frees the per-account limiter slot
 
 	chunking   bool // send bodies with BDAT (the upstream offers CHUNKING)
-	pipelining bool // the upstream offers PIPELINING: a BDAT chunk need not wait for the previous chunk's reply
+	pipelining bool // the upstream offers PIPELINING: MAIL goes up with the first RCPT, and a BDAT chunk need not wait for the previous chunk's reply
 
 	closeOnce sync.Once
 }
@@ -222,15 +222,22 @@ func (s *session) connect(addr, tok string, timeout time.Duration) (*upstream, e
 	if err := c.Auth(tokens.NewXOAUTH2Client(s.account.Mailbox, tok)); err != nil {
 		return fail("auth", err)
 	}
-	up := &upstream{c: c, conn: tc, addr: addr}
-	up.chunking, _ = c.Extension("CHUNKING")
-	up.chunking = up.chunking && !s.srv.noBDAT
-	up.pipelining, _ = c.Extension("PIPELINING")
-	return up, nil
+	return s.srv.newUpstream(c, tc, addr), nil
 }
 
 // readReply reads one reply; a code other than want comes back as an
 // *smtp.SMTPError.
+// newUpstream wraps an authenticated client connection and notes which
+// of the extensions the relay uses the upstream offers.
+func (s *Server) newUpstream(c *smtp.Client, conn net.Conn, addr string) *upstream {
+	up := &upstream{c: c, conn: conn, addr: addr}
+	up.chunking, _ = c.Extension("CHUNKING")
+	up.chunking = up.chunking && !s.noBDAT
+	up.pipelining, _ = c.Extension("PIPELINING")
+	up.pipelining = up.pipelining && !s.noPipelining
+	return up
+}
+
 func readReply(tp *textproto.Conn, want int) (string, error) {
 	_, msg, err := tp.ReadResponse(want)
 	var pe *textproto.Error

@@ -225,8 +225,6 @@ func (s *session) connect(addr, tok string, timeout time.Duration) (*upstream, e
 	return s.srv.newUpstream(c, tc, addr), nil
 }
 
-// readReply reads one reply; a code other than want comes back as an
-// *smtp.SMTPError.
 // newUpstream wraps an authenticated client connection and notes which
 // of the extensions the relay uses the upstream offers.
 func (s *Server) newUpstream(c *smtp.Client, conn net.Conn, addr string) *upstream {
@@ -238,6 +236,8 @@ func (s *Server) newUpstream(c *smtp.Client, conn net.Conn, addr string) *upstre
 	return up
 }
 
+// readReply reads one reply; a code other than want comes back as an
+// *smtp.SMTPError.
 func readReply(tp *textproto.Conn, want int) (string, error) {
 	_, msg, err := tp.ReadResponse(want)
 	var pe *textproto.Error

@@ -46,6 +46,12 @@ type Options struct {
 	// Google makes the fake play Google Workspace instead of Microsoft
 	// 365 (google.go).
 	Google bool
+	// DiscardSubmitted makes the fake's SMTP read each accepted message to
+	// its end and keep nothing of it: no Sent list entry, no Sent Items
+	// copy, no delivery to a tenant mailbox. Submitted still counts it.
+	// For benchmarks, where keeping gigabytes in memory would be most of
+	// the work measured (and its garbage collection most of the noise).
+	DiscardSubmitted bool
 }
 
 // Fake is a running fake Microsoft 365. Create it with Start and stop it with
@@ -97,6 +103,8 @@ type Fake struct {
 	imapBehaviour    IMAPBehaviour
 	smtpDropInData   bool
 	sent             []SentMessage
+	submitted        int64 // messages accepted over SMTP (also with DiscardSubmitted)
+	submittedBytes   int64
 	smtpAuthConns    map[string]int
 	consent          map[string]map[string]bool // consentKey -> consented scopes
 	withheld         map[string]map[string]bool // client ID -> scopes users cannot consent to
@@ -563,6 +571,14 @@ func (f *Fake) Messages(mailbox string) [][]byte {
 }
 
 // Sent returns every message accepted by the SMTP server, in order.
+// Submitted returns how many messages the fake's SMTP accepted and their
+// bytes (after dot-unstuffing), kept or not.
+func (f *Fake) Submitted() (messages, bytes int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.submitted, f.submittedBytes
+}
+
 func (f *Fake) Sent() []SentMessage {
 	f.mu.Lock()
 	defer f.mu.Unlock()

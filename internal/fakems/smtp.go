@@ -209,6 +209,17 @@ func (s *smtpSession) Data(r io.Reader) error {
 		_ = nc.Close()
 		return errors.New("fakems: smtp: connection dropped in DATA")
 	}
+	if s.f.opts.DiscardSubmitted {
+		n, err := io.Copy(io.Discard, r)
+		if err != nil {
+			return err
+		}
+		s.f.mu.Lock()
+		s.f.submitted++
+		s.f.submittedBytes += n
+		s.f.mu.Unlock()
+		return s.accepted(n)
+	}
 	data, err := io.ReadAll(r)
 	if err != nil {
 		return err
@@ -216,6 +227,8 @@ func (s *smtpSession) Data(r io.Reader) error {
 	msg := SentMessage{AuthUser: s.mailbox, From: s.from, To: slices.Clone(s.to), Data: data}
 	s.f.mu.Lock()
 	s.f.sent = append(s.f.sent, msg)
+	s.f.submitted++
+	s.f.submittedBytes += int64(len(data))
 	var local []*mailbox
 	for _, rcpt := range s.to {
 		if mb := s.f.mailboxes[norm(rcpt)]; mb != nil {
@@ -233,8 +246,13 @@ func (s *smtpSession) Data(r io.Reader) error {
 		// Exchange saves messages submitted with SMTP AUTH to Sent Items.
 		_ = s.f.appendRaw(sender, "Sent Items", data, nil)
 	}
+	return s.accepted(int64(len(data)))
+}
+
+// accepted logs an accepted message and returns Exchange's 250 reply.
+func (s *smtpSession) accepted(n int64) error {
 	id := randomToken(12)
-	s.log.Info("fakems: smtp message accepted", "bytes_in", len(data), "rcpts", len(s.to))
+	s.log.Info("fakems: smtp message accepted", "bytes_in", n, "rcpts", len(s.to))
 	// go-smtp always answers a nil Data error with "250 2.0.0 OK: queued";
 	// returning a 250 SMTPError is how the reply text is chosen.
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: fmt.Sprintf("OK <%s@%s> [Hostname=%s]", id, smtpDomain, smtpDomain)}

@@ -240,3 +240,24 @@ func TestSMTPAuthDisabled(t *testing.T) {
 		t.Errorf("AUTH after re-enabling = %v", err)
 	}
 }
+
+func TestSMTPDiscardSubmitted(t *testing.T) {
+	t.Parallel()
+	f := newFake(t, Options{DiscardSubmitted: true})
+	c := dialSMTP(t, f)
+	if err := c.Auth(tokens.NewXOAUTH2Client(alice, f.IssueAccessToken(alice))); err != nil {
+		t.Fatalf("Auth() = %v", err)
+	}
+	body := "Subject: test\r\n\r\nline one\r\n.a line that starts with a dot\r\n"
+	if err := c.SendMail(alice, []string{bob}, strings.NewReader(body)); err != nil {
+		t.Fatalf("SendMail() = %v", err)
+	}
+	// Refusals still happen before anything is read.
+	wantSMTPError(t, c.Mail("ceo@contoso.com", nil), 550, smtp.EnhancedCode{5, 7, 60}, "SMTP; Client does not have permissions to send as this sender")
+	if n, b := f.Submitted(); n != 1 || b != int64(len(body)) {
+		t.Errorf("Submitted() = %d, %d; want 1, %d", n, b, len(body))
+	}
+	if len(f.Sent()) != 0 || len(f.Messages(bob)) != 0 || len(f.Messages(alice)) != 0 {
+		t.Errorf("a discarded message was kept: sent %d, bob %d", len(f.Sent()), len(f.Messages(bob)))
+	}
+}

@@ -279,7 +279,9 @@ func (s *session) login(user, pass string) error {
 }
 
 // Mail implements smtp.Session: sender policy first, then the upstream
-// connection (opened here at the first MAIL) and the upstream MAIL.
+// connection (opened and logged in here at the first MAIL) and the
+// upstream MAIL: here, or with the first RCPT where the upstream offers
+// PIPELINING.
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	s.opMu.Lock()
 	defer s.opMu.Unlock()

@@ -25,7 +25,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -66,13 +65,7 @@ type graphSourcer interface {
 // provider.
 type graphBackend struct {
 	mailboxes graphmail.Registry
-	mu        sync.Mutex
-	clients   map[string]providerClient
-}
-
-type providerClient struct {
-	p *config.Provider
-	c *http.Client
+	clients   graph.HTTPClients[*config.Provider]
 }
 
 func (s *Server) graphTokens() tokens.Source {
@@ -89,25 +82,7 @@ func (s *Server) graphHTTP(p *config.Provider) *http.Client {
 	if s.opts.GraphHTTP != nil {
 		return s.opts.GraphHTTP
 	}
-	s.gb.mu.Lock()
-	defer s.gb.mu.Unlock()
-	if s.gb.clients == nil {
-		s.gb.clients = map[string]providerClient{}
-	}
-	if pc, ok := s.gb.clients[p.Name]; ok && pc.p == p {
-		return pc.c
-	}
-	if old, ok := s.gb.clients[p.Name]; ok {
-		old.c.CloseIdleConnections()
-	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{RootCAs: p.RootCAs, MinVersion: tls.VersionTLS12}
-	// Keep a connection per concurrent request of a few mailboxes, not
-	// http's default of 2, so that listing sizes does not redo TLS.
-	tr.MaxIdleConnsPerHost = 4 * graphmail.MailboxConcurrency
-	c := &http.Client{Transport: tr}
-	s.gb.clients[p.Name] = providerClient{p: p, c: c}
-	return c
+	return s.gb.clients.Get(p.Name, p, p.RootCAs)
 }
 
 // graphMailbox returns the account's shared graphmail.Mailbox: key the

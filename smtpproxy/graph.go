@@ -2,7 +2,6 @@ package smtpproxy
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -53,13 +52,8 @@ type graphBackend struct {
 	limiter limiter.Limiter // "graph:"+mailbox, config.DefaultGraphConcurrency
 
 	mu      sync.Mutex
-	auto    map[string]*autoState  // account -> send_via = "auto" state
-	clients map[string]graphClient // provider name -> client (replaced when a reload changes the provider)
-}
-
-type graphClient struct {
-	p *config.Provider
-	c *http.Client
+	auto    map[string]*autoState // account -> send_via = "auto" state
+	clients graph.HTTPClients[*config.Provider]
 }
 
 // autoState is where an send_via = "auto" account sends now.
@@ -101,22 +95,7 @@ func (s *Server) graphHTTP(p *config.Provider) *http.Client {
 	if s.opts.GraphHTTP != nil {
 		return s.opts.GraphHTTP
 	}
-	s.gb.mu.Lock()
-	defer s.gb.mu.Unlock()
-	if s.gb.clients == nil {
-		s.gb.clients = map[string]graphClient{}
-	}
-	if gc, ok := s.gb.clients[p.Name]; ok && gc.p == p {
-		return gc.c
-	}
-	if old, ok := s.gb.clients[p.Name]; ok {
-		old.c.CloseIdleConnections()
-	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{RootCAs: p.RootCAs, MinVersion: tls.VersionTLS12}
-	c := &http.Client{Transport: tr}
-	s.gb.clients[p.Name] = graphClient{p: p, c: c}
-	return c
+	return s.gb.clients.Get(p.Name, p, p.RootCAs)
 }
 
 // useGraph reports whether the account's next transaction goes through

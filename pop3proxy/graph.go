@@ -56,26 +56,12 @@ const (
 	graphWriteBufBytes = 32 << 10
 )
 
-type graphSourcer interface {
-	For(tokens.Resource) tokens.Source
-}
-
 // graphBackend is the Server's Graph state: one graphmail.Mailbox per
 // account (shared limiter and message lists) and one HTTP client per
 // provider.
 type graphBackend struct {
 	mailboxes graphmail.Registry
 	clients   graph.HTTPClients[*config.Provider]
-}
-
-func (s *Server) graphTokens() tokens.Source {
-	if s.opts.GraphTokens != nil {
-		return s.opts.GraphTokens
-	}
-	if gs, ok := s.opts.Tokens.(graphSourcer); ok {
-		return gs.For(tokens.Graph)
-	}
-	return nil
 }
 
 func (s *Server) graphHTTP(p *config.Provider) *http.Client {
@@ -95,23 +81,9 @@ func (s *Server) graphMailbox(acct *config.Account) *graphmail.Mailbox {
 	}
 	sig := fmt.Sprintf("%s|%s|%p", acct.Provider.GraphURL, acct.Mailbox, acct.Provider)
 	return reg.Get(acct.Name, sig, func() *graphmail.Mailbox {
-		src := s.graphTokens()
-		c := &graph.Client{
-			BaseURL: acct.Provider.GraphURL,
-			HTTP:    s.graphHTTP(acct.Provider),
-			Token: func(ctx context.Context) (string, error) {
-				if src == nil {
-					return "", &tokens.Error{Account: acct.Name, Kind: tokens.Failing, Reason: "no Microsoft Graph token source", Fix: "report this bridge bug"}
-				}
-				return src.AccessToken(ctx, acct.Name)
-			},
-			Rejected: func(tok string) {
-				if src != nil {
-					src.Rejected(acct.Name, tok)
-				}
-			},
-			Sleep: s.opts.GraphMail.Sleep, // nil: a timer
-		}
+		src := graphmail.TokenSource(s.opts.GraphTokens, s.opts.Tokens)
+		c := graphmail.NewClient(acct.Provider.GraphURL, s.graphHTTP(acct.Provider), acct.Name, src)
+		c.Sleep = s.opts.GraphMail.Sleep // nil: a timer
 		return graphmail.New(c, acct.Mailbox, s.opts.GraphMail)
 	})
 }

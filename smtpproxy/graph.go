@@ -17,6 +17,7 @@ import (
 
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/graph"
+	"github.com/oauthbridge/oauthbridge/graphmail"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/tokens"
@@ -76,19 +77,8 @@ type sendPathSetter interface {
 	SetSendPath(account, path, reason string)
 }
 
-// graphSourcer is implemented by tokens.Manager.
-type graphSourcer interface {
-	For(tokens.Resource) tokens.Source
-}
-
 func (s *Server) graphTokens() tokens.Source {
-	if s.opts.GraphTokens != nil {
-		return s.opts.GraphTokens
-	}
-	if gs, ok := s.opts.Tokens.(graphSourcer); ok {
-		return gs.For(tokens.Graph)
-	}
-	return nil
+	return graphmail.TokenSource(s.opts.GraphTokens, s.opts.Tokens)
 }
 
 func (s *Server) graphHTTP(p *config.Provider) *http.Client {
@@ -336,22 +326,7 @@ func (s *session) graphData(r io.Reader) error {
 
 func (s *session) graphClient() *graph.Client {
 	acct := s.account
-	src := s.srv.graphTokens()
-	return &graph.Client{
-		BaseURL: acct.Provider.GraphURL,
-		HTTP:    s.srv.graphHTTP(acct.Provider),
-		Token: func(ctx context.Context) (string, error) {
-			if src == nil {
-				return "", &tokens.Error{Account: acct.Name, Kind: tokens.Failing, Reason: "no Graph token source"}
-			}
-			return src.AccessToken(ctx, acct.Name)
-		},
-		Rejected: func(tok string) {
-			if src != nil {
-				src.Rejected(acct.Name, tok)
-			}
-		},
-	}
+	return graphmail.NewClient(acct.Provider.GraphURL, s.srv.graphHTTP(acct.Provider), acct.Name, s.srv.graphTokens())
 }
 
 // spool creates the unlinked spool file.

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"time"
@@ -67,14 +66,8 @@ func newGraphIMAP(current func() *config.Config, m *tokens.Manager, log *slog.Lo
 func (g *graphIMAP) mailbox(acct *config.Account, src tokens.Source) *graphmail.Mailbox {
 	sig := fmt.Sprintf("%s|%s|%p", acct.Provider.GraphURL, acct.Mailbox, acct.Provider)
 	return g.mailboxes.Get(acct.Name, sig, func() *graphmail.Mailbox {
-		name := acct.Name
-		c := &graph.Client{
-			BaseURL:  acct.Provider.GraphURL,
-			HTTP:     g.clients.Get(acct.Provider.Name, acct.Provider, acct.Provider.RootCAs),
-			Token:    func(ctx context.Context) (string, error) { return src.AccessToken(ctx, name) },
-			Rejected: func(tok string) { src.Rejected(name, tok) },
-		}
-		return graphmail.New(c, acct.Mailbox, graphmail.Options{})
+		hc := g.clients.Get(acct.Provider.Name, acct.Provider, acct.Provider.RootCAs)
+		return graphmail.New(graphmail.NewClient(acct.Provider.GraphURL, hc, acct.Name, src), acct.Mailbox, graphmail.Options{})
 	})
 }
 

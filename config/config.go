@@ -65,7 +65,7 @@ type Config struct {
 	LogFormat string `hcl:"log_format,optional"` // auto | json | text
 	LogLevel  string `hcl:"log_level,optional"`  // debug | info | warn | error
 
-	// The listener blocks: built from listenerSchema by validate (two
+	// The listener blocks: built from fileSchema by validate (two
 	// stages: the HCL as written, then the typed runtime values).
 	IMAP *IMAPBlock
 	POP3 *POP3Block
@@ -85,7 +85,7 @@ type Config struct {
 	LogLevelRange  hcl.Range `hcl:"log_level,attr_range"`
 
 	// Derived.
-	schema         *listenerSchema // the first stage of the listener blocks (load only)
+	schema         *fileSchema // the first stage of the file (load only)
 	Path           string
 	CredentialsDir string // where credential("name") read from
 	Warnings       hcl.Diagnostics

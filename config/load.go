@@ -124,10 +124,10 @@ func ParseWith(filename string, src []byte, o Options) (*Config, error) {
 	cfg.inProcess = o.InProcess
 	cfg.deferSecrets = o.DeferSecrets
 	if !diags.HasErrors() {
-		// Two stages for the listener blocks: their HCL (listenerSchema)
-		// first, the rest of the file into cfg; validate builds the
-		// runtime blocks.
-		sch := &listenerSchema{}
+		// Two stages: the first-stage parts of the file as written
+		// (fileSchema) first, the rest of the file into cfg; validate
+		// builds the runtime values.
+		sch := &fileSchema{}
 		diags = append(diags, filterUnknown(gohcl.DecodeBody(f.Body, ls.evalContext(), sch))...)
 		if !diags.HasErrors() {
 			diags = append(diags, filterUnknown(gohcl.DecodeBody(sch.Remain, ls.evalContext(), cfg))...)
@@ -298,7 +298,7 @@ func (c *Config) validate() hcl.Diagnostics {
 	}
 	sch := c.schema
 	if sch == nil {
-		sch = &listenerSchema{}
+		sch = &fileSchema{}
 	}
 	c.Shutdown = parseDuration(sch.ShutdownTimeout, DefaultShutdownTimeout, sch.ShutdownTimeoutRange, file, "shutdown_timeout", &diags)
 	if c.StateDir == "" {

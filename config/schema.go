@@ -6,12 +6,16 @@ import (
 	"github.com/hashicorp/hcl/v2"
 )
 
-// listenerSchema is the first stage of the imap, pop3 and smtp blocks and
-// of shutdown_timeout: the HCL as written, with its source ranges and raw
-// strings ("30m"). validate builds the typed runtime values (IMAPBlock,
-// POP3Block, SMTPBlock, Config.Shutdown) from it; consumers only ever see
-// those. Remain is the rest of the file, decoded into Config.
-type listenerSchema struct {
+// fileSchema is the first stage of a configuration file: the parts whose
+// HCL as written (source ranges, raw strings such as "30m" or a date) is
+// turned into other typed values, namely the imap, pop3 and smtp blocks,
+// shutdown_timeout, the store and alerts blocks, the provider blocks
+// (client_secret_expires) and the admin block (tls). validate and its
+// helpers build the runtime values (IMAPBlock, POP3Block, SMTPBlock,
+// Config.Shutdown, StoreBlock, AlertsBlock, Provider.SecretExpires,
+// AdminBlock.UseTLS) from it; consumers only ever see those. Remain is the
+// rest of the file, decoded into Config.
+type fileSchema struct {
 	IMAP            *imapSchema       `hcl:"imap,block"`
 	POP3            *pop3Schema       `hcl:"pop3,block"`
 	SMTP            *smtpSchema       `hcl:"smtp,block"`

@@ -14,6 +14,9 @@
 //     administrator must act), with the fix named.
 //
 // Ids are Graph's immutable ids: they survive moves between folders.
+//
+// NewClient and TokenSource (client.go) build an account's graph.Client
+// for every part of the bridge that calls Graph, the SMTP send path too.
 package graphmail
 
 import (

@@ -25,7 +25,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -57,57 +56,19 @@ const (
 	graphWriteBufBytes = 32 << 10
 )
 
-type graphSourcer interface {
-	For(tokens.Resource) tokens.Source
-}
-
 // graphBackend is the Server's Graph state: one graphmail.Mailbox per
 // account (shared limiter and message lists) and one HTTP client per
 // provider.
 type graphBackend struct {
 	mailboxes graphmail.Registry
-	mu        sync.Mutex
-	clients   map[string]providerClient
-}
-
-type providerClient struct {
-	p *config.Provider
-	c *http.Client
-}
-
-func (s *Server) graphTokens() tokens.Source {
-	if s.opts.GraphTokens != nil {
-		return s.opts.GraphTokens
-	}
-	if gs, ok := s.opts.Tokens.(graphSourcer); ok {
-		return gs.For(tokens.Graph)
-	}
-	return nil
+	clients   graph.HTTPClients[*config.Provider]
 }
 
 func (s *Server) graphHTTP(p *config.Provider) *http.Client {
 	if s.opts.GraphHTTP != nil {
 		return s.opts.GraphHTTP
 	}
-	s.gb.mu.Lock()
-	defer s.gb.mu.Unlock()
-	if s.gb.clients == nil {
-		s.gb.clients = map[string]providerClient{}
-	}
-	if pc, ok := s.gb.clients[p.Name]; ok && pc.p == p {
-		return pc.c
-	}
-	if old, ok := s.gb.clients[p.Name]; ok {
-		old.c.CloseIdleConnections()
-	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{RootCAs: p.RootCAs, MinVersion: tls.VersionTLS12}
-	// Keep a connection per concurrent request of a few mailboxes, not
-	// http's default of 2, so that listing sizes does not redo TLS.
-	tr.MaxIdleConnsPerHost = 4 * graphmail.MailboxConcurrency
-	c := &http.Client{Transport: tr}
-	s.gb.clients[p.Name] = providerClient{p: p, c: c}
-	return c
+	return s.gb.clients.Get(p.Name, p, p.RootCAs)
 }
 
 // graphMailbox returns the account's shared graphmail.Mailbox: key the
@@ -120,23 +81,9 @@ func (s *Server) graphMailbox(acct *config.Account) *graphmail.Mailbox {
 	}
 	sig := fmt.Sprintf("%s|%s|%p", acct.Provider.GraphURL, acct.Mailbox, acct.Provider)
 	return reg.Get(acct.Name, sig, func() *graphmail.Mailbox {
-		src := s.graphTokens()
-		c := &graph.Client{
-			BaseURL: acct.Provider.GraphURL,
-			HTTP:    s.graphHTTP(acct.Provider),
-			Token: func(ctx context.Context) (string, error) {
-				if src == nil {
-					return "", &tokens.Error{Account: acct.Name, Kind: tokens.Failing, Reason: "no Microsoft Graph token source", Fix: "report this bridge bug"}
-				}
-				return src.AccessToken(ctx, acct.Name)
-			},
-			Rejected: func(tok string) {
-				if src != nil {
-					src.Rejected(acct.Name, tok)
-				}
-			},
-			Sleep: s.opts.GraphMail.Sleep, // nil: a timer
-		}
+		src := graphmail.TokenSource(s.opts.GraphTokens, s.opts.Tokens)
+		c := graphmail.NewClient(acct.Provider.GraphURL, s.graphHTTP(acct.Provider), acct.Name, src)
+		c.Sleep = s.opts.GraphMail.Sleep // nil: a timer
 		return graphmail.New(c, acct.Mailbox, s.opts.GraphMail)
 	})
 }

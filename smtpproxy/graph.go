@@ -2,7 +2,6 @@ package smtpproxy
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/graph"
+	"github.com/oauthbridge/oauthbridge/graphmail"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
 	"github.com/oauthbridge/oauthbridge/tokens"
@@ -53,13 +53,8 @@ type graphBackend struct {
 	limiter limiter.Limiter // "graph:"+mailbox, config.DefaultGraphConcurrency
 
 	mu      sync.Mutex
-	auto    map[string]*autoState  // account -> send_via = "auto" state
-	clients map[string]graphClient // provider name -> client (replaced when a reload changes the provider)
-}
-
-type graphClient struct {
-	p *config.Provider
-	c *http.Client
+	auto    map[string]*autoState // account -> send_via = "auto" state
+	clients graph.HTTPClients[*config.Provider]
 }
 
 // autoState is where an send_via = "auto" account sends now.
@@ -82,41 +77,15 @@ type sendPathSetter interface {
 	SetSendPath(account, path, reason string)
 }
 
-// graphSourcer is implemented by tokens.Manager.
-type graphSourcer interface {
-	For(tokens.Resource) tokens.Source
-}
-
 func (s *Server) graphTokens() tokens.Source {
-	if s.opts.GraphTokens != nil {
-		return s.opts.GraphTokens
-	}
-	if gs, ok := s.opts.Tokens.(graphSourcer); ok {
-		return gs.For(tokens.Graph)
-	}
-	return nil
+	return graphmail.TokenSource(s.opts.GraphTokens, s.opts.Tokens)
 }
 
 func (s *Server) graphHTTP(p *config.Provider) *http.Client {
 	if s.opts.GraphHTTP != nil {
 		return s.opts.GraphHTTP
 	}
-	s.gb.mu.Lock()
-	defer s.gb.mu.Unlock()
-	if s.gb.clients == nil {
-		s.gb.clients = map[string]graphClient{}
-	}
-	if gc, ok := s.gb.clients[p.Name]; ok && gc.p == p {
-		return gc.c
-	}
-	if old, ok := s.gb.clients[p.Name]; ok {
-		old.c.CloseIdleConnections()
-	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{RootCAs: p.RootCAs, MinVersion: tls.VersionTLS12}
-	c := &http.Client{Transport: tr}
-	s.gb.clients[p.Name] = graphClient{p: p, c: c}
-	return c
+	return s.gb.clients.Get(p.Name, p, p.RootCAs)
 }
 
 // useGraph reports whether the account's next transaction goes through
@@ -357,22 +326,7 @@ func (s *session) graphData(r io.Reader) error {
 
 func (s *session) graphClient() *graph.Client {
 	acct := s.account
-	src := s.srv.graphTokens()
-	return &graph.Client{
-		BaseURL: acct.Provider.GraphURL,
-		HTTP:    s.srv.graphHTTP(acct.Provider),
-		Token: func(ctx context.Context) (string, error) {
-			if src == nil {
-				return "", &tokens.Error{Account: acct.Name, Kind: tokens.Failing, Reason: "no Graph token source"}
-			}
-			return src.AccessToken(ctx, acct.Name)
-		},
-		Rejected: func(tok string) {
-			if src != nil {
-				src.Rejected(acct.Name, tok)
-			}
-		},
-	}
+	return graphmail.NewClient(acct.Provider.GraphURL, s.srv.graphHTTP(acct.Provider), acct.Name, s.srv.graphTokens())
 }
 
 // spool creates the unlinked spool file.

@@ -1,12 +1,8 @@
 package daemon
 
 import (
-	"context"
-	"crypto/tls"
 	"fmt"
 	"log/slog"
-	"net/http"
-	"sync"
 	"time"
 
 	"github.com/oauthbridge/oauthbridge/config"
@@ -25,13 +21,11 @@ const UIDMapKeyPurpose = "imap uid map"
 type graphIMAP struct {
 	srv       *imapgraph.Server
 	mailboxes graphmail.Registry
-
-	mu      sync.Mutex
-	clients map[*config.Provider]*http.Client
+	clients   graph.HTTPClients[*config.Provider] // one per provider
 }
 
 func newGraphIMAP(current func() *config.Config, m *tokens.Manager, log *slog.Logger) (*graphIMAP, error) {
-	g := &graphIMAP{clients: map[*config.Provider]*http.Client{}}
+	g := &graphIMAP{}
 	src := m.For(tokens.Graph)
 	srv, err := imapgraph.New(imapgraph.Options{
 		Serves: func(a *config.Account) bool { return a.ReadsViaGraph() },
@@ -72,31 +66,9 @@ func newGraphIMAP(current func() *config.Config, m *tokens.Manager, log *slog.Lo
 func (g *graphIMAP) mailbox(acct *config.Account, src tokens.Source) *graphmail.Mailbox {
 	sig := fmt.Sprintf("%s|%s|%p", acct.Provider.GraphURL, acct.Mailbox, acct.Provider)
 	return g.mailboxes.Get(acct.Name, sig, func() *graphmail.Mailbox {
-		name := acct.Name
-		c := &graph.Client{
-			BaseURL:  acct.Provider.GraphURL,
-			HTTP:     g.httpClient(acct.Provider),
-			Token:    func(ctx context.Context) (string, error) { return src.AccessToken(ctx, name) },
-			Rejected: func(tok string) { src.Rejected(name, tok) },
-		}
-		return graphmail.New(c, acct.Mailbox, graphmail.Options{})
+		hc := g.clients.Get(acct.Provider.Name, acct.Provider, acct.Provider.RootCAs)
+		return graphmail.New(graphmail.NewClient(acct.Provider.GraphURL, hc, acct.Name, src), acct.Mailbox, graphmail.Options{})
 	})
-}
-
-func (g *graphIMAP) httpClient(p *config.Provider) *http.Client {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if c := g.clients[p]; c != nil {
-		return c
-	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{RootCAs: p.RootCAs, MinVersion: tls.VersionTLS12}
-	// A connection per concurrent request of a few mailboxes (http's
-	// default keeps 2), so that reading messages does not redo TLS.
-	tr.MaxIdleConnsPerHost = 4 * graphmail.MailboxConcurrency
-	c := &http.Client{Transport: tr}
-	g.clients[p] = c
-	return c
 }
 
 // close stops the Graph-served sessions and closes the UID map.
@@ -107,10 +79,6 @@ func (g *graphIMAP) close() error {
 			err = cerr
 		}
 	}
-	g.mu.Lock()
-	for _, c := range g.clients {
-		c.CloseIdleConnections()
-	}
-	g.mu.Unlock()
+	g.clients.CloseIdleConnections()
 	return err
 }

@@ -103,13 +103,7 @@ func (r *run) checkReach() {
 	if p.IsGoogle() {
 		u = strings.TrimSuffix(p.Authority, "/") + "/.well-known/openid-configuration"
 	}
-	hc := r.opts.HTTPClient
-	if hc == nil {
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.TLSClientConfig = &tls.Config{RootCAs: p.RootCAs, MinVersion: tls.VersionTLS12}
-		hc = &http.Client{Transport: tr}
-		defer tr.CloseIdleConnections()
-	}
+	hc := r.httpClient()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		c.Status, c.Detail = Fail, err.Error()

@@ -129,8 +129,8 @@ type Options struct {
 	Now          func() time.Time
 	// Resolver resolves host names; nil = net.DefaultResolver.
 	Resolver *net.Resolver
-	// HTTPClient, if set, is used for the identity platform; nil = a client
-	// trusting the provider's RootCAs.
+	// HTTPClient, if set, is used for the identity platform and Graph;
+	// nil = a client trusting the provider's RootCAs.
 	HTTPClient *http.Client
 }
 
@@ -177,6 +177,7 @@ type run struct {
 	imapDenied     bool   // Exchange refused the mailbox over IMAP although the token was issued
 	popDenied      bool
 	smtpOK         *smtpSession // an authenticated SMTP session for send-as, closed at the end
+	hc             *http.Client // the account's HTTPS client (httpClient), idle connections closed at the end
 }
 
 func runAccount(ctx context.Context, cfg *config.Config, name string, opts *Options) AccountReport {
@@ -211,6 +212,9 @@ func runAccount(ctx context.Context, cfg *config.Config, name string, opts *Opti
 	r.checkHeadroom()
 	if r.smtpOK != nil {
 		r.smtpOK.close()
+	}
+	if r.hc != nil {
+		r.hc.CloseIdleConnections()
 	}
 	ar := AccountReport{Account: a.Name, Mailbox: a.Mailbox, Flow: a.Flow, SendVia: sendVia, OK: true, Checks: r.checks}
 	if a.Flow != config.FlowApp {

@@ -1,7 +1,6 @@
 package doctor
 
 import (
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,7 +10,21 @@ import (
 	"strings"
 
 	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/graph"
 )
+
+// httpClient is the client of the account's HTTPS checks (identity
+// platform, Graph): Options.HTTPClient, else one graph.NewHTTPClient
+// trusting the provider's RootCAs for all the account's checks.
+func (r *run) httpClient() *http.Client {
+	if r.opts.HTTPClient != nil {
+		return r.opts.HTTPClient
+	}
+	if r.hc == nil {
+		r.hc = graph.NewHTTPClient(r.p.RootCAs)
+	}
+	return r.hc
+}
 
 // checkGraph reads the mailbox's Drafts folder through Microsoft Graph with
 // the account's Graph token: the permission check of an account that
@@ -37,13 +50,7 @@ func (r *run) checkGraph() {
 		base = config.DefaultGraphURL
 	}
 	u := base + "/v1.0/users/" + url.PathEscape(r.a.Mailbox) + "/mailFolders/drafts?$select=displayName,totalItemCount"
-	hc := r.opts.HTTPClient
-	if hc == nil {
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.TLSClientConfig = &tls.Config{RootCAs: r.p.RootCAs, MinVersion: tls.VersionTLS12}
-		hc = &http.Client{Transport: tr}
-		defer tr.CloseIdleConnections()
-	}
+	hc := r.httpClient()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		c.Status, c.Detail = Fail, err.Error()

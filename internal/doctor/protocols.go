@@ -38,6 +38,35 @@ func (r *run) dialTLS(ctx context.Context, server string) (net.Conn, error) {
 	return conn, nil
 }
 
+// openMailbox is the start of the IMAP and POP3 login checks: without an
+// Exchange Online token c is skipped; otherwise server (the provider's
+// setting attr) is dialled with implicit TLS within the check's deadline,
+// and a failed dial is c's failure. When ok is false c has been added;
+// otherwise the caller runs its dialogue on conn, calls done (which closes
+// conn) and adds c.
+func (r *run) openMailbox(c Check, server, attr string) (conn net.Conn, done func(), ok bool) {
+	if r.outlook == "" {
+		r.noToken(c)
+		return nil, nil, false
+	}
+	ctx, cancel := r.checkCtx()
+	conn, err := r.dialTLS(ctx, server)
+	if err != nil {
+		cancel()
+		dialFailure(&c, server, attr, r.p.Name, err)
+		r.add(c)
+		return nil, nil, false
+	}
+	return conn, func() { conn.Close(); cancel() }, true
+}
+
+// xoauth2Refused is c's failure when server refused the XOAUTH2 login
+// (command) of a token just issued; upstream is its reply.
+func (r *run) xoauth2Refused(c *Check, server, command, upstream string) {
+	c.Status, c.Upstream = Fail, upstream
+	c.Detail = fmt.Sprintf("%s refused %s XOAUTH2 for %s although the token was just issued", server, command, r.a.Mailbox)
+}
+
 func imapText(err error) string {
 	var ie *imap.Error
 	if errors.As(err, &ie) {
@@ -52,19 +81,12 @@ func imapText(err error) string {
 
 func (r *run) checkIMAP() {
 	c := Check{ID: "imap", Name: "IMAP login (XOAUTH2) and EXAMINE INBOX"}
-	if r.outlook == "" {
-		r.noToken(c)
-		return
-	}
-	ctx, cancel := r.checkCtx()
-	defer cancel()
 	server := r.p.IMAPServer
-	conn, err := r.dialTLS(ctx, server)
-	if err != nil {
-		dialFailure(&c, server, "imap_server", r.p.Name, err)
-		r.add(c)
+	conn, done, ok := r.openMailbox(c, server, "imap_server")
+	if !ok {
 		return
 	}
+	defer done()
 	cl := imapclient.New(conn, nil)
 	defer cl.Close()
 	if err := cl.WaitGreeting(); err != nil {
@@ -74,8 +96,7 @@ func (r *run) checkIMAP() {
 		return
 	}
 	if err := cl.Authenticate(tokens.NewXOAUTH2Client(r.a.Mailbox, r.outlook)); err != nil {
-		c.Status, c.Upstream = Fail, imapText(err)
-		c.Detail = fmt.Sprintf("%s refused AUTHENTICATE XOAUTH2 for %s although the token was just issued", server, r.a.Mailbox)
+		r.xoauth2Refused(&c, server, "AUTHENTICATE", imapText(err))
 		var ie *imap.Error
 		if errors.As(err, &ie) {
 			r.imapDenied = true
@@ -111,20 +132,12 @@ func pop3Line(tp *textproto.Conn) (string, bool, error) {
 
 func (r *run) checkPOP3() {
 	c := Check{ID: "pop3", Name: "POP3 login (XOAUTH2) and STAT"}
-	if r.outlook == "" {
-		r.noToken(c)
-		return
-	}
-	ctx, cancel := r.checkCtx()
-	defer cancel()
 	server := r.p.POP3Server
-	conn, err := r.dialTLS(ctx, server)
-	if err != nil {
-		dialFailure(&c, server, "pop3_server", r.p.Name, err)
-		r.add(c)
+	conn, done, ok := r.openMailbox(c, server, "pop3_server")
+	if !ok {
 		return
 	}
-	defer conn.Close()
+	defer done()
 	tp := textproto.NewConn(conn)
 	protoFail := func(stage string, err error) {
 		c.Status, c.Detail = Fail, fmt.Sprintf("%s: %s: %v", server, stage, err)
@@ -159,14 +172,13 @@ func (r *run) checkPOP3() {
 		protoFail("AUTH", err)
 		return
 	}
-	line, ok, err := pop3Line(tp)
+	line, ok, err = pop3Line(tp)
 	if err != nil {
 		protoFail("AUTH", err)
 		return
 	}
 	if !ok {
-		c.Status, c.Upstream = Fail, line
-		c.Detail = fmt.Sprintf("%s refused AUTH XOAUTH2 for %s although the token was just issued", server, r.a.Mailbox)
+		r.xoauth2Refused(&c, server, "AUTH", line)
 		r.popDenied = true
 		r.add(c)
 		return

@@ -170,6 +170,12 @@ func (f *Fake) SetGraphSizeSkew(n int64) {
 	f.gread.sizeSkew = n
 }
 
+func (f *Fake) graphSizeSkew() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.gread.sizeSkew
+}
+
 // GraphMIMEReads returns how many $value requests mailbox got.
 func (f *Fake) GraphMIMEReads(mailbox string) int {
 	f.mu.Lock()
@@ -657,9 +663,7 @@ func (f *Fake) handleListMessages(w http.ResponseWriter, r *http.Request, g *gra
 		return
 	}
 	imm, _ := prefers(r)
-	f.mu.Lock()
-	skew := f.gread.sizeSkew
-	f.mu.Unlock()
+	skew := f.graphSizeSkew()
 	f.storeMu.Lock()
 	name, ok := g.mb.resolveFolder(r.PathValue("fid"))
 	if !ok {
@@ -704,9 +708,7 @@ func (f *Fake) handleGetMessage(w http.ResponseWriter, r *http.Request, g *graph
 		sel = strings.Split(s, ",")
 	}
 	imm, _ := prefers(r)
-	f.mu.Lock()
-	skew := f.gread.sizeSkew
-	f.mu.Unlock()
+	skew := f.graphSizeSkew()
 	f.storeMu.Lock()
 	v, ok := g.mb.lookupLocked(r.PathValue("id"))
 	f.storeMu.Unlock()
@@ -760,32 +762,48 @@ func (mb *mailbox) storeFlagLocked(l msgLoc, flag imap.Flag, on bool) error {
 	return sess.Store(nil, imap.UIDSetNum(l.uid), &imap.StoreFlags{Op: op, Silent: true, Flags: []imap.Flag{flag}}, nil)
 }
 
-func (f *Fake) handlePatchMessage(w http.ResponseWriter, r *http.Request, g *graphReq) {
+// lockMessageForWrite is the start of the requests that change message
+// {id} (PATCH, move, copy), in Graph's order of refusals: 403 without
+// Mail.ReadWrite, 413 for a body too large, 400 with badBody when the
+// body is not the JSON of req or valid (nil: any) refuses it, 404 for an
+// unknown id. On success storeMu is held (the caller unlocks it) and imm
+// is the Prefer IdType; otherwise the answer is written and nothing is
+// held.
+func (f *Fake) lockMessageForWrite(w http.ResponseWriter, r *http.Request, g *graphReq, req any, badBody string, valid func() bool) (v view, imm, ok bool) {
 	if !f.checkReadWrite(w, g) {
-		return
+		return view{}, false, false
 	}
 	body, ok := f.readGraphBody(w, r)
 	if !ok {
-		return
+		return view{}, false, false
 	}
+	if err := json.Unmarshal(body, req); err != nil || (valid != nil && !valid()) {
+		f.graphError(w, http.StatusBadRequest, "ErrorInvalidRequest", badBody)
+		return view{}, false, false
+	}
+	imm, _ = prefers(r)
+	f.storeMu.Lock()
+	v, ok = g.mb.lookupLocked(r.PathValue("id"))
+	if !ok {
+		f.storeMu.Unlock()
+		f.notFound(w)
+		return view{}, false, false
+	}
+	return v, imm, true
+}
+
+func (f *Fake) handlePatchMessage(w http.ResponseWriter, r *http.Request, g *graphReq) {
 	var req struct {
 		IsRead *bool `json:"isRead"`
 		Flag   *struct {
 			FlagStatus string `json:"flagStatus"`
 		} `json:"flag"`
 	}
-	if err := json.Unmarshal(body, &req); err != nil {
-		f.graphError(w, http.StatusBadRequest, "ErrorInvalidRequest", "Cannot read the request body.")
-		return
-	}
-	imm, _ := prefers(r)
-	f.storeMu.Lock()
-	defer f.storeMu.Unlock()
-	v, ok := g.mb.lookupLocked(r.PathValue("id"))
+	v, imm, ok := f.lockMessageForWrite(w, r, g, &req, "Cannot read the request body.", nil)
 	if !ok {
-		f.notFound(w)
 		return
 	}
+	defer f.storeMu.Unlock()
 	if req.IsRead != nil {
 		_ = g.mb.storeFlagLocked(v.loc, imap.FlagSeen, *req.IsRead)
 		v.seen = *req.IsRead
@@ -821,29 +839,15 @@ func (v view) flags() []imap.Flag {
 }
 
 func (f *Fake) handleMoveCopy(w http.ResponseWriter, r *http.Request, g *graphReq) {
-	if !f.checkReadWrite(w, g) {
-		return
-	}
-	body, ok := f.readGraphBody(w, r)
-	if !ok {
-		return
-	}
 	var req struct {
 		DestinationID string `json:"destinationId"`
 	}
-	if err := json.Unmarshal(body, &req); err != nil || req.DestinationID == "" {
-		f.graphError(w, http.StatusBadRequest, "ErrorInvalidRequest", "destinationId is required.")
-		return
-	}
-	move := strings.HasSuffix(r.URL.Path, "/move")
-	imm, _ := prefers(r)
-	f.storeMu.Lock()
-	defer f.storeMu.Unlock()
-	v, ok := g.mb.lookupLocked(r.PathValue("id"))
+	v, imm, ok := f.lockMessageForWrite(w, r, g, &req, "destinationId is required.", func() bool { return req.DestinationID != "" })
 	if !ok {
-		f.notFound(w)
 		return
 	}
+	defer f.storeMu.Unlock()
+	move := strings.HasSuffix(r.URL.Path, "/move")
 	dest, ok := g.mb.resolveFolder(req.DestinationID)
 	if !ok {
 		f.graphError(w, http.StatusNotFound, "ErrorInvalidIdMalformed", "The destination folder does not exist.")
@@ -981,9 +985,7 @@ func (f *Fake) handleDelta(w http.ResponseWriter, r *http.Request, g *graphReq) 
 		sel = strings.Split(s, ",")
 	}
 	size := expandsSize(q.Get("$expand"))
-	f.mu.Lock()
-	skew := f.gread.sizeSkew
-	f.mu.Unlock()
+	skew := f.graphSizeSkew()
 	views, _ := g.mb.viewsLocked(name)
 	f.storeMu.Unlock()
 	sort.Slice(views, func(i, j int) bool { return views[i].meta.seq < views[j].meta.seq })

@@ -271,3 +271,55 @@ func TestGraphReadPermissions(t *testing.T) {
 	st, body = graphGet(t, f, "/v1.0/users/"+shared+"/messages/"+id+"/$value", f.IssueGraphAppToken("app1"), "")
 	wantGraphError(t, st, body, 429, "TooManyRequests", "")
 }
+
+// PATCH, move and copy refuse in Graph's order (403, 400, 404), and a
+// refusal leaves the store usable.
+func TestGraphReadWriteRefusals(t *testing.T) {
+	t.Parallel()
+	f := newFake(t, Options{})
+	_ = f.Deliver(alice, []byte("Subject: s\r\n\r\nx\r\n"))
+	tok := f.IssueGraphToken(alice, ScopeGraphMailReadWrite)
+	st, body := graphGet(t, f, "/v1.0/me/mailFolders/inbox/messages", tok, "")
+	if st != 200 || len(values(body)) != 1 {
+		t.Fatalf("list = %d %v", st, body)
+	}
+	id := values(body)[0]["id"].(string)
+	readOnly := f.IssueGraphToken(alice, ScopeGraphMailRead)
+	const unknown = "AAMkAGnotthere"
+	for _, tc := range []struct {
+		name, method, path, tok, body string
+		status                        int
+		code, msg                     string
+	}{
+		{"patch read-only", "PATCH", id, readOnly, `{"isRead":true}`, 403, "ErrorAccessDenied", msgAccessDenied},
+		{"patch read-only bad body", "PATCH", id, readOnly, `{`, 403, "ErrorAccessDenied", msgAccessDenied},
+		{"patch bad body", "PATCH", id, tok, `{`, 400, "ErrorInvalidRequest", "Cannot read the request body."},
+		{"patch bad body unknown id", "PATCH", unknown, tok, `[1]`, 400, "ErrorInvalidRequest", "Cannot read the request body."},
+		{"patch unknown id", "PATCH", unknown, tok, `{"isRead":true}`, 404, "ErrorItemNotFound", ""},
+		{"patch bad flag", "PATCH", id, tok, `{"flag":{"flagStatus":"red"}}`, 400, "ErrorInvalidRequest", "flagStatus must be notFlagged, flagged or complete."},
+		{"move read-only", "POST", id + "/move", readOnly, `{"destinationId":"inbox"}`, 403, "ErrorAccessDenied", msgAccessDenied},
+		{"move no destination", "POST", id + "/move", tok, `{}`, 400, "ErrorInvalidRequest", "destinationId is required."},
+		{"move no destination unknown id", "POST", unknown + "/move", tok, `{}`, 400, "ErrorInvalidRequest", "destinationId is required."},
+		{"copy bad body", "POST", id + "/copy", tok, `nope`, 400, "ErrorInvalidRequest", "destinationId is required."},
+		{"copy unknown id", "POST", unknown + "/copy", tok, `{"destinationId":"inbox"}`, 404, "ErrorItemNotFound", ""},
+		{"move unknown folder", "POST", id + "/move", tok, `{"destinationId":"nowhere"}`, 404, "ErrorInvalidIdMalformed", ""},
+	} {
+		var st int
+		var body map[string]any
+		if tc.method == "PATCH" {
+			st, body = graphPatch(t, f, "/v1.0/me/messages/"+tc.path, tc.tok, tc.body)
+		} else {
+			st, body = graphPost(t, f, "/v1.0/me/messages/"+tc.path, tc.tok, tc.body, "")
+		}
+		t.Run(tc.name, func(t *testing.T) { wantGraphError(t, st, body, tc.status, tc.code, tc.msg) })
+	}
+	// Nothing was changed, and the store is not left locked.
+	st, body = graphGet(t, f, "/v1.0/me/messages/"+id+"?$select=isRead,parentFolderId", tok, "")
+	if st != 200 || body["isRead"] != false || body["parentFolderId"] != folderID("INBOX") {
+		t.Errorf("message after the refusals = %d %v", st, body)
+	}
+	st, body = graphPatch(t, f, "/v1.0/me/messages/"+id, tok, `{"isRead":true}`)
+	if st != 200 || body["isRead"] != true {
+		t.Errorf("PATCH after the refusals = %d %v", st, body)
+	}
+}

@@ -398,6 +398,14 @@ def python_scenarios():
             ok, why = smtp_send(addr, "py-spoof-" + t)
             if ok:
                 return False, "spoofed sender %s accepted" % addr
+            if isinstance(why, smtplib.SMTPRecipientsRefused):
+                # The bridge sends MAIL upstream with the first RCPT
+                # (PIPELINING): Postfix's refusal of the sender comes back,
+                # verbatim, as the reply to RCPT.
+                codes = [c for c, _ in why.recipients.values()]
+                texts = b" ".join(m for _, m in why.recipients.values())
+                ok = bool(codes) and all(500 <= c < 600 for c in codes) and b"Sender address rejected" in texts
+                return ok, "refused at RCPT with %r" % (why,)
             code = getattr(why, "smtp_code", 0)
             return 500 <= code < 600, "refused with %r" % (why,)
 

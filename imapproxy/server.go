@@ -124,7 +124,7 @@ func refuse(w io.Writer, why frontdoor.Reason) {
 // for the accept policy). With implicitTLS each connection is wrapped in TLS
 // with the LocalTLS of the configuration current at accept time, so
 // reloaded certificates apply to new connections. It returns nil after
-// Shutdown, or a *frontdoor.ListenerError when the listener fails for good.
+// Shutdown, or a *ListenerError when the listener fails for good.
 func (s *Server) Serve(ln net.Listener, implicitTLS bool) error {
 	return s.fd.Serve(ln, implicitTLS)
 }

@@ -145,7 +145,7 @@ func refuse(w io.Writer, why frontdoor.Reason) {
 // goroutine (see frontdoor.Server.Serve for the accept policy). With
 // implicitTLS every connection starts with a TLS handshake using the
 // LocalTLS of the configuration current at accept time. It returns nil
-// after Shutdown, or a *frontdoor.ListenerError when the listener fails for
+// after Shutdown, or a *ListenerError when the listener fails for
 // good.
 func (s *Server) Serve(ln net.Listener, implicitTLS bool) error {
 	return s.fd.Serve(ln, implicitTLS)

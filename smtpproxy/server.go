@@ -175,7 +175,7 @@ var ErrServerClosed = fmt.Errorf("smtpproxy: server closed: %w", net.ErrClosed)
 // The SMTP settings (domain, sizes, timeouts, the STARTTLS offer) are those
 // of the configuration current when each connection is accepted. It
 // returns ErrServerClosed after Shutdown, or an error wrapping a
-// *frontdoor.ListenerError when the listener fails.
+// *ListenerError when the listener fails.
 func (s *Server) Serve(ln net.Listener, implicitTLS bool) error {
 	if s.opts.Config == nil || s.opts.Auth == nil || s.opts.Tokens == nil {
 		return errors.New("smtpproxy: Options.Config, Auth and Tokens are required")

@@ -43,6 +43,11 @@ type Options struct {
 	// registry to every component); nil: a private registry.
 	Registerer prometheus.Registerer
 
+	// LoginObservers, if set, sees every login attempt this server audits
+	// (the daemon's alert engine counts failed upstream logins with it);
+	// nil: nobody observes.
+	LoginObservers *localauth.Observers
+
 	// FailureDelay is how long the reply to a failed login waits (0:
 	// 1 s, negative: none); MaxFailures failed logins
 	// end the connection (0: 3). IMAP, POP3 and SMTP apply the same policy.

@@ -21,6 +21,7 @@ import (
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
+	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/internal/logging"
 	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/tokens"
@@ -50,6 +51,11 @@ type Options struct {
 	// Registerer receives the oauthbridge_* metrics (the daemon passes one
 	// registry to every component); nil: a private registry.
 	Registerer prometheus.Registerer
+
+	// LoginObservers, if set, sees every login attempt this server audits
+	// and every upstream login at MAIL or Send (the daemon's alert engine
+	// counts failed upstream logins with it); nil: nobody observes.
+	LoginObservers *localauth.Observers
 
 	// FailureDelay is how long the reply to a failed login waits (0:
 	// 1 s, negative: none); MaxFailures failed logins

@@ -100,7 +100,7 @@ alerts {
 	p := r.next(t, alerts.CredentialExpiring, alerts.Firing)
 	date := oldNotAfter.UTC().Format("2006-01-02")
 	if p.Provider != "fake" || !strings.Contains(p.Message, "certificate "+oldThumb) || !strings.Contains(p.Message, "expires on "+date) ||
-		!strings.Contains(p.Message, "in 9 days") || !strings.Contains(p.Fix, "oauthbridge cert new") {
+		!strings.Contains(p.Message, "in 9 days") || !strings.Contains(p.Message, "AADSTS700027") || !strings.Contains(p.Fix, "oauthbridge cert new") {
 		t.Errorf("credential alert: %+v\nwant certificate %s expiring on %s", p, oldThumb, date)
 	}
 	if !strings.Contains(p.Text, oldThumb) {

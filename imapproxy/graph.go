@@ -35,7 +35,7 @@ func (c *session) serveGraph(tag, user string, acct *config.Account, a localauth
 	defer release()
 	if err := c.fs.BeginSplice(); err != nil {
 		a.Result, a.Err = localauth.ResultTemporary, fmt.Errorf("imapproxy: login completed during shutdown: %w", err)
-		localauth.Audit(c.auditLog, c.srv.m, a)
+		localauth.Audit(c.auditLog, c.srv.m, c.srv.opts.LoginObservers, a)
 		_ = c.reply(tag, replyShuttingDown)
 		_ = c.send("* BYE Server shutting down")
 		return true
@@ -47,7 +47,7 @@ func (c *session) serveGraph(tag, user string, acct *config.Account, a localauth
 	start := time.Now()
 	c.srv.opts.Graph.ServeLoggedIn(c.srv.ctx, c.conn, in, tag, acct.Name, user, log, func(err error) {
 		a.Result, a.Err = graphResult(err), err
-		localauth.Audit(c.auditLog, c.srv.m, a)
+		localauth.Audit(c.auditLog, c.srv.m, c.srv.opts.LoginObservers, a)
 	})
 	log.Info("session closed", "duration", time.Since(start).Round(time.Millisecond).String())
 	return true

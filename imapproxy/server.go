@@ -43,6 +43,11 @@ type Options struct {
 	// registry to every component); nil: a private registry.
 	Registerer prometheus.Registerer
 
+	// LoginObservers, if set, sees every login attempt this server audits
+	// (the daemon's alert engine counts failed upstream logins with it);
+	// nil: nobody observes.
+	LoginObservers *localauth.Observers
+
 	// FailureDelay is how long the reply to a failed login waits (0:
 	// 1 s, negative: none); MaxFailures failed logins
 	// end the connection (0: 3). IMAP, POP3 and SMTP apply the same policy.
@@ -124,7 +129,7 @@ func refuse(w io.Writer, why frontdoor.Reason) {
 // for the accept policy). With implicitTLS each connection is wrapped in TLS
 // with the LocalTLS of the configuration current at accept time, so
 // reloaded certificates apply to new connections. It returns nil after
-// Shutdown, or a *frontdoor.ListenerError when the listener fails for good.
+// Shutdown, or a *ListenerError when the listener fails for good.
 func (s *Server) Serve(ln net.Listener, implicitTLS bool) error {
 	return s.fd.Serve(ln, implicitTLS)
 }

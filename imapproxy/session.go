@@ -338,7 +338,7 @@ func (c *session) authenticate(cmd *command) bool {
 		if authz != "" && authz != user {
 			// Grammar, not a password check: its own reply, the same
 			// failure policy.
-			localauth.Audit(c.auditLog, c.srv.m, localauth.Attempt{
+			localauth.Audit(c.auditLog, c.srv.m, c.srv.opts.LoginObservers, localauth.Attempt{
 				Proto: "imap", User: user, Remote: c.remoteIP, Result: localauth.ResultBadCredentials,
 				Err: fmt.Errorf("imapproxy: authorization identity %q differs from the user; acting as another user is not supported", authz),
 			})
@@ -412,7 +412,7 @@ func (c *session) authFailed(tag, text string) bool {
 func (c *session) loginFailed(tag string, a *localauth.Attempt, f *frontdoor.Failure) bool {
 	if err := c.srv.ctx.Err(); err != nil { // shutdown gave up waiting on this session
 		a.Result, a.Err = localauth.ResultError, fmt.Errorf("imapproxy: login aborted by shutdown: %w (%v)", err, f)
-		localauth.Audit(c.auditLog, c.srv.m, *a)
+		localauth.Audit(c.auditLog, c.srv.m, c.srv.opts.LoginObservers, *a)
 		return true
 	}
 	if f.Class != "" {
@@ -422,7 +422,7 @@ func (c *session) loginFailed(tag string, a *localauth.Attempt, f *frontdoor.Fai
 		a.Account = f.Account
 	}
 	a.Result, a.Err = f.Kind.String(), f.Err
-	localauth.Audit(c.auditLog, c.srv.m, *a)
+	localauth.Audit(c.auditLog, c.srv.m, c.srv.opts.LoginObservers, *a)
 	switch {
 	case f.Kind.Local():
 		return c.authFailed(tag, failureReply(f))
@@ -469,7 +469,7 @@ func (c *session) loggedIn(tag string, a *localauth.Attempt, g *frontdoor.Grant)
 		return c.loginFailed(tag, a, &frontdoor.Failure{Kind: frontdoor.Stopping, Err: fmt.Errorf("imapproxy: login completed during shutdown: %w", err)})
 	}
 	a.Result = localauth.ResultOK
-	localauth.Audit(c.auditLog, c.srv.m, *a)
+	localauth.Audit(c.auditLog, c.srv.m, c.srv.opts.LoginObservers, *a)
 
 	log := c.log.With("user", user, "account", acct.Name, "mailbox", acct.Mailbox, "upstream", acct.Provider.IMAPServer)
 	if err := c.reply(tag, "OK [CAPABILITY "+caps+"] Logged in"); err != nil {

@@ -125,18 +125,18 @@ func (c *session) serveGraph(ctx context.Context, log *slog.Logger, acct *config
 	}
 	if err != nil {
 		reply := c.graphLoginFailure(err, at, acct)
-		localauth.Audit(c.audit, c.srv.m, *at)
+		localauth.Audit(c.audit, c.srv.m, c.srv.opts.LoginObservers, *at)
 		c.closeWith(reply)
 		return true
 	}
 	if err := c.fs.BeginSplice(); err != nil {
 		at.Result, at.Err = localauth.ResultTemporary, fmt.Errorf("pop3proxy: login completed during shutdown: %w", err)
-		localauth.Audit(c.audit, c.srv.m, *at)
+		localauth.Audit(c.audit, c.srv.m, c.srv.opts.LoginObservers, *at)
 		c.closeWith(replyShutdown)
 		return true
 	}
 	at.Result = localauth.ResultOK
-	localauth.Audit(c.audit, c.srv.m, *at)
+	localauth.Audit(c.audit, c.srv.m, c.srv.opts.LoginObservers, *at)
 	g := &graphSession{c: c, log: log, acct: acct, mb: mb, folder: folderID, bw: bufio.NewWriterSize(c.conn, graphWriteBufBytes)}
 	g.msgs = make([]graphMsg, len(snap))
 	for i, e := range snap {

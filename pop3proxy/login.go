@@ -46,7 +46,7 @@ func (c *session) loggedIn(ctx context.Context, at *localauth.Attempt, g *frontd
 	}
 
 	at.Result = localauth.ResultOK
-	localauth.Audit(c.audit, c.srv.m, *at)
+	localauth.Audit(c.audit, c.srv.m, c.srv.opts.LoginObservers, *at)
 	if err := c.reply(replyLoggedIn); err != nil {
 		up.conn.Close()
 		return true
@@ -69,7 +69,7 @@ func (c *session) loggedIn(ctx context.Context, at *localauth.Attempt, g *frontd
 func (c *session) loginFailed(ctx context.Context, at *localauth.Attempt, f *frontdoor.Failure) bool {
 	if err := ctx.Err(); err != nil { // shutdown gave up on this session
 		at.Result, at.Err = localauth.ResultError, fmt.Errorf("pop3proxy: login aborted by shutdown: %w (%v)", err, f)
-		localauth.Audit(c.audit, c.srv.m, *at)
+		localauth.Audit(c.audit, c.srv.m, c.srv.opts.LoginObservers, *at)
 		return true
 	}
 	if f.Class != "" {
@@ -79,7 +79,7 @@ func (c *session) loginFailed(ctx context.Context, at *localauth.Attempt, f *fro
 		at.Account = f.Account
 	}
 	at.Result, at.Err = f.Kind.String(), f.Err
-	localauth.Audit(c.audit, c.srv.m, *at)
+	localauth.Audit(c.audit, c.srv.m, c.srv.opts.LoginObservers, *at)
 	if !f.Kind.Local() {
 		c.closeWith(failureReply(f))
 		return true

@@ -55,6 +55,11 @@ type Options struct {
 	// registry to every component); nil: a private registry.
 	Registerer prometheus.Registerer
 
+	// LoginObservers, if set, sees every login attempt this server audits
+	// (the daemon's alert engine counts failed upstream logins with it);
+	// nil: nobody observes.
+	LoginObservers *localauth.Observers
+
 	// FailureDelay is how long the reply to a failed login waits (0:
 	// 1 s, negative: none); MaxFailures failed logins
 	// end the connection (0: 3). IMAP, POP3 and SMTP apply the same policy.
@@ -145,7 +150,7 @@ func refuse(w io.Writer, why frontdoor.Reason) {
 // goroutine (see frontdoor.Server.Serve for the accept policy). With
 // implicitTLS every connection starts with a TLS handshake using the
 // LocalTLS of the configuration current at accept time. It returns nil
-// after Shutdown, or a *frontdoor.ListenerError when the listener fails for
+// after Shutdown, or a *ListenerError when the listener fails for
 // good.
 func (s *Server) Serve(ln net.Listener, implicitTLS bool) error {
 	return s.fd.Serve(ln, implicitTLS)

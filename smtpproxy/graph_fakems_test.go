@@ -44,6 +44,8 @@ type graphFake struct {
 	srv  *Server
 	addr string
 	logs *syncBuffer
+	// logins: the server's LoginObservers
+	logins *localauth.Observers
 }
 
 func startGraphFake(t *testing.T, account string) *graphFake {
@@ -125,13 +127,14 @@ user "otrs" {
 			t.Fatalf("device login = %v", err)
 		}
 	}
-	e := &graphFake{f: f, m: m, cfg: cfg, logs: logs}
+	e := &graphFake{f: f, m: m, cfg: cfg, logs: logs, logins: &localauth.Observers{}}
 	e.srv = New(Options{
-		Config:  func() *config.Config { return cfg },
-		Auth:    localauth.New(cfg, localauth.Options{}),
-		Tokens:  m,
-		Limiter: &limiter.Limiter{},
-		Logger:  log,
+		Config:         func() *config.Config { return cfg },
+		Auth:           localauth.New(cfg, localauth.Options{}),
+		Tokens:         m,
+		Limiter:        &limiter.Limiter{},
+		Logger:         log,
+		LoginObservers: e.logins,
 	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

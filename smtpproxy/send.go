@@ -66,9 +66,10 @@ func (s *Server) Send(ctx context.Context, acct *config.Account, from string, rc
 }
 
 // notifyUpstreamLogin reports the outcome of an upstream SMTP login to the
-// login observers (localauth.Notify; alerts count failures per account):
-// the local AUTH was audited already, before the upstream was dialled.
-func notifyUpstreamLogin(acct *config.Account, err error) {
+// server's login observers (Options.LoginObservers; alerts count failures
+// per account): the local AUTH was audited already, before the upstream
+// was dialled.
+func (s *Server) notifyUpstreamLogin(acct *config.Account, err error) {
 	a := localauth.Attempt{Proto: "smtp", User: "(upstream)", Account: acct.Name, Mailbox: acct.Mailbox, Result: localauth.ResultOK}
 	if err != nil {
 		a.Result, a.Err = localauth.ResultTemporary, err
@@ -77,5 +78,5 @@ func notifyUpstreamLogin(acct *config.Account, err error) {
 			a.Result = localauth.ResultUpstreamRejected
 		}
 	}
-	localauth.Notify(a)
+	s.opts.LoginObservers.Notify(a)
 }

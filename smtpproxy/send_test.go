@@ -21,7 +21,7 @@ func TestSendForTheBridge(t *testing.T) {
 }`)
 	var mu sync.Mutex
 	var seen []localauth.Attempt
-	stop := localauth.Observe(func(a localauth.Attempt) {
+	stop := e.logins.Observe(func(a localauth.Attempt) {
 		mu.Lock()
 		defer mu.Unlock()
 		if a.Account == "helpdesk" {

@@ -21,6 +21,7 @@ import (
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
+	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/internal/logging"
 	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/tokens"
@@ -50,6 +51,11 @@ type Options struct {
 	// Registerer receives the oauthbridge_* metrics (the daemon passes one
 	// registry to every component); nil: a private registry.
 	Registerer prometheus.Registerer
+
+	// LoginObservers, if set, sees every login attempt this server audits
+	// and every upstream login at MAIL or Send (the daemon's alert engine
+	// counts failed upstream logins with it); nil: nobody observes.
+	LoginObservers *localauth.Observers
 
 	// FailureDelay is how long the reply to a failed login waits (0:
 	// 1 s, negative: none); MaxFailures failed logins
@@ -176,7 +182,7 @@ var ErrServerClosed = fmt.Errorf("smtpproxy: server closed: %w", net.ErrClosed)
 // The SMTP settings (domain, sizes, timeouts, the STARTTLS offer) are those
 // of the configuration current when each connection is accepted. It
 // returns ErrServerClosed after Shutdown, or an error wrapping a
-// *frontdoor.ListenerError when the listener fails.
+// *ListenerError when the listener fails.
 func (s *Server) Serve(ln net.Listener, implicitTLS bool) error {
 	if s.opts.Config == nil || s.opts.Auth == nil || s.opts.Tokens == nil {
 		return errors.New("smtpproxy: Options.Config, Auth and Tokens are required")

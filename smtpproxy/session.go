@@ -183,7 +183,7 @@ func (s *session) audit(a localauth.Attempt) {
 	if s.tc != nil {
 		log = log.With("conn", s.tc.id)
 	}
-	localauth.Audit(log, s.srv.m, a)
+	localauth.Audit(log, s.srv.m, s.srv.opts.LoginObservers, a)
 }
 
 // failureReply is the one mapping from a failed login to SMTP's reply:

@@ -106,7 +106,7 @@ func (s *session) dial() (*upstream, *smtp.SMTPError) {
 		s.srv.m.UpstreamErrors.WithLabelValues("smtp", "auth").Inc()
 		return nil, failureReply(&frontdoor.Failure{Kind: frontdoor.Rejected}, false)
 	}
-	notifyUpstreamLogin(acct, err) // send.go
+	s.srv.notifyUpstreamLogin(acct, err) // send.go
 	if err != nil {
 		return nil, s.connectFailure(log, err)
 	}

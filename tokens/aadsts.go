@@ -94,10 +94,11 @@ var aadstsTable = map[int]remedy{
 	7000214: {Failing, "the client certificate was revoked", fixRevoked, ""},
 	7000277: {Failing, "the client certificate was revoked", fixRevoked, ""},
 	// InvalidJwtToken: Entra's reference lists an unexpected audience and a
-	// token outside its time range among its causes. That a replayed jti
-	// gets this code too is not confirmed (the fake identity platform
-	// answers a replay with it).
-	50027:  {Failing, "Entra refused the client assertion as an invalid JWT (wrong audience, replayed or malformed)", fixJWT, ""},
+	// token outside its time range among its causes. A client assertion
+	// sent again is not among them: Entra accepts one until its exp
+	// (Microsoft's own libraries reuse assertions; see the fake identity
+	// platform's ReusedAssertions), and the bridge signs one per request.
+	50027:  {Failing, "Entra refused the client assertion as an invalid JWT (wrong audience or malformed)", fixJWT, ""},
 	50011:  {Failing, "the redirect URI does not match the app registration", "add the bridge's redirect URI (admin public_url + /oauth/callback) to the app registration of provider {provider}", ""},
 	500113: {Failing, "the app registration has no redirect URI", "add the bridge's redirect URI (admin public_url + /oauth/callback) to the app registration of provider {provider}", ""},
 

@@ -256,7 +256,7 @@ const (
 	fixCertNew = "run 'oauthbridge cert new -cn oauthbridge-{provider} -provider {provider} -cert /etc/oauthbridge/{provider}-new.crt -key /etc/oauthbridge/credentials/{provider}-new.key', upload the new certificate (" + uploadPath + "), add it as a client_certificate block of provider {provider} and reload (restart if its key is a new LoadCredential=)"
 	fixClock   = "check the system clock: timedatectl must say 'System clock synchronized: yes' (the bridge signs each client assertion for " + "5 minutes from its own clock)"
 	fixRevoked = "the certificate was revoked; " + fixCertNew
-	fixJWT     = "check authority and tenant of provider {provider} (the assertion's audience is the token endpoint URL); a replayed assertion means something between the bridge and Entra re-sent a request: check any HTTP proxy"
+	fixJWT     = "check authority and tenant of provider {provider} (the assertion's audience is the token endpoint URL)"
 )
 
 // certRemedy refines the reason and fix of a certificate refusal with the

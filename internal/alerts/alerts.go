@@ -298,8 +298,8 @@ func (e *Engine) event(ev Event) {
 	}
 }
 
-// LoginAttempt records one login attempt a proxy audited (localauth's
-// observer). Failed upstream logins (the upstream refused the token, or it
+// LoginAttempt records one login attempt a proxy of this engine's daemon
+// audited (the daemon subscribes it to its localauth.Observers). Failed upstream logins (the upstream refused the token, or it
 // could not be reached: results upstream_rejected and temporary, unless
 // the token itself was missing) count towards upstream_login_failures; a
 // successful login clears the count.

@@ -575,11 +575,12 @@ func TestLoginObserver(t *testing.T) {
 	r := newReceiver(t)
 	cfg := loadConfig(t, "", fmt.Sprintf("webhook_url = %q\nupstream_login_failures = 2\ncheck_interval = \"1h\"", r.srv.URL))
 	h := newHarness(t, cfg, Options{})
-	stop := localauth.Observe(h.e.LoginAttempt)
+	obs := &localauth.Observers{}
+	stop := obs.Observe(h.e.LoginAttempt)
 	defer stop()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for range 2 {
-		localauth.Audit(log, nil, localauth.Attempt{Proto: "pop3", Account: "helpdesk", Result: localauth.ResultUpstreamRejected, Err: errors.New("-ERR Authentication failure")})
+		localauth.Audit(log, nil, obs, localauth.Attempt{Proto: "pop3", Account: "helpdesk", Result: localauth.ResultUpstreamRejected, Err: errors.New("-ERR Authentication failure")})
 	}
 	// The second failure kicks an evaluation: no Evaluate call here.
 	if p := r.next(t); p.Condition != UpstreamLoginFailures || p.Account != "helpdesk" {

@@ -232,10 +232,14 @@ func credentialAlert(cfg *config.Config, c CredentialExpiry, now time.Time, warn
 	}
 	what := fmt.Sprintf("the client secret of provider %s (app registration %s)", c.Provider, clientID)
 	cred := "secret"
+	// What Entra answers once it expired: 7000222 for a secret; for a
+	// certificate 700027 "The key used is expired" (tokens/aadsts.go).
+	code := "AADSTS7000222"
 	fix := fmt.Sprintf("in Entra: App registrations > the app %s > Certificates & secrets > New client secret; put its value in provider %s's client_secret, set client_secret_expires to its Expires date, then reload the bridge (systemctl reload oauthbridge)", clientID, c.Provider)
 	if c.Kind == "certificate" {
 		what = fmt.Sprintf("the certificate %s of provider %s (app registration %s)", c.Name, c.Provider, clientID)
 		cred = "certificate " + c.Name
+		code = "AADSTS700027"
 		fix = fmt.Sprintf("make a new key and certificate (oauthbridge cert new), upload the certificate in Entra (App registrations > the app %s > Certificates & secrets > Certificates), add it as a second client_certificate block of provider %s and reload the bridge; remove the old block once status shows the new one in use", clientID, c.Provider)
 	}
 	if !c.InUse {
@@ -244,10 +248,10 @@ func credentialAlert(cfg *config.Config, c CredentialExpiry, now time.Time, warn
 	date := c.NotAfter.UTC().Format("2006-01-02 15:04 MST")
 	var msg string
 	if left := c.NotAfter.Sub(now); left <= 0 {
-		msg = fmt.Sprintf("%s expired on %s; token requests with it fail (AADSTS7000222) and the accounts of this provider stop when their tokens run out", what, date)
+		msg = fmt.Sprintf("%s expired on %s; token requests with it fail (%s) and the accounts of this provider stop when their tokens run out", what, date, code)
 	} else {
-		msg = fmt.Sprintf("%s expires on %s, in %s (alerts credential_expiry_warning = %s); after that token requests fail with AADSTS7000222 and the mail of this provider's accounts stops",
-			what, date, days(left), days(warn))
+		msg = fmt.Sprintf("%s expires on %s, in %s (alerts credential_expiry_warning = %s); after that token requests fail with %s and the mail of this provider's accounts stops",
+			what, date, days(left), days(warn), code)
 	}
 	return Alert{Key: key(CredentialExpiring, c.Provider+"/"+c.Kind+"/"+c.Name), Condition: CredentialExpiring,
 		Provider: c.Provider, Credential: cred, Message: msg, Fix: fix, StartsAt: now}

@@ -5,7 +5,6 @@ import (
 	"path/filepath"
 
 	"github.com/oauthbridge/oauthbridge/internal/alerts"
-	"github.com/oauthbridge/oauthbridge/internal/localauth"
 )
 
 // newAlerts builds the alert engine (the alerts block): it reads the
@@ -31,11 +30,13 @@ func (d *Daemon) newAlerts(o alerts.Options) {
 	d.alerts = alerts.New(o)
 }
 
-// startAlerts starts the engine and subscribes it to login attempts; it
+// startAlerts starts the engine and subscribes it to this daemon's login
+// attempts (d.logins, handed to each proxy; another daemon in the same
+// process has its own); it
 // publishes the gauges the Prometheus alerting rules compare with.
 func (d *Daemon) startAlerts(ctx context.Context) {
 	d.alerts.Start(ctx)
-	d.stopObserve = localauth.Observe(d.alerts.LoginAttempt)
+	d.stopObserve = d.logins.Observe(d.alerts.LoginAttempt)
 	d.publishLimits()
 }
 

@@ -69,7 +69,8 @@ type Daemon struct {
 	smtp  *smtpproxy.Server
 	admin *http.Server
 
-	alerts      *alerts.Engine // alerts.go
+	alerts      *alerts.Engine       // alerts.go
+	logins      *localauth.Observers // this daemon's login attempts, for alerts
 	stopObserve func()
 
 	// graphIMAP serves the IMAP logins of read_via = "graph" accounts.
@@ -120,10 +121,11 @@ func New(cfg *config.Config, opts Options) (*Daemon, error) {
 	if d.graphIMAP, err = newGraphIMAP(current, m, log); err != nil {
 		return nil, err
 	}
-	d.imap = imapproxy.New(imapproxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log, Registerer: reg, Graph: d.graphIMAP.srv})
-	d.pop3 = pop3proxy.New(pop3proxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log, Registerer: reg,
+	d.logins = &localauth.Observers{}
+	d.imap = imapproxy.New(imapproxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log, Registerer: reg, LoginObservers: d.logins, Graph: d.graphIMAP.srv})
+	d.pop3 = pop3proxy.New(pop3proxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.mail, Logger: log, Registerer: reg, LoginObservers: d.logins,
 		GraphMailboxes: &d.graphIMAP.mailboxes})
-	d.smtp = smtpproxy.New(smtpproxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.smtpL, Logger: log, Registerer: reg})
+	d.smtp = smtpproxy.New(smtpproxy.Options{Config: current, Auth: d.auth, Tokens: m, Limiter: d.smtpL, Logger: log, Registerer: reg, LoginObservers: d.logins})
 	d.newAlerts(opts.Alerts)
 	h := admin.New(admin.Options{Config: current, Tokens: m, Ready: d.readyErr, Metrics: reg, Logger: log.With("component", "admin"), Version: Version})
 	d.admin = &http.Server{

@@ -116,10 +116,12 @@ type Fake struct {
 	gread            graphReadState             // guarded by mu
 
 	// Certificate credentials (identity_certs.go), guarded by mu:
-	// registered certificates and spent client-assertion jtis by client ID.
+	// registered certificates and client-assertion jtis seen, by client ID.
 	appCerts map[string][]*x509.Certificate
 	jtis     map[string]time.Time
 	google   googleState // guarded by mu (google.go)
+
+	reusedJTIs int // token requests whose client assertion's jti was seen before; guarded by mu
 
 	// storeMu serialises changes to the message store (imapmemserver
 	// mailboxes plus the raw-bytes index) so that UID bookkeeping is exact.

@@ -27,9 +27,17 @@ const (
 // AADSTS codes of certificate credentials. 700027 and 700024 are the codes
 // Entra returns (their texts below follow Entra's). 50027 (InvalidJwtToken,
 // whose documented causes include an unexpected audience) is the fake's
-// choice for a wrong audience, issuer or subject and for a replayed jti:
-// which code Entra returns for a replayed client assertion is not
-// confirmed.
+// choice for a wrong audience, issuer or subject and a missing jti.
+//
+// A client assertion sent again (same jti) before its exp is accepted, as
+// Entra does: Microsoft's own libraries send one assertion for many token
+// requests. MSAL for Python keeps the assertion it signed until a minute
+// before it expires (msal/oauth2cli/assertion.py, AutoRefresher), and
+// MSAL.NET's WithClientAssertion(string) sends one fixed assertion whose
+// only reported failure is AADSTS700024 once its exp passed (MSAL.NET
+// issue #4775, azure-docs issue #65990). The fake counts such reuses
+// (ReusedAssertions) so tests can show the bridge signs a fresh one for
+// each request.
 const (
 	aadstsCertKey      = 700027
 	aadstsAssertTime   = 700024
@@ -84,7 +92,7 @@ func (f *Fake) hasCertificates(clientID string) bool {
 // certificate named by x5t#S256 (or x5t) must be registered on the app and
 // valid, the signature must verify with it, aud must be this token
 // endpoint, iss and sub the client ID, the time now within nbf..exp, and
-// the jti not seen before.
+// a jti present (one seen before is accepted and counted).
 func (f *Fake) assertionAuth(r *http.Request, a *app) (*app, *aadError) {
 	if t := r.PostForm.Get("client_assertion_type"); t != clientAssertionType {
 		return nil, newAADError(400, "invalid_request", 900144, "The request body must contain the following parameter: 'client_assertion_type' with the value '%s'.", clientAssertionType)
@@ -140,7 +148,7 @@ func (f *Fake) assertionAuth(r *http.Request, a *app) (*app, *aadError) {
 		return nil, newAADError(401, "invalid_client", aadstsAssertTime, "Client assertion is not within its valid time range. Current time: %s, assertion valid from %s, expiry time of assertion %s.", now.UTC().Format(time.RFC3339), from, exp.UTC().Format(time.RFC3339))
 	}
 	jti, _ := claims["jti"].(string)
-	if err := f.spendJTI(a.id, jti, exp.Add(AssertionClockSkew), now); err != nil {
+	if err := f.noteJTI(a.id, jti, exp.Add(AssertionClockSkew), now); err != nil {
 		return nil, newAADError(401, "invalid_client", aadstsInvalidJWT, "Invalid JWT token. %v", err)
 	}
 	return a, nil
@@ -167,9 +175,9 @@ func (f *Fake) findCert(clientID string, h map[string]any) (*x509.Certificate, s
 	return nil, ""
 }
 
-// spendJTI records jti until its assertion expires and refuses a jti seen
-// before.
-func (f *Fake) spendJTI(clientID, jti string, until, now time.Time) error {
+// noteJTI records jti until its assertion expires and counts a jti seen
+// before (ReusedAssertions); only a missing jti is refused.
+func (f *Fake) noteJTI(clientID, jti string, until, now time.Time) error {
 	if jti == "" {
 		return errors.New("the client assertion has no jti claim")
 	}
@@ -185,8 +193,19 @@ func (f *Fake) spendJTI(clientID, jti string, until, now time.Time) error {
 	}
 	key := clientID + "\x00" + jti
 	if _, seen := f.jtis[key]; seen {
-		return errors.New("the client assertion's jti was already used: a client assertion is good for one request (replay refused)")
+		f.reusedJTIs++
+		return nil
 	}
 	f.jtis[key] = until
 	return nil
+}
+
+// ReusedAssertions is how many token requests carried a client assertion
+// whose jti an earlier request had sent (accepted, as Entra does; see
+// aadstsInvalidJWT's comment). The bridge signs a fresh assertion for every
+// request, so its tests expect 0.
+func (f *Fake) ReusedAssertions() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.reusedJTIs
 }

@@ -58,8 +58,20 @@ func TestClientAssertion(t *testing.T) {
 	if code, body := send(good, nil); code != 200 || body["access_token"] == nil {
 		t.Fatalf("good assertion: %d %v", code, body)
 	}
-	code, body := send(good, nil)
-	wantAADError(t, code, body, 401, "invalid_client", aadstsInvalidJWT) // replayed jti
+	if n := f.ReusedAssertions(); n != 0 {
+		t.Fatalf("ReusedAssertions() = %d after one assertion", n)
+	}
+	// Sent again before its exp: accepted, as Entra does, and counted.
+	if code, body := send(good, nil); code != 200 || body["access_token"] == nil {
+		t.Fatalf("the same assertion again: %d %v", code, body)
+	}
+	if n := f.ReusedAssertions(); n != 1 {
+		t.Fatalf("ReusedAssertions() = %d, want 1", n)
+	}
+
+	code, body := send(must(tokens.SignClientAssertion(reg, regKey, "PS256", tokens.AssertionClaims{Audience: aud, ClientID: certApp,
+		IssuedAt: clock.Now(), NotBefore: clock.Now(), Expires: clock.Now().Add(5 * time.Minute)})), nil)
+	wantAADError(t, code, body, 401, "invalid_client", aadstsInvalidJWT) // no jti
 
 	code, body = send(must(tokens.SignClientAssertion(other, otherKey, "RS256", claims())), nil)
 	wantAADError(t, code, body, 401, "invalid_client", aadstsCertKey) // not registered

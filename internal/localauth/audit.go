@@ -34,14 +34,15 @@ type Attempt struct {
 	Err     error // detail for the sysadmin (never contains secrets)
 }
 
-// Audit writes the one audit line for a login attempt and counts it in
-// oauthbridge_logins_total of m (nil: not counted). Failures that need a person are logged at error
-// level, other failures at warn.
-func Audit(log *slog.Logger, m *metrics.Metrics, a Attempt) {
+// Audit writes the one audit line for a login attempt, counts it in
+// oauthbridge_logins_total of m (nil: not counted) and reports it to obs
+// (nil: nobody observes; observe.go). Failures that need a person are
+// logged at error level, other failures at warn.
+func Audit(log *slog.Logger, m *metrics.Metrics, obs *Observers, a Attempt) {
 	if m != nil {
 		m.Logins.WithLabelValues(a.Proto, a.Result).Inc()
 	}
-	Notify(a) // observe.go
+	obs.Notify(a)
 	user := a.User
 	if len(user) > 64 {
 		user = user[:64] + "..."

@@ -563,7 +563,7 @@ func TestTablesBounded(t *testing.T) {
 func TestAuditLine(t *testing.T) {
 	var b bytes.Buffer
 	log := slog.New(slog.NewJSONHandler(&b, nil))
-	Audit(log, nil, Attempt{Proto: "imap", User: "otrs", Remote: "10.0.0.1", Result: ResultNeedsLogin, Account: "a", Mailbox: "a@x.com", Err: errors.New("tokens: refresh revoked")})
+	Audit(log, nil, nil, Attempt{Proto: "imap", User: "otrs", Remote: "10.0.0.1", Result: ResultNeedsLogin, Account: "a", Mailbox: "a@x.com", Err: errors.New("tokens: refresh revoked")})
 	s := b.String()
 	for _, want := range []string{`"level":"ERROR"`, `"msg":"login"`, `"proto":"imap"`, `"user":"otrs"`, `"result":"needs_login"`, `"account":"a"`, `"remote":"10.0.0.1"`} {
 		if !strings.Contains(s, want) {
@@ -571,7 +571,7 @@ func TestAuditLine(t *testing.T) {
 		}
 	}
 	b.Reset()
-	Audit(log, nil, Attempt{Proto: "smtp", User: strings.Repeat("x", 500), Remote: "r", Result: ResultBadCredentials})
+	Audit(log, nil, nil, Attempt{Proto: "smtp", User: strings.Repeat("x", 500), Remote: "r", Result: ResultBadCredentials})
 	if !strings.Contains(b.String(), `"level":"WARN"`) || strings.Count(b.String(), "x") > 80 {
 		t.Errorf("bad credentials line: %s", b.String())
 	}

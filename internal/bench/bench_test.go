@@ -35,7 +35,7 @@ func TestTinyRun(t *testing.T) {
 	}
 	want := []string{"IMAP FETCH", "IMAP login", "SMTP 20 x", "Token requests"}
 	if o.BridgeBinary != "" {
-		want = append(want, "SMTP one 2 MiB", "IMAP IDLE x 20", "IMAP FETCH (bridge process", "POP3 RETR", "SMTP DATA (bridge process")
+		want = append(want, "SMTP one 2 MiB", "IMAP IDLE x 20", "IMAP FETCH (bridge process", "POP3 RETR", "SMTP DATA (bridge process, large", "SMTP DATA (bridge process, client writing")
 	}
 	for _, w := range want {
 		found := false

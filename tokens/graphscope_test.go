@@ -181,3 +181,27 @@ func TestReloadSendViaNeedsNewConsent(t *testing.T) {
 		t.Errorf("after send_via back to smtp: GraphToken() = %v, same token %v, %d redemptions (want 1)", err, tok == sendTok, e.grants("refresh_token")-n)
 	}
 }
+
+// The same after a restart with the changed setting: the stored Graph
+// token (for reading only) is not used for sending.
+func TestRestartSendViaNeedsNewConsent(t *testing.T) {
+	e := newEnv(t, envOpts{secret: secret})
+	e.cfg = testConfig(t, e.dir, e.f.AuthorityURL, secret,
+		testAccount{name: helpdesk, mailbox: "hd@contoso.com", delegate: alice, readVia: "graph"})
+	if err := e.m.Reload(e.cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.deviceLogin(e.m, helpdesk, alice); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.m.GraphToken(context.Background(), helpdesk); err != nil {
+		t.Fatal(err)
+	}
+	e.m.Close()
+	e.cfg = testConfig(t, e.dir, e.f.AuthorityURL, secret,
+		testAccount{name: helpdesk, mailbox: "hd@contoso.com", delegate: alice, readVia: "graph", sendVia: "auto"})
+	m := e.open()
+	if _, err := m.GraphToken(context.Background(), helpdesk); KindOf(err) != NeedsLogin || !strings.Contains(err.Error(), `send_via = "auto"`) {
+		t.Fatalf("GraphToken() after a restart with send_via = auto = %v, want the consent error", err)
+	}
+}

@@ -57,6 +57,7 @@ type clientStream struct {
 	idle time.Duration
 
 	pending  []byte // the rest of the line being handed over
+	literal  int64  // bytes of literal data announced by the last line, not yet handed over
 	lineDone bool   // the last byte handed over ended a line
 	tag      string // tag of the command being served; "" before the first
 	idling   bool   // that command is IDLE: the next line is DONE
@@ -74,6 +75,17 @@ func newClientStream(c *handoffConn, in io.Reader, idle time.Duration) *clientSt
 func (s *clientStream) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
+	}
+	if len(s.pending) == 0 && s.literal > 0 {
+		// Literal data (APPEND's message) goes through in bulk, unless
+		// imapserver refused the literal (it answered the command).
+		if !s.c.answered() {
+			n, err := s.br.Read(p[:min(int64(len(p)), s.literal)])
+			s.literal -= int64(n)
+			s.lineDone = false // the command's line goes on after the literal
+			return n, err
+		}
+		s.literal = 0
 	}
 	for len(s.pending) == 0 {
 		if err := s.next(); err != nil {
@@ -124,6 +136,9 @@ func (s *clientStream) next() error {
 	}
 	s.pending = append(s.pending[:0], line...)
 	s.lineDone = complete
+	if n, _, ok := literalAtEnd(line); ok && complete {
+		s.literal = n
+	}
 	return nil
 }
 

@@ -188,6 +188,16 @@ func TestIDOnlyAtCommandStart(t *testing.T) {
 	if string(got) != msg {
 		t.Errorf("appended %q, want %q", got, msg)
 	}
+	// A literal imapserver refuses is not sent by the client: the next
+	// line is a command again.
+	c.Write([]byte("a20 APPEND INBOX {200000000}\r\n"))
+	if l := untilTagged(t, r, "a20"); !strings.HasPrefix(l[len(l)-1], "a20 NO") {
+		t.Fatalf("APPEND over the limit answered %q", l)
+	}
+	c.Write([]byte("a21 ID NIL\r\n"))
+	if l := untilTagged(t, r, "a21"); len(l) != 2 || l[0] != idReply {
+		t.Errorf("ID after a refused literal answered %q", l)
+	}
 	c.Write([]byte("a3 SELECT INBOX\r\na4 IDLE\r\n"))
 	untilTagged(t, r, "a3")
 	if l := readLine(t, r); !strings.HasPrefix(l, "+ ") {

@@ -223,8 +223,8 @@ func (s *Server) newSession(c *imapserver.Conn) (imapserver.Session, *imapserver
 	return sess, &imapserver.GreetingData{PreAuth: true}, nil
 }
 
-// idleTimeout is the idle timeout for a session starting now.
-func (s *Server) idleTimeout() time.Duration {
+// IdleTimeout is the idle timeout a session starting now gets.
+func (s *Server) IdleTimeout() time.Duration {
 	if s.opts.IdleTimeout != nil {
 		if d := s.opts.IdleTimeout(); d > 0 {
 			return d
@@ -303,7 +303,7 @@ func (s *Server) serve(ctx context.Context, hc *handoffConn, account, user strin
 	defer report(errors.New("imapgraph: server closed before the session started"))
 	hc.done = make(chan struct{})
 	hc.log = log
-	idle := s.idleTimeout()
+	idle := s.IdleTimeout()
 	hc.stream = newClientStream(hc, hc.in, idle)
 	hc.stream.timedOut = func() {
 		log.Info("Graph-served IMAP: no command within idle_timeout; closing the session", "idle_timeout", idle.String())

@@ -98,7 +98,7 @@ func TestIdleTimeoutEndsSessionWithBYE(t *testing.T) {
 // default.
 func TestDefaultIdleTimeout(t *testing.T) {
 	h := newHarness(t, nil)
-	if got := h.srv.idleTimeout(); got != DefaultIdleTimeout || DefaultIdleTimeout != 35*time.Minute {
+	if got := h.srv.IdleTimeout(); got != DefaultIdleTimeout || DefaultIdleTimeout != 35*time.Minute {
 		t.Errorf("idle timeout = %v, want %v", got, DefaultIdleTimeout)
 	}
 }

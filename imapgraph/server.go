@@ -432,7 +432,11 @@ func (c *handoffConn) direct(s string) error {
 	if c.said {
 		return net.ErrClosed
 	}
+	// Bounded like imapserver's own answers (it clears its deadline
+	// after each).
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(CommandTimeout))
 	_, err := io.WriteString(c.Conn, s)
+	_ = c.Conn.SetWriteDeadline(time.Time{})
 	return err
 }
 

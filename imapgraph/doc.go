@@ -15,6 +15,13 @@
 //     synced before a UID is shown, so UIDs survive restarts and are never
 //     reused.
 //
+// Limits of a session, as for spliced ones: imap { idle_timeout }
+// (Options.IdleTimeout) bounds the client's silence between commands and
+// in IDLE, ended with "* BYE Autologout; idle for too long"; a command
+// that has begun must arrive within CommandTimeout (literals: imapserver's
+// 5 minutes); MaxMessageBytes bounds a message read or appended. ID is
+// answered as the proxy answers it before login (clientStream).
+//
 // \Deleted lives in the session until EXPUNGE; \Seen and \Flagged are
 // Graph's isRead and follow-up flag. It knows no OAuth: tokens come with
 // the Mailbox.

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -49,6 +50,16 @@ type Options struct {
 	// (read_via = "graph"); nil: none.
 	Serves func(acct *config.Account) bool
 	Logger *slog.Logger // nil: discard
+
+	// IdleTimeout, read when a session starts, is the longest a logged-in
+	// client may stay silent: between commands and in IDLE (until its
+	// DONE); then it gets "* BYE Autologout; idle for too long" and the
+	// session ends. The daemon passes imap { idle_timeout }, the limit
+	// the proxy applies to spliced sessions. nil or <= 0:
+	// DefaultIdleTimeout. The rest of a command that has begun must come
+	// within CommandTimeout (imapserver's own limits apply to literals:
+	// 5 minutes, and to a command's size: 50 KiB besides literals).
+	IdleTimeout func() time.Duration
 
 	IdlePoll time.Duration // see DefaultIdlePoll
 	// PollInterval, if set, is read at each IDLE instead of IdlePoll (the
@@ -212,6 +223,16 @@ func (s *Server) newSession(c *imapserver.Conn) (imapserver.Session, *imapserver
 	return sess, &imapserver.GreetingData{PreAuth: true}, nil
 }
 
+// IdleTimeout is the idle timeout a session starting now gets.
+func (s *Server) IdleTimeout() time.Duration {
+	if s.opts.IdleTimeout != nil {
+		if d := s.opts.IdleTimeout(); d > 0 {
+			return d
+		}
+	}
+	return DefaultIdleTimeout
+}
+
 // idlePoll is the IDLE polling interval now in force.
 func (s *Server) idlePoll() time.Duration {
 	if s.opts.PollInterval != nil {
@@ -281,6 +302,12 @@ func (s *Server) serve(ctx context.Context, hc *handoffConn, account, user strin
 	}
 	defer report(errors.New("imapgraph: server closed before the session started"))
 	hc.done = make(chan struct{})
+	hc.log = log
+	idle := s.IdleTimeout()
+	hc.stream = newClientStream(hc, hc.in, idle)
+	hc.stream.timedOut = func() {
+		log.Info("Graph-served IMAP: no command within idle_timeout; closing the session", "idle_timeout", idle.String())
+	}
 	s.pending.Store(net.Conn(hc), &handoff{ctx: ctx, account: account, user: user, log: log, started: report})
 	stop := context.AfterFunc(ctx, func() { hc.Close() })
 	defer stop()
@@ -297,21 +324,37 @@ func (s *Server) serve(ctx context.Context, hc *handoffConn, account, user strin
 // (its PREAUTH greeting) becomes the answer to the client's login.
 type handoffConn struct {
 	net.Conn
-	in      io.Reader
+	in      io.Reader     // what the client sent, read ahead by the proxy first
+	stream  *clientStream // over in: what imapserver reads
+	log     *slog.Logger
 	tag     string // "" : keep the PREAUTH greeting
 	mu      sync.Mutex
 	greeted bool
 	line    []byte
 	done    chan struct{}
 	once    sync.Once
+
+	// Output seen since the current command began (under mu): whether
+	// imapserver has written its tagged answer (a line starting with
+	// cmdTag), and how much of cmdTag the current output line matches
+	// so far (-1: not a match).
+	cmdTag []byte
+	tagged bool
+	outPos int
+	said   bool   // the bridge said BYE: imapserver's further output is dropped
+	caps   string // the session's capabilities (imapserver's and ID), from the greeting
 }
 
-func (c *handoffConn) Read(b []byte) (int, error) { return c.in.Read(b) }
+func (c *handoffConn) Read(b []byte) (int, error) { return c.stream.Read(b) }
 
 func (c *handoffConn) Write(b []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.greeted || c.tag == "" {
+	if c.said {
+		return len(b), nil
+	}
+	if c.greeted {
+		c.sawOutput(b)
 		return c.Conn.Write(b)
 	}
 	c.line = append(c.line, b...)
@@ -323,13 +366,109 @@ func (c *handoffConn) Write(b []byte) (int, error) {
 		return len(b), nil
 	}
 	c.greeted = true
-	out := []byte(loginOK(c.tag, string(c.line[:i])))
+	greeting := string(c.line[:i])
+	greeting, c.caps = withID(greeting)
+	out := []byte(greeting + "\r\n")
+	if c.tag != "" {
+		out = []byte(loginOK(c.tag, greeting))
+	}
+	c.sawOutput(c.line[i+2:])
 	out = append(out, c.line[i+2:]...)
 	c.line = nil
 	if _, err := c.Conn.Write(out); err != nil {
 		return 0, err
 	}
 	return len(b), nil
+}
+
+// beginCommand starts watching the output for the tagged answer of the
+// command tagged tag.
+func (c *handoffConn) beginCommand(tag string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cmdTag = append(append(c.cmdTag[:0], tag...), ' ')
+	c.tagged, c.outPos = false, 0
+}
+
+// answered reports whether the current command's tagged answer was
+// written.
+func (c *handoffConn) answered() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.tagged
+}
+
+// sawOutput follows imapserver's output for the tagged answer of the
+// current command. Callers hold mu.
+func (c *handoffConn) sawOutput(b []byte) {
+	for len(b) > 0 && !c.tagged && len(c.cmdTag) > 0 {
+		if c.outPos >= 0 {
+			for c.outPos < len(c.cmdTag) && len(b) > 0 && b[0] == c.cmdTag[c.outPos] {
+				c.outPos++
+				b = b[1:]
+			}
+			if c.outPos == len(c.cmdTag) {
+				c.tagged = true
+				return
+			}
+			if len(b) == 0 {
+				return // the line goes on in the next write
+			}
+		}
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			c.outPos = -1
+			return
+		}
+		b, c.outPos = b[i+1:], 0
+	}
+}
+
+// direct writes the bridge's own answer (to ID) at a command start, where
+// imapserver writes nothing.
+func (c *handoffConn) direct(s string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.said {
+		return net.ErrClosed
+	}
+	// Bounded like imapserver's own answers (it clears its deadline
+	// after each).
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(CommandTimeout))
+	_, err := io.WriteString(c.Conn, s)
+	_ = c.Conn.SetWriteDeadline(time.Time{})
+	return err
+}
+
+// bye writes line (an untagged BYE) once; imapserver's output after it is
+// dropped, as the session ends.
+func (c *handoffConn) bye(line string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.said {
+		return
+	}
+	c.said = true
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(CommandTimeout))
+	_, _ = io.WriteString(c.Conn, line+"\r\n")
+}
+
+// withID adds ID (answered by clientStream) to the capabilities of
+// imapserver's greeting, and returns them.
+func withID(greeting string) (string, string) {
+	i := strings.Index(greeting, "[CAPABILITY ")
+	if i < 0 {
+		return greeting, ""
+	}
+	j := strings.IndexByte(greeting[i:], ']')
+	if j < 0 {
+		return greeting, ""
+	}
+	caps := greeting[i+len("[CAPABILITY ") : i+j]
+	if !slices.Contains(strings.Fields(caps), string(imap.CapID)) {
+		caps += " " + string(imap.CapID)
+	}
+	return greeting[:i] + "[CAPABILITY " + caps + greeting[i+j:], caps
 }
 
 // loginOK turns "* PREAUTH [CAPABILITY ...] text" into the tagged answer,
@@ -414,4 +553,12 @@ func (l logAdapter) Printf(format string, args ...any) {
 		return
 	}
 	l.log.Debug("Graph-served IMAP: " + msg)
+}
+
+// capabilities returns the session's capability list ("" before the
+// greeting).
+func (c *handoffConn) capabilities() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.caps
 }

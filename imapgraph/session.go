@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -29,6 +30,11 @@ type session struct {
 
 	folders []Folder // from the last LIST/SELECT
 	sel     *selected
+
+	// idleMu is held while Idle runs: imapserver does not wait for Idle
+	// to return when the connection fails during IDLE (a client gone,
+	// the idle timeout) before it calls Close.
+	idleMu sync.Mutex
 }
 
 // selected is the session's view of its selected folder. Sequence numbers
@@ -57,6 +63,8 @@ var (
 )
 
 func (s *session) Close() error {
+	s.idleMu.Lock()
+	defer s.idleMu.Unlock()
 	s.unselect()
 	return nil
 }
@@ -330,6 +338,8 @@ func (s *session) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error {
 }
 
 func (s *session) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
+	s.idleMu.Lock()
+	defer s.idleMu.Unlock()
 	if s.sel == nil {
 		<-stop
 		return nil

@@ -72,8 +72,13 @@ func TestGraphServedLoginEndToEnd(t *testing.T) {
 	if err := c.Login("glpi", testUsers["glpi"]).Wait(); err != nil {
 		t.Fatalf("LOGIN: %v", err)
 	}
-	if !c.Caps().Has(imap.CapIdle) || !c.Caps().Has(imap.CapMove) || c.Caps().Has(imap.CapStartTLS) {
+	if !c.Caps().Has(imap.CapIdle) || !c.Caps().Has(imap.CapMove) || !c.Caps().Has(imap.CapID) || c.Caps().Has(imap.CapStartTLS) {
 		t.Errorf("post-login caps %v", c.Caps())
+	}
+	// ID after login (Thunderbird and helpdesk clients send it) gets the
+	// answer it gets before login.
+	if id, err := c.ID(&imap.IDData{Name: "Thunderbird", Version: "115.0"}).Wait(); err != nil || id == nil || id.Name != "oauthbridge" {
+		t.Errorf("ID after login = %+v, %v", id, err)
 	}
 	sel, err := c.Select("INBOX", nil).Wait()
 	if err != nil || sel.NumMessages != 1 {

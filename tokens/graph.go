@@ -51,21 +51,62 @@ func (g graphSource) AccessToken(ctx context.Context, name string) (string, erro
 func (g graphSource) Rejected(name, tok string) { g.m.GraphRejected(name, tok) }
 
 // GraphScopes are the delegated Microsoft Graph permissions an account's
-// Graph token asks for: Mail.Send always; Mail.ReadWrite for messages
-// over 3 MB (draft + upload session); Mail.Send.Shared and
-// Mail.ReadWrite.Shared when the signed-in person sends from another
-// mailbox (a delegate of a shared mailbox, or send_as addresses).
+// Graph token asks for, only those its settings can use:
+//   - send_via = "graph" or "auto": Mail.Send, and Mail.ReadWrite for
+//     messages over 3 MB (draft + upload session); Mail.Send.Shared and
+//     Mail.ReadWrite.Shared when the signed-in person sends from another
+//     mailbox (a delegate of a shared mailbox, or send_as addresses);
+//   - read_via = "graph": Mail.ReadWrite, and Mail.ReadWrite.Shared when a
+//     delegate reads a shared mailbox.
+//
+// nil when the account uses no Graph.
 func GraphScopes(ac *config.Account) []string {
 	g := strings.TrimSuffix(graphResource(ac.Provider), "/") + "/"
-	s := []string{g + "Mail.Send", g + "Mail.ReadWrite"}
-	if graphShared(ac) {
-		s = append(s, g+"Mail.Send.Shared", g+"Mail.ReadWrite.Shared")
+	sends, reads := graphSends(ac), ac.ReadsViaGraph()
+	delegate := ac.Delegate != "" && !strings.EqualFold(ac.Delegate, ac.Mailbox)
+	sendShared := sends && (delegate || len(ac.SendAs) > 0)
+	var s []string
+	if sends {
+		s = append(s, g+"Mail.Send")
+	}
+	if sends || reads {
+		s = append(s, g+"Mail.ReadWrite")
+	}
+	if sendShared {
+		s = append(s, g+"Mail.Send.Shared")
+	}
+	if sendShared || (reads && delegate) {
+		s = append(s, g+"Mail.ReadWrite.Shared")
 	}
 	return s
 }
 
-func graphShared(ac *config.Account) bool {
-	return (ac.Delegate != "" && !strings.EqualFold(ac.Delegate, ac.Mailbox)) || len(ac.SendAs) > 0
+// graphSends reports whether the account may send through Graph.
+func graphSends(ac *config.Account) bool {
+	return ac.SendVia == config.SendViaGraph || ac.SendVia == config.SendViaAuto
+}
+
+// graphUse names the settings that make the account use Graph, for
+// error texts: `send_via = "auto"`, `read_via = "graph"` or both.
+func graphUse(ac *config.Account) string {
+	var u []string
+	if graphSends(ac) {
+		u = append(u, fmt.Sprintf("send_via = %q", ac.SendVia))
+	}
+	if ac.ReadsViaGraph() {
+		u = append(u, fmt.Sprintf("read_via = %q", ac.ReadVia))
+	}
+	return strings.Join(u, " and ")
+}
+
+// graphScopeKey identifies the permissions a delegated account's Graph
+// token must have been redeemed for; "" for the app flow (its token
+// carries the app's roles, whatever the settings).
+func graphScopeKey(ac *config.Account) string {
+	if ac.Flow == config.FlowApp {
+		return ""
+	}
+	return strings.Join(GraphScopes(ac), " ")
 }
 
 func graphResource(p *config.Provider) string {
@@ -127,11 +168,18 @@ func (a *account) graphLifetime() time.Duration {
 }
 
 func (m *Manager) graphUsable(a *account, now time.Time) bool {
-	if a.ent.GraphAccessToken == "" {
+	if a.ent.GraphAccessToken == "" || !graphScopeFits(a) {
 		return false
 	}
 	safety := min(m.opts.SafetyMargin, a.graphLifetime()/10)
 	return now.Before(a.ent.GraphExpiry.Add(-safety))
+}
+
+// graphScopeFits reports whether the Graph token was redeemed for the
+// permissions the account's settings need now (send_via and read_via may
+// have changed since). Callers hold a.mu.
+func graphScopeFits(a *account) bool {
+	return a.ent.GraphScope == "" || a.ent.GraphScope == graphScopeKey(a.cfg)
 }
 
 // graphDue is when the Graph token's background refresh is due (zero:
@@ -151,7 +199,7 @@ func (m *Manager) graphDue(a *account, now time.Time) time.Time {
 	if g.lastErr != nil && g.nextTry.After(now) {
 		return g.nextTry
 	}
-	if a.ent.GraphAccessToken == "" {
+	if a.ent.GraphAccessToken == "" || !graphScopeFits(a) {
 		return now
 	}
 	margin := min(m.opts.RefreshMargin, a.graphLifetime()/4)
@@ -334,6 +382,7 @@ func (m *Manager) refreshGraph(a *account, done chan struct{}, gen uint64, ac *c
 	ent.Version = base
 	ent.GraphAccessToken = tr.AccessToken
 	ent.GraphIssued, ent.GraphExpiry = now, now.Add(tr.lifetime())
+	ent.GraphScope = graphScopeKey(ac)
 	if tr.RefreshToken != "" {
 		// Entra rotates the refresh token on the Graph redemption too: it
 		// replaces the stored one exactly like an Exchange refresh does.
@@ -358,7 +407,7 @@ func (m *Manager) refreshGraph(a *account, done chan struct{}, gen uint64, ac *c
 	if g.lastErr != nil {
 		a.log.Info("tokens: Microsoft Graph token works again")
 	}
-	a.ent.GraphAccessToken, a.ent.GraphIssued, a.ent.GraphExpiry = ent.GraphAccessToken, ent.GraphIssued, ent.GraphExpiry
+	a.ent.GraphAccessToken, a.ent.GraphIssued, a.ent.GraphExpiry, a.ent.GraphScope = ent.GraphAccessToken, ent.GraphIssued, ent.GraphExpiry, ent.GraphScope
 	if tr.RefreshToken != "" {
 		a.ent.RefreshToken, a.ent.LastRefresh = ent.RefreshToken, ent.LastRefresh
 	}
@@ -390,16 +439,22 @@ func graphError(ac *config.Account, te *Error) *Error {
 	perms := graphPermissionNames(ac)
 	if ac.Flow == config.FlowApp {
 		e.Kind = Failing
-		e.Reason = fmt.Sprintf("the app registration has no admin consent for the Microsoft Graph application permission Mail.Send (send_via = %q)", ac.SendVia)
-		if ac.ReadsViaGraph() {
-			e.Reason = fmt.Sprintf("the app registration has no admin consent for the Microsoft Graph application permissions Mail.Send and Mail.ReadWrite (send_via = %q, read_via = %q)", ac.SendVia, ac.ReadVia)
+		// Application permissions: Mail.Send to send (Mail.ReadWrite too,
+		// for messages over 3 MB); Mail.ReadWrite to read.
+		need, add := "permission Mail.ReadWrite", "Mail.ReadWrite"
+		switch {
+		case graphSends(ac) && ac.ReadsViaGraph():
+			need, add = "permissions Mail.Send and Mail.ReadWrite", "Mail.Send and Mail.ReadWrite"
+		case graphSends(ac):
+			need, add = "permission Mail.Send", "Mail.Send and Mail.ReadWrite (messages over 3 MB)"
 		}
-		e.Fix = fmt.Sprintf("in Entra: App registrations > the app of provider %s > API permissions > Add a permission > Microsoft Graph > Application permissions: add Mail.Send and Mail.ReadWrite (messages over 3 MB), then 'Grant admin consent' (or open the URL of 'oauthbridge consent-url %s'); scope it to the mailbox with RBAC for Applications or an application access policy",
-			ac.ProviderName, ac.ProviderName)
+		e.Reason = fmt.Sprintf("the app registration has no admin consent for the Microsoft Graph application %s (%s)", need, graphUse(ac))
+		e.Fix = fmt.Sprintf("in Entra: App registrations > the app of provider %s > API permissions > Add a permission > Microsoft Graph > Application permissions: add %s, then 'Grant admin consent' (or open the URL of 'oauthbridge consent-url %s'); scope it to the mailbox with RBAC for Applications or an application access policy",
+			ac.ProviderName, add, ac.ProviderName)
 		return &e
 	}
 	e.Kind = NeedsLogin
-	e.Reason = fmt.Sprintf("no consent for the Microsoft Graph permissions %s that send_via = %q needs", perms, ac.SendVia)
+	e.Reason = fmt.Sprintf("no consent for the Microsoft Graph permissions %s that %s needs", perms, graphUse(ac))
 	e.Fix = fmt.Sprintf("in Entra: App registrations > the app of provider %s > API permissions > Add a permission > Microsoft Graph > Delegated permissions: add %s; grant consent (an administrator: 'oauthbridge consent-url %s'), then run 'oauthbridge login %s' so the sign-in covers them",
 		ac.ProviderName, perms, ac.ProviderName, ac.Name)
 	return &e

@@ -26,6 +26,7 @@ var (
 // testAccount describes one account block of a test configuration.
 type testAccount struct {
 	name, mailbox, delegate, flow string
+	sendVia, readVia              string // "" : the defaults
 }
 
 // testConfig builds a configuration with one provider "p" (tenant "t",
@@ -46,6 +47,12 @@ func testConfig(t *testing.T, dir, authority, secret string, accts ...testAccoun
 		}
 		if a.flow != "" {
 			fmt.Fprintf(&b, "  flow = %q\n", a.flow)
+		}
+		if a.sendVia != "" {
+			fmt.Fprintf(&b, "  send_via = %q\n", a.sendVia)
+		}
+		if a.readVia != "" {
+			fmt.Fprintf(&b, "  read_via = %q\n", a.readVia)
 		}
 		b.WriteString("}\n")
 	}

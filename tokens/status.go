@@ -41,6 +41,7 @@ func (m *Manager) Reload(cfg *config.Config) error {
 		}
 		a.mu.Lock()
 		old := binding(a.cfg)
+		oldGraph := graphScopeKey(a.cfg)
 		a.cfg = ac
 		if nb := binding(ac); nb != old {
 			a.gen++
@@ -54,6 +55,18 @@ func (m *Manager) Reload(cfg *config.Config) error {
 			a.nextTry, a.logged = time.Time{}, ""
 			a.lastErr = nil
 			a.ent.State = StateOK
+		}
+		if ng := graphScopeKey(ac); ng != oldGraph && ac.Flow != config.FlowApp {
+			// send_via or read_via changed what Graph permissions the
+			// account needs: a Graph token for the old ones is not used
+			// (graphScopeFits), and the new ones are tried now instead of
+			// after an old error's back-off. Missing consent then shows in
+			// status as the Graph error naming the sign-in to run.
+			g := a.graphLocked()
+			g.lastErr, g.backoff, g.nextTry, g.logged = nil, 0, time.Time{}, ""
+			if ng != "" {
+				a.log.Info("tokens: the Microsoft Graph permissions this account needs changed; its Graph token is requested again", "graph_permissions", graphPermissionNames(ac))
+			}
 		}
 		m.publishMetricsLocked(a)
 		a.mu.Unlock()

@@ -64,6 +64,11 @@ type entry struct {
 	GraphAccessToken string    `json:"graph_access_token,omitempty"`
 	GraphExpiry      time.Time `json:"graph_expiry,omitzero"`
 	GraphIssued      time.Time `json:"graph_issued,omitzero"`
+	// GraphScope is the permissions (graphScopeKey) the Graph token was
+	// redeemed for; a token for other permissions than the account's
+	// settings need now is not used. "" (app flow, or a token stored by
+	// an older version, which asked for every permission): any.
+	GraphScope string `json:"graph_scope,omitempty"`
 }
 
 type storeFile struct {

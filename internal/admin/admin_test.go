@@ -694,3 +694,45 @@ func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
+
+// The footer's sign-in help fits the accounts' providers: a device code
+// only for Microsoft 365 accounts; a Google account signs in with the
+// browser only (Google's device flow does not cover Gmail).
+func TestStatusPageSignInHelp(t *testing.T) {
+	google := &config.Provider{Name: "gmail", Type: config.ProviderGoogle}
+	m365 := &config.Provider{Name: "m365"}
+	for _, tc := range []struct {
+		name            string
+		accounts        map[string]*config.Provider // delegated accounts
+		device, browser bool
+	}{
+		{"microsoft only", map[string]*config.Provider{"helpdesk": m365}, true, false},
+		{"google only", map[string]*config.Provider{"mail": google}, false, true},
+		{"both", map[string]*config.Provider{"helpdesk": m365, "mail": google}, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, false)
+			e.cfg.AccountByName = map[string]*config.Account{}
+			e.fake.status = nil
+			for name, p := range tc.accounts {
+				e.cfg.AccountByName[name] = &config.Account{Name: name, Provider: p, Flow: config.FlowDelegated}
+				e.fake.status = append(e.fake.status, tokens.AccountStatus{Account: name, Mailbox: name + "@example.com", Flow: config.FlowDelegated, State: tokens.StateNeedsLogin})
+			}
+			// An app-flow account never signs in: it adds no help.
+			e.fake.status = append(e.fake.status, tokens.AccountStatus{Account: "robot", Flow: config.FlowApp, State: tokens.StateOK})
+			body := wantStatus(t, e.do("GET", "/", nil), 200)
+			i := strings.Index(body, `id="signin-help"`)
+			if i < 0 {
+				t.Fatalf("no sign-in help on the page:\n%s", body)
+			}
+			help := body[i:]
+			help = help[:strings.Index(help, "</p>")]
+			if got := strings.Contains(help, "device code"); got != tc.device {
+				t.Errorf("help mentions the device code = %v, want %v: %s", got, tc.device, help)
+			}
+			if got := strings.Contains(help, "Google account signs in with the browser only"); got != tc.browser {
+				t.Errorf("help says Google signs in with the browser only = %v, want %v: %s", got, tc.browser, help)
+			}
+		})
+	}
+}

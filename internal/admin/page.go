@@ -72,7 +72,7 @@ form{margin:0}
 {{end}}</tbody>
 </table>
 {{end}}
-<p><small>Connect signs the account in with the browser; the identity platform returns to {{.RedirectURI}}, which must be a redirect URI of the app registration. Without a browser on this host, run <code>oauthbridge login ACCOUNT</code> (device code). Times are UTC. oauthbridge {{.Version}}, page rendered {{.Now}}.</small></p>
+<p id="signin-help"><small>Connect signs the account in with the browser; the sign-in returns to {{.RedirectURI}}, which must be a redirect URI registered for the provider's app.{{if .Microsoft}} Without a browser on this host, a Microsoft 365 account can sign in with a device code: <code>oauthbridge login ACCOUNT</code>.{{end}}{{if .Google}} A Google account signs in with the browser only (Google's device flow does not cover Gmail): press Connect, or run <code>oauthbridge login ACCOUNT</code> where a browser can reach {{.RedirectURI}} (or forward it with ssh -L).{{end}} Times are UTC. oauthbridge {{.Version}}, page rendered {{.Now}}.</small></p>
 </body>
 </html>
 `))
@@ -83,8 +83,11 @@ type pageData struct {
 	Credentials []credRow // credentials.go
 	CSRF        string
 	RedirectURI string
-	Version     string
-	Now         string
+	// Which sign-in help the footer gives: Microsoft (device code
+	// possible) and/or Google (browser only) delegated accounts.
+	Microsoft, Google bool
+	Version           string
+	Now               string
 }
 
 type flash struct {
@@ -129,6 +132,11 @@ func (h *handler) statusPage(w http.ResponseWriter, r *http.Request) {
 			rw.RefreshRel = relative(now, s.LastRefresh, "in %s", "%s ago")
 		}
 		if s.Flow != config.FlowApp {
+			if a := cfg.AccountByName[s.Account]; a != nil && a.Provider.IsGoogle() {
+				d.Google = true
+			} else {
+				d.Microsoft = true
+			}
 			rw.Button = "Connect"
 			if s.State == tokens.StateOK {
 				rw.Button = "Re-authenticate"

@@ -85,7 +85,7 @@ func init() {
 		{"serve", "run the bridge (under systemd: Type=notify, SIGHUP reloads)", runServe},
 		{"check", "validate a configuration file the way serve reads it, and exit", runCheck},
 		{"hash-password", "read a password (no echo) and print its bcrypt hash for a user or admin block", runHashPassword},
-		{"login", "sign in a delegated account (device code; -browser for the browser flow)", runLogin},
+		{"login", "sign in a delegated account (Microsoft 365: device code, or -browser; Google: the browser)", runLogin},
 		{"status", "show every account's token state; exit 0 only when all are ok", runStatus},
 		{"consent-url", "print the admin-consent URL of a provider", runConsentURL},
 		{"doctor", "check an account against Microsoft 365 and print the fix of each problem", runDoctor},

@@ -522,6 +522,18 @@ func writeStatusTable(w io.Writer, rows []tokens.AccountStatus, now time.Time) {
 		if r.Fix != "" {
 			lastErr += " -> " + r.Fix
 		}
+		if r.GraphError != "" {
+			// Exchange may be fine while the Graph token is not (a consent
+			// missing after send_via or read_via changed).
+			g := "Microsoft Graph: " + r.GraphError
+			if r.GraphFix != "" {
+				g += " -> " + r.GraphFix
+			}
+			if lastErr != "" {
+				lastErr += "; "
+			}
+			lastErr += g
+		}
 		if lastErr == "" {
 			lastErr = "-"
 		}

@@ -174,3 +174,20 @@ func TestAdminCommandsNeedNoSecret(t *testing.T) {
 		t.Errorf("check with -credentials: code %d\nstdout: %s\nstderr: %s", code, o, e)
 	}
 }
+
+// A Microsoft Graph token problem (the account itself ok) is in the
+// table, with its fix naming the sign-in to run.
+func TestStatusShowsGraphError(t *testing.T) {
+	rows := `[{"account":"helpdesk","mailbox":"helpdesk@contoso.example","flow":"delegated","state":"ok","send_via":"graph",
+	  "graph_error":"no consent for the Microsoft Graph permissions Mail.Send, Mail.ReadWrite that send_via = \"graph\" needs",
+	  "graph_fix":"grant consent, then run 'oauthbridge login helpdesk' so the sign-in covers them"}]`
+	api := fakeAdminAPI(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, rows)
+	})
+	cfg, _ := cliConfig(t, api)
+	code, o, e := run(t, "", "status", "-config", cfg, "-credentials", t.TempDir())
+	if code != ExitOK || !strings.Contains(o, `Microsoft Graph: no consent for the Microsoft Graph permissions Mail.Send, Mail.ReadWrite that send_via = "graph" needs -> grant consent, then run 'oauthbridge login helpdesk'`) {
+		t.Errorf("status with a Graph error: code %d\nstdout: %s\nstderr: %s", code, o, e)
+	}
+}

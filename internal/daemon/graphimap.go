@@ -51,6 +51,8 @@ func newGraphIMAP(current func() *config.Config, m *tokens.Manager, log *slog.Lo
 			return imapgraph.ExpungeToDeletedItems
 		},
 		PollInterval: func() time.Duration { return current().IMAP.GraphPoll },
+		// The idle timeout of spliced sessions applies to Graph-served ones.
+		IdleTimeout:  func() time.Duration { return current().IMAP.Limits.IdleTimeout },
 		ThrottleWait: -1, // graphmail waits out throttling (graphmail.DefaultMaxThrottleWait)
 		Logger:       log.With("component", "imap-graph"),
 	})

@@ -35,6 +35,7 @@ func main() {
 	bin := flag.String("bridge-bin", "", "oauthbridge binary for the separate-process workloads (default: go build ./cmd/oauthbridge; \"none\" skips them)")
 	rounds := flag.Int("rounds", 0, "alternating direct/bridge rounds (0 = preset)")
 	idle := flag.Int("idle", 0, "concurrent IDLE sessions (0 = preset)")
+	idleMessages := flag.Int("idle-messages", 0, "messages in the IDLE sessions' INBOX (a Graph-served session keeps a view of each)")
 	idleOnly := flag.Bool("idle-only", false, "run only the IDLE workloads (spliced and served from Graph)")
 	md := flag.Bool("markdown", true, "also print the markdown table")
 	strict := flag.Bool("strict", false, "exit 1 when a target is missed")
@@ -62,6 +63,7 @@ func main() {
 		o.IdleSessions = *idle
 	}
 	o.IdleOnly = *idleOnly
+	o.IdleMessages = *idleMessages
 	o.Progress = os.Stderr
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -59,6 +59,10 @@ type Options struct {
 	// measures the bridge's CPU with every session idling.
 	GraphPoll  time.Duration
 	IdleWindow time.Duration
+	// IdleMessages are delivered to each IDLE account's INBOX first (a
+	// Graph-served session keeps its own view of the selected folder:
+	// UID, flags, size, date per message).
+	IdleMessages int
 	// IdleOnly runs only the IDLE workloads (and the token count).
 	IdleOnly bool
 	// BridgeBinary is an oauthbridge binary to run as a separate process for

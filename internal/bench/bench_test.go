@@ -14,7 +14,7 @@ import (
 func tiny() Options {
 	return Options{Rounds: 2, FetchMessages: 3, FetchSize: 64 << 10, Logins: 5, IdleSessions: 20,
 		SMTPMessages: 20, SMTPConns: 4, SMTPSize: 4 << 10, BigMessages: []int64{2 << 20}, BigRounds: 1, CPURounds: 1,
-		GraphPoll: time.Second, IdleWindow: 2500 * time.Millisecond}
+		GraphPoll: time.Second, IdleWindow: 2500 * time.Millisecond, IdleMessages: 3}
 }
 
 // TestTinyRun runs every workload in miniature, including the separate

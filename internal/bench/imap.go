@@ -325,6 +325,12 @@ func (e *env) graphIdleRow(o Options) idleRow {
 // reports its RSS growth per session.
 func (e *env) runIdle(ctx context.Context, o Options, p *bridgeProc, r idleRow) ([]Row, error) {
 	a := e.accounts[r.account]
+	msg := makeMessage(4 << 10)
+	for range o.IdleMessages {
+		if err := e.f.Deliver(a.mailbox, msg); err != nil {
+			return nil, err
+		}
+	}
 	// One session first, so the bridge's one-off costs (token load, pools,
 	// the folder's first listing) are in the baseline rather than in the
 	// per-session figure.
@@ -401,6 +407,9 @@ func (e *env) runIdle(ctx context.Context, o Options, p *bridgeProc, r idleRow) 
 		note += " (first: " + firstErr.Error() + ")"
 	}
 	note += "; " + r.note + idleNote
+	if o.IdleMessages > 0 {
+		note += fmt.Sprintf("; %d messages in the INBOX", o.IdleMessages)
+	}
 	if lim, err := noFileLimit(); err == nil {
 		note += fmt.Sprintf("; RLIMIT_NOFILE %d here, so at most %d sessions fit", lim, maxIdleSessions(lim, r.fds))
 	}

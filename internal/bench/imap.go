@@ -313,7 +313,7 @@ func (e *env) splicedIdle() idleRow {
 		note: "spliced to the fake's IMAP server: 2 descriptors per session in the bridge process (client and upstream socket)"}
 }
 
-// graphIdle: sessions served from Graph hold only the client socket in the
+// graphIdleRow: sessions served from Graph hold only the client socket in the
 // bridge process (Graph is a few pooled HTTPS connections), and only the
 // client end in the bench process.
 func (e *env) graphIdleRow(o Options) idleRow {

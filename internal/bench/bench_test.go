@@ -90,6 +90,17 @@ func TestHelpers(t *testing.T) {
 	if _, ok := literalSize([]byte("b1 OK done\r\n")); ok {
 		t.Error("literalSize matched a line without a literal")
 	}
+	// A spliced IDLE session holds 2 descriptors per process, one served
+	// from Graph 1: under a hard limit of 20,000 only the Graph row fits
+	// 10,000 sessions.
+	for _, c := range []struct {
+		limit    uint64
+		fds, max int
+	}{{20000, 2, 9900}, {20000, 1, 19800}, {fdSlack, 1, 0}, {10, 2, 0}} {
+		if got := maxIdleSessions(c.limit, c.fds); got != c.max {
+			t.Errorf("maxIdleSessions(%d, %d) = %d, want %d", c.limit, c.fds, got, c.max)
+		}
+	}
 }
 
 // TestReportMet: -strict exits 1 exactly when Met is false, that is when

@@ -8,6 +8,7 @@
 //	go run ./cmd/oauthbridge-bench -quick    # CI-sized, well under a minute
 //	go run ./cmd/oauthbridge-bench -strict   # exit 1 when a target is missed
 //	go run ./cmd/oauthbridge-bench -idle N   # hold N IDLE sessions
+//	go run ./cmd/oauthbridge-bench -idle-only  # only the IDLE workloads
 //
 // The IDLE, large-message and CPU-per-MB workloads measure the bridge's RSS
 // and CPU time, so they run the bridge as a separate `oauthbridge serve`
@@ -34,6 +35,8 @@ func main() {
 	bin := flag.String("bridge-bin", "", "oauthbridge binary for the separate-process workloads (default: go build ./cmd/oauthbridge; \"none\" skips them)")
 	rounds := flag.Int("rounds", 0, "alternating direct/bridge rounds (0 = preset)")
 	idle := flag.Int("idle", 0, "concurrent IDLE sessions (0 = preset)")
+	idleMessages := flag.Int("idle-messages", 0, "messages in the IDLE sessions' INBOX (a Graph-served session keeps a view of each)")
+	idleOnly := flag.Bool("idle-only", false, "run only the IDLE workloads (spliced and served from Graph)")
 	md := flag.Bool("markdown", true, "also print the markdown table")
 	strict := flag.Bool("strict", false, "exit 1 when a target is missed")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the bench process (fake + in-process bridge + clients) to this file")
@@ -59,6 +62,8 @@ func main() {
 	if *idle > 0 {
 		o.IdleSessions = *idle
 	}
+	o.IdleOnly = *idleOnly
+	o.IdleMessages = *idleMessages
 	o.Progress = os.Stderr
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -19,6 +19,15 @@ import (
 // sockets (listeners, the other workloads' idle connections, files).
 const fdSlack = 200
 
+// maxIdleSessions is how many IDLE sessions of fds descriptors each fit
+// under an RLIMIT_NOFILE of limit.
+func maxIdleSessions(limit uint64, fds int) int {
+	if limit <= fdSlack {
+		return 0
+	}
+	return int(limit-fdSlack) / fds
+}
+
 // Which bench account each workload uses (SMTP uses the first SMTPConns).
 const (
 	fetchAccount = iota
@@ -45,6 +54,17 @@ type Options struct {
 	// CPURounds is how often the bridge process relays the FETCH mailbox
 	// (IMAP FETCH, POP3 RETR) for the CPU-per-MB figures.
 	CPURounds int
+	// GraphPoll is the bridge's imap { graph_poll_interval } (0: its
+	// default); IdleWindow is how long the Graph-served IDLE workload
+	// measures the bridge's CPU with every session idling.
+	GraphPoll  time.Duration
+	IdleWindow time.Duration
+	// IdleMessages are delivered to each IDLE account's INBOX first (a
+	// Graph-served session keeps its own view of the selected folder:
+	// UID, flags, size, date per message).
+	IdleMessages int
+	// IdleOnly runs only the IDLE workloads (and the token count).
+	IdleOnly bool
 	// BridgeBinary is an oauthbridge binary to run as a separate process for
 	// the RSS workloads (IDLE, large message). Empty skips them.
 	BridgeBinary string
@@ -55,13 +75,15 @@ type Options struct {
 // Full is the complete run (a few minutes).
 func Full() Options {
 	return Options{Rounds: 6, FetchMessages: 200, FetchSize: 256 << 10, Logins: 400, IdleSessions: 10000,
-		SMTPMessages: 1000, SMTPConns: 20, SMTPSize: 20 << 10, BigMessages: []int64{25e6, 50 << 20}, BigRounds: 4, CPURounds: 3}
+		SMTPMessages: 1000, SMTPConns: 20, SMTPSize: 20 << 10, BigMessages: []int64{25e6, 50 << 20}, BigRounds: 4, CPURounds: 3,
+		IdleWindow: 60 * time.Second} // two of the default 30 s polls
 }
 
 // Quick is a reduced run for CI (well under a minute).
 func Quick() Options {
 	return Options{Rounds: 2, FetchMessages: 40, FetchSize: 256 << 10, Logins: 100, IdleSessions: 500,
-		SMTPMessages: 200, SMTPConns: 20, SMTPSize: 20 << 10, BigMessages: []int64{25e6}, BigRounds: 2, CPURounds: 1}
+		SMTPMessages: 200, SMTPConns: 20, SMTPSize: 20 << 10, BigMessages: []int64{25e6}, BigRounds: 2, CPURounds: 1,
+		GraphPoll: 5 * time.Second, IdleWindow: 10 * time.Second}
 }
 
 // Row is one line of the result table. OK is nil for figures without a
@@ -104,15 +126,26 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	rep := &Report{CPUs: runtime.NumCPU(), CPUModel: cpuModel(), LoadStart: loadAverage()}
 	defer func() { rep.LoadEnd = loadAverage() }()
 	if o.BridgeBinary != "" {
-		// Each IDLE session costs two descriptors in the bridge process
-		// (client and upstream socket) and two in this one (the client
-		// and the fake's end); the bridge process inherits the limit.
-		if err := raiseNoFile(uint64(2*o.IdleSessions + fdSlack)); err != nil {
+		// A spliced IDLE session costs two descriptors in the bridge
+		// process (client and upstream socket) and two in this one (the
+		// client and the fake's end); one served from Graph costs one in
+		// each. The bridge process inherits the limit.
+		lim, err := raiseNoFile(uint64(2*o.IdleSessions + fdSlack))
+		if err != nil {
 			rep.Warnings = append(rep.Warnings, err.Error())
+		}
+		for _, r := range []struct {
+			name string
+			fds  int
+		}{{"spliced IMAP IDLE", 2}, {"Graph-served IMAP IDLE", 1}} {
+			if n := maxIdleSessions(lim, r.fds); n < o.IdleSessions {
+				rep.Warnings = append(rep.Warnings, fmt.Sprintf("RLIMIT_NOFILE hard limit %d (raising it needs CAP_SYS_RESOURCE) is below the %d descriptors the %s workload needs "+
+					"(%d per session in the bridge process and in the bench process, plus %d): at most %d sessions fit (-idle)", lim, r.fds*o.IdleSessions+fdSlack, r.name, r.fds, fdSlack, n))
+			}
 		}
 	}
 	start := time.Now()
-	e, err := newEnv(ctx, max(o.SMTPConns, minAccounts), o.Progress)
+	e, err := newEnv(ctx, max(o.SMTPConns, minAccounts), o.GraphPoll, o.Progress)
 	if err != nil {
 		return nil, err
 	}
@@ -125,14 +158,16 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		rep.Rows = append(rep.Rows, rows...)
 		return err
 	}
-	if err := add(e.runFetch(o)); err != nil {
-		return rep, err
-	}
-	if err := add(e.runLogin(o)); err != nil {
-		return rep, err
-	}
-	if err := add(e.runSMTP(o)); err != nil {
-		return rep, err
+	if !o.IdleOnly {
+		if err := add(e.runFetch(o)); err != nil {
+			return rep, err
+		}
+		if err := add(e.runLogin(o)); err != nil {
+			return rep, err
+		}
+		if err := add(e.runSMTP(o)); err != nil {
+			return rep, err
+		}
 	}
 	if o.BridgeBinary != "" {
 		if err := e.runProcess(ctx, o, rep); err != nil {
@@ -143,12 +178,13 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	rep.Elapsed = time.Since(start)
 
-	// Token requests: the bridge holds an access token per account for its
-	// lifetime and refreshes it when a quarter of the lifetime is left, so
-	// a run shorter than 3/4 of the lifetime needs no request at all.
+	// Token requests: the bridge holds an access token per account (and a
+	// Graph token per Graph-served account) for its lifetime and refreshes
+	// it when a quarter of the lifetime is left, so a run shorter than 3/4
+	// of the lifetime needs no request at all.
 	got := e.f.TokenRequests() - tokBase
 	life := fakems.DefaultAccessTokenLifetime
-	want := len(e.accounts) * int(rep.Elapsed/(life*3/4))
+	want := (len(e.accounts) + e.graphAccounts()) * int(rep.Elapsed/(life*3/4))
 	ok := got == want
 	grants := e.f.TokenRequestsByGrant()
 	var parts []string
@@ -158,7 +194,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 	}
 	slices.Sort(parts)
-	note := fmt.Sprintf("%d setup requests (device-code sign-in of %d accounts) not counted; lifetime %v", tokBase, len(e.accounts), life)
+	note := fmt.Sprintf("%d setup requests (device-code sign-in of %d accounts, %d of them read from Graph) not counted; lifetime %v", tokBase, len(e.accounts), e.graphAccounts(), life)
 	if len(parts) > 0 {
 		note += "; during run: " + strings.Join(parts, ", ")
 	}
@@ -174,48 +210,68 @@ func (e *env) runProcess(ctx context.Context, o Options, rep *Report) error {
 		return err
 	}
 	defer p.stop()
-	// The large messages first: the IDLE workload grows the heap, and a
-	// grown heap would hide a message's peak.
-	rows, big, err := e.runBig(ctx, o, p)
+	if !o.IdleOnly {
+		// The large messages first: the IDLE workload grows the heap, and a
+		// grown heap would hide a message's peak.
+		rows, big, err := e.runBig(ctx, o, p)
+		rep.Rows = append(rep.Rows, rows...)
+		if err != nil {
+			return err
+		}
+		rows, err = e.runCPU(o, p, big)
+		rep.Rows = append(rep.Rows, rows...)
+		if err != nil {
+			return err
+		}
+	}
+	rows, err := e.runIdle(ctx, o, p, e.splicedIdle())
 	rep.Rows = append(rep.Rows, rows...)
 	if err != nil {
 		return err
 	}
-	rows, err = e.runCPU(o, p, big)
-	rep.Rows = append(rep.Rows, rows...)
+	p.stop()
+	// A fresh process for the Graph-served sessions: memory the spliced
+	// sessions freed but the runtime still holds would otherwise make room
+	// for them without growing the RSS.
+	g, err := e.startProc(o.BridgeBinary)
 	if err != nil {
 		return err
 	}
-	rows, err = e.runIdle(ctx, o, p)
+	defer g.stop()
+	rows, err = e.runIdle(ctx, o, g, e.graphIdleRow(o))
 	rep.Rows = append(rep.Rows, rows...)
 	return err
 }
 
 // raiseNoFile raises RLIMIT_NOFILE to at least n: the hard limit too where
 // the process may (root, CAP_SYS_RESOURCE), else up to the hard limit. The
-// bridge process inherits it.
-func raiseNoFile(n uint64) error {
+// bridge process inherits it. It returns the soft limit now in force.
+func raiseNoFile(n uint64) (uint64, error) {
 	var rl syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return fmt.Errorf("bench: getrlimit: %w", err)
+		return 0, fmt.Errorf("bench: getrlimit: %w", err)
 	}
 	if rl.Cur >= n {
-		return nil
+		return rl.Cur, nil
 	}
 	if rl.Max < n {
 		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: n, Max: n}); err == nil {
-			return nil
+			return n, nil
 		}
 	}
+	cur := rl.Cur
 	rl.Cur = min(n, rl.Max)
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return fmt.Errorf("bench: setrlimit: %w", err)
+		return cur, fmt.Errorf("bench: setrlimit: %w", err)
 	}
-	if rl.Cur < n {
-		return fmt.Errorf("bench: RLIMIT_NOFILE hard limit %d (raising it needs CAP_SYS_RESOURCE) is below the %d descriptors the IDLE workload needs: "+
-			"2 per session in the bridge process and in the bench process, plus %d; at most %d sessions fit (-idle)", rl.Max, n, fdSlack, (int(rl.Max)-fdSlack)/2)
-	}
-	return nil
+	return rl.Cur, nil
+}
+
+// noFileLimit is the soft RLIMIT_NOFILE in force (the bridge process's too).
+func noFileLimit() (uint64, error) {
+	var rl syscall.Rlimit
+	err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl)
+	return rl.Cur, err
 }
 
 // ratioRow builds a row for a higher-is-better figure with a minimum ratio.

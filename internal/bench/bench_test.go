@@ -8,11 +8,13 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func tiny() Options {
 	return Options{Rounds: 2, FetchMessages: 3, FetchSize: 64 << 10, Logins: 5, IdleSessions: 20,
-		SMTPMessages: 20, SMTPConns: 4, SMTPSize: 4 << 10, BigMessages: []int64{2 << 20}, BigRounds: 1, CPURounds: 1}
+		SMTPMessages: 20, SMTPConns: 4, SMTPSize: 4 << 10, BigMessages: []int64{2 << 20}, BigRounds: 1, CPURounds: 1,
+		GraphPoll: time.Second, IdleWindow: 2500 * time.Millisecond, IdleMessages: 3}
 }
 
 // TestTinyRun runs every workload in miniature, including the separate
@@ -35,7 +37,7 @@ func TestTinyRun(t *testing.T) {
 	}
 	want := []string{"IMAP FETCH", "IMAP login", "SMTP 20 x", "Token requests"}
 	if o.BridgeBinary != "" {
-		want = append(want, "SMTP one 2 MiB", "IMAP IDLE x 20", "IMAP FETCH (bridge process", "POP3 RETR", "SMTP DATA (bridge process, large", "SMTP DATA (bridge process, client writing")
+		want = append(want, "SMTP one 2 MiB", "IMAP IDLE x 20 (bridge process)", "IMAP IDLE x 20, served from Graph (bridge process)", "IMAP FETCH (bridge process", "POP3 RETR", "SMTP DATA (bridge process, large", "SMTP DATA (bridge process, client writing")
 	}
 	for _, w := range want {
 		found := false
@@ -59,8 +61,13 @@ func TestTinyRun(t *testing.T) {
 		if strings.HasPrefix(r.Workload, "Token requests") && (r.OK == nil || !*r.OK) {
 			t.Errorf("token requests: got %s, %s (%s)", r.Bridge, r.Ratio, r.Note)
 		}
-		if strings.HasPrefix(r.Workload, "IMAP IDLE") && r.Note != "0 errors" {
+		if strings.HasPrefix(r.Workload, "IMAP IDLE") && !strings.HasPrefix(r.Note, "0 errors;") {
 			t.Errorf("idle sessions: %s", r.Note)
+		}
+		// The Graph-served sessions were polled while idle: the bridge
+		// asked Graph for the folder's changes at least once.
+		if strings.Contains(r.Workload, "served from Graph") && (!strings.Contains(r.Note, "bridge CPU") || strings.Contains(r.Note, " 0 Graph delta requests")) {
+			t.Errorf("Graph-served idle sessions: no poll measured: %s", r.Note)
 		}
 	}
 	var text, md bytes.Buffer
@@ -82,6 +89,17 @@ func TestHelpers(t *testing.T) {
 	}
 	if _, ok := literalSize([]byte("b1 OK done\r\n")); ok {
 		t.Error("literalSize matched a line without a literal")
+	}
+	// A spliced IDLE session holds 2 descriptors per process, one served
+	// from Graph 1: under a hard limit of 20,000 only the Graph row fits
+	// 10,000 sessions.
+	for _, c := range []struct {
+		limit    uint64
+		fds, max int
+	}{{20000, 2, 9900}, {20000, 1, 19800}, {fdSlack, 1, 0}, {10, 2, 0}} {
+		if got := maxIdleSessions(c.limit, c.fds); got != c.max {
+			t.Errorf("maxIdleSessions(%d, %d) = %d, want %d", c.limit, c.fds, got, c.max)
+		}
 	}
 }
 

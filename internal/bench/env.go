@@ -48,8 +48,11 @@ const (
 )
 
 // account is one bench account: a mailbox, its local user and password.
+// graph accounts have read_via = "graph": the bridge serves their IMAP
+// from the fake's Microsoft Graph instead of splicing to its IMAP server.
 type account struct {
 	name, mailbox, user, password string
+	graph                         bool
 }
 
 func mailboxName(i int) string { return fmt.Sprintf("mb%02d@%s", i, benchTenant) }
@@ -64,6 +67,9 @@ type env struct {
 	certFile, keyFile string
 	bridgeCAs         *x509.CertPool
 	accounts          []account
+	graphIdle         int // index in accounts of the Graph-served IDLE account
+	graphPoll         time.Duration
+	procs             int // bridge processes started (names their files)
 	d                 *daemon.Daemon
 	progress          io.Writer
 
@@ -71,10 +77,11 @@ type env struct {
 	direct  map[string]string // mailbox -> access token issued for direct logins
 }
 
-// newEnv starts the fake with n mailboxes (delegate alice), an in-process
-// bridge with one account and user per mailbox, and signs every account in
-// with the device-code flow.
-func newEnv(ctx context.Context, n int, progress io.Writer) (*env, error) {
+// newEnv starts the fake with n mailboxes plus one served from Graph
+// (delegate alice), an in-process bridge with one account and user per
+// mailbox, and signs every account in with the device-code flow. graphPoll
+// is the configuration's imap { graph_poll_interval } (0: its default).
+func newEnv(ctx context.Context, n int, graphPoll time.Duration, progress io.Writer) (*env, error) {
 	f, err := fakems.Start(fakems.Options{DiscardSubmitted: true})
 	if err != nil {
 		return nil, err
@@ -84,7 +91,7 @@ func newEnv(ctx context.Context, n int, progress io.Writer) (*env, error) {
 		f.Close()
 		return nil, err
 	}
-	e := &env{f: f, dir: dir, progress: progress, direct: map[string]string{}}
+	e := &env{f: f, dir: dir, progress: progress, graphPoll: graphPoll, direct: map[string]string{}}
 	e.caFile = filepath.Join(dir, "ca.pem")
 	if err := f.WriteCAFile(e.caFile); err != nil {
 		e.close()
@@ -105,6 +112,11 @@ func newEnv(ctx context.Context, n int, progress io.Writer) (*env, error) {
 		f.AddMailbox(a.mailbox, benchDelegate)
 		e.accounts = append(e.accounts, a)
 	}
+	// Last, so that the workloads using the first accounts never get it.
+	g := account{name: "graph00", mailbox: "graph00@" + benchTenant, user: "guser00", password: "bench-password-g00", graph: true}
+	f.AddMailbox(g.mailbox, benchDelegate)
+	e.graphIdle = len(e.accounts)
+	e.accounts = append(e.accounts, g)
 	cfgPath := filepath.Join(dir, "inproc.hcl")
 	lo := "127.0.0.1:0"
 	if err := e.writeConfig(cfgPath, listenAddrs{lo, lo, lo, lo, lo}, lo); err != nil {
@@ -171,7 +183,28 @@ func (e *env) signIn(ctx context.Context) error {
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("bench: sign-in: %w", err)
 	}
+	// The Graph accounts' Graph token now, so that its redemption is a
+	// setup request (and the bridge process finds it in the shared store).
+	for _, a := range e.accounts {
+		if a.graph {
+			if _, err := e.d.Tokens().GraphToken(ctx, a.name); err != nil {
+				return fmt.Errorf("bench: Graph token of %s: %w", a.name, err)
+			}
+		}
+	}
 	return nil
+}
+
+// graphAccounts is how many accounts are served from Graph (each holds a
+// Graph token besides its Exchange one).
+func (e *env) graphAccounts() int {
+	n := 0
+	for _, a := range e.accounts {
+		if a.graph {
+			n++
+		}
+	}
+	return n
 }
 
 // listenAddrs are a bridge's client listeners: plaintext (STARTTLS) and
@@ -224,6 +257,10 @@ func (e *env) bridgeTLS() *tls.Config {
 // writeConfig writes a bridge configuration for all accounts.
 func (e *env) writeConfig(path string, l listenAddrs, adminAddr string) error {
 	var b strings.Builder
+	pollLine := ""
+	if e.graphPoll > 0 {
+		pollLine = fmt.Sprintf("  graph_poll_interval = %q\n", e.graphPoll.String())
+	}
 	fmt.Fprintf(&b, `state_dir = %q
 log_level = "info"
 log_format = "json"
@@ -235,7 +272,7 @@ imap {
   listen          = [%q]
   listen_tls      = [%q]
   max_connections = %d
-}
+%s}
 pop3 {
   listen     = [%q]
   listen_tls = [%q]
@@ -254,16 +291,21 @@ provider "fake" {
   imap_server   = %q
   pop3_server   = %q
   smtp_server   = %q
+  graph_url     = %q
   ca_file       = %q
 }
-`, filepath.Join(e.dir, "state"), e.certFile, e.keyFile, l.imap, l.imaps, maxSessions, l.pop3, l.pop3s, l.smtp, maxSessions, bridgeMaxMessage, adminAddr,
-		benchTenant, benchClientID, benchSecret, e.f.AuthorityURL, e.f.IMAPAddr, e.f.POP3Addr, e.f.SMTPAddr, e.caFile)
+`, filepath.Join(e.dir, "state"), e.certFile, e.keyFile, l.imap, l.imaps, maxSessions, pollLine, l.pop3, l.pop3s, l.smtp, maxSessions, bridgeMaxMessage, adminAddr,
+		benchTenant, benchClientID, benchSecret, e.f.AuthorityURL, e.f.IMAPAddr, e.f.POP3Addr, e.f.SMTPAddr, e.f.GraphURL(), e.caFile)
 	for _, a := range e.accounts {
 		h, err := bcrypt.GenerateFromPassword([]byte(a.password), bcrypt.MinCost)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(&b, "account %q {\n  provider = \"fake\"\n  mailbox = %q\n  delegate = %q\n  max_connections = %d\n}\n", a.name, a.mailbox, benchDelegate, maxSessions)
+		readVia := ""
+		if a.graph {
+			readVia = "  read_via = \"graph\"\n"
+		}
+		fmt.Fprintf(&b, "account %q {\n  provider = \"fake\"\n  mailbox = %q\n  delegate = %q\n  max_connections = %d\n%s}\n", a.name, a.mailbox, benchDelegate, maxSessions, readVia)
 		fmt.Fprintf(&b, "user %q {\n  password_hash = %q\n  account = %q\n}\n", a.user, h, a.name)
 	}
 	return os.WriteFile(path, []byte(b.String()), 0o600)
@@ -304,6 +346,7 @@ type bridgeProc struct {
 	stderr    *os.File
 	waitErr   chan error
 	stderrLog string
+	stopOnce  sync.Once
 }
 
 // freePort returns a loopback address that was free a moment ago.
@@ -332,11 +375,12 @@ func (e *env) startProc(binary string) (*bridgeProc, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfgPath := filepath.Join(e.dir, "proc.hcl")
+	e.procs++
+	cfgPath := filepath.Join(e.dir, fmt.Sprintf("proc%d.hcl", e.procs))
 	if err := e.writeConfig(cfgPath, l, adminAddr); err != nil {
 		return nil, err
 	}
-	logPath := filepath.Join(e.dir, "bridge-process.log")
+	logPath := filepath.Join(e.dir, fmt.Sprintf("bridge-process%d.log", e.procs))
 	lf, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
@@ -417,15 +461,18 @@ func (p *bridgeProc) cpu() (time.Duration, error) {
 	return time.Duration(ut+st) * time.Second / clockTicks, nil
 }
 
+// stop ends the process (once; later calls do nothing).
 func (p *bridgeProc) stop() {
-	_ = p.cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-p.waitErr:
-	case <-time.After(15 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.waitErr
-	}
-	p.stderr.Close()
+	p.stopOnce.Do(func() {
+		_ = p.cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-p.waitErr:
+		case <-time.After(15 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-p.waitErr
+		}
+		p.stderr.Close()
+	})
 }
 
 // tail returns at most the last n bytes of b as a string.

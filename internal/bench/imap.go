@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/internal/fakems"
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
 
@@ -288,13 +290,51 @@ func (e *env) runLogin(o Options) ([]Row, error) {
 	}, nil
 }
 
+// idleRow is one IDLE workload: which account the sessions log in to, and
+// what each session costs in descriptors.
+type idleRow struct {
+	name    string // the row's workload, after "IMAP IDLE x N"
+	account int    // index in env.accounts
+	// fds is the descriptors one session holds in the bridge process and
+	// in the bench process (RLIMIT_NOFILE bounds the sessions at
+	// (limit - fdSlack) / fds).
+	fds  int
+	note string // what the sessions cost besides memory, for the row's note
+	// cpuWindow, if set, is how long the bridge's CPU time and the fake's
+	// Graph requests are measured with every session idling.
+	cpuWindow time.Duration
+}
+
+// splicedIdle: sessions spliced to the fake's IMAP server hold the client
+// socket and the upstream socket in the bridge process, and the client end
+// and the fake's end in the bench process.
+func (e *env) splicedIdle() idleRow {
+	return idleRow{name: " (bridge process)", account: idleAccount, fds: 2,
+		note: "spliced to the fake's IMAP server: 2 descriptors per session in the bridge process (client and upstream socket)"}
+}
+
+// graphIdleRow: sessions served from Graph hold only the client socket in the
+// bridge process (Graph is a few pooled HTTPS connections), and only the
+// client end in the bench process.
+func (e *env) graphIdleRow(o Options) idleRow {
+	return idleRow{name: ", served from Graph (bridge process)", account: e.graphIdle, fds: 1, cpuWindow: o.IdleWindow,
+		note: "read_via = \"graph\": 1 descriptor per session in the bridge process (Graph is a few pooled HTTPS connections); IDLE polls Graph delta every imap { graph_poll_interval }"}
+}
+
 // runIdle holds o.IdleSessions IDLE sessions through the bridge process and
 // reports its RSS growth per session.
-func (e *env) runIdle(ctx context.Context, o Options, p *bridgeProc) ([]Row, error) {
-	a := e.accounts[idleAccount]
-	// One session first, so the bridge's one-off costs (token load, pools)
-	// are in the baseline rather than in the per-session figure.
-	warm, err := dialIMAPBridge(p.imap, a, nil)
+func (e *env) runIdle(ctx context.Context, o Options, p *bridgeProc, r idleRow) ([]Row, error) {
+	a := e.accounts[r.account]
+	msg := makeMessage(4 << 10)
+	for range o.IdleMessages {
+		if err := e.f.Deliver(a.mailbox, msg); err != nil {
+			return nil, err
+		}
+	}
+	// One session first, so the bridge's one-off costs (token load, pools,
+	// the folder's first listing) are in the baseline rather than in the
+	// per-session figure.
+	warm, err := openIdle(p.imap, a)
 	if err != nil {
 		return nil, err
 	}
@@ -343,8 +383,14 @@ func (e *env) runIdle(ctx context.Context, o Options, p *bridgeProc) ([]Row, err
 		return nil, err
 	}
 	held := int64(o.IdleSessions) - errCount.Load()
+	var idleNote string
+	if r.cpuWindow > 0 {
+		if idleNote, err = e.idleCPU(ctx, p, r.cpuWindow, held); err != nil {
+			return nil, err
+		}
+	}
 	// Every session must still be alive: DONE and a NOOP on each.
-	for _, c := range conns {
+	for _, c := range append(conns, warm) {
 		if c == nil {
 			continue
 		}
@@ -354,13 +400,62 @@ func (e *env) runIdle(ctx context.Context, o Options, p *bridgeProc) ([]Row, err
 		}
 	}
 	perSession := float64(after-before) / float64(max(held, 1)) / 1024
-	e.logf("idle: %d sessions held in %v, RSS %d -> %d MiB, %.1f KiB/session, %d errors (first: %v)", held, opened.Round(time.Millisecond), before>>20, after>>20, perSession, errCount.Load(), firstErr)
+	e.logf("idle%s: %d sessions held in %v, RSS %d -> %d MiB, %.1f KiB/session, %d errors (first: %v)%s", r.name, held, opened.Round(time.Millisecond), before>>20, after>>20, perSession, errCount.Load(), firstErr, idleNote)
 	ok := perSession <= 48 && errCount.Load() == 0
 	note := fmt.Sprintf("%d errors", errCount.Load())
 	if firstErr != nil {
 		note += " (first: " + firstErr.Error() + ")"
 	}
-	return []Row{{Workload: fmt.Sprintf("IMAP IDLE x %d (bridge process)", o.IdleSessions), Metric: "bridge RSS KiB/session", Direct: "-", Bridge: fmt.Sprintf("%.1f", perSession), Ratio: "-", Target: "<= 48 KiB, 0 errors", OK: &ok, Note: note}}, nil
+	note += "; " + r.note + idleNote
+	if o.IdleMessages > 0 {
+		note += fmt.Sprintf("; %d messages in the INBOX", o.IdleMessages)
+	}
+	if lim, err := noFileLimit(); err == nil {
+		note += fmt.Sprintf("; RLIMIT_NOFILE %d here, so at most %d sessions fit", lim, maxIdleSessions(lim, r.fds))
+	}
+	return []Row{{Workload: fmt.Sprintf("IMAP IDLE x %d%s", o.IdleSessions, r.name), Metric: "bridge RSS KiB/session", Direct: "-", Bridge: fmt.Sprintf("%.1f", perSession), Ratio: "-", Target: "<= 48 KiB, 0 errors", OK: &ok, Note: note}}, nil
+}
+
+// idleCPU measures, over window with every session idling, the bridge
+// process's CPU time and the Graph requests the fake saw, and describes
+// them for the row's note.
+func (e *env) idleCPU(ctx context.Context, p *bridgeProc, window time.Duration, sessions int64) (string, error) {
+	cpu0, err := p.cpu()
+	if err != nil {
+		return "", err
+	}
+	req0 := e.f.GraphRequests()
+	t0 := time.Now()
+	select {
+	case <-ctx.Done():
+		return "", ctx.Err()
+	case <-time.After(window):
+	}
+	cpu1, err := p.cpu()
+	if err != nil {
+		return "", err
+	}
+	el := time.Since(t0)
+	req1 := e.f.GraphRequests()
+	var deltas, total, throttled int
+	for k, n := range req1 {
+		d := n - req0[k]
+		total += d
+		if strings.HasPrefix(k, fakems.RouteDelta+" ") {
+			deltas += d
+		}
+		if strings.HasSuffix(k, " 429") {
+			throttled += d
+		}
+	}
+	poll := e.graphPoll
+	if poll <= 0 {
+		poll = config.DefaultIMAPGraphPoll
+	}
+	pct := 100 * float64(cpu1-cpu0) / float64(el)
+	perPoll := float64(deltas) * float64(poll) / float64(el)
+	return fmt.Sprintf("; idle for %v with graph_poll_interval %v: bridge CPU %.2f%% of one core (%v), %d Graph delta requests (%.1f per poll interval for %d sessions on one folder), %d Graph requests in all, %d throttled (429)",
+		el.Round(time.Second), poll, pct, (cpu1 - cpu0).Round(time.Millisecond), deltas, perPoll, sessions+1, total, throttled), nil
 }
 
 // openIdle logs in through the bridge, selects INBOX and enters IDLE.

@@ -20,7 +20,7 @@ const bulkWriteBuffer = 64 << 10
 // the body in large pieces does: go-smtp's client (the bench's other
 // SMTP client) flushes its 4 KiB buffer as one TLS record each, so the
 // receiving side decrypts four records where this client sends one.
-// auth is the AUTH command's argument ("PLAIN <b64>" or "XOAUTH2 <b64>").
+// auth is the AUTH command's argument ("PLAIN <base64>").
 func sendBulk(addr string, tc *tls.Config, auth, from, to string, body io.Reader) error {
 	raw, err := net.DialTimeout("tcp", addr, 10*time.Second)
 	if err != nil {
@@ -78,8 +78,4 @@ func sendBulk(addr string, tc *tls.Config, auth, from, to string, body io.Reader
 
 func plainAuth(user, password string) string {
 	return "PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00"+user+"\x00"+password))
-}
-
-func xoauth2Auth(mailbox, token string) string {
-	return "XOAUTH2 " + base64.StdEncoding.EncodeToString([]byte("user="+mailbox+"\x01auth=Bearer "+token+"\x01\x01"))
 }

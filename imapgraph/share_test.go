@@ -123,11 +123,12 @@ func (e *events) waitFlags(t *testing.T) map[uint32][]imap.Flag {
 	for {
 		e.mu.Lock()
 		flags := e.flags
-		if len(flags) > 0 {
+		got := len(flags) > 0
+		if got {
 			e.flags = map[uint32][]imap.Flag{}
 		}
 		e.mu.Unlock()
-		if len(flags) > 0 {
+		if got {
 			return flags
 		}
 		select {

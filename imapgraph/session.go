@@ -415,6 +415,12 @@ func (s *session) update(w *imapserver.UpdateWriter, allowExpunge bool) error {
 	sel := s.sel
 	msgs, st, gen := sel.fc.snapshot()
 	if gen == sel.gen && !hasGone(sel.msgs) {
+		// Nothing to tell. A view of its own that equals the snapshot
+		// (after this session measured sizes, which other sessions' views
+		// need not learn) is given up for the shared one.
+		if !sel.shared && slices.Equal(sel.msgs, msgs) {
+			sel.msgs, sel.shared = msgs, true
+		}
 		return nil
 	}
 	cur := make(map[uint32]*smsg, len(msgs))

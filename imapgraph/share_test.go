@@ -1,6 +1,7 @@
 package imapgraph
 
 import (
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -372,5 +373,78 @@ func TestIdleSessionsShareAgain(t *testing.T) {
 	wantShared(t, "session 2 after IDLE", v2, 3)
 	if v1.data != v2.data || !slices.Equal(v1.uids(), []uint32{2, 3, 4}) {
 		t.Errorf("after IDLE: same list %v, UIDs %v; want one list of UIDs 2 3 4", v1.data == v2.data, v1.uids())
+	}
+}
+
+// A session that measured sizes (FETCH RFC822.SIZE reads messages whose
+// size Graph only estimated) shares the folder's list again: the list
+// taken after that carries the exact sizes.
+func TestMeasuredSizesShareAgain(t *testing.T) {
+	h := newHarness(t, nil)
+	for i := range 3 {
+		h.mb.deliver("f-inbox", testMIME(i, "ticket"), day.Add(time.Duration(i)*time.Minute))
+	}
+	rec := recordViews(h)
+	cs := []*imapclient.Client{h.dial(nil), h.dial(nil)}
+	for _, c := range cs {
+		if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, c := range cs {
+		msgs, err := c.Fetch(imap.SeqSet{{Start: 1, Stop: 0}}, &imap.FetchOptions{RFC822Size: true}).Collect()
+		if err != nil || len(msgs) != 3 || msgs[2].RFC822Size != int64(len(testMIME(2, "ticket"))) {
+			t.Fatalf("FETCH RFC822.SIZE = %v, %v", msgs, err)
+		}
+		v := rec.view(t, i)
+		wantShared(t, fmt.Sprintf("session %d after FETCH RFC822.SIZE", i+1), v, 3)
+		for _, m := range v.copied {
+			if !m.SizeExact {
+				t.Errorf("session %d: UID %d size not exact in the shared list", i+1, m.uid)
+			}
+		}
+	}
+	if rec.view(t, 0).data != rec.view(t, 1).data {
+		t.Error("the two sessions do not share after both measured the sizes")
+	}
+}
+
+func TestConverges(t *testing.T) {
+	list := func(uids ...uint32) []smsg {
+		var out []smsg
+		for _, u := range uids {
+			out = append(out, smsg{uid: u})
+		}
+		return out
+	}
+	gone := func(l []smsg, i int) []smsg { l[i].gone = true; return l }
+	for _, tc := range []struct {
+		name        string
+		view, snap  []smsg
+		expunge     bool
+		wantConverg bool
+	}{
+		{"same", list(1, 2, 3), list(1, 2, 3), false, true},
+		{"arrivals", list(1, 2), list(1, 2, 3, 4), false, true},
+		{"departure, EXPUNGE allowed", list(1, 2, 3), list(1, 3), true, true},
+		{"departure during FETCH", list(1, 2, 3), list(1, 3), false, false},
+		{"kept as gone, EXPUNGE now", gone(list(1, 2, 3), 1), list(1, 3, 4), true, true},
+		{"kept as gone during FETCH", gone(list(1, 2, 3), 1), list(1, 3), false, false},
+		{"last ones left, then arrivals", list(1, 2, 3), list(1, 4), true, true},
+		{"everything left", list(1, 2), nil, true, true},
+		{"empty view", nil, list(5, 6), false, true},
+		// A message below the highest UID in view that the view never
+		// had (an APPEND racing a delta): update does not show it, so
+		// the view is not the snapshot.
+		{"one below top never shown", list(1, 3), list(1, 2, 3), true, false},
+		{"one below top never shown, top left", list(1, 3, 5), list(1, 2, 3), true, false},
+	} {
+		cur := map[uint32]*smsg{}
+		for i := range tc.snap {
+			cur[tc.snap[i].uid] = &tc.snap[i]
+		}
+		if got := converges(tc.view, cur, tc.snap, tc.expunge); got != tc.wantConverg {
+			t.Errorf("%s: converges = %v, want %v", tc.name, got, tc.wantConverg)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package imapgraph
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -445,6 +446,85 @@ func TestConverges(t *testing.T) {
 		}
 		if got := converges(tc.view, cur, tc.snap, tc.expunge); got != tc.wantConverg {
 			t.Errorf("%s: converges = %v, want %v", tc.name, got, tc.wantConverg)
+		}
+	}
+}
+
+// Sessions working on one folder at the same time, while mail arrives and
+// leaves: under -race, any write into a list another session shares is
+// reported. At the end every session, having reported everything, shares
+// the folder's list.
+func TestConcurrentSessionsOnOneFolder(t *testing.T) {
+	h := newHarness(t, nil)
+	var ids []string
+	for i := range 8 {
+		ids = append(ids, h.mb.deliver("f-inbox", testMIME(i, "ticket"), day.Add(time.Duration(i)*time.Minute)))
+	}
+	rec := recordViews(h)
+	cs := make([]*imapclient.Client, 4)
+	for i := range cs {
+		cs[i] = h.dial(nil)
+		if _, err := cs[i].Select("INBOX", nil).Wait(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A NO (a message that left meanwhile) is an answer; anything else is not.
+	ok := func(err error) error {
+		var ie *imap.Error
+		if err == nil || (errors.As(err, &ie) && ie.Type == imap.StatusResponseTypeNo) {
+			return nil
+		}
+		return err
+	}
+	errs := make(chan error, len(cs))
+	var wg sync.WaitGroup
+	for i, c := range cs {
+		wg.Go(func() {
+			for j := range 20 {
+				op := imap.StoreFlagsAdd
+				if (i+j)%2 == 0 {
+					op = imap.StoreFlagsDel
+				}
+				_, err := c.Store(imap.SeqSetNum(uint32(j%3+1)), &imap.StoreFlags{Op: op, Flags: []imap.Flag{imap.FlagSeen, imap.FlagDeleted}}, nil).Collect()
+				if err = ok(err); err == nil {
+					_, err = c.Fetch(imap.SeqSet{{Start: 1, Stop: 0}}, &imap.FetchOptions{UID: true, Flags: true, RFC822Size: true}).Collect()
+					err = ok(err)
+				}
+				if err == nil {
+					err = c.Noop().Wait()
+				}
+				if err != nil {
+					errs <- fmt.Errorf("session %d: %w", i+1, err)
+					return
+				}
+			}
+		})
+	}
+	for i := range 6 {
+		h.mb.deliver("f-inbox", testMIME(100+i, "new"), day.Add(time.Hour))
+		if err := h.mb.Delete(t.Context(), ids[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	for _, c := range cs {
+		noop(t, c)
+	}
+	fc := h.srv.folder(testAccount, "f-inbox")
+	snap, _, _ := fc.snapshot()
+	h.srv.releaseFolder(fc)
+	var want []uint32
+	for _, m := range snap {
+		want = append(want, m.uid)
+	}
+	for i := range cs {
+		v := rec.view(t, i)
+		if !v.shared || !slices.Equal(v.uids(), want) {
+			t.Errorf("session %d after NOOP: shared %v, UIDs %v; want the shared list, UIDs %v", i+1, v.shared, v.uids(), want)
 		}
 	}
 }

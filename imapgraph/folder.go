@@ -25,6 +25,15 @@ type folderCache struct {
 	elem             *list.Element // in Server.lru
 	generation       uint64        // bumped on every change, so sessions can skip diffing
 	lastFullListings int           // full listings made (tests, metrics)
+
+	// snap is the sorted message list of generation snapGen, built once
+	// and shared by every session viewing that generation (see snapshot).
+	// snapMu guards the three fields; it is taken last (inside mu or
+	// Server.mu) and never held across anything else.
+	snapMu  sync.Mutex
+	snap    []smsg
+	snapGen uint64
+	snapOK  bool
 }
 
 type cmsg struct {
@@ -115,21 +124,42 @@ func (fc *folderCache) sync(ctx context.Context, mb Mailbox, maxAge time.Duratio
 func (fc *folderCache) measured(id string, n int64) {
 	fc.mu.Lock()
 	defer fc.mu.Unlock()
-	if c := fc.byID[id]; c != nil {
+	if c := fc.byID[id]; c != nil && (c.Size != n || !c.SizeExact) {
 		c.Size, c.SizeExact = n, true
+		// Not a new generation (sessions need not diff for a size), but
+		// views taken from now on carry the exact size.
+		fc.dropSnapshot()
 	}
 }
 
-// snapshot returns the folder's messages ordered by UID.
+// snapshot returns the folder's messages ordered by UID. The list is built
+// once per generation and the same slice is returned to every caller until
+// the folder changes: it is shared by all the sessions viewing the folder
+// and callers must never modify it or its elements (a session edits its
+// view through selected.own, which copies it first). Its capacity equals
+// its length, so that an append never writes into the shared array.
 func (fc *folderCache) snapshot() ([]smsg, FolderState, uint64) {
 	fc.mu.Lock()
 	defer fc.mu.Unlock()
-	out := make([]smsg, 0, len(fc.byID))
-	for _, m := range fc.byID {
-		out = append(out, smsg{uid: m.uid, Message: m.Message})
+	fc.snapMu.Lock()
+	defer fc.snapMu.Unlock()
+	if !fc.snapOK || fc.snapGen != fc.generation {
+		out := make([]smsg, 0, len(fc.byID))
+		for _, m := range fc.byID {
+			out = append(out, smsg{uid: m.uid, Message: m.Message})
+		}
+		slices.SortFunc(out, func(a, b smsg) int { return cmp.Compare(a.uid, b.uid) })
+		fc.snap, fc.snapGen, fc.snapOK = out, fc.generation, true
 	}
-	slices.SortFunc(out, func(a, b smsg) int { return cmp.Compare(a.uid, b.uid) })
-	return out, fc.state, fc.generation
+	return fc.snap, fc.state, fc.generation
+}
+
+// dropSnapshot forgets the shared list: the next snapshot builds it
+// again. Sessions holding the old one keep it as it is.
+func (fc *folderCache) dropSnapshot() {
+	fc.snapMu.Lock()
+	defer fc.snapMu.Unlock()
+	fc.snap, fc.snapOK = nil, false
 }
 
 // put records a message this bridge added to the folder (APPEND, COPY,
@@ -202,6 +232,9 @@ func (s *Server) releaseFolder(fc *folderCache) {
 	if fc.refs--; fc.refs > 0 {
 		return
 	}
+	// No session views the folder: its shared list need not be kept
+	// (only the listing is, for the next SELECT or STATUS).
+	fc.dropSnapshot()
 	fc.elem = s.lru.PushBack(fc)
 	for s.lru.Len() > s.opts.MaxCachedFolders {
 		old := s.lru.Remove(s.lru.Front()).(*folderCache)

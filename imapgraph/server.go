@@ -101,6 +101,11 @@ type Server struct {
 	folders map[folderKey]*folderCache
 	lru     *list.List
 	serveWG sync.WaitGroup
+
+	// viewHook, when set (tests only, before the first session starts),
+	// is called on a session's goroutine with its view after SELECT and
+	// after every update.
+	viewHook func(*session)
 }
 
 type handoff struct {

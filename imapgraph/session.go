@@ -40,15 +40,40 @@ type session struct {
 // selected is the session's view of its selected folder. Sequence numbers
 // are positions in msgs, which only changes at points where the session
 // may tell the client (EXPUNGE responses, EXISTS).
+//
+// msgs starts as the folder's shared snapshot (shared is true): sessions
+// viewing the same generation of a folder hold one list. Every change to
+// msgs or to one of its elements goes through own, which copies the list
+// the first time this session changes it; update goes back to the shared
+// list when the session's view equals it again.
 type selected struct {
 	fc       *folderCache
 	folder   Folder
 	path     string
 	readOnly bool
 	msgs     []smsg
+	shared   bool // msgs is a folderCache snapshot: read only
 	state    FolderState
 	gen      uint64
 	deleted  map[uint32]bool // \Deleted: kept in this session until EXPUNGE or logout
+}
+
+// own returns msgs for this session to change: a shared snapshot is
+// copied first. Callers assign what they build from it back to msgs, and
+// take element pointers from it again (pointers taken before may point
+// into the shared list).
+func (sel *selected) own() []smsg {
+	if sel.shared {
+		sel.msgs = slices.Clone(sel.msgs)
+		sel.shared = false
+	}
+	return sel.msgs
+}
+
+// edit returns the message at sequence number seq for this session to
+// change.
+func (sel *selected) edit(seq uint32) *smsg {
+	return &sel.own()[seq-1]
 }
 
 type smsg struct {
@@ -273,7 +298,7 @@ func (s *session) Select(name string, options *imap.SelectOptions) (*imap.Select
 	}
 	msgs, st, gen := fc.snapshot()
 	s.sel = &selected{fc: fc, folder: f, path: path, readOnly: options != nil && options.ReadOnly,
-		msgs: msgs, state: st, gen: gen, deleted: map[uint32]bool{}}
+		msgs: msgs, shared: true, state: st, gen: gen, deleted: map[uint32]bool{}}
 	data := &imap.SelectData{
 		Flags:          []imap.Flag{imap.FlagSeen, imap.FlagFlagged, imap.FlagDeleted, imap.FlagDraft, imap.FlagAnswered},
 		PermanentFlags: []imap.Flag{imap.FlagSeen, imap.FlagFlagged, imap.FlagDeleted},
@@ -290,6 +315,7 @@ func (s *session) Select(name string, options *imap.SelectOptions) (*imap.Select
 			break
 		}
 	}
+	s.viewed()
 	return data, nil
 }
 
@@ -334,7 +360,15 @@ func (s *session) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error {
 		s.log.Info("Graph-served IMAP: folder refresh failed", "folder", s.sel.path, "error", err)
 		return nil
 	}
+	defer s.viewed()
 	return s.update(w, allowExpunge)
+}
+
+// viewed calls Server.viewHook (tests).
+func (s *session) viewed() {
+	if h := s.srv.viewHook; h != nil {
+		h(s)
+	}
 }
 
 func (s *session) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
@@ -360,7 +394,9 @@ func (s *session) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
 			s.log.Info("Graph-served IMAP: IDLE refresh failed; trying again at the next poll", "folder", s.sel.path, "error", err)
 			continue
 		}
-		if err := s.update(w, true); err != nil {
+		err := s.update(w, true)
+		s.viewed()
+		if err != nil {
 			return err
 		}
 	}
@@ -369,52 +405,83 @@ func (s *session) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
 // update compares the session's view with the shared cache and tells the
 // client: EXPUNGE for messages gone (when allowed), FETCH FLAGS for
 // changed flags, EXISTS for new messages.
+//
+// When the view it arrives at is exactly the folder's snapshot (nothing
+// kept as gone, nothing left out), the session takes the shared list
+// instead of editing a copy of its own: idle sessions share again after
+// every change. Otherwise it edits its own copy (own). The responses are
+// the same either way.
 func (s *session) update(w *imapserver.UpdateWriter, allowExpunge bool) error {
 	sel := s.sel
 	msgs, st, gen := sel.fc.snapshot()
 	if gen == sel.gen && !hasGone(sel.msgs) {
+		// Nothing to tell. A view of its own that equals the snapshot
+		// (after this session measured sizes, which other sessions' views
+		// need not learn) is given up for the shared one.
+		if !sel.shared && slices.Equal(sel.msgs, msgs) {
+			sel.msgs, sel.shared = msgs, true
+		}
 		return nil
 	}
 	cur := make(map[uint32]*smsg, len(msgs))
 	for i := range msgs {
 		cur[msgs[i].uid] = &msgs[i]
 	}
+	adopt := converges(sel.msgs, cur, msgs, allowExpunge)
 	// Flags and departures.
 	for i := range sel.msgs {
 		m := &sel.msgs[i]
 		n := cur[m.uid]
 		if n == nil {
-			m.gone = true
+			if !m.gone && !adopt {
+				sel.edit(uint32(i + 1)).gone = true
+			}
 			continue
 		}
-		if n.Read != m.Read || n.Flagged != m.Flagged || n.Draft != m.Draft {
+		if n.Message == m.Message {
+			continue
+		}
+		flagsChanged := n.Read != m.Read || n.Flagged != m.Flagged || n.Draft != m.Draft
+		if !adopt {
+			m = sel.edit(uint32(i + 1))
 			m.Message = n.Message
-			if err := w.WriteMessageFlags(uint32(i+1), imap.UID(m.uid), msgFlags(m, sel.deleted[m.uid])); err != nil {
+		}
+		if flagsChanged {
+			if err := w.WriteMessageFlags(uint32(i+1), imap.UID(n.uid), msgFlags(n, sel.deleted[n.uid])); err != nil {
 				return err
 			}
 		}
-		m.Message = n.Message
 	}
+	// Departures, highest sequence number first. A message is gone when
+	// it was already or is no longer in the folder (then, unless
+	// adopting, the loop above marked it).
+	n0 := len(sel.msgs)
 	if allowExpunge {
 		for i := len(sel.msgs) - 1; i >= 0; i-- {
-			if sel.msgs[i].gone {
-				delete(sel.deleted, sel.msgs[i].uid)
-				sel.msgs = slices.Delete(sel.msgs, i, i+1)
+			if uid := sel.msgs[i].uid; sel.msgs[i].gone || cur[uid] == nil {
+				delete(sel.deleted, uid)
+				if !adopt {
+					sel.msgs = slices.Delete(sel.own(), i, i+1)
+				}
+				n0--
 				if err := w.WriteExpunge(uint32(i + 1)); err != nil {
 					return err
 				}
 			}
 		}
 	}
-	// Arrivals: UIDs above the highest one in view.
-	var top uint32
-	if len(sel.msgs) > 0 {
-		top = sel.msgs[len(sel.msgs)-1].uid
-	}
-	n0 := len(sel.msgs)
-	for _, m := range msgs {
-		if m.uid > top {
-			sel.msgs = append(sel.msgs, m)
+	if adopt {
+		sel.msgs, sel.shared = msgs, true
+	} else {
+		// Arrivals: UIDs above the highest one in view.
+		var top uint32
+		if len(sel.msgs) > 0 {
+			top = sel.msgs[len(sel.msgs)-1].uid
+		}
+		for i := range msgs {
+			if msgs[i].uid > top {
+				sel.msgs = append(sel.own(), msgs[i])
+			}
 		}
 	}
 	if len(sel.msgs) != n0 {
@@ -424,6 +491,35 @@ func (s *session) update(w *imapserver.UpdateWriter, allowExpunge bool) error {
 	}
 	sel.state, sel.gen = st, gen
 	return nil
+}
+
+// converges reports whether update turns view into exactly msgs, the
+// folder's snapshot (cur indexes it by UID): every message of the view
+// that left the folder is expunged now, and the ones kept plus the
+// arrivals (UIDs above the highest one kept) are all of msgs. Both lists
+// are ordered by UID and the kept ones are a subset of the messages of
+// msgs up to that UID, so counting them is enough.
+func converges(view []smsg, cur map[uint32]*smsg, msgs []smsg, allowExpunge bool) bool {
+	kept := 0
+	var top uint32
+	for i := range view {
+		if view[i].gone || cur[view[i].uid] == nil {
+			if !allowExpunge {
+				return false
+			}
+			continue
+		}
+		kept++
+		top = view[i].uid
+	}
+	// The number of messages of msgs with a UID up to top.
+	upTo, _ := slices.BinarySearchFunc(msgs, top, func(m smsg, top uint32) int {
+		if m.uid <= top {
+			return -1
+		}
+		return 1
+	})
+	return kept == upTo
 }
 
 func hasGone(msgs []smsg) bool {
@@ -523,6 +619,7 @@ func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *
 				return s.imapError("fetch", err)
 			}
 			if !m.SizeExact {
+				m = s.sel.edit(seq)
 				m.Size, m.SizeExact = int64(len(data)), true
 				s.sel.fc.measured(m.ID, m.Size)
 				if sm, ok := s.mb.(sizeNoter); ok {
@@ -532,7 +629,8 @@ func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *
 		}
 		wroteFlags := options.Flags
 		if markSeen && !m.Read && !s.sel.readOnly {
-			if err := s.setFlags(m, FlagUpdate{Read: ptr(true)}); err != nil {
+			var err error
+			if m, err = s.setFlags(seq, FlagUpdate{Read: ptr(true)}); err != nil {
 				return err
 			}
 			wroteFlags = true
@@ -585,8 +683,11 @@ func envelope(data []byte) *imap.Envelope {
 
 func ptr[T any](v T) *T { return &v }
 
-// setFlags writes isRead / flag.flagStatus to Graph, then to the views.
-func (s *session) setFlags(m *smsg, u FlagUpdate) error {
+// setFlags writes isRead / flag.flagStatus of the message at sequence
+// number seq to Graph, then to the views. It returns the message as it
+// is now in the session's view.
+func (s *session) setFlags(seq uint32, u FlagUpdate) (*smsg, error) {
+	m := &s.sel.msgs[seq-1]
 	if u.Read != nil && *u.Read == m.Read {
 		u.Read = nil
 	}
@@ -594,16 +695,17 @@ func (s *session) setFlags(m *smsg, u FlagUpdate) error {
 		u.Flagged = nil
 	}
 	if u.Read == nil && u.Flagged == nil {
-		return nil
+		return m, nil
 	}
 	if m.gone {
-		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeNonExistent,
+		return m, &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeNonExistent,
 			Text: fmt.Sprintf("message UID %d left the folder", m.uid)}
 	}
 	err := s.srv.retry(s.ctx, true, func() error { return s.mb.Update(s.ctx, m.ID, u) })
 	if err != nil {
-		return s.imapError("store", err)
+		return m, s.imapError("store", err)
 	}
+	m = s.sel.edit(seq)
 	if u.Read != nil {
 		m.Read = *u.Read
 	}
@@ -611,7 +713,7 @@ func (s *session) setFlags(m *smsg, u FlagUpdate) error {
 		m.Flagged = *u.Flagged
 	}
 	s.sel.fc.update(m.ID, u)
-	return nil
+	return m, nil
 }
 
 // ---- STORE ----
@@ -662,7 +764,8 @@ func (s *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *im
 			}
 			del = del && !want.deleted
 		}
-		if err := s.setFlags(m, u); err != nil {
+		m, err := s.setFlags(seq, u)
+		if err != nil {
 			return err
 		}
 		if del {
@@ -965,7 +1068,7 @@ func (s *session) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) error 
 			}
 		}
 		delete(s.sel.deleted, m.uid)
-		s.sel.msgs = slices.Delete(s.sel.msgs, i, i+1)
+		s.sel.msgs = slices.Delete(s.sel.own(), i, i+1)
 		if err := w.WriteExpunge(uint32(i + 1)); err != nil {
 			return err
 		}
@@ -1069,7 +1172,7 @@ func (s *session) transfer(w *imapserver.MoveWriter, numSet imap.NumSet, dest st
 	for i := len(doneSeqs) - 1; i >= 0; i-- {
 		seq := doneSeqs[i]
 		delete(s.sel.deleted, s.sel.msgs[seq-1].uid)
-		s.sel.msgs = slices.Delete(s.sel.msgs, int(seq-1), int(seq))
+		s.sel.msgs = slices.Delete(s.sel.own(), int(seq-1), int(seq))
 		if err := w.WriteExpunge(seq); err != nil {
 			return nil, err
 		}

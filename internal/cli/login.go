@@ -414,12 +414,14 @@ secret here; with an admin password_hash, set OAUTHBRIDGE_ADMIN_PASSWORD
 (or type it when asked on a terminal). When no daemon answers, it shows the
 token store in state_dir instead, and exits 3.
 
-For monitoring (Nagios, cron): exit 0 only when every account is ok.`)
+For monitoring (Nagios, cron): exit 0 only when every account is ok,
+including its Microsoft Graph token where send_via or read_via uses Graph.`)
 	cf := addConfigFlags(fs)
 	asJSON := fs.Bool("json", false, "print the accounts as JSON (the admin API's /api/accounts)")
 	fs.exitCodes = `Exit codes:
   0  every account is ok
-  1  some account is not ok (needs_login, failing, or unknown: an app-flow account not tried yet)
+  1  some account is not ok (needs_login, failing, or unknown: an app-flow account not tried yet),
+     or has a Microsoft Graph token error while its send_via or read_via uses Graph
   2  usage or configuration error
   3  no daemon answers on admin.listen (the table then shows the token store), or its admin API failed`
 	pos, err := fs.parse(args)
@@ -464,8 +466,13 @@ For monitoring (Nagios, cron): exit 0 only when every account is ok.`)
 	}
 	var bad []string
 	for _, r := range rows {
-		if r.State != tokens.StateOK {
+		switch {
+		case r.State != tokens.StateOK:
 			bad = append(bad, fmt.Sprintf("%s is %s", r.Account, r.State))
+		case r.GraphError != "":
+			// Set only for an account whose settings use Graph (send_via
+			// graph or auto, read_via graph): its mail through Graph fails.
+			bad = append(bad, fmt.Sprintf("%s has a Microsoft Graph token error", r.Account))
 		}
 	}
 	if len(bad) > 0 {

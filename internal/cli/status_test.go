@@ -176,7 +176,8 @@ func TestAdminCommandsNeedNoSecret(t *testing.T) {
 }
 
 // A Microsoft Graph token problem (the account itself ok) is in the
-// table, with its fix naming the sign-in to run.
+// table, with its fix naming the sign-in to run, and makes status exit 1:
+// the account's mail through Graph fails.
 func TestStatusShowsGraphError(t *testing.T) {
 	rows := `[{"account":"helpdesk","mailbox":"helpdesk@contoso.example","flow":"delegated","state":"ok","send_via":"graph",
 	  "graph_error":"no consent for the Microsoft Graph permissions Mail.Send, Mail.ReadWrite that send_via = \"graph\" needs",
@@ -187,7 +188,7 @@ func TestStatusShowsGraphError(t *testing.T) {
 	})
 	cfg, _ := cliConfig(t, api)
 	code, o, e := run(t, "", "status", "-config", cfg, "-credentials", t.TempDir())
-	if code != ExitOK || !strings.Contains(o, `Microsoft Graph: no consent for the Microsoft Graph permissions Mail.Send, Mail.ReadWrite that send_via = "graph" needs -> grant consent, then run 'oauthbridge login helpdesk'`) {
+	if code != ExitStatusNotOK || !strings.Contains(e, "1 of 1 account(s) not ok: helpdesk has a Microsoft Graph token error") || !strings.Contains(o, `Microsoft Graph: no consent for the Microsoft Graph permissions Mail.Send, Mail.ReadWrite that send_via = "graph" needs -> grant consent, then run 'oauthbridge login helpdesk'`) {
 		t.Errorf("status with a Graph error: code %d\nstdout: %s\nstderr: %s", code, o, e)
 	}
 }

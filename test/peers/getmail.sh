@@ -57,57 +57,36 @@ getmail_has() {
 
 getmail_count() { find "$T/getmail/$1/Maildir/new" -type f | wc -l; }
 
-getmail_graph_pop3() {
-	local box="grgp@$DOMAIN" p out rc inbox trash
-	p="grgp-$(rtag)"
+# getmail_graph NAME RETRIEVER PORT PROTO: a Graph-served account read by
+# getmail with RETRIEVER on PORT, first keeping the messages (the INBOX is
+# unchanged), then deleting them (they move to Deleted Items). The bridge
+# user, the mailbox's local part and the password variable PW_NAME share
+# NAME; PROTO names the scenarios (graph-PROTO-keep, ...).
+getmail_graph() {
+	local name=$1 retriever=$2 port=$3 proto=$4
+	local box="$name@$DOMAIN" pwvar="PW_$name" p out rc inbox trash
+	p="$name-$(rtag)"
 	graph_deliver "$box" "$p-one"
 	graph_deliver "$box" "$p-two"
 	inbox=$(graph_folder_count "$box" INBOX)
 	trash=$(graph_folder_count "$box" "Deleted Items")
-	write_getmailrc grgp SimplePOP3Retriever "$B_POP3" grgp "$PW_grgp" false
-	out=$(run_getmail grgp) && rc=0 || rc=$?
-	if [ "$rc" = 0 ] && getmail_has grgp "$p-one" && getmail_has grgp "$p-two" &&
+	write_getmailrc "$name" "$retriever" "$port" "$name" "${!pwvar}" false
+	out=$(run_getmail "$name") && rc=0 || rc=$?
+	if [ "$rc" = 0 ] && getmail_has "$name" "$p-one" && getmail_has "$name" "$p-two" &&
 		[ "$(graph_folder_count "$box" INBOX)" = "$inbox" ]; then
-		pass getmail graph-pop3-keep
+		pass getmail "graph-$proto-keep"
 	else
-		fail getmail graph-pop3-keep "rc=$rc inbox=$(graph_folder_count "$box" INBOX) (want $inbox) $out"
+		fail getmail "graph-$proto-keep" "rc=$rc inbox=$(graph_folder_count "$box" INBOX) (want $inbox) $out"
 	fi
-	rm -f "$T/getmail/grgp/Maildir/new/"*
-	write_getmailrc grgp SimplePOP3Retriever "$B_POP3" grgp "$PW_grgp" true
-	out=$(run_getmail grgp) && rc=0 || rc=$?
-	if [ "$rc" = 0 ] && getmail_has grgp "$p-one" && getmail_has grgp "$p-two" &&
+	rm -f "$T/getmail/$name/Maildir/new/"*
+	write_getmailrc "$name" "$retriever" "$port" "$name" "${!pwvar}" true
+	out=$(run_getmail "$name") && rc=0 || rc=$?
+	if [ "$rc" = 0 ] && getmail_has "$name" "$p-one" && getmail_has "$name" "$p-two" &&
 		[ "$(graph_folder_count "$box" INBOX)" = 0 ] &&
 		[ "$(graph_folder_count "$box" "Deleted Items")" = $((trash + 2)) ]; then
-		pass getmail graph-pop3-delete-moves-to-deleted-items
+		pass getmail "graph-$proto-delete-moves-to-deleted-items"
 	else
-		fail getmail graph-pop3-delete-moves-to-deleted-items "rc=$rc inbox=$(graph_folder_count "$box" INBOX) (want 0) deleted-items=$(graph_folder_count "$box" "Deleted Items") (want $((trash + 2))) $out"
-	fi
-}
-
-getmail_graph_imap() {
-	local box="grgi@$DOMAIN" p out rc inbox trash
-	p="grgi-$(rtag)"
-	graph_deliver "$box" "$p-one"
-	graph_deliver "$box" "$p-two"
-	inbox=$(graph_folder_count "$box" INBOX)
-	trash=$(graph_folder_count "$box" "Deleted Items")
-	write_getmailrc grgi SimpleIMAPRetriever "$B_IMAP" grgi "$PW_grgi" false
-	out=$(run_getmail grgi) && rc=0 || rc=$?
-	if [ "$rc" = 0 ] && getmail_has grgi "$p-one" && getmail_has grgi "$p-two" &&
-		[ "$(graph_folder_count "$box" INBOX)" = "$inbox" ]; then
-		pass getmail graph-imap-keep
-	else
-		fail getmail graph-imap-keep "rc=$rc inbox=$(graph_folder_count "$box" INBOX) (want $inbox) $out"
-	fi
-	rm -f "$T/getmail/grgi/Maildir/new/"*
-	write_getmailrc grgi SimpleIMAPRetriever "$B_IMAP" grgi "$PW_grgi" true
-	out=$(run_getmail grgi) && rc=0 || rc=$?
-	if [ "$rc" = 0 ] && getmail_has grgi "$p-one" && getmail_has grgi "$p-two" &&
-		[ "$(graph_folder_count "$box" INBOX)" = 0 ] &&
-		[ "$(graph_folder_count "$box" "Deleted Items")" = $((trash + 2)) ]; then
-		pass getmail graph-imap-delete-moves-to-deleted-items
-	else
-		fail getmail graph-imap-delete-moves-to-deleted-items "rc=$rc inbox=$(graph_folder_count "$box" INBOX) (want 0) deleted-items=$(graph_folder_count "$box" "Deleted Items") (want $((trash + 2))) $out"
+		fail getmail "graph-$proto-delete-moves-to-deleted-items" "rc=$rc inbox=$(graph_folder_count "$box" INBOX) (want 0) deleted-items=$(graph_folder_count "$box" "Deleted Items") (want $((trash + 2))) $out"
 	fi
 }
 
@@ -134,7 +113,7 @@ getmail_spliced_pop3() {
 }
 
 getmail_scenarios() {
-	getmail_graph_pop3
-	getmail_graph_imap
+	getmail_graph grgp SimplePOP3Retriever "$B_POP3" pop3
+	getmail_graph grgi SimpleIMAPRetriever "$B_IMAP" imap
 	getmail_spliced_pop3
 }

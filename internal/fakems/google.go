@@ -665,18 +665,5 @@ func (p *pop3Conn) authGoogle(arg string) error {
 		}
 		return p.writeLine(googlePOP3AuthFailed)
 	}
-	p.f.storeMu.Lock()
-	msgs, err := res.mailbox.folderMessagesLocked("INBOX")
-	p.f.storeMu.Unlock()
-	if err != nil {
-		return p.writeLine("-ERR [SYS/TEMP] Temporary system problem. Try again later.")
-	}
-	p.mb = res.mailbox
-	p.msgs = make([]pop3Msg, len(msgs))
-	for i, m := range msgs {
-		p.msgs[i] = pop3Msg{uid: m.uid, raw: m.raw}
-	}
-	p.log = p.log.With("user", res.who, "mailbox", res.mailbox.addr)
-	p.log.Info("fakems: google pop3 authenticated")
-	return p.writeLine(googlePOP3AuthOK)
+	return p.loggedIn(res, "-ERR [SYS/TEMP] Temporary system problem. Try again later.", "fakems: google pop3 authenticated", googlePOP3AuthOK)
 }

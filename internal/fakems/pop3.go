@@ -250,11 +250,17 @@ func (p *pop3Conn) auth(arg string) error {
 		p.log.Info("fakems: pop3 auth failed", "mailbox", user, "token_ok", res.tokenOK)
 		return p.writeLine(pop3AuthFailed)
 	}
+	return p.loggedIn(res, "-ERR Server Unavailable. 21", "fakems: pop3 authenticated", pop3AuthOK)
+}
+
+// loggedIn opens the INBOX of an authenticated session as a POP3 maildrop
+// and sends ok; unavailable is the reply when the folder cannot be read.
+func (p *pop3Conn) loggedIn(res bearerCheck, unavailable, logMsg, ok string) error {
 	p.f.storeMu.Lock()
 	msgs, err := res.mailbox.folderMessagesLocked("INBOX")
 	p.f.storeMu.Unlock()
 	if err != nil {
-		return p.writeLine("-ERR Server Unavailable. 21")
+		return p.writeLine(unavailable)
 	}
 	p.mb = res.mailbox
 	p.msgs = make([]pop3Msg, len(msgs))
@@ -262,8 +268,8 @@ func (p *pop3Conn) auth(arg string) error {
 		p.msgs[i] = pop3Msg{uid: m.uid, raw: m.raw}
 	}
 	p.log = p.log.With("user", res.who, "mailbox", res.mailbox.addr)
-	p.log.Info("fakems: pop3 authenticated")
-	return p.writeLine(pop3AuthOK)
+	p.log.Info(logMsg)
+	return p.writeLine(ok)
 }
 
 // msgIndex parses a message number; deleted messages do not exist.

@@ -179,7 +179,7 @@ func (m *Manager) graphUsable(a *account, now time.Time) bool {
 // permissions the account's settings need now (send_via and read_via may
 // have changed since). Callers hold a.mu.
 func graphScopeFits(a *account) bool {
-	return a.ent.GraphScope == "" || a.ent.GraphScope == graphScopeKey(a.cfg)
+	return a.ent.GraphScope == "" || a.ent.GraphScope == a.graphKey
 }
 
 // graphDue is when the Graph token's background refresh is due (zero:

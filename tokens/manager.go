@@ -145,6 +145,7 @@ type account struct {
 
 	mu       sync.Mutex
 	cfg      *config.Account
+	graphKey string        // graphScopeKey(cfg), kept with cfg: compared on every Graph token lookup
 	ent      entry         // what is (or will be) in the store
 	gen      uint64        // bumped by a sign-in, an adoption or a binding change: discards stale refresh results
 	inflight chan struct{} // closed when the running refresh ends; nil when none runs
@@ -216,7 +217,7 @@ func NewManager(cfg *config.Config, opts Options) (*Manager, error) {
 }
 
 func (m *Manager) newAccount(ac *config.Account, stored *entry) *account {
-	a := &account{name: ac.Name, cfg: ac, log: m.log.With("account", ac.Name)}
+	a := &account{name: ac.Name, cfg: ac, graphKey: graphScopeKey(ac), log: m.log.With("account", ac.Name)}
 	a.ent = entry{State: StateUnknown, Binding: binding(ac)}
 	if stored != nil {
 		if stored.Binding == a.ent.Binding {

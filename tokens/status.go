@@ -41,8 +41,8 @@ func (m *Manager) Reload(cfg *config.Config) error {
 		}
 		a.mu.Lock()
 		old := binding(a.cfg)
-		oldGraph := graphScopeKey(a.cfg)
-		a.cfg = ac
+		oldGraph := a.graphKey
+		a.cfg, a.graphKey = ac, graphScopeKey(ac)
 		if nb := binding(ac); nb != old {
 			a.gen++
 			a.ent = entry{State: StateUnknown, Binding: nb}
@@ -56,7 +56,7 @@ func (m *Manager) Reload(cfg *config.Config) error {
 			a.lastErr = nil
 			a.ent.State = StateOK
 		}
-		if ng := graphScopeKey(ac); ng != oldGraph && ac.Flow != config.FlowApp {
+		if ng := a.graphKey; ng != oldGraph && ac.Flow != config.FlowApp {
 			// send_via or read_via changed what Graph permissions the
 			// account needs: a Graph token for the old ones is not used
 			// (graphScopeFits), and the new ones are tried now instead of

@@ -408,11 +408,12 @@ func (s *session) openTx(up *upstream, fresh bool, rcpt *firstRcpt) error {
 			return se // bare: go-smtp type-asserts *smtp.SMTPError
 		}
 		s.dropUpstream(up)
+		addr := up.addr
 		up = nil
 		if fresh || attempt > 0 {
 			s.srv.m.UpstreamErrors.WithLabelValues("smtp", errorClass(mailErr)).Inc()
 			s.srv.m.SMTPMessages.WithLabelValues("failed").Inc()
-			s.log.Warn("upstream connection failed at MAIL", "error", mailErr.Error())
+			s.log.Warn("upstream connection failed at MAIL", "upstream", addr, "error", mailErr.Error())
 			if isSMTP {
 				return se
 			}

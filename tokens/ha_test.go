@@ -705,6 +705,13 @@ func TestPGQueriesPer100Accounts(t *testing.T) {
 	}
 	var clocks []*fakeClock
 	var ms []*Manager
+	// A replica that finds the lease taken waits (min(poll_interval,
+	// 500ms)) and reads the row: one claim, one lease-holder read and one
+	// get. If the other replica's redemption is still running then (a
+	// loaded CI machine), it waits again: those repeats measure the
+	// machine's speed, not the store's design, so they are counted apart.
+	var waitMu sync.Mutex
+	waits := map[string]int{} // replica/account -> waits this cycle
 	q0 := count()
 	for range 2 {
 		c := newFakeClock()
@@ -712,6 +719,14 @@ func TestPGQueriesPer100Accounts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		replica := len(ms)
+		m.SetLeaseHookForTest(func(step, account string, _ func()) {
+			if step == "waiting" {
+				waitMu.Lock()
+				waits[fmt.Sprint(replica, "/", account)]++
+				waitMu.Unlock()
+			}
+		})
 		t.Cleanup(func() { m.Close() })
 		m.Start(context.Background())
 		clocks, ms = append(clocks, c), append(ms, m)
@@ -735,16 +750,30 @@ func TestPGQueriesPer100Accounts(t *testing.T) {
 			t.Fatalf("cycle %d: %d token requests for %d accounts, want exactly %d", cycle, got, n, cycle*n)
 		}
 	}
+	// repeats returns the statements of waits after the first for the
+	// same account on the same replica since the last call.
+	repeats := func() float64 {
+		waitMu.Lock()
+		defer waitMu.Unlock()
+		r := 0
+		for _, w := range waits {
+			r += max(w-1, 0)
+		}
+		clear(waits)
+		return float64(3 * r)
+	}
 	converged(1)
 	q1 := count()
+	r1 := repeats()
 	for i, c := range clocks {
 		c.Add(58 * time.Minute)
 		ms[i].WakeForTest()
 	}
 	converged(2)
 	q2 := count()
-	perRefresh := (q2 - q1) / n
-	t.Logf("first tokens: %.0f statements for %d accounts; one lifetime later: %.0f (%.1f per account refresh, both replicas, polls aside)", q1-q0, n, q2-q1, perRefresh)
+	r2 := repeats()
+	perRefresh := (q2 - q1 - r2) / n
+	t.Logf("first tokens: %.0f statements for %d accounts; one lifetime later: %.0f (%.1f per account refresh, both replicas, polls aside; %.0f and %.0f more statements of repeated waits for a slow redemption not counted)", q1-q0-r1, n, q2-q1-r2, perRefresh, r1, r2)
 	t.Logf("one replica at %d accounts, 1 h tokens, default 5 s poll: about %.0f queries a minute (12 polls + %.1f refresh statements)", n, 12+perRefresh*n/60/2, perRefresh*n/60/2)
 	if perRefresh > 12 {
 		t.Errorf("%.1f statements per account refresh across both replicas, want at most 12", perRefresh)

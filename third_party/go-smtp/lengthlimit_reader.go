@@ -34,24 +34,31 @@ func (r *lineLimitReader) Read(b []byte) (int, error) {
 	}
 
 	// oauthbridge patch: the same count as the byte loop it replaces
-	// (a line's length includes the LF that ends the previous line), a
-	// line at a time with bytes.IndexByte.
+	// (a line's length includes the LF that ends the previous line),
+	// checked a window at a time instead of a byte at a time. From the
+	// current count, the next LineLimit-curLineLength bytes may hold no
+	// LF; the byte after them must be one. So in the window of the next
+	// room+1 bytes, every line that starts and ends inside it is short
+	// enough, and only the last LF in it matters (bytes.LastIndexByte):
+	// one search per LineLimit bytes, not one per line.
 	rest := b[:n]
 	for len(rest) > 0 {
-		i := bytes.IndexByte(rest, '\n')
-		if i < 0 {
-			r.curLineLength += len(rest)
-			break
+		room := r.LineLimit - r.curLineLength
+		w := rest
+		if len(w) > room+1 {
+			w = w[:room+1]
 		}
-		if r.curLineLength += i; r.curLineLength > r.LineLimit {
-			return 0, ErrTooLongLine
+		j := bytes.LastIndexByte(w, '\n')
+		if j < 0 {
+			if len(w) > room {
+				r.curLineLength = r.LineLimit + 1
+				return 0, ErrTooLongLine
+			}
+			r.curLineLength += len(w)
+			break // w was all of rest
 		}
 		r.curLineLength = 1 // the LF
-		rest = rest[i+1:]
+		rest = rest[j+1:]
 	}
-	if r.curLineLength > r.LineLimit {
-		return 0, ErrTooLongLine
-	}
-
 	return n, nil
 }

@@ -49,6 +49,11 @@ func (c *crlfReader) release() {
 }
 
 func (c *crlfReader) Read(p []byte) (int, error) {
+	if len(c.out) == 0 && c.err == nil && len(p) >= crlfDirectMin {
+		if n, ok := c.direct(p); ok {
+			return n, nil
+		}
+	}
 	for len(c.out) == 0 {
 		if c.err != nil {
 			return 0, c.err
@@ -60,13 +65,74 @@ func (c *crlfReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// crlfDirectMin is the smallest read that direct serves: below it the
+// copy through out costs less than the checks.
+const crlfDirectMin = 512
+
+// direct reads straight into p and returns the bytes unchanged when every
+// CR and LF in them is part of a CRLF, as in nearly every message: no copy
+// and one search per line. A CR at the end is kept back (prevCR), as fill
+// does, until the next read shows what follows it. Otherwise, or on a read
+// error, the bytes go through fill's conversion and ok is false.
+func (c *crlfReader) direct(p []byte) (n int, ok bool) {
+	if c.bufs == nil {
+		c.bufs = crlfPool.Get().(*crlfBufs)
+	}
+	p = p[:min(len(p), crlfReadSize)] // what fill's buffer can take back
+	start := 0
+	if c.prevCR {
+		p[0], start = '\r', 1
+	}
+	m, err := c.r.Read(p[start:])
+	b := p[:start+m]
+	if err == nil && wellFormed(b) {
+		c.prevCR = len(b) > 0 && b[len(b)-1] == '\r'
+		if c.prevCR {
+			b = b[:len(b)-1]
+		}
+		return len(b), true
+	}
+	// The slow way, from where fill would start: prevCR is in b already.
+	c.prevCR = false
+	c.convert(append(c.bufs.in[:0], b...), err)
+	return 0, false
+}
+
+// wellFormed reports whether every CR and LF in b belongs to a CRLF,
+// except that b may end with a CR. As many CRs as LFs (bytes.Count is a
+// vectorised pass), and a CR in front of every LF, leave no room for a
+// bare one.
+func wellFormed(b []byte) bool {
+	crs := bytes.Count(b, []byte{'\r'})
+	if len(b) > 0 && b[len(b)-1] == '\r' {
+		crs--
+	}
+	if crs != bytes.Count(b, []byte{'\n'}) {
+		return false
+	}
+	for i := 0; ; {
+		j := bytes.IndexByte(b[i:], '\n')
+		if j < 0 {
+			return true
+		}
+		if i+j == 0 || b[i+j-1] != '\r' {
+			return false
+		}
+		i += j + 1
+	}
+}
+
 // fill reads from r and converts what it got into out.
 func (c *crlfReader) fill() {
 	if c.bufs == nil {
 		c.bufs = crlfPool.Get().(*crlfBufs)
 	}
 	n, err := c.r.Read(c.bufs.in)
-	src := c.bufs.in[:n]
+	c.convert(c.bufs.in[:n], err)
+}
+
+// convert turns src, read with err, into out.
+func (c *crlfReader) convert(src []byte, err error) {
 	out := c.bufs.out[:0]
 	if c.prevCR && len(src) > 0 {
 		c.prevCR = false

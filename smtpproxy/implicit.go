@@ -31,11 +31,17 @@ func implicitTLS(addr string) bool {
 // connectImplicitTLS is connect for port 465: TLS (certificate verified),
 // greeting, EHLO and AUTH XOAUTH2.
 func (s *session) connectImplicitTLS(addr, tok, domain string, timeout time.Duration) (*upstream, error) {
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: s.account.Provider.UpstreamTLS(addr)}
 	ctx, cancel := context.WithTimeout(s.ctx, timeout)
-	conn, err := d.DialContext(ctx, "tcp", addr)
-	cancel()
+	defer cancel()
+	d := net.Dialer{Timeout: timeout}
+	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
+		return nil, &connectError{"dial", err}
+	}
+	bc := &batchConn{Conn: raw}
+	conn := tls.Client(bc, s.account.Provider.UpstreamTLS(addr))
+	if err := conn.HandshakeContext(ctx); err != nil {
+		raw.Close()
 		var cv *tls.CertificateVerificationError
 		var rh tls.RecordHeaderError
 		if errors.As(err, &cv) || errors.As(err, &rh) {
@@ -58,5 +64,7 @@ func (s *session) connectImplicitTLS(addr, tok, domain string, timeout time.Dura
 	if err := c.Auth(tokens.NewXOAUTH2Client(s.account.Mailbox, tok)); err != nil {
 		return fail("auth", err)
 	}
-	return s.srv.newUpstream(c, conn, addr), nil
+	up := s.srv.newUpstream(c, conn, addr)
+	up.batch = bc
+	return up, nil
 }

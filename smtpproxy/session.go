@@ -703,6 +703,7 @@ type deadlineWriter struct {
 	w       io.Writer
 	conn    net.Conn
 	timeout time.Duration
+	batch   *batchConn // if set, under w: each Write leaves in one batch
 }
 
 func (d *deadlineWriter) arm() {
@@ -713,5 +714,13 @@ func (d *deadlineWriter) arm() {
 
 func (d *deadlineWriter) Write(p []byte) (int, error) {
 	d.arm()
-	return d.w.Write(p)
+	if d.batch == nil {
+		return d.w.Write(p)
+	}
+	d.batch.begin()
+	n, err := d.w.Write(p)
+	if ferr := d.batch.end(); err == nil && ferr != nil {
+		return 0, ferr
+	}
+	return n, err
 }

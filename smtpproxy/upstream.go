@@ -25,7 +25,8 @@ import (
 // upstream is one authenticated submission connection to Microsoft 365.
 type upstream struct {
 	c       *smtp.Client
-	conn    net.Conn // the TLS connection under c
+	conn    net.Conn   // the TLS connection under c
+	batch   *batchConn // under conn, if set: body writes leave in batches
 	addr    string
 	release func() // frees the per-account limiter slot
 
@@ -207,7 +208,8 @@ func (s *session) connect(addr, tok string, timeout time.Duration) (*upstream, e
 		// RFC 3207 section 6: nothing may follow the 220 in plaintext.
 		return fail("starttls", errors.New("server sent data after STARTTLS"))
 	}
-	tc := tls.Client(raw, s.account.Provider.UpstreamTLS(addr))
+	bc := &batchConn{Conn: raw}
+	tc := tls.Client(bc, s.account.Provider.UpstreamTLS(addr))
 	if err := tc.HandshakeContext(s.ctx); err != nil {
 		return fail("tls", err)
 	}
@@ -222,7 +224,9 @@ func (s *session) connect(addr, tok string, timeout time.Duration) (*upstream, e
 	if err := c.Auth(tokens.NewXOAUTH2Client(s.account.Mailbox, tok)); err != nil {
 		return fail("auth", err)
 	}
-	return s.srv.newUpstream(c, tc, addr), nil
+	up := s.srv.newUpstream(c, tc, addr)
+	up.batch = bc
+	return up, nil
 }
 
 // newUpstream wraps an authenticated client connection and notes which
@@ -395,7 +399,7 @@ func (e *relayError) Unwrap() error { return e.err }
 // final ".") is sent only after src returned io.EOF: a body that fails
 // half-way is never completed upstream; the caller drops the connection.
 func (u *upstream) sendMessage(src io.Reader, writeTimeout time.Duration) (string, error) {
-	dw := &deadlineWriter{w: u.conn, conn: u.conn, timeout: writeTimeout}
+	dw := &deadlineWriter{w: u.conn, conn: u.conn, timeout: writeTimeout, batch: u.batch}
 	bw := writerPool.Get().(*bufio.Writer)
 	bw.Reset(dw)
 	defer func() {

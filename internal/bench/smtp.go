@@ -296,8 +296,10 @@ func (e *env) runBig(ctx context.Context, o Options, p *bridgeProc) ([]Row, *big
 		total.cpu += r.cpu
 	}
 	// The bridge's CPU for the same bodies from a client that writes them
-	// in large pieces (one round per size, not timed against direct).
-	for _, size := range o.BigMessages {
+	// in large pieces (CPURounds rounds per size, as many as the FETCH
+	// figure it is compared with; not timed against direct).
+	for i := range len(o.BigMessages) * max(o.CPURounds, 1) {
+		size := o.BigMessages[i%len(o.BigMessages)]
 		if ctx.Err() != nil {
 			return rows, nil, ctx.Err()
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/oauthbridge/oauthbridge/audit"
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/graphmail"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
@@ -55,10 +56,11 @@ type Options struct {
 	// registry to every component); nil: a private registry.
 	Registerer prometheus.Registerer
 
-	// LoginObservers, if set, sees every login attempt this server audits
-	// (the daemon's alert engine counts failed upstream logins with it);
-	// nil: nobody observes.
-	LoginObservers *localauth.Observers
+	// LoginObservers, if set, see every login attempt this server audits,
+	// with its result and no secret (package audit; the daemon's alert
+	// engine counts failed upstream logins with them); nil: nobody
+	// observes.
+	LoginObservers []audit.LoginObserver
 
 	// FailureDelay is how long the reply to a failed login waits (0:
 	// 1 s, negative: none); MaxFailures failed logins

@@ -22,6 +22,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-smtp"
 
+	"github.com/oauthbridge/oauthbridge/audit"
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/graph"
 	"github.com/oauthbridge/oauthbridge/internal/fakems"
@@ -134,7 +135,7 @@ user "otrs" {
 		Tokens:         m,
 		Limiter:        &limiter.Limiter{},
 		Logger:         log,
-		LoginObservers: e.logins,
+		LoginObservers: []audit.LoginObserver{e.logins},
 	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -70,7 +70,7 @@ func (s *Server) Send(ctx context.Context, acct *config.Account, from string, rc
 // per account): the local AUTH was audited already, before the upstream
 // was dialled.
 func (s *Server) notifyUpstreamLogin(acct *config.Account, err error) {
-	a := localauth.Attempt{Proto: "smtp", User: "(upstream)", Account: acct.Name, Mailbox: acct.Mailbox, Result: localauth.ResultOK}
+	a := localauth.Attempt{Proto: "smtp", Upstream: true, Account: acct.Name, Mailbox: acct.Mailbox, Result: localauth.ResultOK}
 	if err != nil {
 		a.Result, a.Err = localauth.ResultTemporary, err
 		var ce *connectError
@@ -78,5 +78,5 @@ func (s *Server) notifyUpstreamLogin(acct *config.Account, err error) {
 			a.Result = localauth.ResultUpstreamRejected
 		}
 	}
-	s.opts.LoginObservers.Notify(a)
+	localauth.Notify(s.opts.LoginObservers, a)
 }

@@ -6,8 +6,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/oauthbridge/oauthbridge/audit"
 	"github.com/oauthbridge/oauthbridge/internal/fakems"
-	"github.com/oauthbridge/oauthbridge/internal/localauth"
 )
 
 // Send: the bridge's own mail (alerts) takes the account's upstream path,
@@ -20,8 +20,8 @@ func TestSendForTheBridge(t *testing.T) {
   send_via = "auto"
 }`)
 	var mu sync.Mutex
-	var seen []localauth.Attempt
-	stop := e.logins.Observe(func(a localauth.Attempt) {
+	var seen []audit.LoginAttempt
+	stop := e.logins.Observe(func(a audit.LoginAttempt) {
 		mu.Lock()
 		defer mu.Unlock()
 		if a.Account == "helpdesk" {
@@ -36,7 +36,7 @@ func TestSendForTheBridge(t *testing.T) {
 		t.Fatalf("Send over SMTP: %v", err)
 	}
 	mu.Lock()
-	if len(seen) != 1 || seen[0].Result != localauth.ResultOK || seen[0].Proto != "smtp" {
+	if len(seen) != 1 || seen[0].Result != audit.ResultOK || seen[0].Proto != "smtp" || !seen[0].Upstream {
 		t.Errorf("observed upstream logins: %+v", seen)
 	}
 	mu.Unlock()

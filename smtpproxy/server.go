@@ -18,10 +18,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/oauthbridge/oauthbridge/audit"
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/limiter"
-	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/internal/logging"
 	"github.com/oauthbridge/oauthbridge/internal/metrics"
 	"github.com/oauthbridge/oauthbridge/tokens"
@@ -52,10 +52,11 @@ type Options struct {
 	// registry to every component); nil: a private registry.
 	Registerer prometheus.Registerer
 
-	// LoginObservers, if set, sees every login attempt this server audits
-	// and every upstream login at MAIL or Send (the daemon's alert engine
-	// counts failed upstream logins with it); nil: nobody observes.
-	LoginObservers *localauth.Observers
+	// LoginObservers, if set, see every login attempt this server audits,
+	// with its result and no secret, and every upstream login at MAIL or
+	// Send (audit.LoginAttempt.Upstream; the daemon's alert engine counts
+	// failed upstream logins with them); nil: nobody observes.
+	LoginObservers []audit.LoginObserver
 
 	// FailureDelay is how long the reply to a failed login waits (0:
 	// 1 s, negative: none); MaxFailures failed logins

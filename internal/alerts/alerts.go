@@ -9,8 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/oauthbridge/oauthbridge/audit"
 	"github.com/oauthbridge/oauthbridge/config"
-	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/tokens"
 )
 
@@ -299,17 +299,18 @@ func (e *Engine) event(ev Event) {
 }
 
 // LoginAttempt records one login attempt a proxy of this engine's daemon
-// audited (the daemon subscribes it to its localauth.Observers). Failed upstream logins (the upstream refused the token, or it
+// audited (the daemon subscribes it to its localauth.Observers, which it
+// hands to each proxy as Options.LoginObservers). Failed upstream logins (the upstream refused the token, or it
 // could not be reached: results upstream_rejected and temporary, unless
 // the token itself was missing) count towards upstream_login_failures; a
 // successful login clears the count.
 // It never blocks.
-func (e *Engine) LoginAttempt(a localauth.Attempt) {
+func (e *Engine) LoginAttempt(a audit.LoginAttempt) {
 	if a.Account == "" {
 		return
 	}
 	switch a.Result {
-	case localauth.ResultOK:
+	case audit.ResultOK:
 		e.mu.Lock()
 		_, had := e.logins[a.Account]
 		_, restored := e.restored[a.Account]
@@ -320,7 +321,7 @@ func (e *Engine) LoginAttempt(a localauth.Attempt) {
 		if had {
 			e.Kick()
 		}
-	case localauth.ResultUpstreamRejected, localauth.ResultTemporary:
+	case audit.ResultUpstreamRejected, audit.ResultTemporary:
 		var te *tokens.Error
 		if errors.As(a.Err, &te) {
 			return // no token: refresh_failing and needs_login cover it

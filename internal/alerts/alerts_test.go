@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/oauthbridge/oauthbridge/audit"
 	"github.com/oauthbridge/oauthbridge/config"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/tokens"
@@ -351,11 +352,11 @@ func TestEachConditionFiresOnceAndClearsOnce(t *testing.T) {
 
 	// Upstream logins: two failures do nothing, the third fires; a
 	// successful login clears.
-	fail := localauth.Attempt{Proto: "imap", Account: "scanner", Result: localauth.ResultUpstreamRejected, Err: errors.New("AUTHENTICATE failed")}
+	fail := audit.LoginAttempt{Proto: "imap", Account: "scanner", Result: audit.ResultUpstreamRejected, Err: errors.New("AUTHENTICATE failed")}
 	h.e.LoginAttempt(fail)
 	h.e.LoginAttempt(fail)
-	h.e.LoginAttempt(localauth.Attempt{Proto: "imap", Account: "scanner", Result: localauth.ResultBadCredentials}) // a local wrong password does not count
-	h.e.LoginAttempt(localauth.Attempt{Proto: "imap", Account: "scanner", Result: localauth.ResultTemporary,       // nor a missing token (refresh_failing)
+	h.e.LoginAttempt(audit.LoginAttempt{Proto: "imap", Account: "scanner", Result: audit.ResultBadCredentials}) // a local wrong password does not count
+	h.e.LoginAttempt(audit.LoginAttempt{Proto: "imap", Account: "scanner", Result: audit.ResultTemporary,       // nor a missing token (refresh_failing)
 		Err: &tokens.Error{Account: "scanner", Kind: tokens.Temporary, Reason: "the token endpoint answered 503"}})
 	h.evalNone(t)
 	r.none(t)
@@ -367,7 +368,7 @@ func TestEachConditionFiresOnceAndClearsOnce(t *testing.T) {
 	h.e.LoginAttempt(fail)
 	h.evalNone(t)
 	r.none(t)
-	h.e.LoginAttempt(localauth.Attempt{Proto: "imap", Account: "scanner", Result: localauth.ResultOK})
+	h.e.LoginAttempt(audit.LoginAttempt{Proto: "imap", Account: "scanner", Result: audit.ResultOK})
 	h.evalOne(t)
 	if p = r.next(t); p.Condition != UpstreamLoginFailures || p.State != Resolved {
 		t.Fatalf("upstream failures resolved: %+v", p)
@@ -580,7 +581,7 @@ func TestLoginObserver(t *testing.T) {
 	defer stop()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for range 2 {
-		localauth.Audit(log, nil, obs, localauth.Attempt{Proto: "pop3", Account: "helpdesk", Result: localauth.ResultUpstreamRejected, Err: errors.New("-ERR Authentication failure")})
+		localauth.Audit(log, nil, []audit.LoginObserver{obs}, localauth.Attempt{Proto: "pop3", Account: "helpdesk", Result: localauth.ResultUpstreamRejected, Err: errors.New("-ERR Authentication failure")})
 	}
 	// The second failure kicks an evaluation: no Evaluate call here.
 	if p := r.next(t); p.Condition != UpstreamLoginFailures || p.Account != "helpdesk" {
@@ -601,7 +602,7 @@ func TestStateSurvivesRestart(t *testing.T) {
 	sc := ok("scanner", "scanner@contoso.com")
 	sc.LastError = "the token endpoint answered 503"
 	h.st.set(sc)
-	h.e.LoginAttempt(localauth.Attempt{Proto: "imap", Account: "helpdesk", Result: localauth.ResultUpstreamRejected})
+	h.e.LoginAttempt(audit.LoginAttempt{Proto: "imap", Account: "helpdesk", Result: audit.ResultUpstreamRejected})
 	if c := h.changes(); len(c) != 2 {
 		t.Fatalf("before the restart: %+v, want needs_login and upstream_login_failures", c)
 	}
@@ -621,7 +622,7 @@ func TestStateSurvivesRestart(t *testing.T) {
 	if a.Condition != NeedsLogin || a.State != Resolved {
 		t.Errorf("after the restart: %+v, want needs_login resolved", a)
 	}
-	h2.e.LoginAttempt(localauth.Attempt{Proto: "imap", Account: "helpdesk", Result: localauth.ResultOK})
+	h2.e.LoginAttempt(audit.LoginAttempt{Proto: "imap", Account: "helpdesk", Result: audit.ResultOK})
 	if a := h2.evalOne(t); a.Condition != UpstreamLoginFailures || a.State != Resolved {
 		t.Errorf("after the restart: %+v, want upstream_login_failures resolved", a)
 	}

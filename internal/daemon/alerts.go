@@ -4,6 +4,7 @@ import (
 	"context"
 	"path/filepath"
 
+	"github.com/oauthbridge/oauthbridge/audit"
 	"github.com/oauthbridge/oauthbridge/internal/alerts"
 )
 
@@ -38,6 +39,13 @@ func (d *Daemon) startAlerts(ctx context.Context) {
 	d.alerts.Start(ctx)
 	d.stopObserve = d.logins.Observe(d.alerts.LoginAttempt)
 	d.publishLimits()
+}
+
+// loginObservers is what the daemon hands to each proxy as its
+// LoginObservers: d.logins, which startAlerts subscribes the alert engine
+// to.
+func (d *Daemon) loginObservers() []audit.LoginObserver {
+	return []audit.LoginObserver{d.logins}
 }
 
 // reloadAlerts applies a reloaded configuration: a changed alerts block

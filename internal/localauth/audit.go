@@ -4,26 +4,29 @@ import (
 	"context"
 	"log/slog"
 
+	"github.com/oauthbridge/oauthbridge/audit"
 	"github.com/oauthbridge/oauthbridge/internal/metrics"
 )
 
 // Login attempt results, used in the audit line and the
-// oauthbridge_logins_total metric.
+// oauthbridge_logins_total metric: the values of the public audit.Result
+// (package audit documents them).
 const (
-	ResultOK               = "ok"
-	ResultBadCredentials   = "bad_credentials"
-	ResultThrottled        = "throttled"         // not checked: this name's password checks are rate-limited
-	ResultBusy             = "busy"              // not checked: every password-check slot stayed in use
-	ResultNeedsLogin       = "needs_login"       // the account's token needs a person
-	ResultFailing          = "failing"           // app registration/config problem
-	ResultTemporary        = "temporary"         // token endpoint or upstream temporarily unavailable
-	ResultUpstreamRejected = "upstream_rejected" // the upstream refused our token
-	ResultUnavailable      = "unavailable"       // per-account connection limit reached
-	ResultError            = "error"
+	ResultOK               = string(audit.ResultOK)
+	ResultBadCredentials   = string(audit.ResultBadCredentials)
+	ResultThrottled        = string(audit.ResultThrottled)
+	ResultBusy             = string(audit.ResultBusy)
+	ResultNeedsLogin       = string(audit.ResultNeedsLogin)
+	ResultFailing          = string(audit.ResultFailing)
+	ResultTemporary        = string(audit.ResultTemporary)
+	ResultUpstreamRejected = string(audit.ResultUpstreamRejected)
+	ResultUnavailable      = string(audit.ResultUnavailable)
+	ResultError            = string(audit.ResultError)
 )
 
 // Attempt describes one login attempt for the audit line. Never put a
-// password or token in it.
+// password or token in it. Its observers see it as an audit.LoginAttempt
+// (observe.go).
 type Attempt struct {
 	Proto   string // imap, pop3, smtp
 	User    string // as typed by the client (truncated to 64 bytes)
@@ -32,17 +35,20 @@ type Attempt struct {
 	Account string // empty when the credentials did not match
 	Mailbox string
 	Err     error // detail for the sysadmin (never contains secrets)
+	// Upstream: the SMTP proxy's own upstream login, reported to the
+	// observers only (Notify), after the local login was audited.
+	Upstream bool
 }
 
 // Audit writes the one audit line for a login attempt, counts it in
-// oauthbridge_logins_total of m (nil: not counted) and reports it to obs
-// (nil: nobody observes; observe.go). Failures that need a person are
+// oauthbridge_logins_total of m (nil: not counted) and reports it to each
+// of obs (none: nobody observes; observe.go). Failures that need a person are
 // logged at error level, other failures at warn.
-func Audit(log *slog.Logger, m *metrics.Metrics, obs *Observers, a Attempt) {
+func Audit(log *slog.Logger, m *metrics.Metrics, obs []audit.LoginObserver, a Attempt) {
 	if m != nil {
 		m.Logins.WithLabelValues(a.Proto, a.Result).Inc()
 	}
-	obs.Notify(a)
+	Notify(obs, a)
 	user := a.User
 	if len(user) > 64 {
 		user = user[:64] + "..."

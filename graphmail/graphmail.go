@@ -10,6 +10,8 @@
 //     first round is a full listing, paged; later rounds bring changes
 //     only), holding per message only its id, sizes, received time and
 //     flags, so a 10,000-message folder costs a few megabytes;
+//   - the exact MIME sizes measured, kept across restarts by a SizeStore
+//     (sizestore.go) when the Registry has one;
 //   - errors classified as temporary (retry later) or permanent (an
 //     administrator must act), with the fix named.
 //

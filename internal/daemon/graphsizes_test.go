@@ -216,3 +216,51 @@ func TestGraphSizesSurviveRestart(t *testing.T) {
 		}
 	}
 }
+
+// A damaged size file never stops the bridge: the restart logs a warning
+// naming the file, serves (measuring again), and replaces the file at
+// shutdown with a good one.
+func TestGraphSizesDamagedFile(t *testing.T) {
+	e := newEnv(t) // delivers one message
+	e.writeGraphConfig(t)
+	d := e.start(t)
+	stat, _ := popSizes(t, d)
+	if err := d.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(e.dir, "state", graphmail.SizeFileName)
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)-1] ^= 0xff
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	for round, wantReads := range []int{1, 0} {
+		d = e.restart(t)
+		reads := e.f.GraphContentRequests()
+		if got, _ := popSizes(t, d); got != stat {
+			t.Errorf("round %d: STAT %q, before %q", round, got, stat)
+		}
+		if n := e.f.GraphContentRequests() - reads; n != wantReads {
+			t.Errorf("round %d: %d message reads, want %d", round, n, wantReads)
+		}
+		if err := d.Shutdown(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	warned := 0
+	for _, l := range strings.Split(e.logs.String(), "\n") {
+		if strings.Contains(l, `"level":"WARN"`) && strings.Contains(l, "graph-sizes") {
+			warned++
+			if !strings.Contains(l, p) || !strings.Contains(l, "authentication failed") || !strings.Contains(l, "starting without it") {
+				t.Errorf("warning %s", l)
+			}
+		}
+	}
+	if warned != 1 {
+		t.Errorf("%d size file warnings, want 1 (the damaged file, not the rewritten one)", warned)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"slices"
 	"testing"
 
 	"github.com/oauthbridge/oauthbridge/graph"
@@ -42,4 +43,36 @@ func BenchmarkSync10k(b *testing.B) {
 		kept = float64(int64(with.HeapAlloc)-int64(without.HeapAlloc)) / n
 	}
 	b.ReportMetric(kept, "heap-bytes/msg")
+}
+
+// BenchmarkSync10kKeptSizes is BenchmarkSync10k after a restart with the
+// 10,000 sizes kept: the full round applies every size from the store
+// and prunes it.
+func BenchmarkSync10kKeptSizes(b *testing.B) {
+	const n = 10000
+	e := newEnv(b)
+	for i := range n {
+		if err := e.f.Deliver(box, []byte(fmt.Sprintf("Subject: %d\r\n\r\nbody\r\n", i))); err != nil {
+			b.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	key := make([]byte, 32)
+	s := graphmail.NewSizeStore(graphmail.SizeStoreOptions{Dir: b.TempDir(), Key: func() ([]byte, error) { return slices.Clone(key), nil }})
+	defer s.Close()
+	mb := (&graphmail.Registry{Sizes: s}).Get("helpdesk", "sig", func() *graphmail.Mailbox { return e.mailbox(graphmail.Options{}) })
+	snap, err := mb.Snapshot(ctx, graph.FolderInbox)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, m := range snap {
+		mb.NoteMIMESize(graph.FolderInbox, m.ID, m.Size)
+	}
+	for b.Loop() {
+		mb := (&graphmail.Registry{Sizes: s}).Get("helpdesk", "sig", func() *graphmail.Mailbox { return e.mailbox(graphmail.Options{}) })
+		snap, err := mb.Snapshot(ctx, graph.FolderInbox)
+		if err != nil || len(snap) != n || snap[n-1].MIMESize < 0 {
+			b.Fatalf("Snapshot = %d, %v", len(snap), err)
+		}
+	}
 }

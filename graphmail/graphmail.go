@@ -10,6 +10,8 @@
 //     first round is a full listing, paged; later rounds bring changes
 //     only), holding per message only its id, sizes, received time and
 //     flags, so a 10,000-message folder costs a few megabytes;
+//   - the exact MIME sizes measured, kept across restarts by a SizeStore
+//     (sizestore.go) when the Registry has one;
 //   - errors classified as temporary (retry later) or permanent (an
 //     administrator must act), with the fix named.
 //
@@ -67,6 +69,11 @@ type Mailbox struct {
 	mu      sync.Mutex
 	folders map[string]*folder // by folder id
 	paths   map[string]string  // folder path -> id
+
+	// sizes, if set (Registry.Sizes), keeps measured sizes across
+	// restarts under sizeScope (sizestore.go).
+	sizes     *SizeStore
+	sizeScope string
 }
 
 // New returns a Mailbox reading user's mailbox ("me", a UPN or an object
@@ -371,14 +378,21 @@ func (m *Mailbox) round(ctx context.Context, f *folder, folderID, link string) e
 			if old := f.entries[gm.ID]; old != nil {
 				e.MIMESize = old.MIMESize
 			}
+			m.storedSize(folderID, e)
 			target[gm.ID] = e
 		}
 		for _, id := range p.Removed {
 			delete(target, id)
 		}
+		if m.sizes != nil && !full {
+			m.sizes.forget(m.sizeScope, folderID, p.Removed)
+		}
 		if p.DeltaLink != "" {
 			if full {
 				f.entries = fresh
+				if m.sizes != nil {
+					m.sizes.retain(m.sizeScope, folderID, fresh)
+				}
 			}
 			f.link = p.DeltaLink
 			f.mu.Unlock()
@@ -473,6 +487,7 @@ func (m *Mailbox) NoteMIMESize(folderID, id string, n int64) {
 	f.mu.Lock()
 	if e := f.entries[id]; e != nil {
 		e.MIMESize = n
+		m.storeSize(folderID, e)
 	}
 	f.mu.Unlock()
 }
@@ -533,6 +548,10 @@ func (m *Mailbox) CreateMIME(ctx context.Context, folderID string, open func() (
 // Registry hands out one Mailbox per key (an account), so that all
 // sessions of a mailbox share its limiter and message lists.
 type Registry struct {
+	// Sizes, if set before the first Get, keeps the measured MIME sizes of
+	// every Mailbox handed out across restarts.
+	Sizes *SizeStore
+
 	mu sync.Mutex
 	m  map[string]regEntry
 }
@@ -555,6 +574,9 @@ func (r *Registry) Get(key, sig string, mk func() *Mailbox) *Mailbox {
 		return e.mb
 	}
 	mb := mk()
+	if r.Sizes != nil {
+		r.Sizes.attach(mb, key)
+	}
 	r.m[key] = regEntry{sig: sig, mb: mb}
 	return mb
 }

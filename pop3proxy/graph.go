@@ -15,7 +15,8 @@ package pop3proxy
 //     (CRLF line ends). Exchange's size property (PR_MESSAGE_SIZE) is the
 //     item's size in its store, not the MIME's, so the bridge measures each
 //     message once by reading it, the first time a size is asked for, and
-//     remembers the size while it runs; fetchmail and others compare LIST
+//     keeps the size (graphmail's SizeStore, across restarts when the
+//     daemon gives the registry one); fetchmail and others compare LIST
 //     with what RETR delivers;
 //   - DELE marks; QUIT moves the marked messages to Deleted Items
 //     (pop3_delete = "move") or deletes them ("delete"); a dropped

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -26,6 +27,7 @@ type graphIMAP struct {
 
 func newGraphIMAP(current func() *config.Config, m *tokens.Manager, log *slog.Logger) (*graphIMAP, error) {
 	g := &graphIMAP{}
+	g.mailboxes.Sizes = newGraphSizes(current().StateDir, m, log) // graphsizes.go
 	src := m.For(tokens.Graph)
 	srv, err := imapgraph.New(imapgraph.Options{
 		Serves: func(a *config.Account) bool { return a.ReadsViaGraph() },
@@ -73,9 +75,10 @@ func (g *graphIMAP) mailbox(acct *config.Account, src tokens.Source) *graphmail.
 	})
 }
 
-// close stops the Graph-served sessions and closes the UID map.
+// close stops the Graph-served sessions, closes the UID map and writes
+// the measured sizes.
 func (g *graphIMAP) close() error {
-	err := g.srv.Close()
+	err := errors.Join(g.srv.Close(), g.mailboxes.Sizes.Close())
 	if u := g.srv.UIDs(); u != nil {
 		if cerr := u.Close(); err == nil {
 			err = cerr

@@ -111,17 +111,7 @@ account "helpdesk" {
 
 func (e *env) start(t *testing.T) *Daemon {
 	t.Helper()
-	cfg, err := config.Load(e.cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(cfg, Options{Logger: e.log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	d := e.restart(t)
 	dl, done, err := d.Tokens().StartDeviceLogin(context.Background(), "helpdesk")
 	if err != nil {
 		t.Fatal(err)

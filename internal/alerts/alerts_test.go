@@ -183,7 +183,9 @@ func newHarness(t *testing.T, cfg *config.Config, o Options) *harness {
 	h.cfg = func() *config.Config { h.mu.Lock(); defer h.mu.Unlock(); return cur }
 	h.setConfig = func(c *config.Config) { h.mu.Lock(); defer h.mu.Unlock(); cur = c }
 	o.Config = h.cfg
-	o.Status = h.st.Status
+	if o.Status == nil {
+		o.Status = h.st.Status
+	}
 	o.Now = h.clk.Now
 	o.Logger = slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if o.RetryMin == 0 {

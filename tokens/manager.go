@@ -132,6 +132,7 @@ type Manager struct {
 	stopped bool
 	wg      sync.WaitGroup
 	wake    chan struct{}
+	round   chan struct{} // closed when the first refresh round ended (firstround.go)
 	started sync.Once
 	closed  sync.Once
 }
@@ -207,6 +208,7 @@ func NewManager(cfg *config.Config, opts Options) (*Manager, error) {
 		clients:  map[*config.Provider]*http.Client{},
 		pending:  map[string]*pendingLogin{},
 		wake:     make(chan struct{}, 1),
+		round:    make(chan struct{}),
 	}
 	m.base, m.cancel = context.WithCancel(context.Background())
 	for name, ac := range cfg.AccountByName {

@@ -2,7 +2,6 @@ package tokens
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -17,6 +16,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/graph"
 )
 
 // maxTokenResponse caps a token endpoint answer (x/oauth2 uses 1 MiB too).
@@ -147,9 +147,11 @@ func (m *Manager) httpClient(p *config.Provider) *http.Client {
 	if c, ok := m.clients[p]; ok {
 		return c
 	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{RootCAs: p.RootCAs, MinVersion: tls.VersionTLS12}
-	c := &http.Client{Timeout: m.opts.RequestTimeout, Transport: tr}
+	// The bridge's one client for Microsoft's HTTPS endpoints: proxy from
+	// the environment, TLS 1.2 or later against the provider's ca_file
+	// roots, HTTP/2; here with RequestTimeout bounding a whole request.
+	c := graph.NewHTTPClient(p.RootCAs)
+	c.Timeout = m.opts.RequestTimeout
 	m.clients[p] = c
 	return c
 }

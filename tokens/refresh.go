@@ -241,6 +241,7 @@ func (m *Manager) loop(ctx context.Context) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	lastPoll := time.Now()
+	first := true
 	for {
 		select {
 		case <-ctx.Done():
@@ -254,14 +255,18 @@ func (m *Manager) loop(ctx context.Context) {
 			m.pollStore()
 			lastPoll = time.Now()
 		}
-		next := m.tick()
+		next, running := m.tick()
+		if first {
+			first = false
+			m.endFirstRound(running) // firstround.go
+		}
 		timer.Reset(max(min(next, m.opts.StorePoll-time.Since(lastPoll)), 10*time.Millisecond))
 	}
 }
 
 // tick starts every refresh that is due and returns the time until the
-// next one.
-func (m *Manager) tick() time.Duration {
+// next one and the refreshes (Exchange and Graph) running now.
+func (m *Manager) tick() (time.Duration, []chan struct{}) {
 	m.mu.RLock()
 	accts := make([]*account, 0, len(m.accounts))
 	for _, a := range m.accounts {
@@ -269,6 +274,7 @@ func (m *Manager) tick() time.Duration {
 	}
 	m.mu.RUnlock()
 	next := time.Hour
+	var running []chan struct{}
 	for _, a := range accts {
 		a.mu.Lock()
 		now := m.now()
@@ -287,10 +293,16 @@ func (m *Manager) tick() time.Duration {
 				next = min(next, gdue.Sub(now))
 			}
 		}
+		if a.inflight != nil { // started here, or by a login before
+			running = append(running, a.inflight)
+		}
+		if g := a.graphLocked(); g.inflight != nil {
+			running = append(running, g.inflight)
+		}
 		m.publishMetricsLocked(a)
 		a.mu.Unlock()
 	}
-	return next
+	return next, running
 }
 
 // pollStore adopts sign-ins that another process wrote to the store and,

@@ -113,7 +113,9 @@ type Sender interface {
 
 // Event is what the Engine reports to Options.OnEvent (tests synchronise
 // on it). Kinds: "firing" and "resolved" when a condition changes,
-// "delivered", "retry", "failed", "dropped" and "skipped" per channel.
+// "evaluated" after each evaluation (its firing and resolved events come
+// before it), "delivered", "retry", "failed", "dropped" and "skipped" per
+// channel.
 type Event struct {
 	Kind    string
 	Channel string // "webhook" or "email"; "" for firing/resolved
@@ -150,6 +152,17 @@ type Options struct {
 	// StateFile keeps the firing alerts across restarts (the daemon:
 	// state_dir/alerts.json); "": kept in memory only.
 	StateFile string
+	// TokensSettled, if set, is closed when the token manager has ended
+	// its first refresh round (tokens.Manager.FirstRound). The engine
+	// evaluates at once then, so a token that is dead at (re)start is
+	// announced within seconds rather than one check_interval later.
+	// Until then it does not evaluate (a Kick waits for it): Status would
+	// still show the tokens as stored before the restart, which could
+	// announce a false alarm or resolve a restored alert that still
+	// holds. If the round takes longer than check_interval the engine
+	// evaluates then, as without it. Nil: the first evaluation is one
+	// check_interval after Start.
+	TokensSettled <-chan struct{}
 }
 
 // Engine evaluates the alert conditions and delivers alerts.
@@ -238,9 +251,9 @@ func New(opts Options) *Engine {
 	return e
 }
 
-// Start runs the evaluation loop (every check_interval, and at Kick) and
-// the delivery workers until ctx is done or Close. Calls after the first do
-// nothing.
+// Start runs the evaluation loop (once when Options.TokensSettled is
+// closed, then every check_interval, and at Kick) and the delivery workers
+// until ctx is done or Close. Calls after the first do nothing.
 func (e *Engine) Start(ctx context.Context) {
 	e.startOnce.Do(func() {
 		ctx, e.cancel = context.WithCancel(ctx)
@@ -274,10 +287,15 @@ func (e *Engine) Kick() {
 }
 
 func (e *Engine) loop(ctx context.Context) {
+	settled := e.opts.TokensSettled // nil once the first evaluation ran
 	for {
 		every := config.DefaultAlertCheckInterval
 		if cfg := e.opts.Config(); cfg != nil && cfg.Alerts != nil && cfg.Alerts.EvaluateEvery > 0 {
 			every = cfg.Alerts.EvaluateEvery
+		}
+		kick := e.kick
+		if settled != nil {
+			kick = nil // a kick before the tokens settled waits for them
 		}
 		t := time.NewTimer(every)
 		select {
@@ -285,9 +303,12 @@ func (e *Engine) loop(ctx context.Context) {
 			t.Stop()
 			return
 		case <-t.C:
-		case <-e.kick:
+		case <-settled:
+			t.Stop()
+		case <-kick:
 			t.Stop()
 		}
+		settled = nil
 		e.Evaluate()
 	}
 }

@@ -184,7 +184,9 @@ func newHarness(t *testing.T, cfg *config.Config, o Options) *harness {
 	h.cfg = func() *config.Config { h.mu.Lock(); defer h.mu.Unlock(); return cur }
 	h.setConfig = func(c *config.Config) { h.mu.Lock(); defer h.mu.Unlock(); cur = c }
 	o.Config = h.cfg
-	o.Status = h.st.Status
+	if o.Status == nil {
+		o.Status = h.st.Status
+	}
 	o.Now = h.clk.Now
 	o.Logger = slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if o.RetryMin == 0 {
@@ -361,7 +363,9 @@ func TestEachConditionFiresOnceAndClearsOnce(t *testing.T) {
 	h.evalNone(t)
 	r.none(t)
 	h.e.LoginAttempt(fail)
-	h.evalOne(t)
+	if c := h.nextEvaluation(t); len(c) != 1 { // the third failure kicks it
+		t.Fatalf("third failure: %+v, want upstream_login_failures", c)
+	}
 	if p = r.next(t); p.Condition != UpstreamLoginFailures || p.State != Firing || !strings.Contains(p.Message, "AUTHENTICATE failed") {
 		t.Fatalf("upstream failures: %+v", p)
 	}
@@ -369,7 +373,9 @@ func TestEachConditionFiresOnceAndClearsOnce(t *testing.T) {
 	h.evalNone(t)
 	r.none(t)
 	h.e.LoginAttempt(audit.LoginAttempt{Proto: "imap", Account: "scanner", Result: audit.ResultOK})
-	h.evalOne(t)
+	if c := h.nextEvaluation(t); len(c) != 1 { // the working login kicks it
+		t.Fatalf("working login: %+v, want upstream_login_failures resolved", c)
+	}
 	if p = r.next(t); p.Condition != UpstreamLoginFailures || p.State != Resolved {
 		t.Fatalf("upstream failures resolved: %+v", p)
 	}
@@ -603,7 +609,8 @@ func TestStateSurvivesRestart(t *testing.T) {
 	sc.LastError = "the token endpoint answered 503"
 	h.st.set(sc)
 	h.e.LoginAttempt(audit.LoginAttempt{Proto: "imap", Account: "helpdesk", Result: audit.ResultUpstreamRejected})
-	if c := h.changes(); len(c) != 2 {
+	// The failure reaches the threshold: it kicks the evaluation.
+	if c := h.nextEvaluation(t); len(c) != 2 {
 		t.Fatalf("before the restart: %+v, want needs_login and upstream_login_failures", c)
 	}
 	h.clk.Add(31 * time.Minute)
@@ -623,7 +630,8 @@ func TestStateSurvivesRestart(t *testing.T) {
 		t.Errorf("after the restart: %+v, want needs_login resolved", a)
 	}
 	h2.e.LoginAttempt(audit.LoginAttempt{Proto: "imap", Account: "helpdesk", Result: audit.ResultOK})
-	if a := h2.evalOne(t); a.Condition != UpstreamLoginFailures || a.State != Resolved {
-		t.Errorf("after the restart: %+v, want upstream_login_failures resolved", a)
+	// The working login kicks the evaluation.
+	if c := h2.nextEvaluation(t); len(c) != 1 || c[0].Condition != UpstreamLoginFailures || c[0].State != Resolved {
+		t.Errorf("after the restart: %+v, want upstream_login_failures resolved", c)
 	}
 }

@@ -160,6 +160,7 @@ func (e *Engine) Evaluate() {
 		e.event(Event{Kind: string(a.State), Alert: a})
 		e.dispatch(cfg, a)
 	}
+	e.event(Event{Kind: "evaluated"})
 }
 
 func key(c Condition, subject string) string { return string(c) + "/" + subject }

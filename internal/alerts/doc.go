@@ -5,8 +5,9 @@
 // repeatedly.
 //
 // An Engine evaluates these conditions from the token manager's status (and
-// the login attempts the proxies report) on every check interval and on
-// demand. Each condition, keyed by condition and subject (account or
+// the login attempts the proxies report) once right after the start, when
+// the token manager's first refresh round has answered, then on every
+// check interval and on demand. Each condition, keyed by condition and subject (account or
 // credential), is announced once when it starts ("firing") and once when it
 // clears ("resolved"); the state lives in the Engine, so a configuration
 // reload keeps it, and in state_dir/alerts.json across restarts.

@@ -28,6 +28,11 @@ func (d *Daemon) newAlerts(o alerts.Options) {
 	if o.Credentials == nil {
 		o.Credentials = d.credentialExpiries
 	}
+	if o.TokensSettled == nil {
+		// The first evaluation after a (re)start waits for the tokens'
+		// first refresh round, then runs at once.
+		o.TokensSettled = d.tokens.FirstRound()
+	}
 	d.alerts = alerts.New(o)
 }
 

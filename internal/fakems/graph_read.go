@@ -606,6 +606,19 @@ func (f *Fake) render(v view, imm bool, sel []string, size bool, skew int64) map
 	return m
 }
 
+// parseSelect splits a $select value into property names. Microsoft
+// Graph accepts spaces around the commas ("id, subject"); nil: no $select.
+func parseSelect(s string) []string {
+	if s == "" {
+		return nil
+	}
+	var sel []string
+	for _, p := range strings.Split(s, ",") {
+		sel = append(sel, strings.TrimSpace(p))
+	}
+	return sel
+}
+
 type listQuery struct {
 	sel       []string
 	top, skip int
@@ -616,11 +629,7 @@ type listQuery struct {
 func (f *Fake) parseListQuery(w http.ResponseWriter, r *http.Request) (listQuery, bool) {
 	q := r.URL.Query()
 	lq := listQuery{top: GraphDefaultPageSize, desc: true}
-	if s := q.Get("$select"); s != "" {
-		for _, p := range strings.Split(s, ",") {
-			lq.sel = append(lq.sel, strings.TrimSpace(p))
-		}
-	}
+	lq.sel = parseSelect(q.Get("$select"))
 	if s := q.Get("$top"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 {
@@ -703,10 +712,7 @@ func (f *Fake) handleGetMessage(w http.ResponseWriter, r *http.Request, g *graph
 		return
 	}
 	q := r.URL.Query()
-	var sel []string
-	if s := q.Get("$select"); s != "" {
-		sel = strings.Split(s, ",")
-	}
+	sel := parseSelect(q.Get("$select"))
 	imm, _ := prefers(r)
 	skew := f.graphSizeSkew()
 	f.storeMu.Lock()
@@ -980,10 +986,7 @@ func (f *Fake) handleDelta(w http.ResponseWriter, r *http.Request, g *graphReq) 
 			q.Set("$expand", "singleValueExtendedProperties($filter=id eq 'Long 0x0E08')")
 		}
 	}
-	var sel []string
-	if s := q.Get("$select"); s != "" {
-		sel = strings.Split(s, ",")
-	}
+	sel := parseSelect(q.Get("$select"))
 	size := expandsSize(q.Get("$expand"))
 	skew := f.graphSizeSkew()
 	views, _ := g.mb.viewsLocked(name)

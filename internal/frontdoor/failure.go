@@ -107,15 +107,20 @@ func (f *Failure) Error() string {
 
 func (f *Failure) Unwrap() error { return f.Err }
 
-// Classify turns an error from localauth's Check into a Failure. An error
-// it does not know (never a checked password) counts as Busy, so it is
-// never reported as wrong credentials.
+// Classify turns an error from a Checker (localauth's Check, or a caller's
+// PasswordChecker returning the public errors of package audit, which are
+// localauth's) into a Failure. An error it does not know (never a checked
+// password) counts as Busy, and one that also says throttled or busy is
+// not BadCredentials, so nothing but a checked wrong password is reported
+// as wrong credentials.
 func Classify(err error) *Failure {
 	switch {
-	case errors.Is(err, localauth.ErrInvalid):
-		return &Failure{Kind: BadCredentials, Err: err}
 	case errors.Is(err, localauth.ErrThrottled):
 		return &Failure{Kind: Throttled, Err: err}
+	case errors.Is(err, localauth.ErrBusy):
+		return &Failure{Kind: Busy, Err: err}
+	case errors.Is(err, localauth.ErrInvalid):
+		return &Failure{Kind: BadCredentials, Err: err}
 	}
 	return &Failure{Kind: Busy, Err: err}
 }

@@ -23,6 +23,9 @@ func TestClassify(t *testing.T) {
 		// Anything else was not a checked password: never "bad credentials".
 		{context.DeadlineExceeded, Busy, "busy"},
 		{errors.New("something new"), Busy, "busy"},
+		// An error that says both "wrong" and "not checked" was not checked.
+		{errors.Join(localauth.ErrInvalid, localauth.ErrThrottled), Throttled, "throttled"},
+		{fmt.Errorf("%w: %w", localauth.ErrInvalid, localauth.ErrBusy), Busy, "busy"},
 	} {
 		f := Classify(tc.err)
 		if f.Kind != tc.kind || f.Kind.String() != tc.result || !errors.Is(f, tc.err) {

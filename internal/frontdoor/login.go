@@ -36,9 +36,9 @@ type Slot struct {
 	Wait time.Duration
 }
 
-// Checker checks a local user's password (localauth.Authenticator). Its
-// errors are classified by Classify: only localauth.ErrInvalid is a wrong
-// password.
+// Checker checks a local user's password (localauth.Authenticator, or a
+// caller's PasswordChecker). Its errors are classified by Classify: only
+// localauth.ErrInvalid (audit.ErrBadCredentials) is a wrong password.
 type Checker interface {
 	Check(ctx context.Context, user, password, remote string) (*config.User, error)
 }

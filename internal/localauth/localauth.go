@@ -44,7 +44,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net"
 	"runtime"
@@ -57,6 +56,7 @@ import (
 	"golang.org/x/sync/singleflight"
 	"golang.org/x/time/rate"
 
+	"github.com/oauthbridge/oauthbridge/audit"
 	"github.com/oauthbridge/oauthbridge/config"
 )
 
@@ -89,13 +89,22 @@ const (
 // Errors returned by Check. Only ErrInvalid means a password was checked
 // and found wrong (or the name does not exist); the proxies answer it with
 // their "invalid credentials" reply. ErrThrottled and ErrBusy mean nothing
-// was checked and are answered as temporary failures. Both are returned
-// wrapped with the detail for the log; test with errors.Is.
+// was checked and are answered as temporary failures. Each is returned
+// wrapped with "localauth:" and the detail for the log; test with
+// errors.Is.
+//
+// They are the public errors of package audit, the ones a password checker
+// written outside this module returns to the proxies, so errors.Is matches
+// either name.
 var (
-	ErrInvalid   = errors.New("localauth: invalid credentials")
-	ErrThrottled = errors.New("localauth: throttled: too many password checks for this user name right now, not checked")
-	ErrBusy      = errors.New("localauth: busy: every password-check slot stayed in use, not checked")
+	ErrInvalid   = audit.ErrBadCredentials
+	ErrThrottled = audit.ErrThrottled
+	ErrBusy      = audit.ErrBusy
 )
+
+// errInvalid is the wrong-password answer of Check, with its source named
+// for the log.
+var errInvalid = fmt.Errorf("localauth: %w", ErrInvalid)
 
 // Options tune an Authenticator; zero values take the defaults above.
 type Options struct {
@@ -357,7 +366,7 @@ func (a *Authenticator) decide(at *attempt) (any, error) {
 	// Throttled.
 	if b.pending >= a.opts.MaxPending {
 		a.mu.Unlock()
-		return nil, fmt.Errorf("%w (%d other passwords for this name are already waiting)", ErrThrottled, b.pending)
+		return nil, fmt.Errorf("localauth: %w (%d other passwords for this name are already waiting)", ErrThrottled, b.pending)
 	}
 	b.pending++
 	a.mu.Unlock()
@@ -380,7 +389,7 @@ func (a *Authenticator) decide(at *attempt) (any, error) {
 	if wait > a.opts.MaxQueueWait {
 		r.CancelAt(now)
 		a.mu.Unlock()
-		return nil, fmt.Errorf("%w (next check slot for this name in %s, over the %s queue limit)", ErrThrottled, wait.Round(time.Second), a.opts.MaxQueueWait)
+		return nil, fmt.Errorf("localauth: %w (next check slot for this name in %s, over the %s queue limit)", ErrThrottled, wait.Round(time.Second), a.opts.MaxQueueWait)
 	}
 	a.mu.Unlock()
 	if wait > 0 {
@@ -397,7 +406,7 @@ func (a *Authenticator) bcrypt(at *attempt) (any, error) {
 		select {
 		case a.sem <- struct{}{}:
 		case <-a.opts.After(a.opts.BcryptQueueWait):
-			return nil, fmt.Errorf("%w (%d checks running, none finished within %s)", ErrBusy, cap(a.sem), a.opts.BcryptQueueWait)
+			return nil, fmt.Errorf("localauth: %w (%d checks running, none finished within %s)", ErrBusy, cap(a.sem), a.opts.BcryptQueueWait)
 		}
 	}
 	a.bcrypts.Add(1)
@@ -411,7 +420,7 @@ func (a *Authenticator) bcrypt(at *attempt) (any, error) {
 	}
 	<-a.sem
 	if !ok {
-		return nil, ErrInvalid
+		return nil, errInvalid
 	}
 	now := a.opts.Now()
 	a.mu.Lock()

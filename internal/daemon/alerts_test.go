@@ -282,7 +282,7 @@ func (ae *alertEnv) evaluate(t *testing.T) []alerts.Alert {
 	t.Helper()
 	stray := func(ev alerts.Event) {
 		t.Helper()
-		t.Fatalf("an evaluation the test did not wait for announced %s %s of %q (an action kicked it: wait for it with expectKicked or nextEvaluation)", ev.Kind, ev.Alert.Condition, ev.Alert.Account)
+		t.Fatalf("an evaluation the test did not wait for is reporting (its %s event, %s %q): an action kicked it; wait for it with expectKicked or nextEvaluation", ev.Kind, ev.Alert.Condition, ev.Alert.Account)
 	}
 	for _, ev := range ae.pending {
 		if announcement(ev) {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -292,7 +293,7 @@ func TestEachConditionFiresOnceAndClearsOnce(t *testing.T) {
 	h := newHarness(t, cfg, Options{Credentials: func() []CredentialExpiry {
 		certs.mu.Lock()
 		defer certs.mu.Unlock()
-		return certs.list
+		return slices.Clone(certs.list) // the test changes certs.list[0] in place
 	}})
 	helpdesk, scanner := ok("helpdesk", "helpdesk@contoso.com"), ok("scanner", "scanner@contoso.com")
 	h.st.set(helpdesk)

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -216,27 +217,40 @@ func (h *harness) waitEvent(t *testing.T, kind, channel string) Event {
 }
 
 // changes evaluates and returns what it announced: firing and resolved
-// events are reported before Evaluate returns. Delivery events of earlier
-// evaluations are skipped.
-func (h *harness) changes() []Alert {
-	for {
+// events are reported before Evaluate returns, the evaluated event last.
+// Delivery events of earlier evaluations are skipped. Every evaluation the
+// engine ran by itself (kicked by a login that reaches
+// upstream_login_failures or one that clears counted failures, or after
+// TokensSettled) must have been waited for with nextEvaluation: one whose
+// announcements are still queued would be taken for this one (or this one
+// for it), so it fails the test instead.
+func (h *harness) changes(t *testing.T) []Alert {
+	t.Helper()
+	for drained := false; !drained; {
 		select {
-		case <-h.events:
-			continue
+		case ev := <-h.events:
+			switch ev.Kind {
+			case string(Firing), string(Resolved), "evaluated":
+				t.Fatalf("an evaluation the test did not wait for is reporting (its %s event, %s %q): an action kicked it; wait for it with nextEvaluation", ev.Kind, ev.Alert.Condition, ev.Alert.Account)
+			}
 		default:
+			drained = true
 		}
-		break
 	}
 	h.e.Evaluate()
 	var out []Alert
 	for {
 		select {
 		case ev := <-h.events:
-			if ev.Kind == string(Firing) || ev.Kind == string(Resolved) {
+			switch ev.Kind {
+			case "evaluated":
+				return out
+			case string(Firing), string(Resolved):
 				out = append(out, ev.Alert)
 			}
 		default:
-			return out
+			t.Fatal("Evaluate returned before its evaluated event (no alerts block?)")
+			return nil
 		}
 	}
 }
@@ -244,7 +258,7 @@ func (h *harness) changes() []Alert {
 // evalOne evaluates and expects exactly one announcement.
 func (h *harness) evalOne(t *testing.T) Alert {
 	t.Helper()
-	c := h.changes()
+	c := h.changes(t)
 	if len(c) != 1 {
 		t.Fatalf("evaluation announced %d changes, want 1: %+v", len(c), c)
 	}
@@ -254,7 +268,7 @@ func (h *harness) evalOne(t *testing.T) Alert {
 // evalNone evaluates and expects no announcement.
 func (h *harness) evalNone(t *testing.T) {
 	t.Helper()
-	if c := h.changes(); len(c) != 0 {
+	if c := h.changes(t); len(c) != 0 {
 		t.Fatalf("evaluation announced %+v, want nothing", c)
 	}
 }
@@ -279,7 +293,7 @@ func TestEachConditionFiresOnceAndClearsOnce(t *testing.T) {
 	h := newHarness(t, cfg, Options{Credentials: func() []CredentialExpiry {
 		certs.mu.Lock()
 		defer certs.mu.Unlock()
-		return certs.list
+		return slices.Clone(certs.list) // the test changes certs.list[0] in place
 	}})
 	helpdesk, scanner := ok("helpdesk", "helpdesk@contoso.com"), ok("scanner", "scanner@contoso.com")
 	h.st.set(helpdesk)
@@ -360,7 +374,8 @@ func TestEachConditionFiresOnceAndClearsOnce(t *testing.T) {
 	h.e.LoginAttempt(audit.LoginAttempt{Proto: "imap", Account: "scanner", Result: audit.ResultBadCredentials}) // a local wrong password does not count
 	h.e.LoginAttempt(audit.LoginAttempt{Proto: "imap", Account: "scanner", Result: audit.ResultTemporary,       // nor a missing token (refresh_failing)
 		Err: &tokens.Error{Account: "scanner", Kind: tokens.Temporary, Reason: "the token endpoint answered 503"}})
-	h.evalNone(t)
+	h.evalNone(t) // two counted failures, below the threshold: nothing kicked
+
 	r.none(t)
 	h.e.LoginAttempt(fail)
 	if c := h.nextEvaluation(t); len(c) != 1 { // the third failure kicks it
@@ -370,7 +385,7 @@ func TestEachConditionFiresOnceAndClearsOnce(t *testing.T) {
 		t.Fatalf("upstream failures: %+v", p)
 	}
 	h.e.LoginAttempt(fail)
-	h.evalNone(t)
+	h.evalNone(t) // only the failure that reaches the threshold kicks, not the fourth
 	r.none(t)
 	h.e.LoginAttempt(audit.LoginAttempt{Proto: "imap", Account: "scanner", Result: audit.ResultOK})
 	if c := h.nextEvaluation(t); len(c) != 1 { // the working login kicks it
@@ -379,7 +394,8 @@ func TestEachConditionFiresOnceAndClearsOnce(t *testing.T) {
 	if p = r.next(t); p.Condition != UpstreamLoginFailures || p.State != Resolved {
 		t.Fatalf("upstream failures resolved: %+v", p)
 	}
-	// Failures spread wider than the window never fire.
+	// Failures spread wider than the window never fire (nor kick: at most
+	// two fall within any 10 minutes).
 	for range 5 {
 		h.e.LoginAttempt(fail)
 		h.clk.Add(6 * time.Minute)

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -94,6 +95,7 @@ type alertEnv struct {
 	d       *Daemon
 	clk     *fakeClock
 	events  chan alerts.Event
+	pending []alerts.Event // taken from events but not yet waited for
 	atStart []alerts.Alert // what the evaluation after the start announced
 }
 
@@ -191,20 +193,70 @@ func startAlertEnv(t *testing.T, secretExpires, alertsBlock string, signInArchiv
 // announced.
 func (ae *alertEnv) startEvaluation(t *testing.T) []alerts.Alert {
 	t.Helper()
+	return ae.nextEvaluation(t, "no evaluation after the start (check_interval is 1h)")
+}
+
+// announcement reports whether ev belongs to an evaluation (its firing and
+// resolved events and the evaluated event that closes it) rather than to a
+// delivery.
+func announcement(ev alerts.Event) bool {
+	switch ev.Kind {
+	case string(alerts.Firing), string(alerts.Resolved), "evaluated":
+		return true
+	}
+	return false
+}
+
+// nextEvaluation waits for the next evaluation the engine runs by itself
+// (at the start, or kicked: by the login that reaches
+// upstream_login_failures, by a working login that clears counted
+// failures, by a reload) and returns what it announced. The evaluated
+// event closes each evaluation, so the whole evaluation is over when it
+// returns: an Evaluate of the test after it cannot race with it. Delivery
+// events on the way are kept for waitEvent.
+func (ae *alertEnv) nextEvaluation(t *testing.T, what string) []alerts.Alert {
+	t.Helper()
 	var out []alerts.Alert
+	take := func(ev alerts.Event) bool {
+		if ev.Kind == "evaluated" {
+			return true
+		}
+		out = append(out, ev.Alert)
+		return false
+	}
+	for i := 0; i < len(ae.pending); i++ {
+		if ev := ae.pending[i]; announcement(ev) {
+			ae.pending = slices.Delete(ae.pending, i, i+1)
+			i--
+			if take(ev) {
+				return out
+			}
+		}
+	}
 	for {
 		select {
 		case ev := <-ae.events:
-			switch ev.Kind {
-			case "evaluated":
+			if !announcement(ev) {
+				ae.pending = append(ae.pending, ev)
+			} else if take(ev) {
 				return out
-			case string(alerts.Firing), string(alerts.Resolved):
-				out = append(out, ev.Alert)
 			}
 		case <-time.After(30 * time.Second):
-			t.Fatal("no evaluation after the start (check_interval is 1h)")
+			t.Fatal(what)
 		}
 	}
+}
+
+// expectKicked waits for the evaluation an action of the test kicked and
+// expects it to announce exactly one change: c in state s of account ("" for
+// a provider's credential).
+func (ae *alertEnv) expectKicked(t *testing.T, c alerts.Condition, s alerts.State, account string) alerts.Alert {
+	t.Helper()
+	got := ae.nextEvaluation(t, fmt.Sprintf("no kicked evaluation (waiting for %s %s of %q; check_interval is 1h)", c, s, account))
+	if len(got) != 1 || got[0].Condition != c || got[0].State != s || got[0].Account != account {
+		t.Fatalf("the kicked evaluation announced %+v, want one %s %s for %q", got, c, s, account)
+	}
+	return got[0]
 }
 
 func (ae *alertEnv) signIn(t *testing.T, account, upn string) {
@@ -222,31 +274,57 @@ func (ae *alertEnv) signIn(t *testing.T, account, upn string) {
 }
 
 // evaluate runs one evaluation and returns the announcements it made.
-func (ae *alertEnv) evaluate() []alerts.Alert {
+// Every evaluation the engine ran by itself must have been waited for
+// (nextEvaluation, expectKicked): one whose events are still queued here
+// would be taken for this one, so it fails the test instead. Delivery
+// events are kept for waitEvent.
+func (ae *alertEnv) evaluate(t *testing.T) []alerts.Alert {
+	t.Helper()
+	stray := func(ev alerts.Event) {
+		t.Helper()
+		t.Fatalf("an evaluation the test did not wait for is reporting (its %s event, %s %q): an action kicked it; wait for it with expectKicked or nextEvaluation", ev.Kind, ev.Alert.Condition, ev.Alert.Account)
+	}
+	for _, ev := range ae.pending {
+		if announcement(ev) {
+			stray(ev)
+		}
+	}
 	for drained := false; !drained; {
 		select {
-		case <-ae.events:
+		case ev := <-ae.events:
+			if announcement(ev) {
+				stray(ev)
+			}
+			ae.pending = append(ae.pending, ev)
 		default:
 			drained = true
 		}
 	}
 	ae.d.Alerts().Evaluate()
+	// Evaluate reports its firing, resolved and evaluated events before it
+	// returns; the evaluated event is its last.
 	var out []alerts.Alert
 	for {
 		select {
 		case ev := <-ae.events:
-			if ev.Kind == string(alerts.Firing) || ev.Kind == string(alerts.Resolved) {
+			switch {
+			case ev.Kind == "evaluated":
+				return out
+			case announcement(ev):
 				out = append(out, ev.Alert)
+			default:
+				ae.pending = append(ae.pending, ev)
 			}
 		default:
-			return out
+			t.Fatal("Evaluate returned before its evaluated event (no alerts block?)")
+			return nil
 		}
 	}
 }
 
 func (ae *alertEnv) evalExpect(t *testing.T, c alerts.Condition, s alerts.State, account string) {
 	t.Helper()
-	got := ae.evaluate()
+	got := ae.evaluate(t)
 	if len(got) != 1 || got[0].Condition != c || got[0].State != s || got[0].Account != account {
 		t.Fatalf("evaluation announced %+v, want one %s %s for %q", got, c, s, account)
 	}
@@ -254,20 +332,30 @@ func (ae *alertEnv) evalExpect(t *testing.T, c alerts.Condition, s alerts.State,
 
 func (ae *alertEnv) evalNothing(t *testing.T) {
 	t.Helper()
-	if got := ae.evaluate(); len(got) != 0 {
+	if got := ae.evaluate(t); len(got) != 0 {
 		t.Fatalf("evaluation announced %+v, want nothing", got)
 	}
 }
 
-// waitEvent waits for a delivery event.
+// waitEvent waits for a delivery event (also one an evaluation of the test
+// came across). Other events stay queued.
 func (ae *alertEnv) waitEvent(t *testing.T, kind, channel string, c alerts.Condition, s alerts.State) alerts.Event {
 	t.Helper()
+	match := func(ev alerts.Event) bool {
+		return ev.Kind == kind && ev.Channel == channel && ev.Alert.Condition == c && ev.Alert.State == s
+	}
+	if i := slices.IndexFunc(ae.pending, match); i >= 0 {
+		ev := ae.pending[i]
+		ae.pending = slices.Delete(ae.pending, i, i+1)
+		return ev
+	}
 	for {
 		select {
 		case ev := <-ae.events:
-			if ev.Kind == kind && ev.Channel == channel && ev.Alert.Condition == c && ev.Alert.State == s {
+			if match(ev) {
 				return ev
 			}
+			ae.pending = append(ae.pending, ev)
 		case <-time.After(30 * time.Second):
 			t.Fatalf("no %s %s event for %s %s", channel, kind, c, s)
 		}
@@ -385,7 +473,7 @@ func TestAlertsUpstreamLoginsGraphFallbackAndReload(t *testing.T) {
 			t.Fatal("IMAP login worked without FullAccess")
 		}
 	}
-	ae.waitEvent(t, "firing", "", alerts.UpstreamLoginFailures, alerts.Firing)
+	ae.expectKicked(t, alerts.UpstreamLoginFailures, alerts.Firing, "archive")
 	p := r.next(t, alerts.UpstreamLoginFailures, alerts.Firing)
 	if p.Account != "archive" || !strings.Contains(p.Message, "imap") {
 		t.Errorf("webhook: %+v", p)
@@ -396,7 +484,9 @@ func TestAlertsUpstreamLoginsGraphFallbackAndReload(t *testing.T) {
 		t.Fatalf("IMAP login with FullAccess: %v", err)
 	}
 	c.Close()
-	ae.waitEvent(t, "resolved", "", alerts.UpstreamLoginFailures, alerts.Resolved)
+	// The working login clears the counted failures: it kicks the
+	// evaluation.
+	ae.expectKicked(t, alerts.UpstreamLoginFailures, alerts.Resolved, "archive")
 	r.next(t, alerts.UpstreamLoginFailures, alerts.Resolved)
 
 	// SMTP AUTH disabled for helpdesk (send_via = "auto"): the message goes
@@ -405,6 +495,9 @@ func TestAlertsUpstreamLoginsGraphFallbackAndReload(t *testing.T) {
 	if err := sendMail(t, ae.d.Addr("smtp")); err != nil {
 		t.Fatalf("send with SMTP AUTH disabled: %v", err)
 	}
+	// No kick: helpdesk's logins never failed (with send_via = "auto" a
+	// refused SMTP AUTH is the switch to Graph, not a failed login), and a
+	// working login kicks only when it clears counted failures.
 	ae.evalExpect(t, alerts.GraphFallback, alerts.Firing, "helpdesk")
 	p = r.next(t, alerts.GraphFallback, alerts.Firing)
 	if !strings.Contains(p.Fix, "Set-CASMailbox -Identity helpdesk@contoso.com -SmtpClientAuthenticationDisabled $false") {
@@ -416,7 +509,7 @@ func TestAlertsUpstreamLoginsGraphFallbackAndReload(t *testing.T) {
 	if err := sendMail(t, ae.d.Addr("smtp")); err != nil {
 		t.Fatal(err)
 	}
-	ae.evalExpect(t, alerts.GraphFallback, alerts.Resolved, "helpdesk")
+	ae.evalExpect(t, alerts.GraphFallback, alerts.Resolved, "helpdesk") // no kick, as above
 	r.next(t, alerts.GraphFallback, alerts.Resolved)
 
 	// Reload: a secret expiring in 10 days and a new webhook. The alert
@@ -435,13 +528,16 @@ func TestAlertsUpstreamLoginsGraphFallbackAndReload(t *testing.T) {
 			t.Errorf("status of %s: client_secret_expires %v, want %v", st.Account, st.ClientSecretExpires, want)
 		}
 	}
-	// The reload itself triggers an evaluation.
-	ae.waitEvent(t, "firing", "", alerts.CredentialExpiring, alerts.Firing)
+	// The reload itself kicks an evaluation; it announces the expiring
+	// secret and nothing else.
+	if a := ae.expectKicked(t, alerts.CredentialExpiring, alerts.Firing, ""); a.Provider != "fake" {
+		t.Errorf("credential alert of provider %q, want fake", a.Provider)
+	}
 	p = r2.next(t, alerts.CredentialExpiring, alerts.Firing)
 	if p.Provider != "fake" || !strings.Contains(p.Message, "expires on 2026-12-06") || !strings.Contains(p.Fix, "client_secret_expires") {
 		t.Errorf("credential alert: %+v", p)
 	}
-	ae.evalNothing(t)
+	ae.evalNothing(t) // the kicked evaluation is over: nothing left to announce
 }
 
 // A webhook that never answers delays neither a login, nor a message, nor
@@ -468,6 +564,8 @@ func TestHangingWebhookDelaysNothing(t *testing.T) {
 		t.Fatalf("token refresh while the webhook hangs: %v", err)
 	}
 	ae.signIn(t, "archive", "bob@contoso.com")
+	// Neither the working logins of helpdesk (none of its logins failed)
+	// nor a sign-in kicks an evaluation: this one announces.
 	ae.evalExpect(t, alerts.NeedsLogin, alerts.Resolved, "archive") // evaluation never waits for delivery
 	select {
 	case <-r.hang:

@@ -443,6 +443,11 @@ func (c *session) loginFailed(tag string, a *localauth.Attempt, f *frontdoor.Fai
 // credentials, account, per-account slot), then loggedIn continues with
 // the upstream. It writes exactly one audit line.
 func (c *session) login(tag, user, pass string) bool {
+	return aside(func() bool { return c.loginAside(tag, user, pass) })
+}
+
+// loginAside is login, on the goroutine that aside starts.
+func (c *session) loginAside(tag, user, pass string) bool {
 	a := localauth.Attempt{Proto: "imap", User: user, Remote: c.remoteIP}
 	g, f := c.srv.gate.Login(c.srv.ctx, c.cfg, user, pass, c.remoteIP)
 	if f != nil {

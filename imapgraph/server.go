@@ -19,6 +19,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapserver"
 
 	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/internal/aside"
 )
 
 // Named defaults of Options.
@@ -211,10 +212,14 @@ func (s *Server) newSession(c *imapserver.Conn) (imapserver.Session, *imapserver
 	// Listing the folders checks the token and the permissions now, so
 	// that a login to an unusable mailbox is refused with the reason
 	// instead of failing at SELECT.
-	err = s.retry(h.ctx, true, func() error {
-		var err error
-		sess.folders, err = mb.Folders(h.ctx)
-		return err
+	// Aside: the request and its JSON would leave a deep stack on the
+	// session's goroutine for the whole session.
+	err = aside.Run(func() error {
+		return s.retry(h.ctx, true, func() error {
+			var err error
+			sess.folders, err = mb.Folders(h.ctx)
+			return err
+		})
 	})
 	if err != nil {
 		h.started(err)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/internal/aside"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/internal/splice"
@@ -443,10 +444,12 @@ func (c *session) loginFailed(tag string, a *localauth.Attempt, f *frontdoor.Fai
 // credentials, account, per-account slot), then loggedIn continues with
 // the upstream. It writes exactly one audit line.
 func (c *session) login(tag, user, pass string) bool {
-	return aside(func() bool { return c.loginAside(tag, user, pass) })
+	// On a goroutine of its own: its deep stack is freed when the login is
+	// over, the session's goroutine keeps a small one for the rest.
+	return aside.Run(func() bool { return c.loginAside(tag, user, pass) })
 }
 
-// loginAside is login, on the goroutine that aside starts.
+// loginAside is login, on the goroutine that aside.Run starts.
 func (c *session) loginAside(tag, user, pass string) bool {
 	a := localauth.Attempt{Proto: "imap", User: user, Remote: c.remoteIP}
 	g, f := c.srv.gate.Login(c.srv.ctx, c.cfg, user, pass, c.remoteIP)

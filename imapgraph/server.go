@@ -19,6 +19,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapserver"
 
 	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/internal/aside"
 )
 
 // Named defaults of Options.
@@ -211,10 +212,14 @@ func (s *Server) newSession(c *imapserver.Conn) (imapserver.Session, *imapserver
 	// Listing the folders checks the token and the permissions now, so
 	// that a login to an unusable mailbox is refused with the reason
 	// instead of failing at SELECT.
-	err = s.retry(h.ctx, true, func() error {
-		var err error
-		sess.folders, err = mb.Folders(h.ctx)
-		return err
+	// Aside: the request and its JSON would leave a deep stack on the
+	// session's goroutine for the whole session.
+	err = aside.Run(func() error {
+		return s.retry(h.ctx, true, func() error {
+			var err error
+			sess.folders, err = mb.Folders(h.ctx)
+			return err
+		})
 	})
 	if err != nil {
 		h.started(err)
@@ -277,7 +282,10 @@ func (s *Server) Serves(acct *config.Account) bool {
 
 // ServeLoggedIn serves a client whose LOGIN or AUTHENTICATE (tagged tag)
 // the IMAP proxy has accepted for account. in holds what the proxy read
-// ahead of the client (it is read before conn). The mailbox is checked
+// ahead of the client (it is read before conn): the proxy's *bufio.Reader
+// over conn, whose buffered bytes are taken and the rest read from conn
+// (so its buffer is not kept), or any other reader of the client's
+// input. The mailbox is checked
 // (one folder listing); then the client gets "tag OK [CAPABILITY ...]
 // Logged in" and the Graph-served session, or "tag NO [code] reason".
 // started (may be nil) is called once with the outcome of that check,
@@ -310,6 +318,7 @@ func (s *Server) serve(ctx context.Context, hc *handoffConn, account, user strin
 	hc.log = log
 	idle := s.IdleTimeout()
 	hc.stream = newClientStream(hc, hc.in, idle)
+	hc.in = nil // the stream has what it held
 	hc.stream.timedOut = func() {
 		log.Info("Graph-served IMAP: no command within idle_timeout; closing the session", "idle_timeout", idle.String())
 	}

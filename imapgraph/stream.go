@@ -9,6 +9,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -49,12 +50,19 @@ const (
 //   - answers ID itself (imapserver has no ID), as the proxy does before
 //     login, and CAPABILITY, so that both list ID.
 //
+// While the client is idle (nothing buffered at a command start: hours in
+// IDLE) the stream holds no read buffer: it waits for the client's first
+// byte with a one-byte read and takes a buffer from a pool when the
+// command comes.
+//
 // Read runs on imapserver's connection goroutine; the output side
 // (sawOutput) runs under handoffConn.mu.
 type clientStream struct {
 	c    *handoffConn
-	br   *bufio.Reader
+	src  prefixReader  // the client: what the proxy read ahead, then the connection
+	br   *bufio.Reader // over src; nil while waiting for an idle client (see acquire)
 	idle time.Duration
+	one  [1]byte // the first byte after an idle wait
 
 	pending  []byte // the rest of the line being handed over
 	literal  int64  // bytes of literal data announced by the last line, not yet handed over
@@ -64,12 +72,64 @@ type clientStream struct {
 	timedOut func() // logs the idle timeout
 }
 
+// streamBuffer is the size of a clientStream's read buffer: a command
+// line longer than this is handed over in parts, but ID (which the stream
+// parses itself) must fit.
+const streamBuffer = 4096
+
+// streamReaders holds the read buffers of the streams whose clients are
+// idle.
+var streamReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, streamBuffer) }}
+
+// newClientStream returns the stream of c's client. in is the client's
+// input; when it is a *bufio.Reader over c's connection (the proxy's), what
+// it has buffered is copied and the rest is read from the connection, so
+// that its buffer is not kept for the session.
 func newClientStream(c *handoffConn, in io.Reader, idle time.Duration) *clientStream {
-	br, ok := in.(*bufio.Reader)
-	if !ok {
-		br = bufio.NewReaderSize(in, 4096)
+	s := &clientStream{c: c, idle: idle, lineDone: true, src: prefixReader{r: in}}
+	if br, ok := in.(*bufio.Reader); ok {
+		if n := br.Buffered(); n > 0 {
+			b, _ := br.Peek(n)
+			s.src.pre = bytes.Clone(b)
+		}
+		s.src.r = c.Conn
 	}
-	return &clientStream{c: c, br: br, idle: idle, lineDone: true}
+	return s
+}
+
+// acquire takes a read buffer for the stream if it has none.
+func (s *clientStream) acquire() {
+	if s.br == nil {
+		s.br = streamReaders.Get().(*bufio.Reader)
+		s.br.Reset(&s.src)
+	}
+}
+
+// release gives the stream's read buffer back if it holds nothing.
+func (s *clientStream) release() {
+	if s.br != nil && s.br.Buffered() == 0 {
+		s.br.Reset(nil)
+		streamReaders.Put(s.br)
+		s.br = nil
+	}
+}
+
+// prefixReader reads pre, then r.
+type prefixReader struct {
+	pre []byte
+	r   io.Reader
+}
+
+func (p *prefixReader) Read(b []byte) (int, error) {
+	if len(p.pre) > 0 {
+		n := copy(b, p.pre)
+		p.pre = p.pre[n:]
+		if len(p.pre) == 0 {
+			p.pre = nil
+		}
+		return n, nil
+	}
+	return p.r.Read(b)
 }
 
 func (s *clientStream) Read(p []byte) (int, error) {
@@ -80,6 +140,7 @@ func (s *clientStream) Read(p []byte) (int, error) {
 		// Literal data (APPEND's message) goes through in bulk, unless
 		// imapserver refused the literal (it answered the command).
 		if !s.c.answered() {
+			s.acquire()
 			n, err := s.br.Read(p[:min(int64(len(p)), s.literal)])
 			s.literal -= int64(n)
 			s.lineDone = false // the command's line goes on after the literal
@@ -108,6 +169,7 @@ func (s *clientStream) next() error {
 		}
 		_ = s.c.Conn.SetReadDeadline(time.Now().Add(CommandTimeout))
 	}
+	s.acquire()
 	line, err := s.br.ReadSlice('\n')
 	if len(line) == 0 {
 		if errors.Is(err, bufio.ErrBufferFull) {
@@ -153,15 +215,21 @@ func (s *clientStream) begin(tag string) {
 }
 
 // waitClient waits up to the idle timeout for the client's next byte; on
-// timeout the client gets BYE.
+// timeout the client gets BYE. The read buffer, if empty, is given back
+// for the wait.
 func (s *clientStream) waitClient() error {
-	if s.br.Buffered() > 0 {
+	if (s.br != nil && s.br.Buffered() > 0) || len(s.src.pre) > 0 {
 		return nil
 	}
+	s.release()
 	if s.idle > 0 {
 		_ = s.c.Conn.SetReadDeadline(time.Now().Add(s.idle))
 	}
-	_, err := s.br.Peek(1)
+	n, err := io.ReadAtLeast(s.src.r, s.one[:], 1)
+	if n > 0 {
+		s.src.pre = s.one[:n]
+		return nil
+	}
 	var ne net.Error
 	if err != nil && errors.As(err, &ne) && ne.Timeout() {
 		if s.timedOut != nil {

@@ -29,10 +29,9 @@ type GraphServer interface {
 }
 
 // serveGraph hands a logged-in client to the Graph-served IMAP session
-// instead of splicing it to Exchange. It writes the login's audit line
-// once the mailbox was checked.
-func (c *session) serveGraph(tag, user string, acct *config.Account, a localauth.Attempt, release func()) bool {
-	defer release()
+// instead of splicing it to Exchange: it leaves that session in c.rest. It
+// writes the login's audit line once the mailbox was checked.
+func (c *session) serveGraph(tag, user string, acct *config.Account, a localauth.Attempt) bool {
 	if err := c.fs.BeginSplice(); err != nil {
 		a.Result, a.Err = localauth.ResultTemporary, fmt.Errorf("imapproxy: login completed during shutdown: %w", err)
 		localauth.Audit(c.auditLog, c.srv.m, c.srv.opts.LoginObservers, a)
@@ -41,16 +40,22 @@ func (c *session) serveGraph(tag, user string, acct *config.Account, a localauth
 		return true
 	}
 	log := c.log.With("user", user, "account", acct.Name, "mailbox", acct.Mailbox, "read_via", "graph")
-	in := c.br
-	c.br, c.bw, c.rd.br = nil, nil, nil
+	c.bw, c.rd.br = nil, nil
 	_ = c.conn.SetDeadline(time.Time{})
+	c.rest = func() { c.graphSession(tag, user, acct.Name, a, log) }
+	return true
+}
+
+// graphSession serves the Graph-served session until it ends.
+func (c *session) graphSession(tag, user, account string, a localauth.Attempt, log *slog.Logger) {
+	in := c.br
+	c.br = nil
 	start := time.Now()
-	c.srv.opts.Graph.ServeLoggedIn(c.srv.ctx, c.conn, in, tag, acct.Name, user, log, func(err error) {
+	c.srv.opts.Graph.ServeLoggedIn(c.srv.ctx, c.conn, in, tag, account, user, log, func(err error) {
 		a.Result, a.Err = graphResult(err), err
 		localauth.Audit(c.auditLog, c.srv.m, c.srv.opts.LoginObservers, a)
 	})
 	log.Info("session closed", "duration", time.Since(start).Round(time.Millisecond).String())
-	return true
 }
 
 // graphResult classifies why a Graph-served mailbox could not be opened.

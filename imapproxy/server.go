@@ -150,6 +150,14 @@ func (s *Server) serveSession(fs *frontdoor.Session) {
 		log: fs.Log, auditLog: s.log.With("conn", fs.ID), fails: s.failures.Conn(),
 	}
 	sess.run()
+	// The rest of a logged-in session (the splice, or the Graph-served
+	// session) runs here, after the pre-auth frames (login, the upstream's
+	// TLS handshake) have returned: the goroutine then waits, for hours,
+	// on a shallow stack that the garbage collector shrinks to a few KiB.
+	if rest := sess.rest; rest != nil {
+		sess.rest = nil
+		rest()
+	}
 }
 
 // ActiveSessions reports the client connections currently being served.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/oauthbridge/oauthbridge/config"
+	"github.com/oauthbridge/oauthbridge/internal/aside"
 	"github.com/oauthbridge/oauthbridge/internal/frontdoor"
 	"github.com/oauthbridge/oauthbridge/internal/localauth"
 	"github.com/oauthbridge/oauthbridge/internal/splice"
@@ -55,6 +56,11 @@ type session struct {
 	bad      int
 	fails    *frontdoor.Conn // per-connection failure policy
 	commands int             // commands read before login
+
+	// rest, set by a successful login (which then reports the
+	// connection done), is the rest of the session: serveSession runs
+	// it once run has returned (see there).
+	rest func()
 }
 
 // canAuth applies the front door's plaintext-password rule.
@@ -438,25 +444,46 @@ func (c *session) loginFailed(tag string, a *localauth.Attempt, f *frontdoor.Fai
 // credentials, account, per-account slot), then loggedIn continues with
 // the upstream. It writes exactly one audit line.
 func (c *session) login(tag, user, pass string) bool {
+	// On a goroutine of its own: its deep stack is freed when the login is
+	// over, the session's goroutine keeps a small one for the rest.
+	return aside.Run(func() bool { return c.loginAside(tag, user, pass) })
+}
+
+// loginAside is login, on the goroutine that aside.Run starts.
+func (c *session) loginAside(tag, user, pass string) bool {
 	a := localauth.Attempt{Proto: "imap", User: user, Remote: c.remoteIP}
 	g, f := c.srv.gate.Login(c.srv.ctx, c.cfg, user, pass, c.remoteIP)
 	if f != nil {
 		return c.loginFailed(tag, &a, f)
 	}
-	defer g.Release()
-	return c.loggedIn(tag, &a, g)
+	handedOver := false
+	defer func() {
+		if !handedOver {
+			g.Release()
+		}
+	}()
+	done := c.loggedIn(tag, &a, g)
+	if rest := c.rest; rest != nil {
+		// The slot is held until the rest of the session is over.
+		c.rest = func() {
+			defer g.Release()
+			rest()
+		}
+		handedOver = true
+	}
+	return done
 }
 
 // loggedIn runs once the local login succeeded: g is the account, its
 // connection slot and its token source. It logs in upstream with XOAUTH2,
-// answers the client's tag and splices.
+// answers the client's tag and leaves the splice in c.rest.
 func (c *session) loggedIn(tag string, a *localauth.Attempt, g *frontdoor.Grant) bool {
 	acct, user := g.Account, a.User
 	a.Account, a.Mailbox = acct.Name, acct.Mailbox
 	if c.srv.opts.Graph != nil && c.srv.opts.Graph.Serves(acct) {
 		// read_via = "graph": served here, not spliced (graph.go). The
-		// slot is g's, released when login returns.
-		return c.serveGraph(tag, user, acct, *a, func() {})
+		// slot is g's, released when the session is over.
+		return c.serveGraph(tag, user, acct, *a)
 	}
 	up, caps, f := c.upstreamLogin(c.srv.ctx, g)
 	if f != nil {
@@ -477,16 +504,22 @@ func (c *session) loggedIn(tag string, a *localauth.Attempt, g *frontdoor.Grant)
 		log.Info("client went away during login", "error", err)
 		return true
 	}
+	c.bw, c.rd.br, up.bw = nil, nil, nil
+	c.rest = func() { c.splice(up, log) }
+	return true
+}
+
+// splice copies between the logged-in client and up until either ends.
+func (c *session) splice(up *upstream, log *slog.Logger) {
 	start := time.Now()
 	// Hand the readers to the splice and drop every other reference to the
 	// pre-auth buffers: once the splice has forwarded what they hold, an
 	// idle session keeps none of them (see splice.SmallBuffer).
 	cbr, ubr := c.br, up.br
-	c.br, c.bw, c.rd.br, up.br, up.bw = nil, nil, nil, nil, nil
+	c.br, up.br = nil, nil
 	st := splice.Run(c.srv.ctx, c.conn, cbr, up.conn, ubr, c.lim.IdleTimeout)
 	c.srv.m.BytesRelayed.WithLabelValues("imap", "up").Add(float64(st.Up))
 	c.srv.m.BytesRelayed.WithLabelValues("imap", "down").Add(float64(st.Down))
 	// bytes_in: client to server; bytes_out: server to client.
 	log.Info("session closed", "bytes_in", st.Up, "bytes_out", st.Down, "duration", time.Since(start).Round(time.Millisecond).String())
-	return true
 }

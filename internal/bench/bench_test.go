@@ -64,6 +64,9 @@ func TestTinyRun(t *testing.T) {
 		if strings.HasPrefix(r.Workload, "IMAP IDLE") && !strings.HasPrefix(r.Note, "0 errors;") {
 			t.Errorf("idle sessions: %s", r.Note)
 		}
+		if strings.HasPrefix(r.Workload, "IMAP IDLE") && !strings.Contains(r.Note, "Go stacks") {
+			t.Errorf("idle sessions: no Go runtime figures: %s", r.Note)
+		}
 		// The Graph-served sessions were polled while idle: the bridge
 		// asked Graph for the folder's changes at least once.
 		if strings.Contains(r.Workload, "served from Graph") && (!strings.Contains(r.Note, "bridge CPU") || strings.Contains(r.Note, " 0 Graph delta requests")) {

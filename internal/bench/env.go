@@ -346,6 +346,7 @@ type bridgeProc struct {
 	stderr    *os.File
 	waitErr   chan error
 	stderrLog string
+	admin     string // the admin listener (/metrics)
 	stopOnce  sync.Once
 }
 
@@ -385,7 +386,7 @@ func (e *env) startProc(binary string) (*bridgeProc, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &bridgeProc{addrs: l, imap: l.imap, smtp: l.smtp, stderr: lf, waitErr: make(chan error, 1), stderrLog: logPath}
+	p := &bridgeProc{addrs: l, imap: l.imap, smtp: l.smtp, stderr: lf, waitErr: make(chan error, 1), stderrLog: logPath, admin: adminAddr}
 	p.cmd = exec.Command(binary, "serve", "-config", cfgPath)
 	p.cmd.Stdout = lf
 	p.cmd.Stderr = lf

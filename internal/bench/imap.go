@@ -344,6 +344,7 @@ func (e *env) runIdle(ctx context.Context, o Options, p *bridgeProc, r idleRow) 
 	if err != nil {
 		return nil, err
 	}
+	goBefore, goErr := p.goStats()
 	conns := make([]*imapConn, o.IdleSessions)
 	var errCount atomic.Int64
 	var firstErr error
@@ -383,6 +384,16 @@ func (e *env) runIdle(ctx context.Context, o Options, p *bridgeProc, r idleRow) 
 		return nil, err
 	}
 	held := int64(o.IdleSessions) - errCount.Load()
+	var goNote string
+	if goErr == nil {
+		var goAfter goStats
+		if goAfter, goErr = p.goStats(); goErr == nil {
+			goNote = "; " + goAfter.perSession(goBefore, held)
+		}
+	}
+	if goErr != nil {
+		goNote = fmt.Sprintf("; no Go runtime figures: %v", goErr)
+	}
 	var idleNote string
 	if r.cpuWindow > 0 {
 		if idleNote, err = e.idleCPU(ctx, p, r.cpuWindow, held); err != nil {
@@ -400,13 +411,13 @@ func (e *env) runIdle(ctx context.Context, o Options, p *bridgeProc, r idleRow) 
 		}
 	}
 	perSession := float64(after-before) / float64(max(held, 1)) / 1024
-	e.logf("idle%s: %d sessions held in %v, RSS %d -> %d MiB, %.1f KiB/session, %d errors (first: %v)%s", r.name, held, opened.Round(time.Millisecond), before>>20, after>>20, perSession, errCount.Load(), firstErr, idleNote)
+	e.logf("idle%s: %d sessions held in %v, RSS %d -> %d MiB, %.1f KiB/session%s, %d errors (first: %v)%s", r.name, held, opened.Round(time.Millisecond), before>>20, after>>20, perSession, goNote, errCount.Load(), firstErr, idleNote)
 	ok := perSession <= 48 && errCount.Load() == 0
 	note := fmt.Sprintf("%d errors", errCount.Load())
 	if firstErr != nil {
 		note += " (first: " + firstErr.Error() + ")"
 	}
-	note += "; " + r.note + idleNote
+	note += goNote + "; " + r.note + idleNote
 	if o.IdleMessages > 0 {
 		note += fmt.Sprintf("; %d messages in the INBOX", o.IdleMessages)
 	}

@@ -72,9 +72,11 @@ type graphTx struct {
 }
 
 // sendPathSetter is implemented by tokens.Manager: the status page shows
-// the send path of each account.
+// the send path of each account, and the token store keeps it across
+// restarts (SendPath returns the kept one).
 type sendPathSetter interface {
-	SetSendPath(account, path, reason string)
+	SetSendPath(account, path, reason string, recheckAt time.Time)
+	SendPath(account string) (path, reason string, since, recheckAt time.Time, ok bool)
 }
 
 func (s *Server) graphTokens() tokens.Source {
@@ -98,8 +100,8 @@ func (s *Server) useGraph(a *config.Account) (bool, string) {
 	case config.SendViaAuto:
 		s.gb.mu.Lock()
 		defer s.gb.mu.Unlock()
-		st := s.gb.auto[a.Name]
-		if st != nil && st.onGraph && time.Now().Before(st.recheckAt) {
+		st := s.autoStateLocked(a)
+		if st.onGraph && time.Now().Before(st.recheckAt) {
 			return true, autoWhy
 		}
 	}
@@ -123,13 +125,14 @@ func (s *Server) switchToGraph(sess *session, se *smtp.SMTPError) string {
 	if s.gb.auto == nil {
 		s.gb.auto = map[string]*autoState{}
 	}
-	st := s.gb.auto[a.Name]
-	first := st == nil || !st.onGraph
+	st := s.autoStateLocked(a)
+	first := !st.onGraph
 	if first {
 		st = &autoState{onGraph: true, since: now, reason: reason}
 		s.gb.auto[a.Name] = st
 	}
 	st.recheckAt = now.Add(recheck)
+	kept := st.reason
 	s.gb.mu.Unlock()
 	if first {
 		sess.log.Warn("send_via = auto: switching this account to Microsoft Graph because Microsoft 365 refused SMTP AUTH; the message is sent through Graph, and SMTP is tried again later",
@@ -137,11 +140,13 @@ func (s *Server) switchToGraph(sess *session, se *smtp.SMTPError) string {
 			"fix", fmt.Sprintf("none needed; to use SMTP again an Exchange administrator runs 'Set-CASMailbox -Identity %s -SmtpClientAuthenticationDisabled $false' (or tenant-wide Set-TransportConfig)", a.Mailbox))
 		s.m.SendPathSwitches.WithLabelValues(a.Name, "graph").Inc()
 		s.m.SetSendPath(a.Name, "graph")
-		if ps, ok := s.opts.Tokens.(sendPathSetter); ok {
-			ps.SetSendPath(a.Name, "graph", reason)
-		}
 	} else {
 		sess.log.Debug("send_via = auto: SMTP AUTH still disabled; staying on Microsoft Graph", "recheck_in", recheck.String())
+	}
+	if ps, ok := s.opts.Tokens.(sendPathSetter); ok {
+		// Kept across restarts; written when the path or the recheck
+		// time changes, i.e. at most once per auto_smtp_recheck.
+		ps.SetSendPath(a.Name, "graph", kept, now.Add(recheck))
 	}
 	return reason
 }
@@ -153,8 +158,8 @@ func (s *Server) smtpWorks(sess *session) {
 		return
 	}
 	s.gb.mu.Lock()
-	st := s.gb.auto[a.Name]
-	back := st != nil && st.onGraph
+	st := s.autoStateLocked(a)
+	back := st.onGraph
 	if back {
 		st.onGraph = false
 		st.since = time.Now()
@@ -165,7 +170,7 @@ func (s *Server) smtpWorks(sess *session) {
 		s.m.SendPathSwitches.WithLabelValues(a.Name, "smtp").Inc()
 		s.m.SetSendPath(a.Name, "smtp")
 		if ps, ok := s.opts.Tokens.(sendPathSetter); ok {
-			ps.SetSendPath(a.Name, "smtp", "SMTP AUTH works again")
+			ps.SetSendPath(a.Name, "smtp", "SMTP AUTH works again", time.Time{})
 		}
 	}
 }

@@ -460,37 +460,13 @@ func graphError(ac *config.Account, te *Error) *Error {
 	return &e
 }
 
-// sendPath is what the SMTP proxy reports about an account's send path.
-type sendPath struct {
-	path, reason string
-	since        time.Time
-}
-
-// SetSendPath records the path an account's messages take now ("smtp" or
-// "graph") and why, for Status and the admin page. The SMTP proxy calls it
-// when an account with send_via = "auto" switches. tokens does not act on
-// it.
-func (m *Manager) SetSendPath(account, path, reason string) {
-	m.pathMu.Lock()
-	defer m.pathMu.Unlock()
-	if m.paths == nil {
-		m.paths = map[string]sendPath{}
-	}
-	if cur, ok := m.paths[account]; ok && cur.path == path && cur.reason == reason {
-		return
-	}
-	m.paths[account] = sendPath{path: path, reason: reason, since: m.now()}
-}
-
 // graphStatusLocked fills the sending fields of st. Callers hold a.mu.
 func (m *Manager) graphStatusLocked(a *account, st *AccountStatus, now time.Time) {
 	st.SendVia = a.cfg.SendVia
-	m.pathMu.Lock()
-	sp, ok := m.paths[a.name]
-	m.pathMu.Unlock()
+	sp, ok := m.keptPathFor(a)
 	switch {
 	case ok:
-		st.SendPath, st.SendPathReason, st.SendPathSince = sp.path, sp.reason, sp.since
+		st.SendPath, st.SendPathReason, st.SendPathSince = sp.Path, sp.Reason, sp.Since
 	case a.cfg.SendVia == config.SendViaGraph:
 		st.SendPath = config.SendViaGraph
 	default:

@@ -296,6 +296,7 @@ func (m *Manager) finishLogin(a *account, ac *config.Account, tr *tokenResponse,
 		LoginID:      randomID(12),
 		LoginAt:      now,
 		Binding:      binding(ac),
+		KeptPath:     m.reportedPath(ac), // a sign-in does not change the send path
 	}
 	_, serr := m.store.update(map[string]*entry{a.name: &ent})
 	m.noteStoreErr(serr)

@@ -120,7 +120,7 @@ type Manager struct {
 	pending map[string]*pendingLogin
 
 	pathMu sync.Mutex
-	paths  map[string]sendPath // account -> the send path the SMTP proxy reports
+	paths  map[string]keptPath // account -> the send path the SMTP proxy reports (sendpath.go)
 
 	storeErrMu  sync.Mutex
 	storeErr    string
@@ -214,6 +214,7 @@ func NewManager(cfg *config.Config, opts Options) (*Manager, error) {
 	for name, ac := range cfg.AccountByName {
 		m.accounts[name] = m.newAccount(ac, disk[name])
 	}
+	m.seedPaths()
 	m.publishCredentialMetrics()
 	return m, nil
 }

@@ -82,6 +82,7 @@ func (m *Manager) Reload(cfg *config.Config) error {
 		}
 	}
 	m.cfg = cfg
+	m.seedPaths() // sendpath.go: kept send paths of added accounts; none for non-"auto" ones
 	m.mu.Unlock()
 	m.clientsMu.Lock()
 	m.clients = map[*config.Provider]*http.Client{}

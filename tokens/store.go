@@ -69,6 +69,11 @@ type entry struct {
 	// settings need now is not used. "" (app flow, or a token stored by
 	// an older version, which asked for every permission): any.
 	GraphScope string `json:"graph_scope,omitempty"`
+
+	// KeptPath is the send path of a send_via = "auto" account as the
+	// SMTP proxy last reported it (sendpath.go), so that a switch to
+	// Microsoft Graph survives a restart. Nil in entries of older versions.
+	KeptPath *keptPath `json:"send_path,omitempty"`
 }
 
 type storeFile struct {

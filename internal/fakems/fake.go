@@ -102,6 +102,7 @@ type Fake struct {
 	tokenReqsByGrant map[string]int
 	imapBehaviour    IMAPBehaviour
 	smtpDropInData   bool
+	smtpAuthAttempts map[string]int // user= of each SMTP AUTH XOAUTH2 (smtp_counters.go)
 	sent             []SentMessage
 	submitted        int64 // messages accepted over SMTP (also with DiscardSubmitted)
 	submittedBytes   int64

@@ -126,6 +126,7 @@ func (s *smtpSession) Auth(mech string) (sasl.Server, error) {
 }
 
 func (s *smtpSession) checkXOAUTH2(user, token string, perr error) error {
+	s.f.countSMTPAuth(user)
 	if perr != nil {
 		s.log.Info("fakems: smtp auth failed", "error", perr)
 		return errSMTPAuthFailed

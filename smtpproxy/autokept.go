@@ -1,0 +1,50 @@
+package smtpproxy
+
+import (
+	"time"
+
+	"github.com/oauthbridge/oauthbridge/config"
+)
+
+// autoStateLocked returns the send_via = "auto" state of account a,
+// creating it at the account's first use after start from the path the
+// token store kept (tokens.Manager.SendPath): an account that was
+// switched to Microsoft Graph before a restart goes straight to Graph
+// until its recheck time, instead of making a failing SMTP AUTH attempt
+// first. A kept recheck time later than now plus the configured
+// auto_smtp_recheck (the setting was shortened meanwhile) is due at once.
+// Callers hold s.gb.mu.
+func (s *Server) autoStateLocked(a *config.Account) *autoState {
+	if s.gb.auto == nil {
+		s.gb.auto = map[string]*autoState{}
+	}
+	if st := s.gb.auto[a.Name]; st != nil {
+		return st
+	}
+	st := &autoState{}
+	s.gb.auto[a.Name] = st
+	ps, ok := s.opts.Tokens.(sendPathSetter)
+	if !ok {
+		return st
+	}
+	path, reason, since, recheckAt, ok := ps.SendPath(a.Name)
+	if !ok || path != config.SendViaGraph {
+		return st
+	}
+	if now := time.Now(); recheckAt.After(now.Add(s.autoRecheck())) {
+		recheckAt = now
+	}
+	st.onGraph, st.since, st.reason, st.recheckAt = true, since, reason, recheckAt
+	s.log.Info("send_via = auto: this account was switched to Microsoft Graph before the restart; it stays on Graph until SMTP is tried again",
+		"account", a.Name, "since", since.Format(time.RFC3339), "reason", reason, "recheck_at", recheckAt.Format(time.RFC3339))
+	s.m.SetSendPath(a.Name, "graph")
+	return st
+}
+
+// autoRecheck is the configured auto_smtp_recheck.
+func (s *Server) autoRecheck() time.Duration {
+	if r := smtpLimits(s.opts.Config()).AutoSMTPRecheck; r > 0 {
+		return r
+	}
+	return config.DefaultAutoSMTPRecheck
+}

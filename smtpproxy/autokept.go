@@ -48,3 +48,12 @@ func (s *Server) autoRecheck() time.Duration {
 	}
 	return config.DefaultAutoSMTPRecheck
 }
+
+// dropAuto forgets the "auto" state of an account whose send_via is no
+// longer "auto" (a reload changed it); tokens drops the kept path too, so
+// that a reload back to "auto" starts on SMTP, as status then says.
+func (s *Server) dropAuto(account string) {
+	s.gb.mu.Lock()
+	defer s.gb.mu.Unlock()
+	delete(s.gb.auto, account)
+}

@@ -94,6 +94,9 @@ func (s *Server) graphHTTP(p *config.Provider) *http.Client {
 // Graph: always for send_via = "graph"; for "auto" while it is switched
 // and the SMTP recheck is not due.
 func (s *Server) useGraph(a *config.Account) (bool, string) {
+	if a.SendVia != config.SendViaAuto {
+		s.dropAuto(a.Name) // autokept.go: a later "auto" starts from the kept state
+	}
 	switch a.SendVia {
 	case config.SendViaGraph:
 		return true, "send_via = graph"

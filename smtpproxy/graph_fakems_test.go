@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -47,6 +48,10 @@ type graphFake struct {
 	logs *syncBuffer
 	// logins: the server's LoginObservers
 	logins *localauth.Observers
+	// cur is the configuration the server and the token manager use;
+	// reload replaces the account block (autokept_test.go).
+	cur    atomic.Pointer[config.Config]
+	reload func(t *testing.T, account string)
 }
 
 func startGraphFake(t *testing.T, account string) *graphFake {
@@ -77,7 +82,9 @@ func startGraphFakeWith(t *testing.T, account string, setup func(f *fakems.Fake)
 	if err := f.WriteCAFile(ca); err != nil {
 		t.Fatal(err)
 	}
-	src := fmt.Sprintf(`
+	stateDir := t.TempDir()
+	source := func(account string) string {
+		return fmt.Sprintf(`
 state_dir = %q
 smtp {
   listen = ["127.0.0.1:0"]
@@ -98,7 +105,9 @@ user "otrs" {
   password_hash = %q
   account       = "helpdesk"
 }
-`, t.TempDir(), graphApp, f.AuthorityURL, f.SMTPAddr, f.GraphURL(), ca, account, testHash())
+`, stateDir, graphApp, f.AuthorityURL, f.SMTPAddr, f.GraphURL(), ca, account, testHash())
+	}
+	src := source(account)
 	cfg, err := config.Parse("e2e.hcl", []byte(src))
 	if err != nil {
 		t.Fatalf("config: %v", err)
@@ -129,8 +138,20 @@ user "otrs" {
 		}
 	}
 	e := &graphFake{f: f, m: m, cfg: cfg, logs: logs, logins: &localauth.Observers{}}
+	e.cur.Store(cfg)
+	e.reload = func(t *testing.T, account string) {
+		t.Helper()
+		nc, err := config.Parse("e2e.hcl", []byte(source(account)))
+		if err != nil {
+			t.Fatalf("config: %v", err)
+		}
+		if err := m.Reload(nc); err != nil {
+			t.Fatalf("Reload() = %v", err)
+		}
+		e.cur.Store(nc)
+	}
 	e.srv = New(Options{
-		Config:         func() *config.Config { return cfg },
+		Config:         e.cur.Load,
 		Auth:           localauth.New(cfg, localauth.Options{}),
 		Tokens:         m,
 		Limiter:        &limiter.Limiter{},

@@ -172,10 +172,18 @@ func (m *Manager) savePath(a *account) {
 		d := newer[a.name]
 		switch {
 		case d == nil:
-			a.ent.KeptPath, a.ent.Version = ent.KeptPath, ent.Version
+			a.ent.Version = ent.Version
 			a.unsaved = false // a shared store took this replica's tokens too
-			a.mu.Unlock()
-			return
+			if _, still := m.keptPathFor(a); !still {
+				// A reload took send_via away from "auto" during the
+				// write: the path stays dropped (the next write drops
+				// it from the store).
+				a.mu.Unlock()
+				return
+			}
+			// Written; if the path changed meanwhile, the next round
+			// writes the newer one.
+			a.ent.KeptPath = ent.KeptPath
 		case d.Binding != binding(a.cfg):
 			a.mu.Unlock()
 			return

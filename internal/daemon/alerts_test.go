@@ -99,6 +99,24 @@ type alertEnv struct {
 	atStart []alerts.Alert // what the evaluation after the start announced
 }
 
+// newDaemon builds (does not start) a daemon on cfg whose token manager
+// and alert engine run on ae's clock and report every alert event to a
+// fresh ae.events; it becomes ae.d.
+func (ae *alertEnv) newDaemon(t *testing.T, cfg *config.Config) *Daemon {
+	t.Helper()
+	ae.events, ae.pending = make(chan alerts.Event, 1000), nil
+	d, err := New(cfg, Options{Logger: ae.log,
+		TokenOptions: tokens.Options{Now: ae.clk.Now, RetryMin: time.Millisecond, RetryMax: 20 * time.Millisecond},
+		Alerts: alerts.Options{Now: ae.clk.Now, RetryMin: time.Millisecond, Hostname: "bridge1",
+			OnEvent: func(ev alerts.Event) { ae.events <- ev }},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ae.d = d
+	return d
+}
+
 // alertConfig: helpdesk (alice, send_via = "auto") sends the alert mail;
 // archive (bob) is the account that breaks. bob has no FullAccess on
 // archive@contoso.com until a test grants it.
@@ -165,16 +183,8 @@ func startAlertEnv(t *testing.T, secretExpires, alertsBlock string, signInArchiv
 	if err != nil {
 		t.Fatal(err)
 	}
-	ae := &alertEnv{env: e, clk: &fakeClock{t: time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)}, events: make(chan alerts.Event, 1000)}
-	d, err := New(cfg, Options{Logger: e.log,
-		TokenOptions: tokens.Options{Now: ae.clk.Now, RetryMin: time.Millisecond, RetryMax: 20 * time.Millisecond},
-		Alerts: alerts.Options{Now: ae.clk.Now, RetryMin: time.Millisecond, Hostname: "bridge1",
-			OnEvent: func(ev alerts.Event) { ae.events <- ev }},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ae.d = d
+	ae := &alertEnv{env: e, clk: &fakeClock{t: time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)}}
+	d := ae.newDaemon(t, cfg)
 	// Signed in before the start, as a restarted bridge is.
 	ae.signIn(t, "helpdesk", "alice@contoso.com")
 	if signInArchive {

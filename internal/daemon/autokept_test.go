@@ -66,16 +66,7 @@ func TestAutoSendPathSurvivesRestart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ae.events, ae.pending = make(chan alerts.Event, 1000), nil
-		d, err := New(cfg, Options{Logger: e.log,
-			TokenOptions: tokens.Options{Now: ae.clk.Now, RetryMin: time.Millisecond, RetryMax: 20 * time.Millisecond},
-			Alerts: alerts.Options{Now: ae.clk.Now, RetryMin: time.Millisecond, Hostname: "bridge1",
-				OnEvent: func(ev alerts.Event) { ae.events <- ev }},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ae.d = d
+		d := ae.newDaemon(t, cfg)
 		if signIn {
 			ae.signIn(t, "helpdesk", "alice@contoso.com")
 			ae.signIn(t, "archive", "bob@contoso.com")

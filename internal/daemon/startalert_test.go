@@ -27,16 +27,7 @@ func TestAlertsAtRestart(t *testing.T) {
 	ae := &alertEnv{env: e, clk: &fakeClock{t: time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)}}
 	start := func() {
 		t.Helper()
-		ae.events = make(chan alerts.Event, 1000)
-		d, err := New(cfg, Options{Logger: e.log,
-			TokenOptions: tokens.Options{Now: ae.clk.Now, RetryMin: time.Millisecond, RetryMax: 20 * time.Millisecond},
-			Alerts: alerts.Options{Now: ae.clk.Now, RetryMin: time.Millisecond, Hostname: "bridge1",
-				OnEvent: func(ev alerts.Event) { ae.events <- ev }},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ae.d = d
+		ae.newDaemon(t, cfg)
 	}
 
 	// The first run: both accounts signed in and fine.

@@ -31,7 +31,7 @@ func (s *Server) autoStateLocked(a *config.Account) *autoState {
 	if !ok || path != config.SendViaGraph {
 		return st
 	}
-	if now := time.Now(); recheckAt.After(now.Add(s.autoRecheck())) {
+	if now := time.Now(); recheckAt.After(now.Add(autoRecheck(smtpLimits(s.opts.Config())))) {
 		recheckAt = now
 	}
 	st.onGraph, st.since, st.reason, st.recheckAt = true, since, reason, recheckAt
@@ -41,10 +41,10 @@ func (s *Server) autoStateLocked(a *config.Account) *autoState {
 	return st
 }
 
-// autoRecheck is the configured auto_smtp_recheck.
-func (s *Server) autoRecheck() time.Duration {
-	if r := smtpLimits(s.opts.Config()).AutoSMTPRecheck; r > 0 {
-		return r
+// autoRecheck is l's auto_smtp_recheck, or its default.
+func autoRecheck(l config.SMTPLimits) time.Duration {
+	if l.AutoSMTPRecheck > 0 {
+		return l.AutoSMTPRecheck
 	}
 	return config.DefaultAutoSMTPRecheck
 }

@@ -119,15 +119,9 @@ const autoWhy = "send_via = auto, SMTP AUTH disabled"
 func (s *Server) switchToGraph(sess *session, se *smtp.SMTPError) string {
 	a := sess.account
 	reason := "SMTP AUTH is disabled for this mailbox or tenant: " + codeString(se)
-	recheck := sess.limits().AutoSMTPRecheck
-	if recheck <= 0 {
-		recheck = config.DefaultAutoSMTPRecheck
-	}
+	recheck := autoRecheck(sess.limits())
 	now := time.Now()
 	s.gb.mu.Lock()
-	if s.gb.auto == nil {
-		s.gb.auto = map[string]*autoState{}
-	}
 	st := s.autoStateLocked(a)
 	first := !st.onGraph
 	if first {
